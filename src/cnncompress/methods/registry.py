@@ -1,0 +1,139 @@
+"""Method registry: a method is ``MethodInfo`` + ``apply_fn(model, **cfg) -> model`` (+ optional ``to_inference``).
+
+``apply(model, name, **cfg)`` deep-copies the model, so the input is never touched, validates the config keys
+against ``apply_fn``'s signature, and appends ``{"method", "config"}`` to ``model.compression_history`` (saved in
+``.ccz`` files). ``MethodInfo.size`` / ``.speed`` say whether the method's saving is real or only simulated; the
+bench table prints them. ``MethodInfo.bench`` lists the rows the default quick recipe runs for this method.
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+from dataclasses import dataclass, field
+from typing import Callable
+
+from torch import nn
+
+from ..errors import InputError
+
+REALNESS = ("real", "simulated", "none")
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """What a method is and what of its saving is real.
+
+    size: ``real`` when the ``.ccz`` file really shrinks, ``simulated`` when only a theoretical count does.
+    speed: ``real`` when a faster kernel really runs, ``simulated`` when the speed-up is only counted
+    (e.g. FLOPs), ``none`` when no speed-up is claimed.
+    bench: rows for the quick recipe: dicts with ``model`` (``vgg_s``/``squeezenet1_1``/...), ``config``
+    (apply kwargs), optional ``finetune`` epochs and ``label``.
+    """
+
+    name: str
+    paper: str
+    size: str = "real"
+    speed: str = "none"
+    description: str = ""
+    bench: tuple = field(default_factory=tuple)
+
+    def __post_init__(self):
+        if self.size not in REALNESS[:2] or self.speed not in REALNESS:
+            raise ValueError(f"method {self.name}: size must be real|simulated, speed real|simulated|none")
+
+
+@dataclass
+class Method:
+    info: MethodInfo
+    apply_fn: Callable[..., nn.Module]
+    to_inference: Callable[[nn.Module], nn.Module] | None = None
+    finetune_loss: Callable | None = None
+    """``loss(model, images, labels) -> loss`` used when fine-tuning this method (default: cross-entropy)."""
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(info: MethodInfo, apply_fn: Callable[..., nn.Module],
+             to_inference: Callable[[nn.Module], nn.Module] | None = None,
+             finetune_loss: Callable | None = None) -> Method:
+    """Register a method; ``apply_fn(model, **cfg)`` may modify the (already copied) model in place and return it.
+
+    ``to_inference(model) -> model`` swaps in fast kernels (may return a model that cannot train any more);
+    ``finetune_loss(model, images, labels) -> loss`` replaces cross-entropy when fine-tuning.
+    """
+    METHODS[info.name] = Method(info, apply_fn, to_inference, finetune_loss)
+    return METHODS[info.name]
+
+
+def _load_builtin() -> None:
+    """Import every module of ``cnncompress.methods`` so that each registers its methods."""
+    import importlib
+    import pkgutil
+
+    from .. import methods as package
+    for module in pkgutil.iter_modules(package.__path__):
+        if module.name != "registry":
+            importlib.import_module(f"{package.__name__}.{module.name}")
+
+
+def get(name: str) -> Method:
+    _load_builtin()
+    if name not in METHODS:
+        raise InputError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+def available() -> list[str]:
+    _load_builtin()
+    return sorted(METHODS)
+
+
+def info(name: str) -> MethodInfo:
+    return get(name).info
+
+
+def check_config(name: str, config: dict) -> None:
+    """Raise InputError if ``config`` has keys that method ``name`` does not accept."""
+    parameters = inspect.signature(get(name).apply_fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    accepted = [p for p in list(parameters)[1:]]
+    unknown = sorted(set(config) - set(accepted))
+    if unknown:
+        raise InputError(f"method {name!r} has no option(s) {', '.join(unknown)}; options: {', '.join(accepted)}")
+
+
+def apply(model: nn.Module, name: str, **config) -> nn.Module:
+    """Return a compressed copy of ``model`` (the input is untouched)."""
+    method = get(name)
+    check_config(name, config)
+    copied = copy.deepcopy(model)
+    try:
+        result = method.apply_fn(copied, **config)
+    except (ValueError, TypeError) as error:
+        raise InputError(f"method {name}: {error}") from error
+    result.spec = getattr(model, "spec", getattr(result, "spec", None))
+    result.metadata = dict(getattr(model, "metadata", {}))
+    result.compression_history = list(getattr(model, "compression_history", [])) + [
+        {"method": name, "config": {k: _jsonable(v) for k, v in config.items()}}]
+    return result
+
+
+def _jsonable(value):
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return repr(value)
+
+
+def to_inference(model: nn.Module) -> nn.Module:
+    """Swap in the fast kernels of every method in the model's history (identity when there are none)."""
+    for entry in getattr(model, "compression_history", []):
+        method = METHODS.get(entry["method"]) or get(entry["method"])
+        if method.to_inference is not None:
+            model = method.to_inference(model)
+    return model

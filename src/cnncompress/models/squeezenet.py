@@ -1,0 +1,67 @@
+"""SqueezeNet 1.1 (Iandola et al. 2016): fire modules, no FC layers; classifier = dropout, 1x1 conv, ReLU,
+global average pool. 726,600 parameters at 3 input channels and 8 classes. ``width`` scales every channel count.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+
+class Fire(nn.Module):
+    """squeeze 1x1 -> ReLU -> [expand 1x1 | expand 3x3] -> ReLU, concatenated on channels."""
+
+    def __init__(self, in_channels: int, squeeze: int, expand1x1: int, expand3x3: int):
+        super().__init__()
+        self.build_config = {"in_channels": in_channels, "squeeze": squeeze, "expand1x1": expand1x1,
+                             "expand3x3": expand3x3}
+        self.squeeze = nn.Conv2d(in_channels, squeeze, 1)
+        self.squeeze_relu = nn.ReLU(inplace=True)
+        self.expand1x1 = nn.Conv2d(squeeze, expand1x1, 1)
+        self.expand1x1_relu = nn.ReLU(inplace=True)
+        self.expand3x3 = nn.Conv2d(squeeze, expand3x3, 3, padding=1)
+        self.expand3x3_relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.squeeze_relu(self.squeeze(x))
+        return torch.cat([self.expand1x1_relu(self.expand1x1(x)), self.expand3x3_relu(self.expand3x3(x))], 1)
+
+
+FIRE_CONFIG = [(16, 64), (16, 64), "pool", (32, 128), (32, 128), "pool", (48, 192), (48, 192), (64, 256), (64, 256)]
+
+
+class SqueezeNet11(nn.Module):
+    def __init__(self, num_classes: int = 8, in_channels: int = 3, input_size: int = 224, width: float = 1.0):
+        super().__init__()
+        self.build_config = {"num_classes": num_classes, "in_channels": in_channels, "input_size": input_size,
+                             "width": width}
+        def scaled(c):
+            return max(1, int(round(c * width)))
+        stem = scaled(64)
+        layers = [("conv1", nn.Conv2d(in_channels, stem, 3, stride=2)), ("relu1", nn.ReLU(inplace=True)),
+                  ("pool1", nn.MaxPool2d(3, 2, ceil_mode=True))]
+        channels, fire_index, pool_index = stem, 2, 3
+        for item in FIRE_CONFIG:
+            if item == "pool":
+                layers.append((f"pool{pool_index}", nn.MaxPool2d(3, 2, ceil_mode=True)))
+                pool_index += 2
+                continue
+            squeeze, expand = scaled(item[0]), scaled(item[1])
+            layers.append((f"fire{fire_index}", Fire(channels, squeeze, expand, expand)))
+            channels, fire_index = 2 * expand, fire_index + 1
+        self.features = nn.Sequential(OrderedDict(layers))
+        self.classifier = nn.Sequential(OrderedDict([
+            ("dropout", nn.Dropout(0.5)), ("conv10", nn.Conv2d(channels, num_classes, 1)),
+            ("relu10", nn.ReLU(inplace=True)), ("pool10", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten()),
+        ]))
+        for module in self.modules():  # the reference initialisation (final conv N(0, 0.01), others Kaiming)
+            if isinstance(module, nn.Conv2d):
+                if module is self.classifier.conv10:
+                    nn.init.normal_(module.weight, 0.0, 0.01)
+                else:
+                    nn.init.kaiming_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))

@@ -1,0 +1,195 @@
+"""The ``.ccz`` compressed-model file.
+
+Layout (little-endian)::
+
+    b"CCZ\\x00"  | u32 format version | u64 manifest length | manifest (UTF-8 JSON) | tensor blobs
+
+The manifest holds the model spec (``models.build`` arguments), the architecture diff against that float
+skeleton (only registered layer types), the compression history (method + config), free metadata (classes,
+normalisation), and per tensor: name, codec, codec meta, dtype, shape, offset and length in the blob section,
+and sha256. ``load`` validates all of it against the file size and the rebuilt architecture before decoding
+a single tensor; it never unpickles or executes anything from the file.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import input_error
+from . import architecture
+from .codecs import MAX_ELEMENTS, TORCH_DTYPES, dtype_name, get_codec, numel
+
+MAGIC = b"CCZ\x00"
+VERSION = 1
+HEADER = struct.Struct("<4sIQ")
+MAX_MANIFEST = 64 << 20
+
+
+def _codec_plan(model: nn.Module, default: str) -> dict[str, tuple[str, dict]]:
+    """Per state-dict entry: (codec, options). Layers may declare ``storage_codecs() -> {local name: (codec, opts)}``."""
+    plan = {}
+    for path, module in model.named_modules():
+        declared = getattr(module, "storage_codecs", None)
+        if callable(declared):
+            for local, choice in declared().items():
+                plan[f"{path}.{local}" if path else local] = choice
+    state = model.state_dict()
+    return {name: plan.get(name, (default if state[name].is_floating_point() else "raw", {})) for name in state}
+
+
+def save(model: nn.Module, path: str | Path, *, float_codec: str = "fp32", metadata: dict | None = None) -> Path:
+    """Write ``model`` to ``path`` as a ``.ccz`` (atomically). Returns the path.
+
+    ``float_codec`` (``fp32`` or ``fp16``) applies to float tensors whose layer declares no codec of its own.
+    """
+    from ..models import build_from_spec
+    spec = getattr(model, "spec", None)
+    if not spec:
+        raise ValueError("model has no .spec; build it with cnncompress.models.build")
+    with torch.device("meta"):
+        skeleton = build_from_spec(spec)
+    plan = _codec_plan(model, float_codec)
+    entries, blobs, offset = [], [], 0
+    for name, tensor in model.state_dict().items():
+        codec_name, options = plan[name]
+        data, meta = get_codec(codec_name).encode(tensor.detach().cpu(), **options)
+        entries.append({"name": name, "codec": codec_name, "meta": meta, "dtype": dtype_name(tensor.dtype),
+                        "shape": list(tensor.shape), "offset": offset, "length": len(data),
+                        "sha256": hashlib.sha256(data).hexdigest()})
+        blobs.append(data)
+        offset += len(data)
+    manifest = {
+        "format": "ccz", "version": VERSION, "spec": spec,
+        "architecture": architecture.diff(model, skeleton),
+        "compression": getattr(model, "compression_history", []),
+        "metadata": {**getattr(model, "metadata", {}), **(metadata or {})},
+        "tensors": entries,
+    }
+    encoded = json.dumps(manifest, separators=(",", ":")).encode("utf-8")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(HEADER.pack(MAGIC, VERSION, len(encoded)))
+        handle.write(encoded)
+        for blob in blobs:
+            handle.write(blob)
+    os.replace(tmp, path)
+    return path
+
+
+def read_manifest(path: str | Path) -> tuple[dict, int]:
+    """Parse and check the header and manifest; returns (manifest, byte offset of the blob section)."""
+    from ..methods.registry import _load_builtin
+    _load_builtin()  # method modules register their codecs and layer types
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            head = handle.read(HEADER.size)
+            if len(head) < HEADER.size:
+                raise input_error(path, f"truncated .ccz header ({size} bytes)")
+            magic, version, manifest_length = HEADER.unpack(head)
+            if magic != MAGIC:
+                raise input_error(path, "not a .ccz file (bad magic bytes)")
+            if version != VERSION:
+                raise input_error(path, f".ccz format version {version}, this cnncompress reads version {VERSION}")
+            if manifest_length > MAX_MANIFEST or HEADER.size + manifest_length > size:
+                raise input_error(path, f"manifest length {manifest_length} runs past the end of the file ({size} bytes)")
+            manifest = json.loads(handle.read(manifest_length).decode("utf-8"))
+    except FileNotFoundError as error:
+        raise input_error(path, "no such file") from error
+    except IsADirectoryError as error:
+        raise input_error(path, "is a directory, expected a .ccz file") from error
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise input_error(path, f"corrupt manifest ({error})") from error
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("tensors"), list):
+        raise input_error(path, "corrupt manifest (no tensor list)")
+    _check_tensor_entries(path, manifest["tensors"], size - HEADER.size - manifest_length)
+    return manifest, HEADER.size + manifest_length
+
+
+def _check_tensor_entries(path: Path, entries: list, blob_bytes: int) -> None:
+    end = 0
+    for entry in entries:
+        try:
+            name, shape, offset, length = entry["name"], entry["shape"], entry["offset"], entry["length"]
+            codec, dtype, meta = get_codec(entry["codec"]), entry["dtype"], entry.get("meta", {})
+        except (KeyError, TypeError, ValueError) as error:
+            raise input_error(path, f"corrupt tensor entry ({error})") from error
+        if not (isinstance(shape, list) and all(isinstance(d, int) and 0 <= d < MAX_ELEMENTS for d in shape)):
+            raise input_error(path, f"tensor {name}: bad shape {shape}")
+        if numel(shape) > MAX_ELEMENTS:
+            raise input_error(path, f"tensor {name}: shape {shape} is too large")
+        if dtype not in TORCH_DTYPES:
+            raise input_error(path, f"tensor {name}: unknown dtype {dtype!r}")
+        if not (isinstance(offset, int) and isinstance(length, int) and 0 <= offset and 0 <= length):
+            raise input_error(path, f"tensor {name}: bad offset/length")
+        if offset + length > blob_bytes:
+            raise input_error(path, f"tensor {name}: bytes {offset}..{offset + length} run past the end of the "
+                                    f"file (truncated? blob section has {blob_bytes} bytes)")
+        try:
+            codec.check(length, meta, tuple(shape))
+        except (ValueError, KeyError, TypeError) as error:
+            raise input_error(path, f"tensor {name} ({entry['codec']}): {error}") from error
+        end = max(end, offset + length)
+
+
+def _rebuild(path: Path, manifest: dict, device: str | torch.device) -> nn.Module:
+    from ..errors import InputError
+    from ..models import build_from_spec
+    spec = manifest.get("spec")
+    if not isinstance(spec, dict):
+        raise input_error(path, "manifest has no model spec")
+    try:
+        with torch.device(device):
+            model = build_from_spec(spec)
+            model = architecture.apply_diff(model, manifest.get("architecture", {}))
+    except (InputError, ValueError, TypeError, AttributeError, RuntimeError) as error:
+        raise input_error(path, f"cannot rebuild the model: {error}") from error
+    return model
+
+
+def load(path: str | Path) -> nn.Module:
+    """Read a ``.ccz`` and return the model (eval mode, CPU), with ``.spec``, ``.compression_history``, ``.metadata``."""
+    path = Path(path)
+    manifest, blob_start = read_manifest(path)
+    probe = _rebuild(path, manifest, "meta")
+    expected = {name: list(t.shape) for name, t in probe.state_dict().items()}
+    declared = {entry["name"]: entry["shape"] for entry in manifest["tensors"]}
+    if expected != declared:
+        missing = sorted(set(expected) - set(declared))[:3]
+        extra = sorted(set(declared) - set(expected))[:3]
+        wrong = sorted(n for n in set(expected) & set(declared) if expected[n] != declared[n])[:3]
+        raise input_error(path, f"tensors do not match the architecture (missing {missing}, unexpected {extra}, "
+                                f"wrong shape {wrong})")
+    state = {}
+    with open(path, "rb") as handle:
+        for entry in manifest["tensors"]:
+            handle.seek(blob_start + entry["offset"])
+            data = handle.read(entry["length"])
+            if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+                raise input_error(path, f"tensor {entry['name']}: sha256 mismatch (corrupted file)")
+            try:
+                state[entry["name"]] = get_codec(entry["codec"]).decode(data, entry.get("meta", {}),
+                                                                        tuple(entry["shape"]), entry["dtype"])
+            except (ValueError, KeyError, RuntimeError) as error:
+                raise input_error(path, f"tensor {entry['name']}: cannot decode ({error})") from error
+    model = _rebuild(path, manifest, "cpu")
+    model.load_state_dict(state, strict=True)
+    model.spec = manifest["spec"]
+    model.compression_history = list(manifest.get("compression", []))
+    model.metadata = dict(manifest.get("metadata", {}))
+    return model.eval()
+
+
+def payload_bytes(path: str | Path) -> int:
+    """Bytes of tensor data in a ``.ccz`` (the file minus header and manifest)."""
+    manifest, _ = read_manifest(path)
+    return sum(entry["length"] for entry in manifest["tensors"])
