@@ -1,0 +1,160 @@
+"""Index and sign maps of HashedNets (Chen et al. 2015), as used by Rassadin & Savchenko 2017 §3.
+
+A hashed layer with a virtual weight tensor of ``n`` elements and ``K`` real buckets ``w`` computes
+
+    V[e] = ξ(e) · w[h(e)],    h(e) = H(seed, 0, e) mod K,    ξ(e) = +1 if H(seed, 1, e) < 2**31 else -1
+
+where ``e`` is the element's flat row-major index in the weight tensor (for a conv weight (O, C, KH, KW):
+``e = ((o·C + c)·KH + y)·KW + x``; for a linear weight (O, I): ``e = o·I + i``) and ``H`` is this 32-bit hash:
+
+    mix32(x)  = lowbias32 (C. Wellons):  x ^= x >> 16; x = x·0x7FEB352D mod 2**32; x ^= x >> 15;
+                                         x = x·0x846CA68B mod 2**32;  x ^= x >> 16
+    s         = mix32((seed ^ (stream · 0x9E3779B9)) mod 2**32)
+    H(seed, stream, e) = mix32(mix32(e ^ s) ^ mix32(s ^ 0x5BD1E995))
+
+``seed`` and ``e`` are unsigned 32-bit integers (``e < 2**32``); streams 0/1 are the weight's bucket and sign,
+2/3 the bias's. Everything is integer arithmetic, so the maps are identical on every platform and process.
+``h`` has a modulo bias of at most K / 2**32 (negligible).
+
+Fast path (``bucket_map``, ``sign_map``, ``slot_map``): vectorised numpy uint32 arithmetic (which wraps modulo
+2**32 by definition), in place, in chunks of 4M elements (bounded temporary memory); ~30 ns per element on one
+core; on the ``meta`` device it only allocates. Reference twin (``reference_hash``, ``reference_maps``): pure Python integers, one
+element at a time, for tests only.
+
+``slot_map`` folds the sign into the index: slot = h(e) + K·[ξ(e) = -1] into the table ``[w, -w]`` (2K
+entries), so the virtual weight is one ``index_select`` and its gradient to ``w`` the scatter-add
+``g[:K] - g[K:]`` of ``index_add`` — i.e. Σ_{e: h(e)=k} ξ(e) · ∂L/∂V[e] — with one int32 map (4 bytes per
+virtual weight) instead of an int32 index plus an int8 sign.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+MASK32 = 0xFFFFFFFF
+M1, M2 = 0x7FEB352D, 0x846CA68B
+GOLDEN = 0x9E3779B9
+SALT = 0x5BD1E995
+STREAM_WEIGHT_BUCKET, STREAM_WEIGHT_SIGN, STREAM_BIAS_BUCKET, STREAM_BIAS_SIGN = 0, 1, 2, 3
+CHUNK = 1 << 22
+MAX_ELEMENTS = 1 << 32
+
+
+# ----------------------------------------------------------------------------------------------- reference twin
+def reference_mix32(x: int) -> int:
+    """lowbias32 finaliser on a Python int (reference)."""
+    x &= MASK32
+    x ^= x >> 16
+    x = (x * M1) & MASK32
+    x ^= x >> 15
+    x = (x * M2) & MASK32
+    x ^= x >> 16
+    return x
+
+
+def reference_hash(seed: int, stream: int, key: int) -> int:
+    """H(seed, stream, key) of the module docstring, in pure Python (reference twin of ``hash32``)."""
+    s = reference_mix32((seed ^ (stream * GOLDEN)) & MASK32)
+    return reference_mix32(reference_mix32(key ^ s) ^ reference_mix32(s ^ SALT))
+
+
+def reference_maps(seed: int, n: int, buckets: int, bias: bool = False) -> tuple[list[int], list[int]]:
+    """(bucket index per element, sign per element) for ``n`` elements, one Python call per element."""
+    bucket_stream, sign_stream = ((STREAM_BIAS_BUCKET, STREAM_BIAS_SIGN) if bias
+                                  else (STREAM_WEIGHT_BUCKET, STREAM_WEIGHT_SIGN))
+    index = [reference_hash(seed, bucket_stream, e) % buckets for e in range(n)]
+    sign = [1 if reference_hash(seed, sign_stream, e) < (1 << 31) else -1 for e in range(n)]
+    return index, sign
+
+
+# ---------------------------------------------------------------------------------------------------- fast path
+def mix32(x: np.ndarray) -> np.ndarray:
+    """lowbias32 on a uint32 array, in place (numpy uint32 arithmetic wraps modulo 2**32 by definition)."""
+    x ^= x >> np.uint32(16)
+    x *= np.uint32(M1)
+    x ^= x >> np.uint32(15)
+    x *= np.uint32(M2)
+    x ^= x >> np.uint32(16)
+    return x
+
+
+def _stream_keys(seed: int, stream: int) -> tuple[int, int]:
+    s = reference_mix32((seed ^ (stream * GOLDEN)) & MASK32)
+    return s, reference_mix32(s ^ SALT)
+
+
+def hash32(seed: int, stream: int, keys: np.ndarray) -> np.ndarray:
+    """H(seed, stream, keys) for a uint32 array of keys; returns a new uint32 array."""
+    s, t = _stream_keys(seed, stream)
+    x = keys ^ np.uint32(s)
+    mix32(x)
+    x ^= np.uint32(t)
+    return mix32(x)
+
+
+def _check(seed: int, n: int, buckets: int) -> None:
+    if not 0 <= seed <= MASK32:
+        raise ValueError(f"hash seed must be an unsigned 32-bit integer, got {seed}")
+    if not 0 <= n < MAX_ELEMENTS:
+        raise ValueError(f"a hashed tensor must have fewer than 2**32 elements, got {n}")
+    if not 1 <= buckets < (1 << 31):
+        raise ValueError(f"bucket count must be in [1, 2**31), got {buckets}")
+
+
+def _chunked(n: int, device, dtype: torch.dtype, fill) -> torch.Tensor:
+    """Fill an (n,) tensor chunk by chunk with ``fill(uint32 keys) -> array`` (bounded temporary memory)."""
+    device = torch.device(device) if device is not None else torch.empty(0).device
+    if device.type == "meta":
+        return torch.empty(n, dtype=dtype, device=device)
+    out = np.empty(n, dtype=np.int32 if dtype == torch.int32 else np.int8)
+    for start in range(0, n, CHUNK):
+        keys = np.arange(start, min(n, start + CHUNK), dtype=np.uint32)
+        out[start:start + keys.size] = fill(keys)
+    return torch.from_numpy(out).to(device)
+
+
+def bucket_map(seed: int, n: int, buckets: int, bias: bool = False, device=None) -> torch.Tensor:
+    """int32 tensor (n,): h(e) = H(seed, stream, e) mod buckets."""
+    _check(seed, n, buckets)
+    stream = STREAM_BIAS_BUCKET if bias else STREAM_WEIGHT_BUCKET
+    return _chunked(n, device, torch.int32, lambda keys: hash32(seed, stream, keys) % np.uint32(buckets))
+
+
+def sign_map(seed: int, n: int, bias: bool = False, device=None) -> torch.Tensor:
+    """int8 tensor (n,): ξ(e) = +1 if H(seed, sign stream, e) < 2**31 else -1."""
+    _check(seed, n, 1)
+    stream = STREAM_BIAS_SIGN if bias else STREAM_WEIGHT_SIGN
+    return _chunked(n, device, torch.int8,
+                    lambda keys: 1 - 2 * (hash32(seed, stream, keys) >> np.uint32(31)).astype(np.int8))
+
+
+def slot_map(seed: int, n: int, buckets: int, bias: bool = False, device=None) -> torch.Tensor:
+    """int32 tensor (n,): slot = h(e) + buckets · [ξ(e) = -1], an index into the signed table ``[w, -w]``."""
+    _check(seed, n, buckets)
+    bucket_stream, sign_stream = ((STREAM_BIAS_BUCKET, STREAM_BIAS_SIGN) if bias
+                                  else (STREAM_WEIGHT_BUCKET, STREAM_WEIGHT_SIGN))
+
+    def fill(keys: np.ndarray) -> np.ndarray:
+        negative = hash32(seed, sign_stream, keys) >> np.uint32(31)
+        slots = hash32(seed, bucket_stream, keys)
+        slots %= np.uint32(buckets)
+        negative *= np.uint32(buckets)
+        slots += negative  # < 2**32 since buckets < 2**31
+        return slots.view(np.int32)
+    return _chunked(n, device, torch.int32, fill)
+
+
+def expand(buckets: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """Virtual weights (flat): ``[w, -w][slots]`` — differentiable, the gradient scatter-adds into ``w``."""
+    return torch.index_select(torch.cat((buckets, -buckets)), 0, slots)
+
+
+def bucket_means(values: torch.Tensor, slots: torch.Tensor, buckets: int) -> torch.Tensor:
+    """Least-squares buckets for dense ``values``: w[k] = mean of ξ(e)·values[e] over the e with h(e) = k
+    (0 for empty buckets). Computed with two scatter-adds over the signed table."""
+    flat = values.detach().reshape(-1).to(torch.float64)
+    table = torch.zeros(2 * buckets, dtype=torch.float64, device=flat.device).index_add_(0, slots, flat)
+    counts = torch.bincount(slots.to(torch.int64), minlength=2 * buckets).to(torch.float64)
+    total = table[:buckets] - table[buckets:]
+    count = counts[:buckets] + counts[buckets:]
+    return (total / count.clamp(min=1)).to(values.dtype)
