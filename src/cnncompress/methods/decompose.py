@@ -69,8 +69,14 @@ def _weight(module: nn.Module) -> np.ndarray:
     return module.weight.detach().to(torch.float64).cpu().numpy()
 
 
+def _as_torch(array: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    """A copy with canonical strides (numpy may give size-1 axes stride 0, which byte views reject)."""
+    out = torch.empty(array.shape, dtype=like.dtype, device=like.device)
+    return out.copy_(torch.from_numpy(np.asarray(array)))
+
+
 def _tensor(array: np.ndarray, like: torch.Tensor) -> nn.Parameter:
-    return nn.Parameter(torch.as_tensor(np.ascontiguousarray(array), dtype=like.dtype, device=like.device))
+    return nn.Parameter(_as_torch(array, like))
 
 
 def _bias(conv: nn.Module, target: nn.Module) -> None:
@@ -194,7 +200,7 @@ def apply_tucker(model: nn.Module, layers, rank="auto", energy: float = 0.9, n_i
 class TTLinear(nn.Module):
     """y = W x + b with W (prod m_k x prod n_k) in TT-matrix format (Novikov et al. 2015).
 
-    Core k is stored as ``cores[k]`` of shape (n_k, r_k, m_k, r_{k-1}) (the TT core G_k[r_{k-1}, m_k, n_k, r_k]
+    Core k is stored as ``core{k}`` of shape (n_k, r_k, m_k, r_{k-1}) (the TT core G_k[r_{k-1}, m_k, n_k, r_k]
     permuted once so that every forward step is a single matmul).  Forward, from the last core to the first:
     data (rest, n_k*r_k) @ core (n_k*r_k, m_k*r_{k-1}) -> move m_k to the front -> next step; cost
     sum_k r_{k-1} r_k m_k n_k * (prod_{j<k} n_j)(prod_{j>k} m_j) multiply-adds per sample instead of M*N.
@@ -206,10 +212,13 @@ class TTLinear(nn.Module):
             raise ValueError(f"TTLinear: bad shapes in={in_shape} out={out_shape} ranks={ranks}")
         self.in_shape, self.out_shape, self.ranks = list(in_shape), list(out_shape), list(ranks)
         self.in_features, self.out_features = math.prod(in_shape), math.prod(out_shape)
-        self.cores = nn.ParameterList([
-            nn.Parameter(torch.zeros(n, ranks[k + 1], m, ranks[k]))
-            for k, (m, n) in enumerate(zip(out_shape, in_shape))])
+        for k, (m, n) in enumerate(zip(out_shape, in_shape)):  # plain attributes: no ParameterList child module
+            self.register_parameter(f"core{k}", nn.Parameter(torch.zeros(n, ranks[k + 1], m, ranks[k])))
         self.bias = nn.Parameter(torch.zeros(self.out_features)) if bias else None
+
+    @property
+    def cores(self) -> list[nn.Parameter]:
+        return [getattr(self, f"core{k}") for k in range(len(self.in_shape))]
 
     def layer_config(self) -> dict:
         return {"in_shape": self.in_shape, "out_shape": self.out_shape, "ranks": self.ranks,
@@ -221,8 +230,7 @@ class TTLinear(nn.Module):
         layer = cls([c.shape[2] for c in cores], [c.shape[1] for c in cores],
                     [c.shape[0] for c in cores] + [1], bias=bias is not None)
         for param, core in zip(layer.cores, cores):
-            param.data = torch.as_tensor(np.ascontiguousarray(core.transpose(2, 3, 1, 0)), dtype=like.dtype,
-                                         device=like.device)
+            param.data = _as_torch(core.transpose(2, 3, 1, 0), like)
         if bias is not None:
             layer.bias.data = bias.detach().clone()
         return layer
