@@ -230,6 +230,9 @@ def attach_exit(model: nn.Module, position: str = "p2", *, input_shape: tuple[in
     features = hidden.shape[1] * (head_pool * head_pool if head_pool else hidden[0, 0].numel())
     net.exit_head = nn.Sequential(OrderedDict(head + [("flatten", nn.Flatten()), ("fc", nn.Linear(features, num_classes))]))
     net.train(was_training)
+    for attribute in ("spec", "metadata", "compression_history"):
+        if hasattr(model, attribute):
+            setattr(net, attribute, copy.deepcopy(getattr(model, attribute)))
     return net
 
 
