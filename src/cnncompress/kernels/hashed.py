@@ -38,6 +38,7 @@ SALT = 0x5BD1E995
 STREAM_WEIGHT_BUCKET, STREAM_WEIGHT_SIGN, STREAM_BIAS_BUCKET, STREAM_BIAS_SIGN = 0, 1, 2, 3
 CHUNK = 1 << 22
 MAX_ELEMENTS = 1 << 32
+MAX_SLOT_BUCKETS = 1 << 30
 
 
 # ----------------------------------------------------------------------------------------------- reference twin
@@ -92,13 +93,13 @@ def hash32(seed: int, stream: int, keys: np.ndarray) -> np.ndarray:
     return mix32(x)
 
 
-def _check(seed: int, n: int, buckets: int) -> None:
+def _check(seed: int, n: int, buckets: int, limit: int = 1 << 31) -> None:
     if not 0 <= seed <= MASK32:
         raise ValueError(f"hash seed must be an unsigned 32-bit integer, got {seed}")
     if not 0 <= n < MAX_ELEMENTS:
         raise ValueError(f"a hashed tensor must have fewer than 2**32 elements, got {n}")
-    if not 1 <= buckets < (1 << 31):
-        raise ValueError(f"bucket count must be in [1, 2**31), got {buckets}")
+    if not 1 <= buckets < limit:
+        raise ValueError(f"bucket count must be in [1, {limit}), got {buckets}")
 
 
 def _chunked(n: int, device, dtype: torch.dtype, fill) -> torch.Tensor:
@@ -129,8 +130,9 @@ def sign_map(seed: int, n: int, bias: bool = False, device=None) -> torch.Tensor
 
 
 def slot_map(seed: int, n: int, buckets: int, bias: bool = False, device=None) -> torch.Tensor:
-    """int32 tensor (n,): slot = h(e) + buckets · [ξ(e) = -1], an index into the signed table ``[w, -w]``."""
-    _check(seed, n, buckets)
+    """int32 tensor (n,): slot = h(e) + buckets · [ξ(e) = -1], an index into the signed table ``[w, -w]``
+    (so ``buckets`` < 2**30, keeping slots within int32)."""
+    _check(seed, n, buckets, MAX_SLOT_BUCKETS)
     bucket_stream, sign_stream = ((STREAM_BIAS_BUCKET, STREAM_BIAS_SIGN) if bias
                                   else (STREAM_WEIGHT_BUCKET, STREAM_WEIGHT_SIGN))
 
@@ -139,7 +141,7 @@ def slot_map(seed: int, n: int, buckets: int, bias: bool = False, device=None) -
         slots = hash32(seed, bucket_stream, keys)
         slots %= np.uint32(buckets)
         negative *= np.uint32(buckets)
-        slots += negative  # < 2**32 since buckets < 2**31
+        slots += negative  # < 2**31 since buckets < 2**30
         return slots.view(np.int32)
     return _chunked(n, device, torch.int32, fill)
 

@@ -53,11 +53,11 @@ class _Hashed(nn.Module):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         n = math.prod(self.weight_shape)
-        kernel._check(int(seed), n, int(num_buckets))
+        kernel._check(int(seed), n, int(num_buckets), kernel.MAX_SLOT_BUCKETS)
         if num_bias_buckets and not bias:
             raise ValueError("num_bias_buckets needs bias=True")
         if num_bias_buckets:
-            kernel._check(int(seed), out_features, int(num_bias_buckets))
+            kernel._check(int(seed), out_features, int(num_bias_buckets), kernel.MAX_SLOT_BUCKETS)
         self.out_features_, self.seed, self.mode = out_features, int(seed), mode
         self.num_buckets, self.num_bias_buckets = int(num_buckets), int(num_bias_buckets)
         self.buckets = nn.Parameter(torch.empty(self.num_buckets))
@@ -139,8 +139,11 @@ class _Hashed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "expand" and not self.training:
-            if torch.compiler.is_compiling() or torch.jit.is_tracing():  # export: use the expanded constants
+            if torch.compiler.is_compiling():  # torch.export / dynamo: the expanded copy, if any, as constants
                 if self.dense_weight is not None:
+                    return self._op(x, self.dense_weight, self.dense_bias)
+            elif torch.jit.is_tracing():  # ONNX (TorchScript) export: constants when fresh, else a Gather graph
+                if self.dense_weight is not None and self._dense_key == self._key():
                     return self._op(x, self.dense_weight, self.dense_bias)
             elif not (torch.is_grad_enabled() and self.buckets.requires_grad):
                 if self.dense_weight is None or self._dense_key != self._key():
