@@ -1,0 +1,324 @@
+"""Filter pruning with physical removal: L1 norm (Li et al. 2017) and Taylor criterion (Molchanov et al. 2016).
+
+Survey §2.3. Removing output filter ``c`` of a conv also removes channel ``c`` of every per-channel layer
+after it (BatchNorm, pooling, ReLU) and input channel ``c`` of each consumer: the next conv, both expand convs
+of a SqueezeNet fire module, the next fire's squeeze (channels of a concatenation keep their offsets), and
+the ``H*W`` input columns ``c*H*W .. c*H*W+H*W-1`` of the fc layer after a flatten (VGG-S conv5 -> fc6).
+The result is made of plain, smaller ``Conv2d``/``Linear`` layers, so it saves, exports and runs fast as is.
+
+Criteria (per output filter ``k`` of layer ``l``):
+  * ``l1``: ``s = sum |W_l[k]|``; every layer loses the same fraction of filters (Li et al.), the fraction
+    found by bisection so that the conv MACs drop by ``flops``.
+  * ``taylor``: ``s = mean_n |mean_{h,w} z * dL/dz|`` on ``samples`` training images (first-order Taylor
+    estimate of the loss change), L2-normalised per layer, ranked globally; the lowest are removed one by one
+    until the conv MACs drop by ``flops``, in ``steps`` rounds that recompute the criterion on the pruned net
+    (Molchanov fine-tunes between rounds; here fine-tuning happens once, after ``apply``).
+Equivalence: before fine-tuning the pruned net equals the original with the removed filters' outputs zeroed,
+except through ``LocalResponseNorm`` (VGG-S norm1/norm2), which mixes neighbouring channels; such layers are
+listed in ``model.filter_pruning["approximate"]``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models.squeezenet import Fire
+from .prune import check_fraction, conv_config
+from .registry import MethodInfo, register
+
+PASS_THROUGH = (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.Dropout, nn.Identity, nn.AdaptiveAvgPool2d)
+
+
+@dataclass
+class Graph:
+    """Who feeds whom: ``inputs[c]`` = producer paths (``None`` = not prunable) and channel counts of consumer
+    ``c``'s input, concatenated in order; ``block[c]`` = flatten block (H*W) for fc consumers."""
+    convs: dict = field(default_factory=dict)
+    inputs: dict = field(default_factory=dict)
+    block: dict = field(default_factory=dict)
+    norms: dict = field(default_factory=dict)
+    approximate: list = field(default_factory=list)
+    fires: list = field(default_factory=list)
+
+    @property
+    def prunable(self) -> list[str]:
+        used = {p for sources in self.inputs.values() for p, _ in sources if p is not None}
+        return [p for p in self.convs if p in used]
+
+
+def trace(model: nn.Module) -> Graph:
+    """Follow the channel flow of a sequential CNN (VGG-S, SqueezeNet 1.1, nn.Sequential chains)."""
+    graph = Graph()
+    in_channels = next(m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+    current = [(None, getattr(in_channels, "in_channels", 0))]
+    flatten = False
+
+    def walk(module: nn.Module, path: str) -> None:
+        nonlocal current, flatten
+        join = (lambda name: f"{path}.{name}" if path else name)
+        if isinstance(module, Fire):
+            graph.fires.append(path)
+            walk(module.squeeze, join("squeeze"))
+            squeezed = current
+            walk(module.expand1x1, join("expand1x1"))
+            e1 = current
+            current = squeezed
+            walk(module.expand3x3, join("expand3x3"))
+            current = e1 + current
+        elif type(module) is nn.Conv2d:
+            if module.groups != 1:
+                raise ValueError(f"{path}: grouped convolutions are not supported by filter pruning")
+            graph.inputs[path] = current
+            graph.convs[path] = module
+            current = [(path, module.out_channels)]
+        elif type(module) is nn.Linear:
+            if not flatten and any(p is not None for p, _ in current):
+                raise ValueError(f"{path}: a Linear layer fed by a conv must follow a Flatten")
+            total = sum(n for _, n in current)
+            graph.inputs[path], graph.block[path] = current, module.in_features // max(total, 1)
+            current, flatten = [(None, module.out_features)], False
+        elif isinstance(module, nn.BatchNorm2d):
+            graph.norms[path] = current
+        elif isinstance(module, nn.LocalResponseNorm):
+            graph.approximate.append(path)
+        elif isinstance(module, nn.Flatten):
+            flatten = True
+        elif isinstance(module, PASS_THROUGH):
+            pass
+        elif isinstance(module, nn.Sequential) or module is model:
+            if module is model and type(module).__name__ not in ("VGGS", "SqueezeNet11"):
+                if not isinstance(module, nn.Sequential):
+                    raise ValueError(f"filter pruning follows VGG-S, SqueezeNet 1.1 and nn.Sequential chains, "
+                                     f"not {type(module).__name__}")
+            for name, child in module.named_children():
+                walk(child, join(name))
+        else:
+            raise ValueError(f"{path}: filter pruning cannot follow channels through {type(module).__name__}")
+
+    walk(model, "")
+    return graph
+
+
+def conv_costs(model: nn.Module, graph: Graph) -> dict[str, float]:
+    """MACs per (output channel x input channel) of each conv: H_out * W_out * k_h * k_w, from one forward."""
+    spec = getattr(model, "spec", None) or {}
+    size, chans = spec.get("input_size"), spec.get("in_channels")
+    if not size:
+        raise ValueError("model has no .spec with input_size; build it with cnncompress.models.build")
+    costs, hooks = {}, []
+    for path, conv in graph.convs.items():
+        hooks.append(conv.register_forward_hook(
+            lambda m, i, o, p=path: costs.__setitem__(p, o.shape[2] * o.shape[3] * m.kernel_size[0] * m.kernel_size[1])))
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(1, chans, size, size))
+    model.train(was_training)
+    for hook in hooks:
+        hook.remove()
+    return costs
+
+
+def conv_macs(graph: Graph, costs: dict[str, float], kept: dict[str, int]) -> float:
+    total = 0.0
+    for path, conv in graph.convs.items():
+        ins = sum(kept.get(p, n) if p is not None else n for p, n in graph.inputs[path])
+        total += costs[path] * kept.get(path, conv.out_channels) * ins
+    return total
+
+
+def l1_scores(graph: Graph) -> dict[str, torch.Tensor]:
+    return {p: graph.convs[p].weight.detach().abs().sum(dim=(1, 2, 3)) for p in graph.prunable}
+
+
+def taylor_scores(model: nn.Module, graph: Graph, images: torch.Tensor, labels: torch.Tensor,
+                  batch_size: int = 64) -> dict[str, torch.Tensor]:
+    """Molchanov et al. 2016 eq. 8: ``|mean_{h,w}(z * dL/dz)|`` averaged over images, L2-normalised per layer.
+    Taken on the conv output before ReLU, which for ReLU nets equals the post-ReLU product."""
+    scores = {p: torch.zeros(graph.convs[p].out_channels) for p in graph.prunable}
+    outputs, hooks = {}, []
+    for p in graph.prunable:
+        hooks.append(graph.convs[p].register_forward_hook(lambda m, i, o, p=p: outputs.__setitem__(p, o)))
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(images), batch_size):
+            x, y = images[start:start + batch_size], labels[start:start + batch_size]
+            outputs.clear()
+            loss = F.cross_entropy(model(x), y, reduction="sum")
+            grads = torch.autograd.grad(loss, [outputs[p] for p in graph.prunable])
+            for p, g in zip(graph.prunable, grads):
+                scores[p] += (outputs[p].detach() * g).mean(dim=(2, 3)).abs().sum(0)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    return {p: s / (s.norm() + 1e-12) for p, s in scores.items()}
+
+
+def _select(tensor: torch.Tensor, dim: int, index: torch.Tensor | None) -> torch.Tensor:
+    return tensor.detach() if index is None else tensor.detach().index_select(dim, index)
+
+
+def _input_index(graph: Graph, path: str, keep: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    sources = graph.inputs.get(path) or graph.norms.get(path)
+    if not any(p in keep for p, _ in sources):
+        return None
+    parts, offset = [], 0
+    for p, n in sources:
+        parts.append((keep[p] if p in keep else torch.arange(n)) + offset)
+        offset += n
+    index = torch.cat(parts)
+    block = graph.block.get(path, 1)
+    if block > 1:
+        index = (index[:, None] * block + torch.arange(block)).reshape(-1)
+    return index
+
+
+def _set(model: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, leaf = path.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, module)
+
+
+@torch.no_grad()
+def remove_filters(model: nn.Module, graph: Graph, keep: dict[str, torch.Tensor]) -> nn.Module:
+    """Physically drop every filter not in ``keep[path]`` (sorted indices) and the channels it fed."""
+    for path in list(graph.inputs):
+        old = model.get_submodule(path)
+        out_index, in_index = keep.get(path), _input_index(graph, path, keep)
+        if out_index is None and in_index is None:
+            continue
+        weight = _select(_select(old.weight, 0, out_index), 1, in_index)
+        if isinstance(old, nn.Conv2d):
+            config = {**conv_config(old), "out_channels": weight.shape[0], "in_channels": weight.shape[1]}
+            new = nn.Conv2d(**{**config, "kernel_size": tuple(config["kernel_size"]),
+                               "stride": tuple(config["stride"]), "padding": tuple(config["padding"]),
+                               "dilation": tuple(config["dilation"])})
+        else:
+            new = nn.Linear(weight.shape[1], weight.shape[0], bias=old.bias is not None)
+        new.weight.copy_(weight)
+        if old.bias is not None:
+            new.bias.copy_(_select(old.bias, 0, out_index))
+        _set(model, path, new.to(old.weight.device))
+    for path in graph.norms:
+        index = _input_index(graph, path, keep)
+        if index is None:
+            continue
+        old = model.get_submodule(path)
+        new = nn.BatchNorm2d(len(index), eps=old.eps, momentum=old.momentum, affine=old.affine,
+                             track_running_stats=old.track_running_stats)
+        state = {k: (v.index_select(0, index) if v.dim() == 1 else v) for k, v in old.state_dict().items()}
+        new.load_state_dict(state)
+        _set(model, path, new)
+    for path in graph.fires:
+        fire = model.get_submodule(path)
+        fire.build_config = {"in_channels": fire.squeeze.in_channels, "squeeze": fire.squeeze.out_channels,
+                             "expand1x1": fire.expand1x1.out_channels, "expand3x3": fire.expand3x3.out_channels}
+    return model
+
+
+def _minimum(n: int, min_keep: float) -> int:
+    return max(1, math.ceil(min_keep * n))
+
+
+def uniform_keep(graph: Graph, scores: dict, costs: dict, target: float, min_keep: float) -> dict:
+    """Li et al.: the same fraction r of filters off every layer; r by bisection to reach ``target`` MACs."""
+    def counts(r: float) -> dict[str, int]:
+        return {p: max(_minimum(len(s), min_keep), len(s) - int(round(r * len(s)))) for p, s in scores.items()}
+    low, high = 0.0, 1.0
+    for _ in range(40):
+        mid = (low + high) / 2
+        low, high = (low, mid) if conv_macs(graph, costs, counts(mid)) <= target else (mid, high)
+    return {p: torch.sort(torch.argsort(s, descending=True)[:k]).values for (p, s), k in
+            zip(scores.items(), counts(high).values())}
+
+
+def greedy_keep(graph: Graph, scores: dict, costs: dict, target: float, min_keep: float) -> dict:
+    """Molchanov et al.: remove globally lowest-ranked filters one at a time until ``target`` MACs."""
+    kept = {p: len(s) for p, s in scores.items()}
+    removed = {p: set() for p in scores}
+    ranking = sorted(((float(v), p, i) for p, s in scores.items() for i, v in enumerate(s)))
+    for _, p, i in ranking:
+        if conv_macs(graph, costs, kept) <= target:
+            break
+        if kept[p] > _minimum(len(scores[p]), min_keep):
+            kept[p] -= 1
+            removed[p].add(i)
+    return {p: torch.tensor([i for i in range(len(s)) if i not in removed[p]], dtype=torch.long)
+            for p, s in scores.items()}
+
+
+def _calibration(model: nn.Module, data, samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
+        return data[0][:samples], data[1][:samples]
+    if not isinstance(data, str):
+        raise ValueError("data must be a dataset spec such as 'mnist5k' or an (images, labels) pair")
+    from ..data import build_dataset
+    spec = getattr(model, "spec", {}) or {}
+    dataset = build_dataset(data, "train", input_size=spec.get("input_size"), channels=spec.get("in_channels"))
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:samples]
+    return dataset.images[order], dataset.labels[order]
+
+
+def prune_filters(model: nn.Module, criterion: str = "l1", flops: float = 0.5, layers="all", min_keep: float = 0.1,
+                  data="mnist5k", samples: int = 256, steps: int = 4) -> nn.Module:
+    """Remove whole filters until the conv MACs drop by the fraction ``flops`` (see the module docstring)."""
+    check_fraction("flops", flops, low_open=True)
+    check_fraction("min_keep", min_keep, low_open=True)
+    if criterion not in ("l1", "taylor"):
+        raise ValueError(f"criterion={criterion!r} must be 'l1' or 'taylor'")
+    if not (isinstance(steps, int) and steps >= 1 and isinstance(samples, int) and samples >= 1):
+        raise ValueError("steps and samples must be integers >= 1")
+    graph = trace(model)
+    candidates = graph.prunable
+    if layers != "all":
+        if not isinstance(layers, (list, tuple)) or not layers or any(p not in candidates for p in layers):
+            raise ValueError(f"layers={layers!r} must be 'all' or a list of prunable convs: {candidates}")
+        candidates = list(layers)
+    costs = conv_costs(model, graph)
+    base = conv_macs(graph, costs, {})
+    calibration = _calibration(model, data, samples) if criterion == "taylor" else None
+    for step in range(1 if criterion == "l1" else steps):
+        graph = trace(model)
+        fraction = flops * (step + 1) / (1 if criterion == "l1" else steps)
+        if criterion == "l1":
+            scores = {p: s for p, s in l1_scores(graph).items() if p in candidates}
+            keep = uniform_keep(graph, scores, costs, (1 - fraction) * base, min_keep)
+        else:
+            scores = {p: s for p, s in taylor_scores(model, graph, *calibration).items() if p in candidates}
+            keep = greedy_keep(graph, scores, costs, (1 - fraction) * base, min_keep)
+        model = remove_filters(model, graph, keep)
+    after = conv_macs(trace(model), costs, {})
+    model.filter_pruning = {"criterion": criterion, "conv_macs_before": base, "conv_macs_after": after,
+                            "flops_removed": 1 - after / base, "approximate": graph.approximate,
+                            "channels": {p: model.get_submodule(p).out_channels for p in candidates}}
+    return model
+
+
+def prune_l1(model: nn.Module, flops: float = 0.5, layers="all", min_keep: float = 0.1) -> nn.Module:
+    """Li et al. 2017: smallest-L1 filters off, same fraction per layer, until conv MACs drop by ``flops``."""
+    return prune_filters(model, "l1", flops, layers, min_keep)
+
+
+def prune_taylor(model: nn.Module, flops: float = 0.5, layers="all", min_keep: float = 0.1, data="mnist5k",
+                 samples: int = 256, steps: int = 4) -> nn.Module:
+    """Molchanov et al. 2016: globally lowest Taylor-criterion filters off until conv MACs drop by ``flops``."""
+    return prune_filters(model, "taylor", flops, layers, min_keep, data, samples, steps)
+
+
+register(MethodInfo(
+    name="prune-l1", paper="Li et al. 2017, Pruning filters for efficient ConvNets (survey §2.3)", size="real",
+    speed="real", description="L1-norm filter pruning; filters and the next layer's input channels physically "
+                              "removed, result is a smaller dense model",
+    bench=({"model": "vgg_s", "config": {"flops": 0.5}, "finetune": 1, "label": "L1 filters -50% FLOPs"},)),
+    prune_l1)
+register(MethodInfo(
+    name="prune-taylor", paper="Molchanov et al. 2016, Pruning CNNs for resource efficient inference (survey §2.3)",
+    size="real", speed="real", description="Taylor-criterion filter pruning (global ranking, physical removal)",
+    bench=({"model": "vgg_s", "config": {"flops": 0.5, "samples": 128, "steps": 2}, "finetune": 1,
+            "label": "Taylor filters -50% FLOPs"},)),
+    prune_taylor)
