@@ -1,0 +1,310 @@
+"""``int8``: post-training static quantisation with calibration, run by real int8 kernels (onnxruntime QDQ).
+
+Survey §2.5 (Berthelier 2018) / Rassadin & Savchenko 2017 §1: 8-bit integer inference. Weights are quantised
+per output channel, symmetric (``s_c = max|w_c|/127``, int8); activations per tensor, asymmetric uint8 with
+ranges (min/max) collected on ``num_calibration`` calibration images. ``to_inference`` exports the model to
+ONNX and lets onnxruntime's ``quantize_static`` write a QDQ graph from the *stored* ranges (no data needed
+again); onnxruntime then fuses QDQ into QLinearConv / QGemm int8 kernels (VNNI on this CPU). onnxruntime's
+``quantize_dynamic`` is not used: it is several times slower than fp32 for CNNs.
+
+What is stored: ``Int8Conv2d`` / ``Int8Linear`` weights with the ``int8`` codec (1 byte per weight + a
+float32 scale and int8 zero point per channel), biases fp32, and the calibration ranges (a few hundred floats)
+in the file's manifest. Before ``to_inference`` the PyTorch model computes in fp32 with the int8-grid weights
+(activations not quantised): it is the reference twin that the int8 runtime approximates.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import math
+import os
+import tempfile
+import warnings
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..storage import register_layer
+from ..storage.architecture import LAYERS
+from ..storage.codec_int8 import dequantize_per_channel, quantize_per_channel
+from .registry import MethodInfo, register
+
+OPSET = 17
+QUANTIZED_OPS = ["Conv", "Gemm", "MatMul", "MaxPool", "Concat", "GlobalAveragePool", "AveragePool"]
+RUNTIME = "onnxruntime-int8-qdq"
+
+
+class _Int8Weight:
+    """Mixin: the weight lies on the per-output-channel symmetric int8 grid and is stored with the int8 codec."""
+
+    def snap_weight(self) -> None:
+        with torch.no_grad():
+            q, scale, zero = quantize_per_channel(self.weight, 0, True)
+            self.weight.copy_(dequantize_per_channel(q, scale, zero, 0))
+
+    def int8_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(q int8, scale float32 per output channel)``."""
+        q, scale, _ = quantize_per_channel(self.weight, 0, True)
+        return q, scale
+
+    def storage_codecs(self) -> dict:
+        return {"weight": ("int8", {"axis": 0, "symmetric": True})}
+
+
+class Int8Conv2d(_Int8Weight, nn.Conv2d):
+    def layer_config(self) -> dict:
+        return LAYERS["Conv2d"][1](self)
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d) -> "Int8Conv2d":
+        layer = cls(**LAYERS["Conv2d"][1](conv)).to(conv.weight.device)
+        layer.load_state_dict(conv.state_dict())
+        layer.snap_weight()
+        return layer
+
+
+class Int8Linear(_Int8Weight, nn.Linear):
+    def layer_config(self) -> dict:
+        return LAYERS["Linear"][1](self)
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear) -> "Int8Linear":
+        layer = cls(**LAYERS["Linear"][1](linear)).to(linear.weight.device)
+        layer.load_state_dict(linear.state_dict())
+        layer.snap_weight()
+        return layer
+
+
+class Int8Calibration(nn.Module):
+    """Holds the activation ranges ``{onnx tensor name: [min, max]}`` measured at calibration (no forward use)."""
+
+    def __init__(self, ranges: dict, exporter: str = "torchscript", opset: int = OPSET, num_images: int = 0):
+        super().__init__()
+        if not isinstance(ranges, dict) or not all(
+                isinstance(k, str) and isinstance(v, (list, tuple)) and len(v) == 2
+                and all(isinstance(b, (int, float)) and math.isfinite(b) for b in v) for k, v in ranges.items()):
+            raise ValueError("int8 calibration ranges must map tensor names to [min, max] floats")
+        if exporter not in ("torchscript", "dynamo") or not isinstance(opset, int):
+            raise ValueError(f"bad int8 exporter/opset {exporter!r}/{opset!r}")
+        self.ranges = {k: [float(v[0]), float(v[1])] for k, v in ranges.items()}
+        self.exporter, self.opset, self.num_images = exporter, opset, int(num_images)
+
+    def layer_config(self) -> dict:
+        return {"ranges": self.ranges, "exporter": self.exporter, "opset": self.opset, "num_images": self.num_images}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+for _cls in (Int8Conv2d, Int8Linear, Int8Calibration):
+    register_layer(_cls)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence the exporter's and onnxruntime quantiser's advisory warnings (root logger) for the duration."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, exporter: str = "torchscript", opset: int = OPSET):
+    """Export to an ``onnx.ModelProto`` with input ``input`` (dynamic batch) and output ``logits``.
+
+    Identity nodes on initializers (the exporter shares equal initializers) are replaced by copies so that
+    every Conv/Gemm has its own constant weight and bias, as the quantiser expects.
+    """
+    import onnx
+    buffer = io.BytesIO()
+    was_training = model.training
+    model.eval()
+    with _quiet(), torch.no_grad():
+        if exporter == "torchscript":
+            torch.onnx.export(model, (example,), buffer, opset_version=opset, dynamo=False, input_names=["input"],
+                              output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+        else:
+            torch.onnx.export(model, (example,), buffer, opset_version=opset, dynamo=True, input_names=["input"],
+                              output_names=["logits"], dynamic_shapes=({0: torch.export.Dim("batch")},))
+    model.train(was_training)
+    proto = onnx.load_from_string(buffer.getvalue())
+    initializers = {t.name: t for t in proto.graph.initializer}
+    kept = []
+    for node in proto.graph.node:
+        if node.op_type == "Identity" and node.input[0] in initializers:
+            copy = onnx.TensorProto()
+            copy.CopyFrom(initializers[node.input[0]])
+            copy.name = node.output[0]
+            proto.graph.initializer.append(copy)
+        else:
+            kept.append(node)
+    del proto.graph.node[:]
+    proto.graph.node.extend(kept)
+    return proto
+
+
+def _calibration_images(model: nn.Module, calibration, count: int, seed: int) -> torch.Tensor:
+    spec = getattr(model, "spec", None) or {}
+    if calibration is None:
+        warnings.warn("int8: no calibration data given; calibrating on synthetic N(0,1) inputs (fit for speed tests "
+                      "only, accuracy will suffer)", stacklevel=3)
+        generator = torch.Generator().manual_seed(seed)
+        size = spec.get("input_size", 224)
+        return torch.randn(min(count, 64), spec.get("in_channels", 3), size, size, generator=generator)
+    if isinstance(calibration, str):  # a dataset spec such as "mnist5k": its training split
+        from ..data import build_dataset
+        calibration = build_dataset(calibration, "train", input_size=spec.get("input_size", 48),
+                                    channels=spec.get("in_channels"))
+    if hasattr(calibration, "images"):
+        images = torch.as_tensor(calibration.images)
+        if len(images) > count:
+            index = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:count]
+            images = images[index.sort().values]
+        return images.float()
+    if isinstance(calibration, torch.Tensor):
+        return calibration[:count].float()
+    batches, total = [], 0
+    for batch in calibration:  # a DataLoader or any iterable of tensors / (images, labels)
+        images = batch[0] if isinstance(batch, (list, tuple)) else batch
+        batches.append(torch.as_tensor(images).float())
+        total += len(batches[-1])
+        if total >= count:
+            break
+    if not batches:
+        raise ValueError("int8: calibration data is empty")
+    return torch.cat(batches)[:count]
+
+
+def _quantize_static(float_proto, cache_path: str, reader=None):
+    """Run onnxruntime's QDQ static quantiser; ranges come from ``reader`` or the cache file. Returns bytes."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    with tempfile.TemporaryDirectory(prefix="cnncompress-int8-") as tmp, _quiet():
+        source, target = os.path.join(tmp, "float.onnx"), os.path.join(tmp, "int8.onnx")
+        onnx.save(float_proto, source)
+        quantize_static(source, target, reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        op_types_to_quantize=QUANTIZED_OPS, calibrate_method=CalibrationMethod.MinMax,
+                        calibration_cache_path=cache_path)
+        with open(target, "rb") as handle:
+            return handle.read()
+
+
+class _Reader:
+    def __init__(self, images: torch.Tensor, batch: int = 32):
+        self.batches = iter([images[i:i + batch].numpy() for i in range(0, len(images), batch)])
+
+    def get_next(self):
+        batch = next(self.batches, None)
+        return None if batch is None else {"input": batch}
+
+
+def apply_int8(model: nn.Module, calibration=None, num_calibration: int = 256, seed: int = 0) -> nn.Module:
+    """Snap conv/linear weights to per-channel int8 and calibrate activation ranges (min/max) for the int8 runtime.
+
+    ``calibration``: a dataset spec (``"mnist5k"``: its training split), an ``ImageDataset``, a tensor of images, or an iterable of batches (``(images, labels)``).
+    """
+    if not isinstance(num_calibration, int) or num_calibration < 1:
+        raise ValueError(f"num_calibration must be a positive integer, got {num_calibration!r}")
+    model.eval()
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if type(child) is nn.Conv2d:
+                setattr(module, child_name, Int8Conv2d.from_float(child))
+            elif type(child) is nn.Linear:
+                setattr(module, child_name, Int8Linear.from_float(child))
+    images = _calibration_images(model, calibration, num_calibration, seed)
+    proto = export_onnx(model, images[:1])
+    with tempfile.TemporaryDirectory(prefix="cnncompress-int8-") as tmp:
+        cache = os.path.join(tmp, "ranges.json")
+        _quantize_static(proto, cache, _Reader(images))
+        with open(cache) as handle:
+            data = json.load(handle)["data"]
+    ranges = {name: [float(v["lowest"]["data"][0]), float(v["highest"]["data"][0])] for name, v in data.items()}
+    model.int8_calibration = Int8Calibration(ranges, "torchscript", OPSET, len(images))
+    return model
+
+
+def _cache_json(calibration: Int8Calibration) -> dict:
+    def array(value):
+        return {"data": [value], "dtype": "float32", "CLS": "numpy.array"}
+    return {"CLS": "TensorsData", "calibration_method": {"CLS": "CalibrationMethod", "value": "CalibrationMethod.MinMax"},
+            "smooth_quant": False,
+            "data": {name: {"lowest": array(lo), "highest": array(hi), "CLS": "TensorData"}
+                     for name, (lo, hi) in calibration.ranges.items()}}
+
+
+class OrtInt8Model(nn.Module):
+    """Runs an int8 QDQ ONNX model with onnxruntime (one session per thread count, created lazily).
+
+    ``onnx_model`` holds the serialized graph; ``runtime`` names the engine for result tables.
+    """
+
+    runtime = RUNTIME
+
+    def __init__(self, onnx_model: bytes):
+        super().__init__()
+        self.onnx_model = onnx_model
+        self._sessions: dict[int, object] = {}
+
+    def session(self, threads: int | None = None):
+        import onnxruntime as ort
+        threads = threads or torch.get_num_threads()
+        if threads not in self._sessions:
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            self._sessions[threads] = ort.InferenceSession(self.onnx_model, options, providers=["CPUExecutionProvider"])
+        return self._sessions[threads]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        array = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        return torch.from_numpy(self.session().run(None, {"input": array})[0])
+
+    def __deepcopy__(self, memo):
+        return OrtInt8Model(self.onnx_model)
+
+
+def int8_onnx(model: nn.Module) -> bytes:
+    """The int8 QDQ ONNX graph of an ``int8``-applied model, rebuilt from its stored weights and ranges."""
+    calibration = getattr(model, "int8_calibration", None)
+    if not isinstance(calibration, Int8Calibration):
+        raise ValueError("model has no int8 calibration; apply the int8 method first")
+    spec = getattr(model, "spec", None) or {}
+    example = torch.zeros(1, spec.get("in_channels", 3), spec.get("input_size", 224), spec.get("input_size", 224))
+    proto = export_onnx(model, example, calibration.exporter, calibration.opset)
+    with tempfile.TemporaryDirectory(prefix="cnncompress-int8-") as tmp:
+        cache = os.path.join(tmp, "ranges.json")
+        with open(cache, "w") as handle:
+            json.dump(_cache_json(calibration), handle)
+        return _quantize_static(proto, cache)
+
+
+def to_inference_int8(model: nn.Module) -> nn.Module:
+    """Return the real int8 model (onnxruntime QDQ → QLinearConv/QGemm kernels)."""
+    if isinstance(model, OrtInt8Model):
+        return model
+    inference = OrtInt8Model(int8_onnx(model))
+    for attribute in ("spec", "metadata", "compression_history"):
+        if hasattr(model, attribute):
+            setattr(inference, attribute, getattr(model, attribute))
+    return inference.eval()
+
+
+register(MethodInfo(
+    name="int8", paper="Berthelier 2018 §2.5; Rassadin & Savchenko 2017 §1 (8-bit inference)",
+    size="real", speed="real",
+    description="post-training static int8: per-channel symmetric weights, uint8 activations calibrated by min/max; "
+                "onnxruntime QDQ int8 kernels; .ccz stores int8 weights + per-channel scales",
+    bench=({"model": "vgg_s", "config": {"calibration": "mnist5k"}, "finetune": 0, "label": "int8 (ORT QDQ)"},
+           {"model": "squeezenet1_1", "config": {"calibration": "mnist5k"}, "finetune": 0, "label": "int8 (ORT QDQ)"})),
+    apply_int8, to_inference=to_inference_int8)
