@@ -1,0 +1,180 @@
+"""Knowledge distillation: losses, cached teacher outputs, training, resume, CLI and recipe (Table 3)."""
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnncompress import cli, storage
+from cnncompress.data import ImageDataset
+from cnncompress.distill import (LOSSES, agreement, augment_copies, distill, hinton_loss, label_loss, load_teacher,
+                                 softmax_loss, teacher_logits)
+from cnncompress.errors import InputError
+
+
+def _data(n=160, classes=4, labelled=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(n, 1, 4, 4, generator=g)
+    labels = torch.randint(0, classes, (n,), generator=g) if labelled else torch.full((n,), -1)
+    return ImageDataset(images, labels, [str(c) for c in range(classes)] if labelled else [], "synthetic")
+
+
+def _linear(classes=4, seed=0, scale=1.0):
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, classes))
+    with torch.no_grad():
+        net[1].weight.mul_(scale)
+    return net
+
+
+class Counting(nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.calls = inner, 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.inner(x)
+
+
+def test_losses_follow_their_formulas():
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(6, 5, generator=g), 3 * torch.randn(6, 5, generator=g)
+    y = torch.tensor([0, -1, 2, -1, 4, 1])
+    assert torch.allclose(label_loss(s, t, y), F.cross_entropy(s, t.argmax(1)))
+    for temp in (1.0, 3.0):
+        pt, ps = (t / temp).softmax(1), (s / temp).softmax(1)
+        kl = (pt * (pt.log() - ps.log())).sum(1).mean()
+        assert torch.allclose(softmax_loss(s, t, y, temp), kl, atol=1e-6)
+        known = y >= 0
+        ref = 0.7 * temp ** 2 * kl + 0.3 * F.cross_entropy(s[known], y[known])
+        assert torch.allclose(hinton_loss(s, t, y, temp, 0.7), ref, atol=1e-5)
+    assert float(softmax_loss(t, t, y)) == pytest.approx(0.0, abs=1e-6)
+    assert set(LOSSES) == {"labels", "softmax", "hinton"}
+
+
+def test_augment_copies_are_seeded_and_keep_the_original():
+    x = torch.randn(5, 1, 16, 16)
+    a, b = augment_copies(x, 4, seed=3), augment_copies(x, 4, seed=3)
+    assert a.shape == (20, 1, 16, 16) and torch.equal(a, b) and torch.equal(a[:5], x)
+    assert not torch.allclose(a[5:10], x) and not torch.equal(a, augment_copies(x, 4, seed=4))
+
+
+def test_teacher_outputs_are_computed_once(tmp_path):
+    teacher, data = Counting(_linear()), _data()
+    first, cached = teacher_logits(teacher, data.images, tmp_path)
+    calls = teacher.calls
+    assert not cached and calls > 0
+    second, cached = teacher_logits(teacher, data.images, tmp_path)
+    assert cached and teacher.calls == calls and torch.equal(first, second)
+    _, cached = teacher_logits(teacher, data.images + 1, tmp_path)  # other data -> other key
+    assert not cached
+
+
+def test_distill_learns_the_teacher_and_caches(tmp_path):
+    teacher, data, held = Counting(_linear(scale=3.0)), _data(), _data(64, seed=1)
+    results = {}
+    for targets in ("labels", "softmax"):
+        student = _linear(seed=5)
+        before = agreement(student, held.images, teacher.inner(held.images))
+        r = distill(teacher, student, data, targets=targets, epochs=15, lr=0.1, batch_size=16, heldout=held,
+                    heldout_copies=1, cache_dir=tmp_path)
+        results[targets] = r
+        assert r.agreement_heldout > max(0.8, before + 0.2)
+        assert r.agreement_train > 0.8
+    assert not results["labels"].teacher_cached and results["softmax"].teacher_cached
+    calls = teacher.calls
+    distill(teacher, _linear(seed=5), data, targets="softmax", epochs=1, heldout=held, heldout_copies=1,
+            cache_dir=tmp_path)
+    assert teacher.calls == calls  # second run: no teacher forward pass at all
+
+
+def test_hinton_mixes_true_labels(tmp_path):
+    teacher, data, labelled = _linear(scale=3.0), _data(), _data(80, labelled=True, seed=2)
+    r = distill(teacher, _linear(seed=5), data, targets="hinton", alpha=0.5, labeled=labelled, test=labelled,
+                epochs=2, lr=0.05, cache_dir=tmp_path)
+    assert r.temperature == 4.0 and r.accuracy is not None and 0 <= r.accuracy <= 1
+
+
+def test_resume_is_bit_exact_and_checks_settings(tmp_path, monkeypatch):
+    from cnncompress.train import Trainer
+    teacher, data = _linear(scale=3.0), _data()
+    full = _linear(seed=5)
+    distill(teacher, full, data, epochs=3, lr=0.05, cache_dir=tmp_path / "c", out_dir=tmp_path / "full")
+    save = Trainer._save_checkpoint
+
+    def interrupted(self, epoch):
+        save(self, epoch)
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_save_checkpoint", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        distill(teacher, _linear(seed=5), data, epochs=3, lr=0.05, cache_dir=tmp_path / "c",
+                out_dir=tmp_path / "part")
+    monkeypatch.undo()
+    resumed = _linear(seed=9)  # different init: everything must come from the checkpoint
+    r = distill(teacher, resumed, data, epochs=3, lr=0.05, cache_dir=tmp_path / "c", out_dir=tmp_path / "part",
+                resume=True)
+    assert [h["epoch"] for h in r.history] == [1, 2, 3]
+    for a, b in zip(full.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+    with pytest.raises(InputError, match="different distillation settings"):
+        distill(teacher, _linear(), data, targets="labels", epochs=3, lr=0.05, cache_dir=tmp_path / "c",
+                out_dir=tmp_path / "part", resume=True)
+
+
+def test_bad_inputs_are_clean_errors(tmp_path):
+    teacher, data = _linear(), _data()
+    with pytest.raises(InputError, match="outputs but the teacher has"):
+        distill(teacher, _linear(classes=3), data, epochs=1, cache_dir=tmp_path)
+    with pytest.raises(InputError, match="classes but the teacher"):
+        distill(teacher, _linear(), data, labeled=_data(20, classes=5, labelled=True), epochs=1, cache_dir=tmp_path)
+    with pytest.raises(InputError, match="empty"):
+        distill(teacher, _linear(), _data(0), epochs=1, cache_dir=tmp_path)
+    with pytest.raises(InputError, match="targets"):
+        distill(teacher, _linear(), data, targets="logits", epochs=1, cache_dir=tmp_path)
+    for name, content in (("t.safetensors", b"garbage"), ("t.hdf5", b"garbage"), ("t.pkl", b"x")):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(InputError):
+            load_teacher(str(tmp_path / name))
+    with pytest.raises(InputError):
+        load_teacher(str(tmp_path / "missing.ccz"))
+
+
+def test_cli_single_run_writes_a_ccz_and_reports_agreement(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = cli.main(["distill", "--teacher", "fer-minixception", "--student", "squeezenet1_1", "--width", "0.25",
+                     "--unlabeled", "lfw-faces", "--targets", "softmax", "--copies", "1", "--epochs", "1",
+                     "--cache", str(tmp_path / "cache"), "--out", str(out)])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert "agreement with fer-minixception on 25 held-out images" in text
+    student = storage.load(out / "model.ccz")
+    assert student.metadata["classes"][3] == "happy" and student(torch.zeros(1, 1, 64, 64)).shape == (1, 7)
+    assert json.loads((out / "distill.json").read_text())["n_unlabeled"] == 75
+
+
+def test_cli_errors_exit_2(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code = cli.main(["distill", "--teacher", "fer-minixception", "--unlabeled", f"faces:{empty}",
+                     "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert cli.main(["distill", "--teacher", str(tmp_path / "nope.safetensors"), "--unlabeled", "lfw-faces",
+                     "--out", str(tmp_path / "o")]) == 2
+    assert cli.main(["distill", "--teacher", "fer-minixception"]) == 2
+    capsys.readouterr()
+
+
+def test_recipe_prints_a_table3_style_table(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("teacher: fer-minixception\nunlabeled: lfw-faces\nstudent: {model: squeezenet1_1, width: 0.25}"
+                      f"\ncopies: 1\nepochs: 1\nlr: 0.01\ncache: {tmp_path / 'cache'}\ntargets: [labels, softmax]\n"
+                      "seeds: [0]\n")
+    code = cli.main(["distill", "--recipe", str(recipe), "--out", str(tmp_path / "t3")])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert "| labels | softmax |" in text and "agreement, held-out images" in text
+    assert (tmp_path / "t3" / "table.md").exists()
