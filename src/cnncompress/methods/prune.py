@@ -25,6 +25,7 @@ from ..storage.architecture import register_layer
 from .registry import MethodInfo, register
 
 CONV_INDEX_BITS, FC_INDEX_BITS = 8, 5
+MAX_LAYER_SPARSITY = 0.99  # global scope: no layer loses more than this
 
 
 def conv_config(m: nn.Conv2d) -> dict:
@@ -163,15 +164,19 @@ def _replace(model: nn.Module, path: str, module: nn.Module) -> None:
 
 
 def magnitude_masks(weights: dict[str, torch.Tensor], targets: dict[str, float], scope: str) -> dict[str, torch.Tensor]:
-    """Keep-masks: per layer ``|w| >= quantile_s(|w|)``; global scope uses one threshold over all layers
-    (targets then hold the same sparsity everywhere)."""
+    """Keep-masks: per layer ``|w| > quantile_s(|w|)``; global scope uses one threshold over all layers
+    (targets then hold the same sparsity everywhere) but leaves every layer at least 1% of its weights."""
     def threshold(values: torch.Tensor, sparsity: float) -> float:
         k = int(round(sparsity * values.numel()))
         return float("-inf") if k == 0 else float(values.kthvalue(k).values)
     if scope == "global":
         sparsity = next(iter(targets.values()))
         t = threshold(torch.cat([w.abs().reshape(-1) for w in weights.values()]), sparsity)
-        return {p: w.abs() > t for p, w in weights.items()}
+        masks = {p: w.abs() > t for p, w in weights.items()}
+        for p, w in weights.items():  # one threshold must not empty a layer: keep its top 1% at least
+            if w.numel() and masks[p].float().mean() < 1 - MAX_LAYER_SPARSITY:
+                masks[p] = w.abs() > threshold(w.abs().reshape(-1), MAX_LAYER_SPARSITY)
+        return masks
     return {p: w.abs() > threshold(w.abs().reshape(-1), targets[p]) for p, w in weights.items()}
 
 
