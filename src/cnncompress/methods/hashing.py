@@ -60,9 +60,11 @@ class _Hashed(nn.Module):
             kernel._check(int(seed), out_features, int(num_bias_buckets), kernel.MAX_SLOT_BUCKETS)
         self.out_features_, self.seed, self.mode = out_features, int(seed), mode
         self.num_buckets, self.num_bias_buckets = int(num_buckets), int(num_bias_buckets)
-        self.buckets = nn.Parameter(torch.empty(self.num_buckets))
-        self.bias_buckets = nn.Parameter(torch.empty(self.num_bias_buckets)) if num_bias_buckets else None
-        self.bias = nn.Parameter(torch.empty(out_features)) if bias and not num_bias_buckets else None
+        self.register_parameter("buckets", nn.Parameter(torch.empty(self.num_buckets)))
+        self.register_parameter("bias_buckets", nn.Parameter(torch.empty(self.num_bias_buckets))
+                                if num_bias_buckets else None)
+        self.register_parameter("bias", nn.Parameter(torch.empty(out_features)) if bias and not num_bias_buckets
+                                else None)
         self.register_buffer("slots", None, persistent=False)
         self.register_buffer("bias_slots", None, persistent=False)
         self.register_buffer("dense_weight", None, persistent=False)
@@ -125,8 +127,12 @@ class _Hashed(nn.Module):
         return self.virtual_weight()
 
     def _key(self) -> tuple:
-        return tuple((t.data_ptr(), t._version) for t in (self.buckets, self.bias_buckets, self.bias)
-                     if t is not None)
+        """Changes whenever the buckets or bias change (in-place updates bump ``_version``). Reads the parameter
+        dict directly: ``nn.Module.__getattr__`` costs microseconds, which add up at batch 1."""
+        params = self._parameters
+        weight, bias = params["buckets"], params["bias_buckets"]
+        bias = params["bias"] if bias is None else bias
+        return (weight.data_ptr(), weight._version, None if bias is None else bias._version)
 
     @torch.no_grad()
     def materialize(self) -> None:
@@ -138,17 +144,18 @@ class _Hashed(nn.Module):
         self._dense_key = self._key()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mode == "expand" and not self.training:
-            if torch.compiler.is_compiling():  # torch.export / dynamo: the expanded copy, if any, as constants
-                if self.dense_weight is not None:
-                    return self._op(x, self.dense_weight, self.dense_bias)
-            elif torch.jit.is_tracing():  # ONNX (TorchScript) export: constants when fresh, else a Gather graph
-                if self.dense_weight is not None and self._dense_key == self._key():
-                    return self._op(x, self.dense_weight, self.dense_bias)
-            elif not (torch.is_grad_enabled() and self.buckets.requires_grad):
-                if self.dense_weight is None or self._dense_key != self._key():
+        if not self.training and self.mode == "expand":
+            buffers = self._buffers
+            if torch.jit.is_tracing():  # ONNX (TorchScript) export: constants when fresh, else a Gather graph
+                if buffers["dense_weight"] is not None and self._dense_key == self._key():
+                    return self._op(x, buffers["dense_weight"], buffers["dense_bias"])
+            elif torch.compiler.is_compiling():  # torch.export / dynamo: the expanded copy, if any, as constants
+                if buffers["dense_weight"] is not None:
+                    return self._op(x, buffers["dense_weight"], buffers["dense_bias"])
+            elif not (self._parameters["buckets"].requires_grad and torch.is_grad_enabled()):
+                if self._dense_key != self._key():
                     self.materialize()
-                return self._op(x, self.dense_weight, self.dense_bias)
+                return self._op(x, buffers["dense_weight"], buffers["dense_bias"])
         return self._op(x, self.virtual_weight(), self.virtual_bias())
 
     def train(self, mode: bool = True):
