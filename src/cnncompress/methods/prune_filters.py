@@ -13,7 +13,8 @@ Criteria (per output filter ``k`` of layer ``l``):
     estimate of the loss change), L2-normalised per layer, ranked globally; the lowest are removed one by one
     until the conv MACs drop by ``flops``, in ``steps`` rounds that recompute the criterion on the pruned net
     (Molchanov fine-tunes between rounds; here fine-tuning happens once, after ``apply``).
-Equivalence: before fine-tuning the pruned net equals the original with the removed filters' outputs zeroed,
+``model.filter_pruning`` records the criterion, conv MACs before/after, channels left and the kept filter
+indices (original numbering). Equivalence: before fine-tuning the pruned net equals the original with the removed filters' outputs zeroed,
 except through ``LocalResponseNorm`` (VGG-S norm1/norm2), which mixes neighbouring channels; such layers are
 listed in ``model.filter_pruning["approximate"]``.
 """
@@ -282,6 +283,7 @@ def prune_filters(model: nn.Module, criterion: str = "l1", flops: float = 0.5, l
     costs = conv_costs(model, graph)
     base = conv_macs(graph, costs, {})
     calibration = _calibration(model, data, samples) if criterion == "taylor" else None
+    origin = {p: torch.arange(graph.convs[p].out_channels) for p in candidates}
     for step in range(1 if criterion == "l1" else steps):
         graph = trace(model)
         fraction = flops * (step + 1) / (1 if criterion == "l1" else steps)
@@ -292,10 +294,12 @@ def prune_filters(model: nn.Module, criterion: str = "l1", flops: float = 0.5, l
             scores = {p: s for p, s in taylor_scores(model, graph, *calibration).items() if p in candidates}
             keep = greedy_keep(graph, scores, costs, (1 - fraction) * base, min_keep)
         model = remove_filters(model, graph, keep)
+        origin = {p: origin[p][keep[p]] if p in keep else origin[p] for p in origin}
     after = conv_macs(trace(model), costs, {})
     model.filter_pruning = {"criterion": criterion, "conv_macs_before": base, "conv_macs_after": after,
                             "flops_removed": 1 - after / base, "approximate": graph.approximate,
-                            "channels": {p: model.get_submodule(p).out_channels for p in candidates}}
+                            "channels": {p: model.get_submodule(p).out_channels for p in candidates},
+                            "kept": {p: index.tolist() for p, index in origin.items()}}
     return model
 
 
