@@ -1,0 +1,81 @@
+"""int8: per-channel codec, calibrated onnxruntime QDQ int8 model vs fp32, .ccz round trip and size."""
+import os
+
+import pytest
+import torch
+
+from cnncompress import methods, models, storage
+from cnncompress.data import build_dataset
+from cnncompress.errors import InputError
+from cnncompress.methods.int8 import Int8Conv2d, Int8Linear, OrtInt8Model
+from cnncompress.storage.codec_int8 import INT8, dequantize_per_channel, quantize_per_channel
+from cnncompress.train import TrainConfig, Trainer
+
+
+def test_codec_round_trip_and_error_bound():
+    torch.manual_seed(0)
+    w = torch.randn(16, 8, 3, 3) * torch.linspace(0.01, 2, 16)[:, None, None, None]
+    for symmetric in (True, False):
+        data, meta = INT8.encode(w, axis=0, symmetric=symmetric)
+        INT8.check(len(data), meta, tuple(w.shape))
+        assert len(data) == w.numel() + 5 * 16
+        decoded = INT8.decode(data, meta, tuple(w.shape), "float32")
+        q, scale, zero = quantize_per_channel(w, 0, symmetric)
+        assert q.dtype == torch.int8
+        assert torch.all((decoded - w).abs() <= scale[:, None, None, None] / 2 + 1e-6)
+        again = INT8.decode(*INT8.encode(decoded, axis=0, symmetric=symmetric), tuple(w.shape), "float32")
+        assert torch.allclose(again, decoded, atol=1e-6)
+    q, scale, zero = quantize_per_channel(w, 0, True)
+    assert q.abs().amax((1, 2, 3)).eq(127).all() and zero.eq(0).all()
+    assert torch.allclose(dequantize_per_channel(q, scale, zero, 0), w, atol=float(scale.max()) / 2 + 1e-6)
+    with pytest.raises(ValueError):
+        INT8.check(len(data) - 1, meta, tuple(w.shape))
+    with pytest.raises(ValueError):
+        INT8.check(len(data), {"axis": 7}, tuple(w.shape))
+
+
+@pytest.fixture(scope="module")
+def trained():
+    torch.manual_seed(0)
+    train = build_dataset("mnist5k", "train", input_size=48)
+    test = build_dataset("mnist5k", "test", input_size=48)
+    train.images, train.labels = train.images[:1200], train.labels[:1200]
+    model = models.build("vgg_s", 10, 1, 48, 0.25)
+    Trainer(model, train, None, TrainConfig(epochs=1, lr=0.01, momentum=0.9, batch_size=32, seed=0),
+            progress=False).fit()
+    return model.eval(), train, test
+
+
+def test_int8_agrees_with_fp32_and_ccz_is_4x_smaller(trained, tmp_path):
+    model, train, test = trained
+    quantized = methods.apply(model, "int8", calibration=train, num_calibration=256)
+    assert isinstance(quantized.features.conv1, Int8Conv2d) and isinstance(quantized.classifier.fc6, Int8Linear)
+    assert quantized.int8_calibration.num_images == 256
+    inference = methods.to_inference(quantized)
+    assert isinstance(inference, OrtInt8Model) and b"QuantizeLinear" in inference.onnx_model
+    images = test.images[:500]
+    with torch.no_grad():
+        reference = model(images).argmax(1)
+        grid = quantized(images).argmax(1)
+    int8 = inference(images).argmax(1)
+    assert (int8 == reference).float().mean().item() >= 0.98
+    assert (grid == reference).float().mean().item() >= 0.98
+    storage.save(model, tmp_path / "fp32.ccz")
+    storage.save(quantized, tmp_path / "int8.ccz")
+    ratio = os.path.getsize(tmp_path / "fp32.ccz") / os.path.getsize(tmp_path / "int8.ccz")
+    assert 3.7 < ratio < 4.0, ratio
+    loaded = storage.load(tmp_path / "int8.ccz")
+    assert torch.allclose(loaded.features.conv1.weight, quantized.features.conv1.weight, atol=1e-6)
+    assert torch.equal(loaded.features.conv1.int8_weight()[0], quantized.features.conv1.int8_weight()[0])
+    assert torch.allclose(methods.to_inference(loaded)(images[:64]), inference(images[:64]), atol=1e-5)
+
+
+def test_int8_without_calibration_warns_and_bad_options_fail():
+    model = models.build("squeezenet1_1", 10, 1, 48, 0.25)
+    with pytest.warns(UserWarning, match="synthetic"):
+        quantized = methods.apply(model, "int8", num_calibration=8)
+    assert methods.to_inference(quantized)(torch.randn(2, 1, 48, 48)).shape == (2, 10)
+    with pytest.raises(InputError, match="num_calibration"):
+        methods.apply(model, "int8", num_calibration=0)
+    with pytest.raises(ValueError, match="no int8 calibration"):
+        methods.get("int8").to_inference(model)
