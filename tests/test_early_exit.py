@@ -55,12 +55,22 @@ def test_firm_cascade_loss_hand_values_large_alpha():
     assert p.tolist()[0] == pytest.approx([0.9, 0.8], rel=1e-6)
     for label, expected in ((0, -math.log(0.9)), (1, -math.log(0.8))):
         loss = firm_cascade_loss(logits_of(v1), logits_of(v2), torch.tensor([label]), alpha=alpha, penalty=0.6)
-        assert float(loss) == pytest.approx(expected, rel=1e-6)
+        assert float(loss) == pytest.approx(expected, abs=1e-6)
     # V1 unsure: P = g(V2) V2 = [0.7, 0, 0]; loss = -log 0.7 + λ (1 - g(0.4)) = -log 0.7 + λ
     v1, v2 = [[0.4, 0.3, 0.3]], [[0.7, 0.2, 0.1]]
     for penalty in (0.0, 0.6):
         loss = firm_cascade_loss(logits_of(v1), logits_of(v2), torch.tensor([0]), alpha=alpha, penalty=penalty)
-        assert float(loss) == pytest.approx(-math.log(0.7) + penalty, rel=1e-6)
+        assert float(loss) == pytest.approx(-math.log(0.7) + penalty, abs=1e-6)
+
+
+def test_firm_max_gate_punishes_confident_wrong_early_head():
+    alpha, v1, v2 = 1e4, [[0.9, 0.1]], [[0.2, 0.8]]
+    y = torch.tensor([1])
+    # element-wise (paper): P[1] = g(V2[1]) V2[1] = 0.8; max gate: G = g(0.9) = 1 -> P = V1 -> P[1] = 0.1
+    elementwise = firm_cascade_loss(logits_of(v1), logits_of(v2), y, alpha=alpha, penalty=0.0)
+    gated = firm_cascade_loss(logits_of(v1), logits_of(v2), y, alpha=alpha, penalty=0.0, gate="max")
+    assert float(elementwise) == pytest.approx(-math.log(0.8), abs=1e-6)
+    assert float(gated) == pytest.approx(-math.log(0.1), abs=1e-6)
 
 
 def test_firm_probability_close_to_v1_when_v1_confident():
@@ -79,7 +89,7 @@ def test_losses_train_both_heads():
     torch.manual_seed(0)
     net = attach_exit(models.build("cascade_cnn", 10, 1, 28, 0.25), "p1")
     x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
-    for loss in ("sum", "soft", "firm"):
+    for loss in ("sum", "soft", "firm", "firm-max"):
         net.loss, net.alpha = loss, 4.0  # a soft g so the gradient is not vanishingly small
         net.zero_grad()
         cascade_finetune_loss(net, x, y).backward()

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 CASCADE_POSITIONS = {"p1": "features.block1", "p2": "features.block2"}
-LOSS_NAMES = ("sum", "soft", "firm")
+LOSS_NAMES = ("sum", "soft", "firm", "firm-max")
 DEFAULT_ALPHA, DEFAULT_THRESHOLD, DEFAULT_PENALTY = 128.0, 0.6, 0.6
 
 
@@ -78,32 +78,41 @@ def firm_cascade_probability(v1: torch.Tensor, v2: torch.Tensor, alpha: float = 
 
 
 def firm_cascade_loss(early_logits: torch.Tensor, final_logits: torch.Tensor, labels: torch.Tensor,
-                      alpha: float = DEFAULT_ALPHA, penalty: float = DEFAULT_PENALTY,
+                      alpha: float = DEFAULT_ALPHA, penalty: float = DEFAULT_PENALTY, gate: str = "elementwise",
                       eps: float = 1e-7) -> torch.Tensor:
-    """Firm cascade loss: −log P[y] + λ (1 − g_α(max_i V1[i])), batch mean (Pimpley & Indulkar §3.3).
+    """Firm cascade loss: −log(P[y] + ε) + λ (1 − g_α(max_i V1[i])), batch mean (Pimpley & Indulkar §3.3).
 
-    P = g(V1)⊙V1 + (1 − g(V1))⊙g(V2)⊙V2, g_α(p) = (f_α(p) − f_α(0)) / (f_α(1) − f_α(0)),
-    f_α(p) = 1/(1+exp(−α(p−0.5))); paper defaults α = 128, λ = 0.6. The paper writes the penalty as
-    λ(1 − g(V1)) with V1 a vector; we apply it to the early head's confidence max_i V1[i] (the quantity the
-    test-time gate thresholds), so it is one number per sample that is 0 when the early head is sure.
-    P[y] is clamped at ``eps`` before the log (P is 0 where neither head is sure).
+    ``gate="elementwise"`` (the paper): P = g(V1)⊙V1 + (1 − g(V1))⊙g(V2)⊙V2, every product element-wise, with
+    g_α(p) = (f_α(p) − f_α(0)) / (f_α(1) − f_α(0)), f_α(p) = 1/(1+exp(−α(p−0.5))); defaults α = 128, λ = 0.6.
+    ``gate="max"`` (our variant, loss name ``firm-max``): one gate per sample from the test-time exit rule,
+    G = g(max_i V1[i]), P = G·V1 + (1 − G)·g(V2)⊙V2; unlike the element-wise form it punishes an early head
+    that is confidently wrong (element-wise, P[y] then falls back to V2[y]).
+    The paper writes the penalty as λ(1 − g(V1)) with V1 a vector; we apply it to the early head's confidence
+    max_i V1[i] (the quantity the test-time gate thresholds), one number per sample, 0 when the early head is
+    sure. ε keeps the log finite *and* its gradient alive where P[y] ≈ 0 (a clamp would zero it).
     """
     v1, v2 = F.softmax(early_logits, 1), F.softmax(final_logits, 1)
-    p = firm_cascade_probability(v1, v2, alpha)
-    cross_entropy = -torch.log(p.gather(1, labels[:, None]).squeeze(1).clamp_min(eps))
-    cost = penalty * (1 - g_alpha(v1.max(dim=1).values, alpha))
-    return (cross_entropy + cost).mean()
+    confidence_gate = g_alpha(v1.max(dim=1).values, alpha)
+    if gate == "elementwise":
+        p = firm_cascade_probability(v1, v2, alpha)
+    elif gate == "max":
+        p = confidence_gate[:, None] * v1 + (1 - confidence_gate[:, None]) * g_alpha(v2, alpha) * v2
+    else:
+        raise ValueError(f"gate={gate!r} must be elementwise or max")
+    cross_entropy = -torch.log(p.gather(1, labels[:, None]).squeeze(1) + eps)
+    return (cross_entropy + penalty * (1 - confidence_gate)).mean()
 
 
 def cascade_loss(name: str, early_logits: torch.Tensor, final_logits: torch.Tensor, labels: torch.Tensor,
                  alpha: float = DEFAULT_ALPHA, penalty: float = DEFAULT_PENALTY) -> torch.Tensor:
-    """Dispatch on ``name`` in ``sum`` | ``soft`` | ``firm``."""
+    """Dispatch on ``name`` in ``sum`` | ``soft`` | ``firm`` | ``firm-max`` (see ``firm_cascade_loss``)."""
     if name == "sum":
         return msdnet_sum_loss(early_logits, final_logits, labels)
     if name == "soft":
         return soft_cascade_loss(early_logits, final_logits, labels)
-    if name == "firm":
-        return firm_cascade_loss(early_logits, final_logits, labels, alpha, penalty)
+    if name in ("firm", "firm-max"):
+        gate = "max" if name == "firm-max" else "elementwise"
+        return firm_cascade_loss(early_logits, final_logits, labels, alpha, penalty, gate)
     raise ValueError(f"unknown cascade loss {name!r}; choose one of {', '.join(LOSS_NAMES)}")
 
 

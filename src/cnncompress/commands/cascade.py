@@ -3,9 +3,14 @@
 One run: ``cnncompress cascade --data noisy-mnist5k --loss firm --position p2 --threshold 0.6 --penalty 0.6
 --out runs/cascade``. The paper's grid: ``cnncompress cascade --recipe experiments/cascade.yaml --out DIR``
 (flags given on the command line override the recipe). Each run trains the base model (cross-entropy, no exit;
-it is also the firm cascade's pre-training), then the cascade with the chosen loss, then sweeps the threshold
+the paper's "Base"), then the cascade with the chosen loss, then sweeps the threshold
 0..1 (accuracy, early-exit rate, measured ms/sample, MACs/sample). Writes ``results.json``, ``table.md``,
 ``sweep.csv`` and PNG plots into ``--out``.
+
+Firm cascade pre-training (the paper pre-trains only the firm model): the cascade is first trained with the sum
+loss (``pretrain_epochs``; the sum run of the same seed and position is reused when the epochs match), so both
+heads start confident, then fine-tuned with the firm loss for ``epochs`` at ``firm_lr``/``firm_momentum``.
+Started from an untrained exit head, α = 128 saturates g and no gradient reaches the head.
 """
 from __future__ import annotations
 
@@ -18,16 +23,18 @@ from ..errors import InputError
 
 DEFAULTS = {"datasets": ["mnist5k"], "losses": ["firm"], "positions": ["p2"], "seeds": [0], "epochs": 20,
             "pretrain_epochs": None, "threshold": 0.6, "penalty": 0.6, "alpha": 128.0, "penalties": [],
-            "lr": 0.001, "momentum": 0.5, "batch_size": 64, "width": 1.0, "limit": 0,
+            "lr": 0.001, "momentum": 0.5, "firm_lr": None, "firm_momentum": None, "batch_size": 64, "width": 1.0,
+            "limit": 0,
             "thresholds": [round(0.05 * i, 2) for i in range(21)]}
 DATASETS = ("mnist5k", "noisy-mnist5k")
+LOSSES = ("sum", "soft", "firm", "firm-max")
 
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("cascade", help="early-exit cascade CNN: sum / soft / firm cascade losses")
     parser.add_argument("--recipe", help="YAML recipe (experiments/cascade.yaml); flags below override it")
     parser.add_argument("--data", choices=DATASETS, help="dataset (default mnist5k)")
-    parser.add_argument("--loss", choices=("sum", "soft", "firm"), help="cascade loss (default firm)")
+    parser.add_argument("--loss", choices=LOSSES, help="cascade loss (default firm)")
     parser.add_argument("--position", choices=("p1", "p2"), help="exit after block 1 or 2 (default p2)")
     parser.add_argument("--threshold", type=float, help="exit when max(V1) > threshold (default 0.6)")
     parser.add_argument("--penalty", type=float, help="firm cascade penalty λ (default 0.6)")
@@ -37,6 +44,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0)")
     parser.add_argument("--lr", type=float, help="SGD learning rate (default 0.001)")
     parser.add_argument("--momentum", type=float, help="SGD momentum (default 0.5)")
+    parser.add_argument("--firm-lr", type=float, help="learning rate of the firm fine-tuning (default = --lr)")
+    parser.add_argument("--firm-momentum", type=float, help="momentum of the firm fine-tuning (default = --momentum)")
     parser.add_argument("--batch-size", type=int, help="batch size (default 64)")
     parser.add_argument("--width", type=float, help="channel width multiplier of the cascade CNN (default 1.0)")
     parser.add_argument("--limit", type=int, help="use only the first N training images (0 = all)")
@@ -60,11 +69,12 @@ def load_config(args) -> dict:
                  "positions": [args.position] if args.position else None, "seeds": args.seeds,
                  "threshold": args.threshold, "penalty": args.penalty, "alpha": args.alpha, "epochs": args.epochs,
                  "pretrain_epochs": args.pretrain_epochs, "lr": args.lr, "momentum": args.momentum,
+                 "firm_lr": args.firm_lr, "firm_momentum": args.firm_momentum,
                  "batch_size": args.batch_size, "width": args.width, "limit": args.limit}
     config.update({k: v for k, v in overrides.items() if v is not None})
-    if not set(config["datasets"]) <= set(DATASETS) or not set(config["losses"]) <= {"sum", "soft", "firm"} \
+    if not set(config["datasets"]) <= set(DATASETS) or not set(config["losses"]) <= set(LOSSES) \
             or not set(config["positions"]) <= {"p1", "p2"}:
-        raise InputError(f"recipe: datasets must be in {DATASETS}, losses in sum/soft/firm, positions in p1/p2")
+        raise InputError(f"recipe: datasets must be in {DATASETS}, losses in sum/soft/firm/firm-max, positions in p1/p2")
     if not 0 <= config["threshold"] <= 1 or config["penalty"] < 0 or config["alpha"] <= 0 or config["epochs"] < 0:
         raise InputError("threshold must be in [0, 1], penalty >= 0, alpha > 0, epochs >= 0")
     return config
@@ -93,7 +103,7 @@ def run_grid(config: dict, out: Path, log=print) -> dict:
             torch.manual_seed(seed)
             base = models.build("cascade_cnn", train_set.num_classes, train_set.channels, train_set.input_size,
                                 config["width"])
-            init = copy.deepcopy(base)
+            init = copy.deepcopy(base)  # sum/soft cascades start from the same initialisation as the base
             history = _train(base, train_set, test_set, config, seed, epochs=config["pretrain_epochs"])
             base_accuracy = 1 - history[-1]["test_error"] if history else None
             results["base"].append({"data": data, "seed": seed, "accuracy": base_accuracy, "history": history})
@@ -102,12 +112,27 @@ def run_grid(config: dict, out: Path, log=print) -> dict:
             if seed == config["seeds"][0]:
                 jobs += [("firm", pos, p) for pos in config["positions"] for p in config["penalties"]
                          if ("firm", pos, p) not in jobs]
-            for loss, position, penalty in jobs:
-                start = base if loss == "firm" else init  # the paper pre-trains only the firm cascade
-                net = attach_exit(start, position, loss=loss, threshold=config["threshold"], alpha=config["alpha"],
-                                  penalty=penalty)
+            pretrained = {}  # position -> cascade trained with the sum loss: the firm cascades' pre-training
+            for loss, position, penalty in sorted(jobs, key=lambda job: job[0] != "sum"):
+                firm = loss.startswith("firm")
+                if firm and position not in pretrained:
+                    pre = attach_exit(init, position, loss="sum", threshold=config["threshold"], alpha=config["alpha"])
+                    torch.manual_seed(seed)
+                    _train(pre, train_set, None, config, seed, loss_fn=cascade_finetune_loss,
+                           epochs=config["pretrain_epochs"])
+                    pretrained[position] = pre
+                if firm:
+                    net = copy.deepcopy(pretrained[position])
+                    net.loss, net.penalty = loss, float(penalty)
+                else:
+                    net = attach_exit(init, position, loss=loss, threshold=config["threshold"], alpha=config["alpha"],
+                                      penalty=penalty)
                 torch.manual_seed(seed)
-                history = _train(net, train_set, test_set, config, seed, loss_fn=cascade_finetune_loss)
+                tuned = {"lr": config["firm_lr"] or config["lr"], "momentum": config["firm_momentum"] or
+                         config["momentum"]} if firm else {}
+                history = _train(net, train_set, test_set, {**config, **tuned}, seed, loss_fn=cascade_finetune_loss)
+                if loss == "sum" and config["pretrain_epochs"] in (None, config["epochs"]):
+                    pretrained.setdefault(position, copy.deepcopy(net))
                 sweep = threshold_sweep(net, test_set.images, test_set.labels, sorted(set(config["thresholds"])
                                                                                       | {config["threshold"]}))
                 at = next(r for r in sweep if r["threshold"] == config["threshold"])
