@@ -162,3 +162,16 @@ def test_grouped_conv_is_refused():
     model = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2))
     with pytest.raises(ValueError, match="groups"):
         D.apply_tucker(model, ["0"], rank=2)
+
+
+def test_dense_weight_reference_gives_reconstruction_error():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 12, 3, padding=1)
+    assert D.reconstruction_error(conv, D.tucker2_conv(conv, 12, 8)) < 1e-6
+    assert 0.05 < D.reconstruction_error(conv, D.tucker2_conv(conv, 4, 4)) < 1.0
+    exact = _low_rank_conv(3, cout=12, cin=8)
+    cp = D.cp_conv(exact, 3, n_iter_max=200)
+    assert D.reconstruction_error(exact, cp) < 1e-3
+    assert abs(D.reconstruction_error(exact, D.merge_cp(cp)) - D.reconstruction_error(exact, cp)) < 1e-5
+    linear = nn.Linear(16, 16)
+    assert D.reconstruction_error(linear, D.tt_linear(linear, 100, cores=2)) < 1e-5

@@ -200,10 +200,11 @@ def apply_tucker(model: nn.Module, layers, rank="auto", energy: float = 0.9, n_i
 class TTLinear(nn.Module):
     """y = W x + b with W (prod m_k x prod n_k) in TT-matrix format (Novikov et al. 2015).
 
-    Core k is stored as ``core{k}`` of shape (n_k, r_k, m_k, r_{k-1}) (the TT core G_k[r_{k-1}, m_k, n_k, r_k]
-    permuted once so that every forward step is a single matmul).  Forward, from the last core to the first:
-    data (rest, n_k*r_k) @ core (n_k*r_k, m_k*r_{k-1}) -> move m_k to the front -> next step; cost
-    sum_k r_{k-1} r_k m_k n_k * (prod_{j<k} n_j)(prod_{j>k} m_j) multiply-adds per sample instead of M*N.
+    ``core{k}`` is the TT core G_k[r_{k-1}, m_k, n_k, r_k] (r_0 = r_d = 1).  Forward, from the last core to the
+    first, with x viewed as (B, n_1..n_d) and no transposes (every reshape is a view):
+    z = x.reshape(-1, n_d) @ G_d.reshape(r_{d-1} m_d, n_d)^T, then for k = d-1..1
+    z = G_k.reshape(r_{k-1} m_k, n_k r_k) @ z.reshape(-1, n_k r_k, m_{k+1}..m_d)  (broadcast matmul);
+    d matmuls of sum_k r_{k-1} r_k m_k n_k (prod_{j<k} n_j)(prod_{j>k} m_j) multiply-adds per sample instead of M*N.
     """
 
     def __init__(self, in_shape: list[int], out_shape: list[int], ranks: list[int], bias: bool = True):
@@ -213,7 +214,7 @@ class TTLinear(nn.Module):
         self.in_shape, self.out_shape, self.ranks = list(in_shape), list(out_shape), list(ranks)
         self.in_features, self.out_features = math.prod(in_shape), math.prod(out_shape)
         for k, (m, n) in enumerate(zip(out_shape, in_shape)):  # plain attributes: no ParameterList child module
-            self.register_parameter(f"core{k}", nn.Parameter(torch.zeros(n, ranks[k + 1], m, ranks[k])))
+            self.register_parameter(f"core{k}", nn.Parameter(torch.zeros(ranks[k], m, n, ranks[k + 1])))
         self.bias = nn.Parameter(torch.zeros(self.out_features)) if bias else None
 
     @property
@@ -230,30 +231,31 @@ class TTLinear(nn.Module):
         layer = cls([c.shape[2] for c in cores], [c.shape[1] for c in cores],
                     [c.shape[0] for c in cores] + [1], bias=bias is not None)
         for param, core in zip(layer.cores, cores):
-            param.data = _as_torch(core.transpose(2, 3, 1, 0), like)
+            param.data = _as_torch(core, like)
         if bias is not None:
             layer.bias.data = bias.detach().clone()
         return layer
 
     def full_weight(self) -> torch.Tensor:
-        """The dense (out, in) matrix (reference twin of ``forward``; materialises M*N values)."""
-        eye = torch.eye(self.in_features, dtype=self.cores[0].dtype, device=self.cores[0].device)
-        return self._matmul(eye).T
-
-    def _matmul(self, x: torch.Tensor) -> torch.Tensor:
-        batch = x.shape[0]
-        data = x.reshape(-1, self.in_shape[-1])  # rows (b, n_1..n_{d-1}), r_d = 1
-        for k in range(len(self.cores) - 1, -1, -1):
-            n, r, m, r_prev = self.cores[k].shape
-            data = data.reshape(-1, n * r) @ self.cores[k].reshape(n * r, m * r_prev)  # (rest, m_k*r_{k-1})
-            data = data.reshape(-1, m, r_prev).transpose(0, 1)  # (m_k, rest, r_{k-1})
-            if k > 0:
-                data = data.reshape(-1, self.in_shape[k - 1] * r_prev)
-        return data.reshape(self.out_features, batch).T  # rows were (m_1..m_d, b)
+        """The dense (out, in) matrix by contracting the cores directly (reference twin of ``forward``)."""
+        full = self.cores[0][0]  # (m_1, n_1, r_1)
+        for core in self.cores[1:]:
+            full = torch.einsum("mnr,rpqs->mpnqs", full, core)
+            full = full.reshape(full.shape[0] * full.shape[1], full.shape[2] * full.shape[3], full.shape[4])
+        return full[:, :, 0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self._matmul(x)
-        return y + self.bias if self.bias is not None else y
+        cores, d = self.cores, len(self.in_shape)
+        batch = x.shape[0]
+        last = cores[-1]
+        z = x.reshape(-1, self.in_shape[-1]) @ last.reshape(self.ranks[-2] * self.out_shape[-1], -1).t()
+        done = self.out_shape[-1]
+        for k in range(d - 2, -1, -1):
+            z = z.reshape(-1, self.in_shape[k] * self.ranks[k + 1], done)
+            z = cores[k].reshape(self.ranks[k] * self.out_shape[k], -1) @ z
+            done *= self.out_shape[k]
+        z = z.reshape(batch, self.out_features)
+        return z + self.bias if self.bias is not None else z
 
     def extra_repr(self) -> str:
         return f"in_shape={self.in_shape}, out_shape={self.out_shape}, ranks={self.ranks}"
@@ -262,7 +264,7 @@ class TTLinear(nn.Module):
 register_layer(TTLinear)
 
 
-def tt_linear(linear: nn.Linear, rank, cores: int = 3, energy: float = 0.9, in_shape: list[int] | None = None,
+def tt_linear(linear: nn.Linear, rank, cores: int = 2, energy: float = 0.9, in_shape: list[int] | None = None,
               out_shape: list[int] | None = None) -> TTLinear:
     """TT-SVD of ``linear.weight`` reshaped to (m_1..m_d, n_1..n_d); the permuted copy is the weight's size."""
     out_shape = list(out_shape or ranks.balanced_factors(linear.out_features, cores))
@@ -281,7 +283,7 @@ def tt_linear(linear: nn.Linear, rank, cores: int = 3, energy: float = 0.9, in_s
     return TTLinear.from_tt_cores(list(tt.factors), linear.bias, linear.weight)
 
 
-def apply_tt(model: nn.Module, layers, rank="auto", energy: float = 0.9, cores: int = 3) -> nn.Module:
+def apply_tt(model: nn.Module, layers, rank="auto", energy: float = 0.9, cores: int = 2) -> nn.Module:
     """Replace each Linear in ``layers`` by a ``TTLinear`` with ``cores`` TT cores (shapes: balanced factors)."""
     ranks.check_rank(rank)
     energy = ranks.check_energy(energy)
@@ -290,6 +292,35 @@ def apply_tt(model: nn.Module, layers, rank="auto", energy: float = 0.9, cores: 
     for name, linear in _layers(model, layers, nn.Linear):
         set_submodule(model, name, tt_linear(linear, rank, cores=cores, energy=energy))
     return model
+
+
+# ----------------------------------------------------------------------------------------------- reference
+def dense_weight(layer: nn.Module) -> torch.Tensor:
+    """The dense weight a decomposed layer represents (reference twin of its forward; for reconstruction errors).
+
+    CP (4 layers): W = sum_r last[:,r] first[r,:] v_r u_r^T; CP merged (3 layers, depthwise middle):
+    W = sum_r last[:,r] first[r,:] D_r; Tucker-2: W = U_out G U_in^T (mode products); TTLinear: full_weight().
+    """
+    if isinstance(layer, TTLinear):
+        return layer.full_weight()
+    if _is_cp(layer):
+        first, vertical, horizontal, last = (m.weight for m in layer)
+        return torch.einsum("tr,rs,ri,rj->tsij", last[:, :, 0, 0], first[:, :, 0, 0], vertical[:, 0, :, 0],
+                            horizontal[:, 0, 0, :])
+    if isinstance(layer, nn.Sequential) and len(layer) == 3 and all(isinstance(m, nn.Conv2d) for m in layer):
+        first, middle, last = (m.weight for m in layer)
+        if layer[1].groups == 1:
+            return torch.einsum("ta,abij,bs->tsij", last[:, :, 0, 0], middle, first[:, :, 0, 0])
+        if layer[1].groups == layer[1].out_channels:
+            return torch.einsum("tr,rij,rs->tsij", last[:, :, 0, 0], middle[:, 0], first[:, :, 0, 0])
+    raise ValueError(f"not a decomposed layer: {type(layer).__name__}")
+
+
+def reconstruction_error(original: nn.Module, layer: nn.Module) -> float:
+    """||W - W_hat||_F / ||W||_F between an original Conv2d/Linear and its decomposed replacement."""
+    with torch.no_grad():
+        weight = original.weight.detach()
+        return float((dense_weight(layer).reshape(weight.shape) - weight).norm() / weight.norm())
 
 
 # ----------------------------------------------------------------------------------------------- registry
@@ -315,7 +346,7 @@ register(MethodInfo(
 
 register(MethodInfo(
     "tt", PAPERS["tt"], size="real", speed="real",
-    description="Tensor-Train matrix (tensorly tensor_train_matrix) for Linear layers, 3 cores",
+    description="Tensor-Train matrix (tensorly tensor_train_matrix) for Linear layers, 2 cores by default",
     bench=({"model": "vgg_s", "config": {"layers": ["classifier.fc6", "classifier.fc7"], "rank": 8},
             "finetune": 1, "label": "tt r8 fc6-7"},)),
     apply_tt)
