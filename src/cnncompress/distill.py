@@ -76,11 +76,12 @@ def hinton_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tens
 
 
 # ---------------------------------------------------------------- augmentation done once, before the teacher
-def augment_copies(images: torch.Tensor, copies: int, seed: int = 0, max_rotation: float = 10.0,
-                   max_scale: float = 0.1, max_shift: float = 0.08) -> torch.Tensor:
+def augment_copies(images: torch.Tensor, copies: int, seed: int = 0, max_rotation: float = 15.0,
+                   max_scale: float = 0.15, max_shift: float = 0.1, jitter: float = 0.2) -> torch.Tensor:
     """``copies`` versions of every image (copy 0 = the original): random horizontal flip, rotation within
-    +-``max_rotation`` degrees, scale 1 +- ``max_scale``, shift within +-``max_shift`` of the half-width.
-    Seeded; returns (N * copies, C, H, W) ordered copy-major."""
+    +-``max_rotation`` degrees, scale 1 +- ``max_scale``, shift within +-``max_shift`` of the half-width, then
+    contrast 1 +- ``jitter`` and brightness +- ``jitter`` (in normalised pixel units). Seeded; returns
+    (N * copies, C, H, W) ordered copy-major."""
     if copies < 1:
         raise InputError(f"copies={copies} must be >= 1")
     out = [images]
@@ -95,7 +96,10 @@ def augment_copies(images: torch.Tensor, copies: int, seed: int = 0, max_rotatio
         theta = torch.stack([torch.stack([cos * flip, -sin, shift[:, 0]], 1),
                              torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1)
         grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-        out.append(F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False))
+        moved = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        contrast = 1 + (torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1) * jitter
+        brightness = (torch.rand(n, 1, 1, 1, generator=generator) * 2 - 1) * jitter
+        out.append(moved * contrast + brightness)
     return torch.cat(out).contiguous()
 
 
@@ -182,6 +186,7 @@ class DistillResult:
     agreement_train: float = float("nan")      # on the (un-augmented) distillation images
     agreement_heldout: float = float("nan")    # on held-out images (un-augmented)
     agreement_heldout_aug: float = float("nan")  # on held-out images and their augmented copies
+    heldout_majority: float = float("nan")     # reference: always answering the teacher's most common class
     accuracy: float | None = None               # on a labelled test set, when one is given
     teacher_cached: bool = False
     seconds: float = 0.0
@@ -214,8 +219,9 @@ def _check_compatible(teacher_out: torch.Tensor, student: nn.Module, images: tor
 
 def distill(teacher: nn.Module, student: nn.Module, unlabeled, targets: str = "softmax",
             temperature: float | None = None, alpha: float = 0.9, labeled=None, epochs: int = 10,
-            lr: float = 0.01, momentum: float = 0.9, batch_size: int = 32, seed: int = 0, copies: int = 1,
-            heldout=None, heldout_copies: int = 4, test=None, cache_dir: str | Path | None = None,
+            lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 0.0, batch_size: int = 32, seed: int = 0,
+            copies: int = 1, heldout=None, heldout_copies: int = 4, test=None,
+            cache_dir: str | Path | None = None,
             out_dir: str | Path | None = None, resume: bool = False, device: str = "cpu",
             progress: bool = False) -> DistillResult:
     """Train ``student`` (in place) to mimic ``teacher`` on ``unlabeled`` images (a dataset with ``.images``).
@@ -260,7 +266,8 @@ def distill(teacher: nn.Module, student: nn.Module, unlabeled, targets: str = "s
             return float("nan")
         return 1.0 - agreement(model, ho_images[:len(heldout)], ho_out[:len(heldout)], device=device)
 
-    config = TrainConfig(epochs=epochs, lr=lr, momentum=momentum, batch_size=batch_size, seed=seed, device=device)
+    config = TrainConfig(epochs=epochs, lr=lr, momentum=momentum, batch_size=batch_size, seed=seed, device=device,
+                         weight_decay=weight_decay)
     trainer = Trainer(student, _IndexedSet(images, getattr(unlabeled, "name", "unlabeled")),
                       test_set=ho_images, config=config, out_dir=out_dir, loss_fn=loss_fn, progress=progress,
                       evaluate=evaluate)
@@ -271,6 +278,8 @@ def distill(teacher: nn.Module, student: nn.Module, unlabeled, targets: str = "s
     if ho_images is not None:
         result.agreement_heldout = agreement(student, ho_images[:len(heldout)], ho_out[:len(heldout)], device=device)
         result.agreement_heldout_aug = agreement(student, ho_images, ho_out, device=device)
+        common = torch.bincount(t_out[:n].argmax(1), minlength=t_out.shape[1]).argmax()
+        result.heldout_majority = float((ho_out[:len(heldout)].argmax(1) == common).float().mean())
     if test is not None and len(test) and int(test.labels.min()) >= 0:
         from .train import error_rate
         result.accuracy = 1.0 - error_rate(student, test, device=device)

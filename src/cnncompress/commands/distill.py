@@ -29,6 +29,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -81,6 +82,7 @@ def distill_once(cfg: dict, out: Path | None, progress: bool = False) -> dict:
     result = distill(teacher, student, unlabeled, targets=cfg["targets"], temperature=cfg.get("temperature"),
                      alpha=float(cfg.get("alpha", 0.9)), labeled=labeled_train, epochs=int(cfg["epochs"]),
                      lr=float(cfg["lr"]), momentum=float(cfg.get("momentum", 0.9)),
+                     weight_decay=float(cfg.get("weight_decay", 0.0)),
                      batch_size=int(cfg.get("batch_size", 32)), seed=int(cfg.get("seed", 0)),
                      copies=int(cfg.get("copies", 1)), heldout=heldout, test=test, cache_dir=cfg.get("cache"),
                      out_dir=out, resume=bool(cfg.get("resume")), device=cfg.get("device", "cpu"),
@@ -109,7 +111,8 @@ def describe(row: dict) -> str:
     acc = f", test accuracy {_pct(row['accuracy'])}" if row.get("accuracy") is not None else ""
     return (f"{row['student']} x{row['width']} ({row['targets']} targets, T={row['temperature']:g}): agreement with "
             f"{row['teacher']} on {row['n_heldout']} held-out images {_pct(row['agreement_heldout'])} "
-            f"(with augmented copies {_pct(row['agreement_heldout_aug'])}; on the {row['n_unlabeled']} distillation "
+            f"(with augmented copies {_pct(row['agreement_heldout_aug'])}; majority-class reference "
+            f"{_pct(row['heldout_majority'])}; on the {row['n_unlabeled']} distillation "
             f"images {_pct(row['agreement_train'])}){acc}; student {s['params']:,} params "
             f"{s['latency_ms']:.2f} ms vs teacher {t['params']:,} params {t['latency_ms']:.2f} ms; "
             f"teacher outputs {'from cache' if row['teacher_cached'] else 'computed'}; {row['seconds']:.0f}s")
@@ -131,6 +134,7 @@ def table(rows: list[dict]) -> str:
     metrics = [("agreement, distillation images", "agreement_train"),
                ("agreement, held-out images", "agreement_heldout"),
                ("agreement, held-out + augmented copies", "agreement_heldout_aug"),
+               ("reference: teacher's majority class, held-out", "heldout_majority"),
                ("accuracy, labelled test set", "accuracy")]
     for label, key in metrics:
         cells = [_mean_std([r.get(key) for r in rows if r["targets"] == t]) for t in targets]
@@ -185,7 +189,7 @@ def run(args) -> int:
         raise InputError("distill needs " + ", ".join(f"--{m}" for m in missing) + " (or --recipe)")
     cfg = {k: getattr(args, k) for k in ("teacher", "student", "width", "unlabeled", "heldout", "targets",
                                          "temperature", "alpha", "labeled", "copies", "epochs", "lr", "momentum",
-                                         "batch_size", "seed", "device", "cache", "resume")}
+                                         "weight_decay", "batch_size", "seed", "device", "cache", "resume")}
     out = Path(args.out)
     row = distill_once(cfg, out, progress=True)
     print(describe(row))
