@@ -88,3 +88,17 @@ def test_threads_give_same_result():
     finally:
         torch.set_num_threads(previous)
     assert torch.equal(one, two)
+
+
+@pytest.mark.parametrize("shape,k,s,ceil", [((2, 7, 10, 11), 3, 2, True), ((1, 5, 9, 9), 3, 3, True),
+                                            ((1, 4, 8, 7), 2, 2, False), ((1, 3, 37, 37), 3, 3, True)])
+def test_max_pool_matches_torch(backend, shape, k, s, ceil):
+    x = torch.randn(*shape)
+    assert torch.equal(bp.max_pool2d(x, k, s, ceil), F.max_pool2d(x, k, s, ceil_mode=ceil))
+
+
+@pytest.mark.parametrize("size,alpha,beta,k", [(5, 5e-4, 0.75, 2.0), (4, 1e-2, 0.6, 1.0), (1, 1e-3, 0.75, 1.0)])
+def test_local_response_norm_matches_torch(backend, size, alpha, beta, k):
+    x = torch.randn(2, 9, 6, 7) * 3
+    torch.testing.assert_close(bp.local_response_norm(x, size, alpha, beta, k),
+                               F.local_response_norm(x, size, alpha, beta, k), rtol=1e-5, atol=1e-6)

@@ -11,14 +11,17 @@ holds channels ``c .. c+63`` of pixel (y, x); weights ``(o, ky, kx, c // 64)`` a
 exact correction ``corr[o, p] = sum over padded taps of sign(W)`` (one float conv of the padding mask,
 cached per input size) is subtracted, so the fast path equals ``conv2d(sign(x), sign(W), padding=p)``.
 
-Fast path: a small C kernel (AVX-512 VPOPCNTDQ when the CPU has it, scalar popcount otherwise, OpenMP
-threads) compiled with gcc at first use into ``$CNNCOMPRESS_CACHE`` (default ``~/.cache/cnncompress``) and
-loaded with ctypes; the build flags are ``-O3 -march=native``, so the compiled file is keyed by the CPU's flags
+Fast path: a small C kernel (AVX-512 VPOPCNTDQ when the CPU has it, scalar popcount otherwise) compiled with gcc at first
+use into ``$CNNCOMPRESS_CACHE`` (default ``~/.cache/cnncompress``) and loaded with ctypes; the build flags are ``-O3 -march=native``, so the compiled file is keyed by the CPU's flags
 (runtime dispatch = one build per CPU kind). Without a compiler a numpy fallback (``numpy.bitwise_count`` on
-64-bit words) runs, with one warning. ``reference_*`` functions are the pure-PyTorch twins used by the tests.
+64-bit words) runs, with one warning. The GEMM is split over output filters across
+``torch.get_num_threads()`` Python threads (ctypes releases the GIL; no OpenMP, whose spinning workers fought
+torch's own pool on 2 cores and cost ~30 ms per layer). ``reference_*`` functions are the pure-PyTorch twins
+used by the tests.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import ctypes
 import functools
 import hashlib
@@ -38,6 +41,7 @@ WORD = 64
 C_SOURCE = r"""
 #include <stdint.h>
 #include <string.h>
+#include <math.h>
 #if defined(__AVX512F__) && defined(__AVX512VPOPCNTDQ__)
 #include <immintrin.h>
 #define HAVE_VPOPCNT 1
@@ -136,11 +140,9 @@ static inline void store(float* out, long sn, long sm, int n, int m, int64_t pop
 
 /* out[n*sn + m*sm] = ((nbits - 2 popcount(a[m] ^ b[n])) - corr[n,m]) * alpha[n] * kscale[m] + bias[n] */
 void xnor_gemm(const uint64_t* a, int M, const uint64_t* b, int N, int K, int nbits, const int32_t* corr,
-               const float* alpha, const float* kscale, const float* bias, float* out, long sn, long sm,
-               int threads) {
+               const float* alpha, const float* kscale, const float* bias, float* out, long sn, long sm) {
   int MB = (M + 3) / 4, NB = (N + 3) / 4;
   long tiles = (long)MB * NB;
-  #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
   for (long t = 0; t < tiles; t++) {
     int m0 = (int)(t % MB) * 4, n0 = (int)(t / MB) * 4;
 #ifdef HAVE_VPOPCNT
@@ -171,6 +173,50 @@ void xnor_gemm(const uint64_t* a, int M, const uint64_t* b, int N, int K, int nb
               kscale, bias);
   }
 }
+
+/* float helpers of the XNOR inference graph (torch's NCHW LRN / ceil-mode max-pool are slow on CPU) */
+void maxpool_f32(const float* x, int C, int H, int W, int k, int s, int OH, int OW, float* out) {
+  for (int c = 0; c < C; c++) {
+    const float* plane = x + (size_t)c * H * W;
+    float* o = out + (size_t)c * OH * OW;
+    for (int oy = 0; oy < OH; oy++) {
+      int y0 = oy * s, y1 = y0 + k < H ? y0 + k : H;
+      for (int ox = 0; ox < OW; ox++) {
+        int x0 = ox * s, x1 = x0 + k < W ? x0 + k : W;
+        float m = plane[(size_t)y0 * W + x0];
+        for (int y = y0; y < y1; y++)
+          for (int xx = x0; xx < x1; xx++) { float v = plane[(size_t)y * W + xx]; m = v > m ? v : m; }
+        o[(size_t)oy * OW + ox] = m;
+      }
+    }
+  }
+}
+
+/* b_c = a_c * (k + alpha/size * sum_{c' in window(c)} a_c'^2)^-beta, window [c - size/2, c + (size-1)/2] */
+void lrn_f32(const float* x, int C, int HW, int size, float alpha, float beta, float kk, float* out, float* sum) {
+  int lo = size / 2, hi = (size - 1) / 2;
+  for (int p = 0; p < HW; p++) sum[p] = 0.0f;
+  for (int c = 0; c < hi && c < C; c++) {
+    const float* row = x + (size_t)c * HW;
+    for (int p = 0; p < HW; p++) sum[p] += row[p] * row[p];
+  }
+  for (int c = 0; c < C; c++) {
+    int add = c + hi, drop = c - lo - 1;
+    if (add < C) { const float* r = x + (size_t)add * HW; for (int p = 0; p < HW; p++) sum[p] += r[p] * r[p]; }
+    if (drop >= 0) { const float* r = x + (size_t)drop * HW; for (int p = 0; p < HW; p++) sum[p] -= r[p] * r[p]; }
+    const float* a = x + (size_t)c * HW;
+    float* o = out + (size_t)c * HW;
+    float scale = alpha / (float)size;
+    if (beta == 0.75f) {
+      for (int p = 0; p < HW; p++) {
+        float d = kk + scale * (sum[p] > 0.0f ? sum[p] : 0.0f);
+        o[p] = a[p] / (sqrtf(d) * sqrtf(sqrtf(d)));
+      }
+    } else {
+      for (int p = 0; p < HW; p++) o[p] = a[p] * powf(kk + scale * (sum[p] > 0.0f ? sum[p] : 0.0f), -beta);
+    }
+  }
+}
 """
 
 
@@ -196,10 +242,8 @@ def _compile(out: Path) -> None:
         src = Path(tmp) / "bitpack.c"
         src.write_text(C_SOURCE)
         target = Path(tmp) / out.name
-        base = ["gcc", "-O3", "-march=native", "-shared", "-fPIC", str(src), "-o", str(target)]
-        result = subprocess.run(base[:1] + ["-fopenmp"] + base[1:], capture_output=True, text=True)
-        if result.returncode != 0:  # no OpenMP: single-threaded build
-            result = subprocess.run(base, capture_output=True, text=True)
+        base = ["gcc", "-O3", "-march=native", "-fno-math-errno", "-shared", "-fPIC", str(src), "-o", str(target), "-lm"]
+        result = subprocess.run(base, capture_output=True, text=True)
         if result.returncode != 0:
             raise OSError(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "gcc failed")
         os.replace(target, out)
@@ -224,7 +268,10 @@ def native() -> ctypes.CDLL | None:
     lib.pack_chw.argtypes = [p, i, i, i, i, i, i, p, p]
     lib.pack_rows.argtypes = [p, i, i, i, p]
     lib.im2col_bits.argtypes = [p, i, i, i, i, i, i, i, i, i, p]
-    lib.xnor_gemm.argtypes = [p, i, p, i, i, i, p, p, p, p, p, lg, lg, i]
+    lib.xnor_gemm.argtypes = [p, i, p, i, i, i, p, p, p, p, p, lg, lg]
+    f = ctypes.c_float
+    lib.maxpool_f32.argtypes = [p, i, i, i, i, i, i, i, p]
+    lib.lrn_f32.argtypes = [p, i, i, i, f, f, f, p, p]
     return lib
 
 
@@ -234,6 +281,11 @@ def _ptr(tensor: torch.Tensor | None):
 
 def _threads() -> int:
     return max(1, torch.get_num_threads())
+
+
+@functools.lru_cache(maxsize=4)
+def _pool(threads: int) -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="cnncompress-xnor")
 
 
 # ---------------------------------------------------------------- packing
@@ -334,8 +386,22 @@ def xnor_gemm(a: torch.Tensor, b: torch.Tensor, nbits: int, *, corr: torch.Tenso
     if lib is None:
         return _np_gemm(a, b, nbits, corr, alpha, kscale, bias, out)
     a, b = a.contiguous(), b.contiguous()
-    lib.xnor_gemm(_ptr(a), m, _ptr(b), n, k, nbits, _ptr(corr), _ptr(alpha), _ptr(kscale), _ptr(bias), _ptr(out),
-                  out.stride(0), out.stride(1), _threads())
+
+    def run(n0: int, n1: int) -> None:
+        def part(t):
+            return None if t is None else t[n0:n1]
+        lib.xnor_gemm(_ptr(a), m, _ptr(b[n0:n1]), n1 - n0, k, nbits, _ptr(part(corr)), _ptr(part(alpha)), _ptr(kscale),
+                      _ptr(part(bias)), _ptr(out[n0:n1]), out.stride(0), out.stride(1))
+
+    threads = _threads() if m * n * k >= 1 << 16 else 1
+    if threads == 1 or n < 8:
+        run(0, n)
+    else:  # ctypes drops the GIL: plain threads that sleep (no OpenMP spinning against torch's own pool)
+        per_thread = -(-n // threads)
+        step = -(-per_thread // 4) * 4  # whole 4-filter tiles per thread
+        jobs = [_pool(threads).submit(run, s, min(n, s + step)) for s in range(0, n, step)]
+        for job in jobs:
+            job.result()
     return out
 
 
@@ -396,6 +462,39 @@ def xnor_linear(x: torch.Tensor, wbits: torch.Tensor, in_features: int, alpha: t
     kscale = x.abs().mean(1) if input_scale else None
     out = torch.empty(x.shape[0], wbits.shape[0])
     xnor_gemm(pack_rows(x), wbits, in_features, alpha=alpha, kscale=kscale, bias=bias, out=out.t())
+    return out
+
+
+# ---------------------------------------------------------------- float helpers (references: torch's own)
+def pool_size(size: int, kernel: int, stride: int, ceil_mode: bool) -> int:
+    """Output size of an unpadded max-pool (Caffe/torch ceil-mode rule)."""
+    out = -(-(size - kernel) // stride) + 1 if ceil_mode else (size - kernel) // stride + 1
+    return out - 1 if ceil_mode and (out - 1) * stride >= size else out
+
+
+def max_pool2d(x: torch.Tensor, kernel: int, stride: int, ceil_mode: bool) -> torch.Tensor:
+    """NCHW max-pool without padding (reference: ``F.max_pool2d``; C loop, torch's ceil-mode NCHW path is slow)."""
+    lib = native()
+    if lib is None:
+        return F.max_pool2d(x, kernel, stride, ceil_mode=ceil_mode)
+    x = x.detach().float().contiguous()
+    n, c, h, w = x.shape
+    oh, ow = pool_size(h, kernel, stride, ceil_mode), pool_size(w, kernel, stride, ceil_mode)
+    out = torch.empty(n, c, oh, ow)
+    lib.maxpool_f32(_ptr(x), n * c, h, w, kernel, stride, oh, ow, _ptr(out))
+    return out
+
+
+def local_response_norm(x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
+    """Across-channel LRN (reference: ``F.local_response_norm``) with a running window sum over channels."""
+    lib = native()
+    if lib is None or x.dim() != 4:
+        return F.local_response_norm(x, size, alpha, beta, k)
+    x = x.detach().float().contiguous()
+    n, c, h, w = x.shape
+    out, scratch = torch.empty_like(x), torch.empty(h * w)
+    for i in range(n):
+        lib.lrn_f32(_ptr(x[i]), c, h * w, size, alpha, beta, k, _ptr(out[i]), _ptr(scratch))
     return out
 
 

@@ -37,6 +37,7 @@ from .. import storage
 from ..kernels import bitpack
 from ..storage import codec_bitpack  # noqa: F401  (registers the codec)
 from ..storage.architecture import set_submodule
+from .binarize_reorder import fast_float_layers
 from .registry import MethodInfo, register
 
 SCALES = ("filter", "layer", "none")
@@ -397,6 +398,8 @@ def to_inference(model: nn.Module) -> nn.Module:
         else:
             continue  # binarized activations with real weights: the float reference path is the fastest here
         model = set_submodule(model, name, fast)
+    if any(isinstance(m, (XnorConv2d, XnorLinear)) for m in model.modules()):
+        model = fast_float_layers(model)
     return model.eval()
 
 
