@@ -15,6 +15,7 @@ in the file's manifest. Before ``to_inference`` the PyTorch model computes in fp
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import logging
@@ -25,6 +26,7 @@ import warnings
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..storage import register_layer
@@ -33,7 +35,7 @@ from ..storage.codec_int8 import dequantize_per_channel, quantize_per_channel
 from .registry import MethodInfo, register
 
 OPSET = 17
-QUANTIZED_OPS = ["Conv", "Gemm", "MatMul", "MaxPool", "Concat", "GlobalAveragePool", "AveragePool"]
+QUANTIZED_OPS = ["Conv", "Gemm", "MatMul", "Relu", "MaxPool", "Concat", "GlobalAveragePool", "AveragePool", "Flatten"]
 RUNTIME = "onnxruntime-int8-qdq"
 
 
@@ -117,10 +119,44 @@ def _quiet():
         root.setLevel(level)
 
 
+class _LRNFunction(torch.autograd.Function):
+    """``F.local_response_norm`` that the TorchScript exporter writes as one ONNX ``LRN`` node (same formula:
+    x / (k + alpha/size * sum of squares over ``size`` channels)^beta) instead of a dozen shape-dependent ops."""
+
+    @staticmethod
+    def forward(ctx, x, size, alpha, beta, k):
+        return F.local_response_norm(x, size, alpha, beta, k)
+
+    @staticmethod
+    def symbolic(g, x, size, alpha, beta, k):
+        return g.op("LRN", x, size_i=size, alpha_f=alpha, beta_f=beta, bias_f=k)
+
+
+class _ExportLRN(nn.Module):
+    def __init__(self, lrn: nn.LocalResponseNorm):
+        super().__init__()
+        self.args = (lrn.size, float(lrn.alpha), float(lrn.beta), float(lrn.k))
+
+    def forward(self, x):
+        return _LRNFunction.apply(x, *self.args)
+
+
+def _for_export(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with LocalResponseNorm layers swapped for the single-node ONNX LRN twin."""
+    if not any(isinstance(m, nn.LocalResponseNorm) for m in model.modules()):
+        return model
+    model = copy.deepcopy(model)
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, nn.LocalResponseNorm):
+                setattr(module, name, _ExportLRN(child))
+    return model
+
+
 def export_onnx(model: nn.Module, example: torch.Tensor, exporter: str = "torchscript", opset: int = OPSET):
     """Export to an ``onnx.ModelProto`` with input ``input`` (dynamic batch) and output ``logits``.
 
-    Identity nodes on initializers (the exporter shares equal initializers) are replaced by copies so that
+    LocalResponseNorm becomes one ONNX ``LRN`` node (TorchScript exporter). Identity nodes on initializers (the exporter shares equal initializers) are replaced by copies so that
     every Conv/Gemm has its own constant weight and bias, as the quantiser expects.
     """
     import onnx
@@ -129,7 +165,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, exporter: str = "torchs
     model.eval()
     with _quiet(), torch.no_grad():
         if exporter == "torchscript":
-            torch.onnx.export(model, (example,), buffer, opset_version=opset, dynamo=False, input_names=["input"],
+            torch.onnx.export(_for_export(model), (example,), buffer, opset_version=opset, dynamo=False, input_names=["input"],
                               output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
         else:
             torch.onnx.export(model, (example,), buffer, opset_version=opset, dynamo=True, input_names=["input"],
