@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import random
 import statistics
 import sys
 import tempfile
@@ -27,15 +28,18 @@ from cnncompress.methods.hashing import hashed_layers
 
 
 def interleaved(calls: dict[str, callable], rounds: int, runs: int, warmup: int = 2) -> dict[str, float]:
-    """Median time (ms) of each call; calls alternate one by one (a, b, c, a, b, c, ...) so that load from
-    other processes hits all of them alike. ``rounds * runs`` samples per call."""
+    """Median time (ms) of each call; calls alternate one by one, in a shuffled order each cycle, so that load
+    from other processes hits all of them alike. ``rounds * runs`` samples per call."""
     for call in calls.values():
         for _ in range(warmup):
             call()
     samples = {name: [] for name in calls}
     clock = time.perf_counter
+    order = list(calls)
     for _ in range(rounds * runs):
-        for name, call in calls.items():
+        random.shuffle(order)  # no call always runs right after another (cache, scheduler effects)
+        for name in order:
+            call = calls[name]
             start = clock()
             call()
             samples[name].append(clock() - start)
@@ -75,10 +79,11 @@ def speed(base: nn.Module, hashed: nn.Module, shape, classes: int, threads: int,
     flying = copy.deepcopy(expand)
     for layer in hashed_layers(flying):
         layer.set_mode("on-the-fly")
-    t = interleaved({"base": infer(base.eval(), shape), "expand": infer(expand, shape),
-                     "fly": infer(flying, shape)}, rounds, runs=20 if train else 3)
-    result.update(infer_base_ms=t["base"], infer_expand_ms=t["expand"], infer_expand_ratio=t["expand"] / t["base"],
-                  infer_fly_ms=t["fly"], infer_fly_ratio=t["fly"] / t["base"])
+    t = interleaved({"base": infer(base.eval(), shape), "expand": infer(expand, shape)}, rounds,
+                    runs=20 if train else 3)
+    result.update(infer_base_ms=t["base"], infer_expand_ms=t["expand"], infer_expand_ratio=t["expand"] / t["base"])
+    t = interleaved({"base": infer(base.eval(), shape), "fly": infer(flying, shape)}, rounds, runs=4 if train else 1)
+    result.update(infer_fly_ms=t["fly"], infer_fly_ratio=t["fly"] / t["base"])
     return result
 
 

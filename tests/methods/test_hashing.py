@@ -205,3 +205,19 @@ def test_finetune_step_updates_buckets():
     optimizer.step()
     assert all(m.buckets.grad is not None and m.buckets.grad.abs().sum() > 0 for m in hashed_layers(model))
     assert not torch.equal(before, model.classifier.fc7.buckets)
+
+
+def test_to_inference_frees_maps_and_rebuilds_them_when_needed():
+    model = methods.to_inference(methods.apply(vgg(), "hashed"))
+    x = torch.randn(2, 1, 48, 48)
+    with torch.no_grad():
+        expected = model(x)
+    fc7 = model.classifier.fc7
+    assert fc7.slots is None and fc7.dense_weight is not None
+    with torch.no_grad():
+        fc7.buckets.mul_(-1.0)  # stale dense copy -> maps rebuilt from the seed, re-expanded
+        changed = model(x)
+        assert fc7.slots is not None
+        fc7.buckets.mul_(-1.0)
+        assert torch.equal(model(x), expected)
+    assert not torch.equal(changed, expected)

@@ -15,8 +15,9 @@ map is a non-persistent buffer rebuilt from ``seed`` (in ``layer_config``, hence
 
 Modes (``mode=``):
 - ``expand`` (default): the int32 slot map is cached (4 bytes per virtual weight, built once); training gathers
-  the dense weight each step (one ``index_select``, tiny next to the conv/matmul); inference materialises the dense
-  weights once and reuses them until the buckets change: baseline speed, baseline memory (+ the slot map).
+  the dense weight each step (one ``index_select``; backward one ``index_add_``); inference materialises the dense
+  weights once and reuses them until the buckets change: baseline speed; ``to_inference`` then frees the maps,
+  so memory = baseline dense weights + buckets.
 - ``on-the-fly``: nothing is cached; every forward rehashes the layer (~30 ns per virtual weight) and gathers its
   dense weight, which is freed after the layer: memory = buckets + one layer's dense weight, but slower.
 """
@@ -82,12 +83,19 @@ class _Hashed(nn.Module):
         slots = kernel.slot_map(self.seed, math.prod(self.weight_shape), self.num_buckets, device=device)
         bias_slots = (kernel.slot_map(self.seed, self.out_features_, self.num_bias_buckets, bias=True,
                                       device=device) if self.num_bias_buckets else None)
+        if self.mode == "expand":  # built once, kept (until release_maps)
+            self.slots, self.bias_slots = slots, bias_slots
         return slots, bias_slots
 
     def _build_maps(self) -> None:
         self.slots = self.bias_slots = None
         if self.mode == "expand":
-            self.slots, self.bias_slots = self._maps()
+            self._maps()
+
+    def release_maps(self) -> None:
+        """Free the cached maps (an inference model with its dense weights expanded no longer needs them; they
+        are rebuilt from the seed if the buckets change)."""
+        self.slots = self.bias_slots = None
 
     def set_mode(self, mode: str) -> "_Hashed":
         """Switch between ``expand`` and ``on-the-fly`` (drops or rebuilds the cached maps)."""
@@ -304,13 +312,15 @@ def hashed_layers(model: nn.Module) -> list[_Hashed]:
 
 
 def to_inference(model: nn.Module) -> nn.Module:
-    """Eval mode, buckets frozen; ``expand`` layers materialise their dense weights now (once)."""
+    """Eval mode, buckets frozen; ``expand`` layers materialise their dense weights now (once) and free their
+    maps: inference memory = the baseline's dense weights + the buckets."""
     model.eval()
     for layer in hashed_layers(model):
         for parameter in layer.parameters(recurse=False):
             parameter.requires_grad_(False)
         if layer.mode == "expand":
             layer.materialize()
+            layer.release_maps()
     return model
 
 
