@@ -222,35 +222,48 @@ def remove_filters(model: nn.Module, graph: Graph, keep: dict[str, torch.Tensor]
     return model
 
 
-def _minimum(n: int, min_keep: float) -> int:
-    return max(1, math.ceil(min_keep * n))
+def _count(n: int, k: int, min_keep: float, round_to: int) -> int:
+    """Filters kept out of ``n``: at least ``min_keep * n`` (and 1), rounded to a multiple of ``round_to``
+    (SIMD-friendly widths; layers of at most ``round_to`` filters are not rounded)."""
+    k = max(1, math.ceil(min_keep * n), k)
+    if round_to > 1 and n > round_to:
+        k = max(round_to, int(round(k / round_to)) * round_to)
+    return min(n, k)
 
 
-def uniform_keep(graph: Graph, scores: dict, costs: dict, target: float, min_keep: float) -> dict:
+def top_filters(scores: dict[str, torch.Tensor], counts: dict[str, int]) -> dict[str, torch.Tensor]:
+    """Sorted indices of the ``counts[p]`` highest-scoring filters of each layer."""
+    return {p: torch.sort(torch.argsort(s, descending=True, stable=True)[:counts[p]]).values
+            for p, s in scores.items()}
+
+
+def uniform_counts(graph: Graph, scores: dict, costs: dict, target: float, min_keep: float,
+                   round_to: int) -> dict[str, int]:
     """Li et al.: the same fraction r of filters off every layer; r by bisection to reach ``target`` MACs."""
     def counts(r: float) -> dict[str, int]:
-        return {p: max(_minimum(len(s), min_keep), len(s) - int(round(r * len(s)))) for p, s in scores.items()}
+        return {p: _count(len(s), len(s) - int(round(r * len(s))), min_keep, round_to) for p, s in scores.items()}
     low, high = 0.0, 1.0
     for _ in range(40):
         mid = (low + high) / 2
         low, high = (low, mid) if conv_macs(graph, costs, counts(mid)) <= target else (mid, high)
-    return {p: torch.sort(torch.argsort(s, descending=True)[:k]).values for (p, s), k in
-            zip(scores.items(), counts(high).values())}
+    return counts(high)
 
 
-def greedy_keep(graph: Graph, scores: dict, costs: dict, target: float, min_keep: float) -> dict:
-    """Molchanov et al.: remove globally lowest-ranked filters one at a time until ``target`` MACs."""
+def greedy_counts(graph: Graph, scores: dict, costs: dict, target: float, min_keep: float,
+                  round_to: int) -> dict[str, int]:
+    """Molchanov et al.: remove the globally lowest-ranked filters until ``target`` MACs; a layer wider than
+    ``round_to`` gives up filters ``round_to`` at a time (once that many of its filters are next in line)."""
     kept = {p: len(s) for p, s in scores.items()}
-    removed = {p: set() for p in scores}
-    ranking = sorted(((float(v), p, i) for p, s in scores.items() for i, v in enumerate(s)))
-    for _, p, i in ranking:
+    pending = dict.fromkeys(scores, 0)
+    for _, p, i in sorted((float(v), p, i) for p, s in scores.items() for i, v in enumerate(s)):
         if conv_macs(graph, costs, kept) <= target:
             break
-        if kept[p] > _minimum(len(scores[p]), min_keep):
-            kept[p] -= 1
-            removed[p].add(i)
-    return {p: torch.tensor([i for i in range(len(s)) if i not in removed[p]], dtype=torch.long)
-            for p, s in scores.items()}
+        group = round_to if len(scores[p]) > round_to else 1
+        pending[p] += 1
+        if pending[p] == group and kept[p] - group >= _count(len(scores[p]), 1, min_keep, 1):
+            kept[p] -= group
+            pending[p] = 0
+    return kept
 
 
 def _calibration(model: nn.Module, data, samples: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -266,14 +279,14 @@ def _calibration(model: nn.Module, data, samples: int) -> tuple[torch.Tensor, to
 
 
 def prune_filters(model: nn.Module, criterion: str = "l1", flops: float = 0.5, layers="all", min_keep: float = 0.1,
-                  data="mnist5k", samples: int = 256, steps: int = 4) -> nn.Module:
+                  data="mnist5k", samples: int = 256, steps: int = 4, round_to: int = 8) -> nn.Module:
     """Remove whole filters until the conv MACs drop by the fraction ``flops`` (see the module docstring)."""
     check_fraction("flops", flops, low_open=True)
     check_fraction("min_keep", min_keep, low_open=True)
     if criterion not in ("l1", "taylor"):
         raise ValueError(f"criterion={criterion!r} must be 'l1' or 'taylor'")
-    if not (isinstance(steps, int) and steps >= 1 and isinstance(samples, int) and samples >= 1):
-        raise ValueError("steps and samples must be integers >= 1")
+    if not all(isinstance(v, int) and v >= 1 for v in (steps, samples, round_to)):
+        raise ValueError("steps, samples and round_to must be integers >= 1")
     graph = trace(model)
     candidates = graph.prunable
     if layers != "all":
@@ -289,10 +302,11 @@ def prune_filters(model: nn.Module, criterion: str = "l1", flops: float = 0.5, l
         fraction = flops * (step + 1) / (1 if criterion == "l1" else steps)
         if criterion == "l1":
             scores = {p: s for p, s in l1_scores(graph).items() if p in candidates}
-            keep = uniform_keep(graph, scores, costs, (1 - fraction) * base, min_keep)
+            counts = uniform_counts(graph, scores, costs, (1 - fraction) * base, min_keep, round_to)
         else:
             scores = {p: s for p, s in taylor_scores(model, graph, *calibration).items() if p in candidates}
-            keep = greedy_keep(graph, scores, costs, (1 - fraction) * base, min_keep)
+            counts = greedy_counts(graph, scores, costs, (1 - fraction) * base, min_keep, round_to)
+        keep = top_filters(scores, counts)
         model = remove_filters(model, graph, keep)
         origin = {p: origin[p][keep[p]] if p in keep else origin[p] for p in origin}
     after = conv_macs(trace(model), costs, {})
@@ -303,15 +317,15 @@ def prune_filters(model: nn.Module, criterion: str = "l1", flops: float = 0.5, l
     return model
 
 
-def prune_l1(model: nn.Module, flops: float = 0.5, layers="all", min_keep: float = 0.1) -> nn.Module:
+def prune_l1(model: nn.Module, flops: float = 0.5, layers="all", min_keep: float = 0.1, round_to: int = 8) -> nn.Module:
     """Li et al. 2017: smallest-L1 filters off, same fraction per layer, until conv MACs drop by ``flops``."""
-    return prune_filters(model, "l1", flops, layers, min_keep)
+    return prune_filters(model, "l1", flops, layers, min_keep, round_to=round_to)
 
 
 def prune_taylor(model: nn.Module, flops: float = 0.5, layers="all", min_keep: float = 0.1, data="mnist5k",
-                 samples: int = 256, steps: int = 4) -> nn.Module:
+                 samples: int = 256, steps: int = 4, round_to: int = 8) -> nn.Module:
     """Molchanov et al. 2016: globally lowest Taylor-criterion filters off until conv MACs drop by ``flops``."""
-    return prune_filters(model, "taylor", flops, layers, min_keep, data, samples, steps)
+    return prune_filters(model, "taylor", flops, layers, min_keep, data, samples, steps, round_to)
 
 
 register(MethodInfo(
