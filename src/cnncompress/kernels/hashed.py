@@ -17,9 +17,9 @@ where ``e`` is the element's flat row-major index in the weight tensor (for a co
 ``h`` has a modulo bias of at most K / 2**32 (negligible).
 
 Fast path (``bucket_map``, ``sign_map``, ``slot_map``): vectorised numpy uint32 arithmetic (which wraps modulo
-2**32 by definition), in place, in chunks of 4M elements (bounded temporary memory); ~30 ns per element on one
-core; on the ``meta`` device it only allocates. Reference twin (``reference_hash``, ``reference_maps``): pure Python integers, one
-element at a time, for tests only.
+2**32 by definition), in place, in chunks of 4M elements (bounded temporary memory); ~30 ns per element on
+one core; on the ``meta`` device it only allocates. Reference twin (``reference_hash``, ``reference_maps``):
+pure Python integers, one element at a time, for tests only.
 
 ``slot_map`` folds the sign into the index: slot = h(e) + K·[ξ(e) = -1] into the table ``[w, -w]`` (2K
 entries), so the virtual weight is one ``index_select`` and its gradient to ``w`` the scatter-add

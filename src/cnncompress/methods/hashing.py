@@ -14,10 +14,10 @@ The state dict holds only ``buckets`` (+ ``bias_buckets``, or a plain ``bias`` w
 map is a non-persistent buffer rebuilt from ``seed`` (in ``layer_config``, hence in the ``.ccz`` manifest).
 
 Modes (``mode=``):
-- ``expand`` (default): the int32 slot map is cached (4 bytes per virtual weight, built once); training gathers
-  the dense weight each step (one ``index_select``; backward one ``index_add_``); inference materialises the dense
-  weights once and reuses them until the buckets change: baseline speed; ``to_inference`` then frees the maps,
-  so memory = baseline dense weights + buckets.
+- ``expand`` (default): the int32 slot map is cached (4 bytes per virtual weight, built once at first use);
+  training gathers the dense weight each step (one ``index_select``; backward one ``index_add_``); inference
+  materialises the dense weights once and reuses them until the buckets change: baseline speed;
+  ``to_inference`` then frees the maps, so memory = baseline dense weights + buckets.
 - ``on-the-fly``: nothing is cached; every forward rehashes the layer (~30 ns per virtual weight) and gathers its
   dense weight, which is freed after the layer: memory = buckets + one layer's dense weight, but slower.
 """
@@ -71,12 +71,12 @@ class _Hashed(nn.Module):
         self.register_buffer("dense_weight", None, persistent=False)
         self.register_buffer("dense_bias", None, persistent=False)
         self._dense_key = None
-        self._build_maps()
         self.reset_parameters()
 
     # ------------------------------------------------------------------------------------------------ maps
     def _maps(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(weight slots, bias slots): cached in ``expand`` mode, rehashed on every call in ``on-the-fly``."""
+        """(weight slots, bias slots): built at the first use and cached in ``expand`` mode (lazily, so that a
+        loaded inference model never holds all maps at once), rehashed on every call in ``on-the-fly``."""
         if self.slots is not None:
             return self.slots, self.bias_slots
         device = self.buckets.device
@@ -86,11 +86,6 @@ class _Hashed(nn.Module):
         if self.mode == "expand":  # built once, kept (until release_maps)
             self.slots, self.bias_slots = slots, bias_slots
         return slots, bias_slots
-
-    def _build_maps(self) -> None:
-        self.slots = self.bias_slots = None
-        if self.mode == "expand":
-            self._maps()
 
     def release_maps(self) -> None:
         """Free the cached maps (an inference model with its dense weights expanded no longer needs them; they
@@ -104,7 +99,7 @@ class _Hashed(nn.Module):
         self.mode = mode
         self.dense_weight = self.dense_bias = None
         self._dense_key = None
-        self._build_maps()
+        self.release_maps()  # expand mode rebuilds them at the next use
         return self
 
     def reset_parameters(self) -> None:
