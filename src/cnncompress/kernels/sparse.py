@@ -23,8 +23,33 @@ def to_csr(weight: torch.Tensor) -> torch.Tensor:
         return weight.detach().to_sparse_csr()
 
 
-def csr_linear(x: torch.Tensor, weight_csr: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """Fast path: ``x W^T + b`` with ``W`` sparse CSR; ``x`` of shape (N, in)."""
+class CSRWeight:
+    """Holds a CSR weight for a layer; copyable and picklable (torch cannot deep-copy CSR tensors)."""
+
+    def __init__(self, weight: torch.Tensor):
+        self.tensor = weight if weight.layout == torch.sparse_csr else to_csr(weight)
+
+    def _parts(self):
+        t = self.tensor
+        return t.crow_indices().clone(), t.col_indices().clone(), t.values().clone(), tuple(t.shape)
+
+    @staticmethod
+    def _rebuild(crow, col, values, shape) -> "CSRWeight":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return CSRWeight(torch.sparse_csr_tensor(crow, col, values, shape))
+
+    def __reduce__(self):
+        return CSRWeight._rebuild, self._parts()
+
+    def __deepcopy__(self, memo) -> "CSRWeight":
+        return CSRWeight._rebuild(*self._parts())
+
+
+def csr_linear(x: torch.Tensor, weight_csr: "torch.Tensor | CSRWeight", bias: torch.Tensor | None) -> torch.Tensor:
+    """Fast path: ``x W^T + b`` with ``W`` sparse CSR (tensor or ``CSRWeight``); ``x`` of shape (N, in)."""
+    if isinstance(weight_csr, CSRWeight):
+        weight_csr = weight_csr.tensor
     out = torch.sparse.mm(weight_csr, x.t().contiguous()).t()
     return out + bias if bias is not None else out
 

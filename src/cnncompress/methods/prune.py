@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..kernels.sparse import choose_path, csr_linear, to_csr
+from ..kernels.sparse import CSRWeight, choose_path, csr_linear
 from ..storage import codec_codebook, codec_sparse  # noqa: F401  (registers csr, codebook, huffman)
 from ..storage.architecture import register_layer
 from .registry import MethodInfo, register
@@ -126,7 +126,7 @@ class PrunedLinear(_MaskedMixin, nn.Linear):
     def freeze(self) -> str:
         """Pick the faster inference path for this layer by timing it at batch 1."""
         self.path = choose_path(self.weight.detach(), None if self.bias is None else self.bias.detach())[0]
-        self._csr = to_csr(self.weight) if self.path == "csr" else None
+        self._csr = CSRWeight(self.weight) if self.path == "csr" else None
         return self.path
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..kernels.sparse import choose_path, csr_linear, to_csr
+from ..kernels.sparse import CSRWeight, choose_path, csr_linear
 from ..storage import codec_codebook, codec_sparse  # noqa: F401  (registers csr, codebook, huffman)
 from ..storage.architecture import register_layer
 from .prune import CONV_INDEX_BITS, FC_INDEX_BITS, _MaskedMixin, prune_magnitude, select_layers
@@ -113,7 +113,7 @@ class _SharedMixin(nn.Module):
             self._weight = self.table()[self.indices.long()]
         if isinstance(self, SharedLinear):
             self.path = choose_path(self._weight, None if self.bias is None else self.bias.detach())[0]
-            self._csr = to_csr(self._weight) if self.path == "csr" else None
+            self._csr = CSRWeight(self._weight) if self.path == "csr" else None
         return self.path
 
     def storage_codecs(self) -> dict:
