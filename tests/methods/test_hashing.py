@@ -221,3 +221,17 @@ def test_to_inference_frees_maps_and_rebuilds_them_when_needed():
         fc7.buckets.mul_(-1.0)
         assert torch.equal(model(x), expected)
     assert not torch.equal(changed, expected)
+
+
+def test_rescale_matches_the_float_weight_norm():
+    base = vgg()
+    plain = methods.apply(base, "hashed", rescale=False)
+    scaled = methods.apply(base, "hashed", rescale=True)
+    for name in ("features.conv2", "classifier.fc7"):
+        weight = base.get_submodule(name).weight
+        norm = scaled.get_submodule(name).virtual_weight().norm().item()
+        assert norm == pytest.approx(weight.norm().item(), rel=1e-4)
+        assert plain.get_submodule(name).virtual_weight().norm() < 0.6 * weight.norm()
+        filled = plain.get_submodule(name).buckets != 0  # (a rare bucket gets no weight at all)
+        ratio = (scaled.get_submodule(name).buckets / plain.get_submodule(name).buckets)[filled].detach()
+        assert torch.allclose(ratio, ratio[0].expand_as(ratio))

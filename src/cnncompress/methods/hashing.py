@@ -169,11 +169,17 @@ class _Hashed(nn.Module):
 
     # ---------------------------------------------------------------------------------------- from float
     @torch.no_grad()
-    def _init_from(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    def _init_from(self, weight: torch.Tensor, bias: torch.Tensor | None, rescale: bool = False) -> None:
+        """Buckets = mean of ξ·W per bucket; ``rescale``: then scale buckets (and hashed bias) by ||W|| / ||V||."""
         slots, bias_slots = self._maps()
         self.buckets.copy_(kernel.bucket_means(weight, slots, self.num_buckets))
+        scale = 1.0
+        if rescale:
+            virtual = kernel.expand(self.buckets, slots).norm()
+            scale = float(weight.norm() / virtual) if virtual > 0 else 1.0
+            self.buckets.mul_(scale)
         if self.bias_buckets is not None:
-            self.bias_buckets.copy_(kernel.bucket_means(bias, bias_slots, self.num_bias_buckets))
+            self.bias_buckets.copy_(kernel.bucket_means(bias, bias_slots, self.num_bias_buckets) * scale)
         elif self.bias is not None:
             self.bias.copy_(bias)
 
@@ -203,14 +209,14 @@ class HashedLinear(_Hashed):
 
     @classmethod
     def from_float(cls, layer: nn.Linear, compression: float = 0.125, hash_bias: bool = True, seed: int = 0,
-                   mode: str = "expand", init: str = "mean") -> "HashedLinear":
+                   mode: str = "expand", init: str = "mean", rescale: bool = False) -> "HashedLinear":
         has_bias = layer.bias is not None
         with torch.device(layer.weight.device):
             hashed = cls(layer.in_features, layer.out_features, has_bias,
                          num_buckets(layer.weight.numel(), compression),
                          num_buckets(layer.out_features, compression) if has_bias and hash_bias else 0, seed, mode)
         if init == "mean":
-            hashed._init_from(layer.weight, layer.bias)
+            hashed._init_from(layer.weight, layer.bias, rescale)
         return hashed
 
 
@@ -243,7 +249,7 @@ class HashedConv2d(_Hashed):
 
     @classmethod
     def from_float(cls, layer: nn.Conv2d, compression: float = 0.125, hash_bias: bool = True, seed: int = 0,
-                   mode: str = "expand", init: str = "mean") -> "HashedConv2d":
+                   mode: str = "expand", init: str = "mean", rescale: bool = False) -> "HashedConv2d":
         if layer.padding_mode != "zeros":
             raise ValueError(f"padding_mode {layer.padding_mode!r} is not supported (zeros only)")
         has_bias = layer.bias is not None
@@ -252,7 +258,7 @@ class HashedConv2d(_Hashed):
                          layer.dilation, layer.groups, has_bias, num_buckets(layer.weight.numel(), compression),
                          num_buckets(layer.out_channels, compression) if has_bias and hash_bias else 0, seed, mode)
         if init == "mean":
-            hashed._init_from(layer.weight, layer.bias)
+            hashed._init_from(layer.weight, layer.bias, rescale)
         return hashed
 
 
@@ -280,11 +286,14 @@ def _targets(model: nn.Module, layers) -> list[str]:
 
 
 def apply_hashing(model: nn.Module, compression: float = 0.125, hash_bias: bool = True, layers=None,
-                  seed: int = 0, mode: str = "expand", init: str = "mean") -> nn.Module:
+                  seed: int = 0, mode: str = "expand", init: str = "mean", rescale: bool = True) -> nn.Module:
     """Replace the chosen Linear/Conv2d layers (default: all) by hashed layers with ``compression`` × buckets.
 
     ``layers``: layer paths or last names (``"fc6"``, ``"features.conv1"``); ``init``: ``mean`` (from the trained
-    weights) or ``fresh``; ``mode``: ``expand`` or ``on-the-fly``; ``seed``: unsigned 32-bit.
+    weights) or ``fresh``; ``rescale`` (with ``mean``): scale each layer's buckets so that ||V|| = ||W||: the
+    mean alone shrinks every layer's output ~2.8x (the mean of ~8 random-signed weights), which compounds over
+    depth until the net outputs constants and fine-tuning stalls; ``mode``: ``expand`` or ``on-the-fly``;
+    ``seed``: unsigned 32-bit.
     """
     if isinstance(compression, bool) or not isinstance(compression, (int, float)) or not 0 < compression <= 1:
         raise ValueError(f"compression must be in (0, 1], got {compression!r}")
@@ -297,7 +306,8 @@ def apply_hashing(model: nn.Module, compression: float = 0.125, hash_bias: bool 
     for path in _targets(model, layers):
         layer = model.get_submodule(path)
         cls = HashedLinear if isinstance(layer, nn.Linear) else HashedConv2d
-        hashed = cls.from_float(layer, float(compression), bool(hash_bias), layer_seed(seed, path), mode, init)
+        hashed = cls.from_float(layer, float(compression), bool(hash_bias), layer_seed(seed, path), mode, init,
+                                bool(rescale))
         model = set_submodule(model, path, hashed)
     return model
 
