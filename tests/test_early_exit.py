@@ -227,3 +227,24 @@ def test_cli_cascade_short_run(tmp_path):
     assert run["sweep"][0]["exit_rate"] == 1.0 and run["sweep"][-1]["exit_rate"] == 0.0
     assert (out / "cascade_noisy-mnist5k.png").stat().st_size > 1000 and (out / "table.md").exists()
     assert main(["cascade", "--data", "mnist5k", "--threshold", "2", "--out", str(out)]) == 2
+
+
+def test_onnx_export_is_a_static_select_with_the_same_answers(cascade, tmp_path):
+    import warnings
+
+    import onnxruntime
+    x = torch.randn(12, 1, 28, 28)
+    with torch.no_grad():
+        threshold = float(cascade.forward_exits(x)[0].softmax(1).max(1).values.median())
+    cascade.threshold = threshold
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(cascade, (x,), str(tmp_path / "m.onnx"), input_names=["x"],
+                              dynamic_axes={"x": {0: "batch"}}, dynamo=False)
+        expected = exit_inference(cascade, x, threshold)
+    finally:
+        cascade.threshold = 0.6
+    assert 0 < int(expected.exit_index.sum()) < len(x)
+    got = onnxruntime.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"x": x.numpy()})[0]
+    assert torch.allclose(torch.from_numpy(got), expected.log_probs, atol=1e-4)

@@ -124,7 +124,8 @@ class EarlyExitNet(nn.Module):
     in eval mode it runs ``exit_inference`` at ``self.threshold`` and returns per-sample log-probabilities of
     the exit each sample took (argmax = the cascade's prediction); ``self.last_exit`` then holds the exit index
     per sample (0 = early, 1 = final). ``loss``, ``alpha``, ``penalty`` choose the training loss
-    (``cascade_loss``). Config round-trips through ``.ccz`` via ``layer_config``.
+    (``cascade_loss``). Config round-trips through ``.ccz`` via ``layer_config``. Under ONNX export / tracing
+    the eval forward is a static graph (both heads, ``torch.where``): same answers, no saving.
     """
 
     def __init__(self, threshold: float = DEFAULT_THRESHOLD, position: str = "", loss: str = "sum",
@@ -157,6 +158,12 @@ class EarlyExitNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             return self.forward_exits(x)[1]
+        if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+            # graphs cannot skip rows: both heads run and the exit is a select (right answers, no saving)
+            early, final = self.forward_exits(x)
+            early, final = F.log_softmax(early, 1), F.log_softmax(final, 1)
+            confident = early.max(dim=1, keepdim=True).values.exp() > self.threshold
+            return torch.where(confident, early, final)
         result = exit_inference(self, x, self.threshold)
         self.last_exit = result.exit_index
         return result.log_probs
