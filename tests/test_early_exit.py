@@ -235,7 +235,8 @@ def test_onnx_export_is_a_static_select_with_the_same_answers(cascade, tmp_path)
     import onnxruntime
     x = torch.randn(12, 1, 28, 28)
     with torch.no_grad():
-        threshold = float(cascade.forward_exits(x)[0].softmax(1).max(1).values.median())
+        ranked = cascade.forward_exits(x)[0].softmax(1).max(1).values.sort().values
+    threshold = float(ranked[5] + ranked[6]) / 2  # not on a sample's confidence: float rounding may differ
     cascade.threshold = threshold
     try:
         with warnings.catch_warnings():
