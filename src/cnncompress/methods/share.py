@@ -266,5 +266,6 @@ register(MethodInfo(
     name="deep-compression", paper="Han et al. 2016, Deep Compression (survey §2.4)", size="real", speed="real",
     description="prune (Han's VGG ratios) -> k-means sharing (8-bit conv, 5-bit fc) -> Huffman; fc layers use "
                 "torch CSR at inference where timing shows it wins; bytes per stage in model.compression_stages",
-    bench=({"model": "vgg_s", "config": {}, "finetune": 1, "label": "deep compression"},)),
+    bench=({"model": "vgg_s", "config": {"conv_sparsity": 0.8, "conv_bits": 6}, "finetune": 1,
+            "label": "deep compression (conv 80%/6b)"},)),
     deep_compression, to_inference=share_to_inference)
