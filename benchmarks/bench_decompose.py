@@ -36,7 +36,7 @@ QUICK = {"vgg_s": dict(num_classes=10, in_channels=1, input_size=48, width=0.25)
 PAPER = {"squeezenet1_1": dict(num_classes=8, in_channels=3, input_size=224, width=1.0)}
 # (label, model, method, config); the quick-preset rows are the MethodInfo.bench rows
 CASES = [
-    ("cp r192 fire8-9 (paper rank)", "squeezenet1_1", "cp", {"layers": SQUEEZE_LAST, "rank": 192, "n_iter_max": 25}),
+    ("cp r192 fire8-9 (paper rank)", "squeezenet1_1", "cp", {"layers": SQUEEZE_LAST, "rank": 192, "n_iter_max": 10}),
     ("cp r48 fire8-9", "squeezenet1_1", "cp", {"layers": SQUEEZE_LAST, "rank": 48, "n_iter_max": 50}),
     ("tucker 1/4 conv3-5", "vgg_s", "tucker", {"layers": VGG_CONVS, "rank": 0.25}),
     ("tt r8 fc6-7", "vgg_s", "tt", {"layers": VGG_FCS, "rank": 8}),
@@ -44,8 +44,10 @@ CASES = [
 ]
 
 
-def interleaved(calls: dict, budget_s: float = 1.0, min_runs: int = 7, max_runs: int = 200) -> dict[str, float]:
-    """Median ms per call; the calls alternate run by run (order rotated) so drift hits all of them alike."""
+def interleaved(calls: dict, budget_s: float = 1.0, min_runs: int = 7, max_runs: int = 200,
+                minimum: dict | None = None) -> dict[str, float]:
+    """Median ms per call; the calls alternate run by run (order rotated) so drift hits all of them alike.
+    ``minimum`` (a dict) receives the fastest run of each call: on a shared, busy CPU it is the steadier figure."""
     names = list(calls)
     for name in names:  # warm-up, and a first estimate of the cost
         for _ in range(2):
@@ -61,6 +63,8 @@ def interleaved(calls: dict, budget_s: float = 1.0, min_runs: int = 7, max_runs:
             t0 = time.perf_counter()
             calls[name]()
             samples[name].append(time.perf_counter() - t0)
+    if minimum is not None:
+        minimum.update({name: 1000 * min(s) for name, s in samples.items()})
     return {name: 1000 * statistics.median(s) for name, s in samples.items()}
 
 
@@ -108,12 +112,13 @@ def per_layer(base: nn.Module, small: nn.Module, fast: nn.Module, names: list[st
                 for tag, module in (("orig", original), ("dec", decomposed), ("inf", inference)):
                     for layout, m, xx in _layouts(module, x):
                         calls[f"{tag}_{layout}"] = (lambda m=m, xx=xx: m(xx))
+                fastest = {}
                 with threads(n_threads):
-                    ms = interleaved(calls, budget_s=0.6)
+                    ms = interleaved(calls, budget_s=0.6, minimum=fastest)
                 layouts = sorted({k.split("_", 1)[1] for k in ms})
                 best_orig = min(ms[f"orig_{lay}"] for lay in layouts)
                 best_inf = min(ms[f"inf_{lay}"] for lay in layouts)
-                rows.append({"layer": name, "batch": batch, "threads": n_threads, "ms": ms,
+                rows.append({"layer": name, "batch": batch, "threads": n_threads, "ms": ms, "min_ms": fastest,
                              "speedup_same_layout": {lay: ms[f"orig_{lay}"] / ms[f"inf_{lay}"] for lay in layouts},
                              "speedup_best_vs_best": best_orig / best_inf})
     return rows
@@ -139,33 +144,67 @@ def end_to_end(base: nn.Module, fast: nn.Module, input_shape: tuple, batches=(1,
                     for layout, m, xx in _layouts(model, x):
                         calls[f"{tag}_torch_{layout}"] = (lambda m=m, xx=xx: m(xx))
                     calls[f"{tag}_ort"] = _onnx_call(model, shape, tmp, tag)
-                ms = interleaved(calls, budget_s=budget_s, max_runs=100)
+                fastest = {}
+                ms = interleaved(calls, budget_s=budget_s, max_runs=100, minimum=fastest)
             runtimes = sorted({k.split("_", 1)[1] for k in ms})
             best_base = min(ms[f"base_{r}"] for r in runtimes)
             best_dec = min(ms[f"dec_{r}"] for r in runtimes)
-            rows.append({"batch": batch, "threads": n_threads, "ms": ms,
+            rows.append({"batch": batch, "threads": n_threads, "ms": ms, "min_ms": fastest,
+                         "speedup_min": min(v for k, v in fastest.items() if k.startswith("base_"))
+                         / min(v for k, v in fastest.items() if k.startswith("dec_")),
                          "speedup": {r: ms[f"base_{r}"] / ms[f"dec_{r}"] for r in runtimes},
                          "speedup_best_vs_best": best_base / best_dec})
     return rows
 
 
-def accuracy_rows(quick: dict, out_dir: Path) -> list:
-    """Train the quick baselines (3 epochs), decompose, accuracy before / after 1 epoch of fine-tuning."""
+BASELINE_EPOCHS = {"vgg_s": 3, "squeezenet1_1": 8}
+# VGG-S: SGD lr 0.01 momentum 0.9 as the quick recipe.  SqueezeNet-1.1 (no BN, conv10 initialised N(0, 0.01))
+# stays at chance for 6 epochs of that SGD (and of lr 0.001/0.003) on mnist5k here, so its baseline is trained
+# with Adam lr 1e-3 instead; the fine-tuning after decomposition is the usual SGD lr 0.001 momentum 0.9.
+
+
+def _adam_fit(model: nn.Module, train, epochs: int, batch_size: int) -> None:
+    import torch.nn.functional as F
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(epochs):
+        model.train()
+        order = torch.randperm(len(train.labels), generator=generator)
+        for start in range(0, len(order), batch_size):
+            index = order[start:start + batch_size]
+            loss = F.cross_entropy(model(train.images[index]), train.labels[index])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    model.eval()
+
+
+def accuracy_rows(quick: dict, out_dir: Path, cache: Path) -> list:
+    """Train (or reuse from ``cache``) the quick baselines, decompose, accuracy before / after 1 epoch of FT."""
     from cnncompress.data import build_dataset
-    from cnncompress.train import Trainer, TrainConfig, error_rate
+    from cnncompress.train import Trainer, TrainConfig, error_rate, load_weights, save_weights
     train, test = build_dataset("mnist5k", "train", input_size=48), build_dataset("mnist5k", "test", input_size=48)
     baselines, rows = {}, []
     for name, preset in quick.items():
-        model = build(name, preset).train()
+        weights = cache / f"{name}.safetensors"
         t0 = time.perf_counter()
-        Trainer(model, train, test, TrainConfig(epochs=3, lr=0.01, momentum=0.9,
-                                                batch_size=models.DEFAULT_BATCH_SIZE[name], seed=0),
-                progress=False).fit()
+        if weights.exists():
+            model = load_weights(weights)
+        else:
+            model = build(name, preset).train()
+            if name == "squeezenet1_1":
+                _adam_fit(model, train, BASELINE_EPOCHS[name], models.DEFAULT_BATCH_SIZE[name])
+            else:
+                Trainer(model, train, test, TrainConfig(epochs=BASELINE_EPOCHS[name], lr=0.01, momentum=0.9,
+                                                        batch_size=models.DEFAULT_BATCH_SIZE[name], seed=0),
+                        progress=False).fit()
+            save_weights(model, weights)
         baselines[name] = model.eval()
         storage.save(model, out_dir / f"{name}.ccz")
         rows.append({"label": f"baseline {name}", "accuracy": 100 * (1 - error_rate(model, test)),
                      "params": D.param_count(model), "ccz_bytes": (out_dir / f"{name}.ccz").stat().st_size,
                      "train_s": time.perf_counter() - t0})
+        print(json.dumps(rows[-1]), flush=True)
     for label, name, method, config in CASES:
         base = baselines[name]
         t0 = time.perf_counter()
@@ -201,11 +240,11 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="results/bench_decompose.json")
     args = parser.parse_args(argv)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    (out.parent / "bench_decompose_baselines").mkdir(parents=True, exist_ok=True)
     report = {"torch": torch.__version__, "cases": []}
     if args.accuracy:
         with tempfile.TemporaryDirectory() as tmp:
-            report["accuracy"] = accuracy_rows(QUICK, Path(tmp))
+            report["accuracy"] = accuracy_rows(QUICK, Path(tmp), out.parent / "bench_decompose_baselines")
     presets = [("quick", QUICK)] + ([("paper", PAPER)] if args.paper else [])
     for preset_name, preset in presets:
         for label, model_name, method, config in CASES:
@@ -242,7 +281,7 @@ def summary(case: dict) -> str:
         best_base = min(v for k, v in row["ms"].items() if k.startswith("base_"))
         best_dec = min(v for k, v in row["ms"].items() if k.startswith("dec_"))
         lines.append(f"  model b{row['batch']:<2d} t{row['threads']}  {per}  best {best_base:.3f}ms -> "
-                     f"{best_dec:.3f}ms x{row['speedup_best_vs_best']:.2f}")
+                     f"{best_dec:.3f}ms x{row['speedup_best_vs_best']:.2f} (fastest runs x{row['speedup_min']:.2f})")
     return "\n".join(lines)
 
 

@@ -66,7 +66,8 @@ def _check_conv(name: str, conv: nn.Conv2d) -> None:
 
 
 def _weight(module: nn.Module) -> np.ndarray:
-    return module.weight.detach().to(torch.float64).cpu().numpy()
+    """The weight as a float32 numpy array (a view when it already is one: no copy larger than the weight)."""
+    return module.weight.detach().to(torch.float32).cpu().numpy()
 
 
 def _as_torch(array: np.ndarray, like: torch.Tensor) -> torch.Tensor:
@@ -329,7 +330,7 @@ register(MethodInfo(
     description="CP-ALS (tensorly parafac) per conv: 1x1 -> kx1 dw -> 1xk dw -> 1x1; inference merges the two "
                 "depthwise convs (exact)",
     bench=({"model": "squeezenet1_1", "config": {"layers": ["features.fire8.expand3x3", "features.fire9.expand3x3"],
-                                                  "rank": 192, "n_iter_max": 25},
+                                                  "rank": 192, "n_iter_max": 10},
             "finetune": 1, "label": "cp r192 fire8-9 (paper)"},
            {"model": "squeezenet1_1", "config": {"layers": ["features.fire8.expand3x3", "features.fire9.expand3x3"],
                                                   "rank": 48, "n_iter_max": 50},
