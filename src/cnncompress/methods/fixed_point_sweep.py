@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-DEFAULT_FLS = (14, 12, 10, 8)
+DEFAULT_FLS = (14, 12, 11, 10, 9, 8)
 
 
 def fixed_point_sweep(fls=DEFAULT_FLS, roundings=("nearest", "stochastic"), word_length: int = 16,
