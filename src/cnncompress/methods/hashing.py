@@ -124,6 +124,13 @@ class _Hashed(nn.Module):
         _, bias_slots = self._maps()
         return kernel.expand(self.bias_buckets, bias_slots)
 
+    def _virtual(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(V, bias) from one ``_maps`` call (in ``on-the-fly`` mode each call rehashes the layer)."""
+        slots, bias_slots = self._maps()
+        weight = kernel.expand(self.buckets, slots).view(self.weight_shape)
+        bias = self.bias if self.bias_buckets is None else kernel.expand(self.bias_buckets, bias_slots)
+        return weight, bias
+
     @property
     def weight(self) -> torch.Tensor:
         """The virtual (dense) weight, for tools that read ``layer.weight``."""
@@ -140,9 +147,8 @@ class _Hashed(nn.Module):
     @torch.no_grad()
     def materialize(self) -> None:
         """Expand mode: compute the dense weight and bias once (reused until the buckets change)."""
-        slots, bias_slots = self._maps()
-        self.dense_weight = kernel.expand(self.buckets, slots).view(self.weight_shape).clone()
-        bias = (kernel.expand(self.bias_buckets, bias_slots) if self.bias_buckets is not None else self.bias)
+        weight, bias = self._virtual()
+        self.dense_weight = weight.clone()
         self.dense_bias = None if bias is None else bias.detach().clone()
         self._dense_key = self._key()
 
@@ -159,7 +165,7 @@ class _Hashed(nn.Module):
                 if self._dense_key != self._key():
                     self.materialize()
                 return self._op(x, buffers["dense_weight"], buffers["dense_bias"])
-        return self._op(x, self.virtual_weight(), self.virtual_bias())
+        return self._op(x, *self._virtual())
 
     def train(self, mode: bool = True):
         if mode:
@@ -336,6 +342,8 @@ register(MethodInfo(
     description="hashing trick: each Linear/Conv2d weight (and bias) shares compression x n buckets chosen by a "
                 "fixed 32-bit hash with a sign hash; the file stores only buckets + seed; inference expands the "
                 "dense weights once (baseline speed, no speed-up claimed)",
-    bench=({"model": "vgg_s", "config": {"compression": 0.125, "hash_bias": True}, "finetune": 1,
-            "label": "hashed 1/8"},),
+    bench=({"model": "vgg_s", "config": {"compression": 0.125, "hash_bias": True}, "finetune": 3,
+            "label": "hashed 1/8"},
+           {"model": "vgg_s", "config": {"compression": 0.125, "layers": ["fc6", "fc7", "fc8"]}, "finetune": 1,
+            "label": "hashed 1/8 fc"}),
 ), apply_hashing, to_inference=to_inference)
