@@ -147,23 +147,38 @@ void xnor_gemm(const uint64_t* a, int M, const uint64_t* b, int N, int K, int nb
     int m0 = (int)(t % MB) * 4, n0 = (int)(t / MB) * 4;
 #ifdef HAVE_VPOPCNT
     if (m0 + 4 <= M && n0 + 4 <= N) {
-      __m512i acc[4][4];
-      for (int i = 0; i < 4; i++) for (int j = 0; j < 4; j++) acc[i][j] = _mm512_setzero_si512();
-      const uint64_t* ar[4]; const uint64_t* br[4];
-      for (int i = 0; i < 4; i++) { ar[i] = a + (size_t)(m0 + i) * K; br[i] = b + (size_t)(n0 + i) * K; }
+      const uint64_t *a0 = a + (size_t)m0 * K, *a1 = a0 + K, *a2 = a1 + K, *a3 = a2 + K;
+      const uint64_t *b0 = b + (size_t)n0 * K, *b1 = b0 + K, *b2 = b1 + K, *b3 = b2 + K;
+      __m512i c00 = _mm512_setzero_si512(), c01 = c00, c02 = c00, c03 = c00, c10 = c00, c11 = c00, c12 = c00,
+              c13 = c00, c20 = c00, c21 = c00, c22 = c00, c23 = c00, c30 = c00, c31 = c00, c32 = c00, c33 = c00;
+#define PX(x, y) _mm512_popcnt_epi64(_mm512_xor_si512(x, y))
+#define STEP(LOAD)                                                                                   \
+      { __m512i v0 = LOAD(a0), v1 = LOAD(a1), v2 = LOAD(a2), v3 = LOAD(a3);                           \
+        __m512i w = LOAD(b0);                                                                        \
+        c00 = _mm512_add_epi64(c00, PX(v0, w)); c10 = _mm512_add_epi64(c10, PX(v1, w));              \
+        c20 = _mm512_add_epi64(c20, PX(v2, w)); c30 = _mm512_add_epi64(c30, PX(v3, w));              \
+        w = LOAD(b1);                                                                                \
+        c01 = _mm512_add_epi64(c01, PX(v0, w)); c11 = _mm512_add_epi64(c11, PX(v1, w));              \
+        c21 = _mm512_add_epi64(c21, PX(v2, w)); c31 = _mm512_add_epi64(c31, PX(v3, w));              \
+        w = LOAD(b2);                                                                                \
+        c02 = _mm512_add_epi64(c02, PX(v0, w)); c12 = _mm512_add_epi64(c12, PX(v1, w));              \
+        c22 = _mm512_add_epi64(c22, PX(v2, w)); c32 = _mm512_add_epi64(c32, PX(v3, w));              \
+        w = LOAD(b3);                                                                                \
+        c03 = _mm512_add_epi64(c03, PX(v0, w)); c13 = _mm512_add_epi64(c13, PX(v1, w));              \
+        c23 = _mm512_add_epi64(c23, PX(v2, w)); c33 = _mm512_add_epi64(c33, PX(v3, w)); }
       int k = 0;
-      for (; k < K; k += 8) {
-        __mmask8 msk = K - k >= 8 ? (__mmask8)0xFF : (__mmask8)((1u << (K - k)) - 1u);
-        __m512i av[4], bv[4];
-        for (int i = 0; i < 4; i++) { av[i] = _mm512_maskz_loadu_epi64(msk, ar[i] + k);
-                                      bv[i] = _mm512_maskz_loadu_epi64(msk, br[i] + k); }
-        for (int i = 0; i < 4; i++)
-          for (int j = 0; j < 4; j++)
-            acc[i][j] = _mm512_add_epi64(acc[i][j], _mm512_popcnt_epi64(_mm512_xor_si512(av[i], bv[j])));
+#define FULL(p) _mm512_loadu_si512((p) + k)
+      for (; k + 8 <= K; k += 8) STEP(FULL)
+      if (k < K) {
+        __mmask8 msk = (__mmask8)((1u << (K - k)) - 1u);
+#define TAIL(p) _mm512_maskz_loadu_epi64(msk, (p) + k)
+        STEP(TAIL)
       }
-      for (int i = 0; i < 4; i++)
-        for (int j = 0; j < 4; j++)
-          store(out, sn, sm, n0 + j, m0 + i, _mm512_reduce_add_epi64(acc[i][j]), nbits, corr, M, alpha, kscale, bias);
+#define OUT(i, j, c) store(out, sn, sm, n0 + j, m0 + i, _mm512_reduce_add_epi64(c), nbits, corr, M, alpha, kscale, bias)
+      OUT(0, 0, c00); OUT(0, 1, c01); OUT(0, 2, c02); OUT(0, 3, c03);
+      OUT(1, 0, c10); OUT(1, 1, c11); OUT(1, 2, c12); OUT(1, 3, c13);
+      OUT(2, 0, c20); OUT(2, 1, c21); OUT(2, 2, c22); OUT(2, 3, c23);
+      OUT(3, 0, c30); OUT(3, 1, c31); OUT(3, 2, c32); OUT(3, 3, c33);
       continue;
     }
 #endif
