@@ -180,6 +180,8 @@ def build_dataset(spec: str, split: str = "train", *, input_size: int | None = N
     name, path = parse_spec(spec)
     entry = REGISTRY[name]
     images, labels, classes = entry.read(path, split)
+    if len(images) == 0:
+        raise InputError(f"{spec}: the {split} split is empty (too few images per class)")
     size = int(input_size or entry.default_size)
     chans = int(channels or entry.default_channels)
     if size < 8 or size > 1024 or chans not in (1, 3):

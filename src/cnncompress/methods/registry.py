@@ -131,9 +131,13 @@ def _jsonable(value):
 
 
 def to_inference(model: nn.Module) -> nn.Module:
-    """Swap in the fast kernels of every method in the model's history (identity when there are none)."""
+    """Swap in the fast kernels of every method in the model's history (identity when there are none).
+
+    A method that is not registered in this process (a user's own) has no fast kernel to swap in: skipped.
+    """
+    _load_builtin()
     for entry in getattr(model, "compression_history", []):
-        method = METHODS.get(entry["method"]) or get(entry["method"])
-        if method.to_inference is not None:
+        method = METHODS.get(entry["method"])
+        if method is not None and method.to_inference is not None:
             model = method.to_inference(model)
     return model

@@ -25,6 +25,8 @@ def _shape_walk(features: nn.Sequential, channels: int, size: int) -> int:
             size = (size + 2 * layer.padding[0] - layer.kernel_size[0]) // layer.stride[0] + 1
             channels = layer.out_channels
         elif isinstance(layer, nn.MaxPool2d):
+            if size < layer.kernel_size:
+                raise ValueError("input_size too small for VGG-S (use 48 or more)")
             size = math.ceil((size - layer.kernel_size) / layer.stride) + 1
         if size < 1:
             raise ValueError("input_size too small for VGG-S (use 48 or more)")

@@ -65,7 +65,7 @@ class RawCodec:
     def encode(self, tensor: torch.Tensor, **options) -> tuple[bytes, dict]:
         stored = self._stored(dtype_name(tensor.dtype)) if tensor.is_floating_point() else tensor.dtype
         array = tensor.detach().cpu().contiguous().to(stored)
-        data = array.view(torch.uint8).numpy().tobytes() if array.numel() else b""
+        data = array.reshape(-1).view(torch.uint8).numpy().tobytes() if array.numel() else b""
         return data, {"stored": dtype_name(stored)}
 
     def check(self, length: int, meta: dict, shape) -> None:

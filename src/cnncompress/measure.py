@@ -1,0 +1,177 @@
+"""Measurements every bench row carries (Rassadin & Savchenko Table 2 + memory), each usable on its own.
+
+- ``accuracy``: top-1 in percent.
+- ``train_step_time``: median ms of one SGD mini-batch step (forward, backward, update).
+- ``latency``: batch-1 inference, median and mean ms over ``runs`` after ``warmup``, threads fixed; PyTorch in
+  NCHW and channels_last (the faster is reported, and which it was).
+- ``throughput``: images/s at batch 32.
+- ``onnx_latency``: the same model exported with ``torch.onnx.export`` and run in onnxruntime.
+- ``param_count``, ``file_bytes`` (``os.stat`` of the real file, never an estimate).
+- ``peak_memory``: RSS high-water mark of a fresh subprocess that loads a ``.ccz`` and runs inference or training
+  (``python -m cnncompress.memory_probe``), minus the same process's RSS before loading, so rows do not pollute
+  each other.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+DEFAULT_THREADS = 2
+
+
+@contextlib.contextmanager
+def threads(count: int | None):
+    """Fix torch's intra-op thread count for the duration."""
+    previous = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, dataset, batch_size: int = 256) -> float:
+    """Top-1 accuracy (%) on an in-memory labelled dataset."""
+    from .train import error_rate
+    return 100.0 * (1.0 - error_rate(model, dataset, batch_size))
+
+
+def param_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def file_bytes(path: str | Path) -> int:
+    """Bytes of the real file on disk."""
+    return os.stat(path).st_size
+
+
+def _time_calls(call, runs: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        call()
+    samples = []
+    clock = time.perf_counter
+    for _ in range(runs):
+        start = clock()
+        call()
+        samples.append(clock() - start)
+    return samples
+
+
+def _summary(samples: list[float]) -> dict:
+    return {"median_ms": 1000 * statistics.median(samples), "mean_ms": 1000 * statistics.fmean(samples),
+            "runs": len(samples)}
+
+
+@torch.no_grad()
+def latency(model: nn.Module, input_shape: tuple[int, ...], runs: int = 100, warmup: int = 10,
+            num_threads: int | None = DEFAULT_THREADS, try_channels_last: bool = True) -> dict:
+    """Batch-``input_shape[0]`` latency in PyTorch: {median_ms, mean_ms, runs, layout, threads}."""
+    model.eval()
+    x = torch.randn(*input_shape)
+    results = {}
+    with threads(num_threads):
+        results["nchw"] = _summary(_time_calls(lambda: model(x), runs, warmup))
+        if try_channels_last and x.dim() == 4:
+            try:
+                fast = model.to(memory_format=torch.channels_last)
+                xc = x.contiguous(memory_format=torch.channels_last)
+                results["channels_last"] = _summary(_time_calls(lambda: fast(xc), runs, warmup))
+            except (RuntimeError, TypeError, NotImplementedError):
+                pass
+            finally:
+                model.to(memory_format=torch.contiguous_format)
+    layout = min(results, key=lambda k: results[k]["median_ms"])
+    return {**results[layout], "layout": layout, "threads": num_threads or torch.get_num_threads(),
+            "nchw_median_ms": results["nchw"]["median_ms"]}
+
+
+def throughput(model: nn.Module, input_shape: tuple[int, ...], batch: int = 32, runs: int = 10,
+               num_threads: int | None = DEFAULT_THREADS) -> float:
+    """Images per second at batch ``batch`` (PyTorch)."""
+    stats = latency(model, (batch, *input_shape[1:]), runs=runs, warmup=2, num_threads=num_threads)
+    return batch / (stats["median_ms"] / 1000)
+
+
+def train_step_time(model: nn.Module, dataset, batch_size: int = 32, steps: int = 10, loss_fn=None,
+                    num_threads: int | None = DEFAULT_THREADS) -> float:
+    """Median ms of one SGD step on a copy of the model (the model itself is not changed)."""
+    import copy
+
+    from .train import _after_step, cross_entropy_loss
+    loss_fn = loss_fn or cross_entropy_loss
+    trial = copy.deepcopy(model).train()
+    optimizer = torch.optim.SGD(trial.parameters(), lr=1e-4, momentum=0.9)
+    images, labels = dataset.images[:batch_size], dataset.labels[:batch_size]
+
+    def step():
+        loss = loss_fn(trial, images, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        _after_step(trial)
+    with threads(num_threads):
+        return 1000 * statistics.median(_time_calls(step, steps, 2))
+
+
+def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path, fallback: bool = True) -> Path:
+    """Export with ``torch.onnx.export`` (TorchScript exporter; if that fails and ``fallback``, the dynamo one)."""
+    import warnings
+    model = model.eval()
+    x = torch.randn(*input_shape)
+    path = Path(path)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(open(os.devnull, "w")):
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(model, (x,), str(path), dynamo=False, input_names=["input"], output_names=["logits"],
+                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17)
+        except Exception:  # noqa: BLE001 - try the other exporter before giving up
+            if not fallback:
+                raise
+            torch.onnx.export(model, (x,), str(path), dynamo=True, input_names=["input"], output_names=["logits"],
+                              dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},))
+    return path
+
+
+def onnx_session(path: str | Path, num_threads: int | None = DEFAULT_THREADS):
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = num_threads or 0
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_latency(model_or_path, input_shape: tuple[int, ...], runs: int = 100, warmup: int = 10,
+                 num_threads: int | None = DEFAULT_THREADS, fallback: bool = True) -> dict:
+    """Latency in onnxruntime of ``model`` (exported to a temporary file) or of an existing ``.onnx`` path."""
+    import numpy as np
+    with tempfile.TemporaryDirectory() as tmp:
+        path = model_or_path
+        if isinstance(model_or_path, nn.Module):
+            path = export_onnx(model_or_path, input_shape, Path(tmp) / "model.onnx", fallback)
+        session = onnx_session(path, num_threads)
+        feed = {session.get_inputs()[0].name: np.random.randn(*input_shape).astype(np.float32)}
+        stats = _summary(_time_calls(lambda: session.run(None, feed), runs, warmup))
+    return {**stats, "threads": num_threads}
+
+
+def peak_memory(ccz_path: str | Path, mode: str = "infer", batch: int = 1, num_threads: int = DEFAULT_THREADS,
+                timeout: float = 300) -> float:
+    """Peak RSS growth (MB) of a fresh process that loads ``ccz_path`` and runs ``mode`` (infer|train)."""
+    command = [sys.executable, "-m", "cnncompress.memory_probe", str(ccz_path), mode, str(batch), str(num_threads)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise RuntimeError(f"memory probe failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
+    return float(json.loads(result.stdout.strip().splitlines()[-1])["peak_mb"])

@@ -1,0 +1,118 @@
+"""Tables (stdout, markdown, CSV, JSON) and figures (error curves, accuracy vs size, accuracy vs latency).
+
+Speed-ups are quoted against the *faster* fp32 baseline runtime of the same model (PyTorch or onnxruntime),
+and each row's own best runtime; ``x smaller`` is baseline ``.ccz`` bytes / row ``.ccz`` bytes.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+COLUMNS = [
+    ("model", "model"), ("label", "method"), ("train_ms_step", "train ms/step"), ("epoch_s", "s/epoch"),
+    ("torch_ms", "torch ms"), ("ort_ms", "ort ms"), ("speedup", "speed-up"), ("size_mb", "size MB"),
+    ("x_smaller", "x smaller"), ("mem_train_mb", "mem train MB"), ("mem_infer_mb", "mem infer MB"),
+    ("accuracy", "acc %"), ("size_real", "size"), ("speed_real", "speed"),
+]
+
+
+def _best(row: dict) -> float | None:
+    values = [v for v in (row.get("torch_ms"), row.get("ort_ms")) if v]
+    return min(values) if values else None
+
+
+def add_ratios(rows: list[dict]) -> list[dict]:
+    """Speed-up vs the faster baseline runtime and size ratio vs the baseline file, per model."""
+    baselines = {r["model"]: r for r in rows if r.get("method") == "baseline" and "error" not in r}
+    for row in rows:
+        base = baselines.get(row["model"])
+        if "error" in row:
+            continue
+        row["size_mb"] = row["file_bytes"] / 1e6
+        if base:
+            best, base_best = _best(row), _best(base)
+            row["speedup"] = base_best / best if best and base_best else None
+            row["x_smaller"] = base["file_bytes"] / row["file_bytes"]
+            row["baseline_runtime"] = "onnxruntime" if base.get("ort_ms") and base["ort_ms"] < base["torch_ms"] else "torch"
+    return rows
+
+
+def _format(value, key: str) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        if key in ("speedup", "x_smaller"):
+            return f"{value:.2f}x"
+        return f"{value:.2f}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
+
+
+def table_lines(rows: list[dict]) -> list[str]:
+    header = [title for _, title in COLUMNS]
+    body = []
+    for row in rows:
+        if "error" in row:
+            body.append([row["model"], row["label"]] + ["error"] + [""] * (len(COLUMNS) - 3))
+            continue
+        body.append([_format(row.get(key), key) for key, _ in COLUMNS])
+    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"] + \
+        ["| " + " | ".join(cells) + " |" for cells in body]
+
+
+def text_table(rows: list[dict]) -> str:
+    cells = [[title for _, title in COLUMNS]] + [
+        ([row["model"], row["label"], "error: " + row["error"][:60]] + [""] * (len(COLUMNS) - 3)) if "error" in row
+        else [_format(row.get(key), key) for key, _ in COLUMNS] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(COLUMNS))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)
+
+
+NOTES = ("Speed-up: the faster fp32 baseline runtime (PyTorch or onnxruntime) / this row's faster runtime, "
+         "batch 1, median. Size: bytes of the real .ccz file on disk. `size`/`speed` = real: the saving is "
+         "measured on real bytes / a real kernel; simulated: only counted, not realised on this CPU; none: no "
+         "speed-up claimed.")
+
+
+def write_outputs(rows: list[dict], out: str | Path, env: dict, recipe_source: str) -> None:
+    out = Path(out)
+    add_ratios(rows)
+    flat_keys = [k for k, _ in COLUMNS] + ["accuracy_inference_model", "torch_layout", "throughput_b32", "params",
+                                           "file_bytes", "payload_bytes", "ort_error", "ccz", "config", "error"]
+    with open(out / "results.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=flat_keys, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (json.dumps(row[k]) if isinstance(row.get(k), dict) else row.get(k)) for k in flat_keys})
+    (out / "results.json").write_text(json.dumps({"environment": env, "recipe": recipe_source, "rows": rows},
+                                                 indent=1, default=str))
+    (out / "table.md").write_text("\n".join(table_lines(rows) + ["", NOTES, "",
+                                  f"Measured on {env.get('cpu')} ({env.get('cores')} cores), torch {env.get('torch')}, "
+                                  f"onnxruntime {env.get('onnxruntime')}, commit {env.get('git_commit')}."]) + "\n")
+    plot_all(rows, out)
+
+
+def plot_all(rows: list[dict], out: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    good = [r for r in rows if "error" not in r]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for row in good:
+        history = row.get("history") or []
+        if history and "test_error" in history[0]:
+            ax.plot([h["epoch"] for h in history], [100 * h["test_error"] for h in history], marker=".",
+                    label=f"{row['model']}/{row['label']}")
+    ax.set_xlabel("epoch"), ax.set_ylabel("test error (%)"), ax.set_title("Per-epoch test error")
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout(), fig.savefig(out / "error_curves.png", dpi=100), plt.close(fig)
+    for key, xlabel, name in (("size_mb", "size on disk (MB, log)", "accuracy_vs_size.png"),
+                              ("best_ms", "batch-1 latency, faster runtime (ms, log)", "accuracy_vs_latency.png")):
+        fig, ax = plt.subplots(figsize=(6, 4.5))
+        for row in good:
+            x = row.get(key) if key != "best_ms" else _best(row)
+            if x:
+                ax.scatter(x, row["accuracy"])
+                ax.annotate(f"{row['model'][:3]}/{row['label']}", (x, row["accuracy"]), fontsize=6)
+        ax.set_xscale("log"), ax.set_xlabel(xlabel), ax.set_ylabel("accuracy (%)")
+        fig.tight_layout(), fig.savefig(out / name, dpi=100), plt.close(fig)

@@ -1,0 +1,32 @@
+import torch
+from torch import nn
+
+from cnncompress import measure, models
+
+
+def test_latency_reports_runs_threads_and_layout():
+    stats = measure.latency(nn.Conv2d(1, 4, 3), (1, 1, 16, 16), runs=30, num_threads=1)
+    assert stats["runs"] == 30 and stats["threads"] == 1 and stats["layout"] in ("nchw", "channels_last")
+    assert 0 < stats["median_ms"] <= stats["nchw_median_ms"] + 1e-9
+    assert torch.get_num_threads() == 2  # restored afterwards
+
+
+def test_onnx_latency_runs_exported_model(tmp_path):
+    model = models.build("squeezenet1_1", 10, 1, 28, width=0.25).eval()
+    path = measure.export_onnx(model, (1, 1, 28, 28), tmp_path / "m.onnx")
+    session = measure.onnx_session(path)
+    x = torch.randn(3, 1, 28, 28)
+    out = session.run(None, {"input": x.numpy()})[0]
+    assert torch.allclose(torch.from_numpy(out), model(x), atol=1e-4)
+    assert measure.onnx_latency(path, (1, 1, 28, 28), runs=10)["median_ms"] > 0
+
+
+def test_param_count_and_train_step():
+    model = models.build("cascade_cnn", 10, 1, 28, width=0.25)
+    assert measure.param_count(model) == sum(p.numel() for p in model.parameters())
+    before = [p.clone() for p in model.parameters()]
+
+    class Data:
+        images, labels = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    assert measure.train_step_time(model, Data, batch_size=8, steps=3) > 0
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # measured on a copy

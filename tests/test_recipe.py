@@ -1,0 +1,34 @@
+import pytest
+
+from cnncompress.errors import InputError
+from cnncompress.recipe import load_recipe, parse_recipe
+
+BASE = {"baselines": {"squeezenet1_1": {"width": 0.25, "epochs": 1}}}
+
+
+def test_auto_rows_include_baselines():
+    recipe = parse_recipe({**BASE, "rows": "auto"})
+    assert recipe.rows[0].method == "baseline" and recipe.rows[0].model == "squeezenet1_1"
+    assert all(row.model == "squeezenet1_1" for row in recipe.rows)
+
+
+@pytest.mark.parametrize("raw, problem", [
+    ({**BASE, "rows": [{"model": "squeezenet1_1", "method": "no-such-method"}]}, "unknown method"),
+    ({**BASE, "rows": [{"model": "vgg_s", "method": "baseline"}]}, "no entry in baselines"),
+    ({**BASE, "rows": [{"model": "squeezenet1_1", "method": "baseline", "finetune": -1}]}, "out of range"),
+    ({"baselines": {"alexnet": {}}}, "unknown model"),
+    ({"baselines": {"vgg_s": {"lr": "fast"}}}, "must be a number"),
+    ({**BASE, "threads": 0}, "out of range"),
+    ({**BASE, "colour": "red"}, "unknown key"),
+    ({}, "baselines"),
+])
+def test_bad_recipes_fail_before_training(raw, problem):
+    with pytest.raises(InputError, match=problem):
+        parse_recipe(raw, "r.yaml")
+
+
+def test_bad_yaml_file(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("baselines: [unclosed\n")
+    with pytest.raises(InputError, match="r.yaml: bad YAML"):
+        load_recipe(path)
