@@ -32,3 +32,14 @@ def test_bad_yaml_file(tmp_path):
     path.write_text("baselines: [unclosed\n")
     with pytest.raises(InputError, match="r.yaml: bad YAML"):
         load_recipe(path)
+
+
+def test_pipeline_rows_validate_every_stage():
+    row = {"model": "squeezenet1_1", "label": "two", "stages": [{"method": "fp16"}, {"method": "fp16"}]}
+    recipe = parse_recipe({**BASE, "rows": [row]})
+    assert recipe.rows[0].method == "fp16+fp16" and len(recipe.rows[0].pipeline) == 2
+    bad = {**row, "stages": [{"method": "fp16"}, {"method": "fp16", "config": {"nope": 1}}]}
+    with pytest.raises(InputError, match="no option"):
+        parse_recipe({**BASE, "rows": [bad]})
+    with pytest.raises(InputError, match="either method or stages"):
+        parse_recipe({**BASE, "rows": [{**row, "method": "fp16"}]})

@@ -40,6 +40,14 @@ def environment() -> dict:
             "cpu": cpu, "cores": os.cpu_count(), "git_commit": commit, "node": platform.node()}
 
 
+def _realness(labels: list[str], default: str) -> str:
+    """A pipeline's saving is real if any stage realises it, else simulated if any simulates it."""
+    for level in ("real", "simulated"):
+        if level in labels:
+            return level
+    return default if not labels else "none"
+
+
 class Bench:
     def __init__(self, recipe: Recipe, out_dir: str | Path, device: str = "cpu", progress: bool = True):
         self.recipe, self.out, self.device, self.progress = recipe, Path(out_dir), device, progress
@@ -100,28 +108,31 @@ class Bench:
         folder = self.out / "rows" / row.key
         base = self.baseline(row.model)
         history = list(self._baseline_history[row.model])
-        loss_fn, finetune_ms = None, None
-        if row.method == BASELINE:
-            model = base
-        else:
-            model = methods.apply(base, row.method, **row.config)
-            loss_fn = methods.get(row.method).finetune_loss
-            if row.finetune > 0:
-                config = TrainConfig(epochs=row.finetune, lr=self.recipe.finetune["lr"],
-                                     momentum=self.recipe.finetune.get("momentum", 0.9), seed=self.recipe.seed,
-                                     batch_size=models.DEFAULT_BATCH_SIZE.get(row.model, 32), device=self.device)
-                trainer = Trainer(model, self.train_set, self.test_set, config, out_dir=folder / "train",
-                                  progress=self.progress, **({"loss_fn": loss_fn} if loss_fn else {}))
-                history = trainer.fit(resume=True)
-                model = model.cpu().eval()
+        loss_fn = None
+        model = base
+        if row.method != BASELINE:
+            for index, stage in enumerate(row.pipeline):
+                model = methods.apply(model, stage["method"], **stage["config"])
+                loss_fn = methods.get(stage["method"]).finetune_loss
+                if row.finetune > 0:
+                    history = self.finetune(row, model, folder / f"train{index if index else ''}", loss_fn)
+                    model = model.cpu().eval()
         return self.measure_row(row, model, history, folder, loss_fn, started)
+
+    def finetune(self, row: Row, model, folder: Path, loss_fn) -> list[dict]:
+        config = TrainConfig(epochs=row.finetune, lr=self.recipe.finetune["lr"],
+                             momentum=self.recipe.finetune.get("momentum", 0.9), seed=self.recipe.seed,
+                             batch_size=models.DEFAULT_BATCH_SIZE.get(row.model, 32), device=self.device)
+        trainer = Trainer(model, self.train_set, self.test_set, config, out_dir=folder, progress=self.progress,
+                          **({"loss_fn": loss_fn} if loss_fn else {}))
+        return trainer.fit(resume=True)
 
     def measure_row(self, row: Row, model, history, folder: Path, loss_fn, started: float) -> dict:
         recipe = self.recipe
         shape = (1, self.train_set.channels, recipe.input_size, recipe.input_size)
         folder.mkdir(parents=True, exist_ok=True)
         ccz = storage.save(model, folder / "model.ccz")
-        row_info = methods.info(row.method) if row.method != BASELINE else None
+        infos = [methods.info(stage["method"]) for stage in row.pipeline] if row.method != BASELINE else []
         accuracy = measure.accuracy(model, self.test_set)
         train_ms = measure.train_step_time(model, self.train_set, models.DEFAULT_BATCH_SIZE.get(row.model, 32),
                                            loss_fn=loss_fn, num_threads=recipe.threads)
@@ -148,7 +159,8 @@ class Bench:
             "mem_train_mb": measure.peak_memory(ccz, "train", models.DEFAULT_BATCH_SIZE.get(row.model, 32),
                                                 recipe.threads),
             "mem_infer_mb": measure.peak_memory(ccz, "infer", 1, recipe.threads),
-            "size_real": row_info.size if row_info else "real", "speed_real": row_info.speed if row_info else "none",
+            "size_real": _realness([i.size for i in infos], "real"),
+            "speed_real": _realness([i.speed for i in infos], "none"),
             "ccz": str(ccz), "history": history, "threads": recipe.threads,
             "node": platform.node(), "row_seconds": time.perf_counter() - started,
         }

@@ -11,6 +11,9 @@ finetune: {epochs: 1, lr: 0.001}
 rows: auto               # baselines + every registered method's MethodInfo.bench rows, or a list:
 # rows:
 #   - {model: vgg_s, method: bwn, config: {}, finetune: 1, label: bwn}
+#   - model: squeezenet1_1          # a combined pipeline: stages applied in order, fine-tuned after each
+#     label: prune+kmeans
+#     stages: [{method: prune-magnitude, config: {sparsity: 0.8}}, {method: kmeans, config: {bits: 5}}]
 ```
 """
 from __future__ import annotations
@@ -28,7 +31,7 @@ from .errors import InputError, input_error
 BASELINE = "baseline"
 BASELINE_KEYS = {"width", "epochs", "lr", "momentum", "batch_size", "seed"}
 TOP_KEYS = {"data", "input_size", "threads", "latency_runs", "baselines", "finetune", "rows", "seed"}
-ROW_KEYS = {"model", "method", "config", "finetune", "label"}
+ROW_KEYS = {"model", "method", "config", "finetune", "label", "stages"}
 
 
 @dataclass
@@ -38,11 +41,18 @@ class Row:
     config: dict = field(default_factory=dict)
     finetune: int = 1
     label: str = ""
+    stages: list = field(default_factory=list)
+
+    @property
+    def pipeline(self) -> list[dict]:
+        """The methods applied in order: ``[{"method", "config"}]`` (one stage unless the row chains several)."""
+        return self.stages or [{"method": self.method, "config": self.config}]
 
     @property
     def key(self) -> str:
         """Stable id of the row: label + hash of everything that defines it."""
-        blob = json.dumps([self.model, self.method, self.config, self.finetune], sort_keys=True, default=str)
+        blob = json.dumps([self.model, self.method, self.config, self.finetune] + ([self.stages] if self.stages else []),
+                          sort_keys=True, default=str)
         return f"{self.model}-{self.label or self.method}-{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
 
 
@@ -91,15 +101,25 @@ def _rows(source, raw, baselines) -> list[Row]:
         raise input_error(source, "rows must be 'auto' or a list of {model, method, config, finetune, label}")
     rows = []
     for index, entry in enumerate(raw):
-        if not isinstance(entry, dict) or set(entry) - ROW_KEYS or "model" not in entry or "method" not in entry:
-            raise input_error(source, f"rows[{index}]: needs model and method; allowed keys {sorted(ROW_KEYS)}")
+        if not isinstance(entry, dict) or set(entry) - ROW_KEYS or "model" not in entry or \
+                ("method" in entry) == ("stages" in entry):
+            raise input_error(source, f"rows[{index}]: needs model and either method or stages; "
+                                      f"allowed keys {sorted(ROW_KEYS)}")
+        stages = entry.get("stages") or []
+        if "stages" in entry:
+            if not isinstance(stages, list) or not stages or not all(
+                    isinstance(st, dict) and "method" in st and set(st) <= {"method", "config"} and
+                    isinstance(st.get("config", {}), dict) for st in stages):
+                raise input_error(source, f"rows[{index}]: stages must be a list of {{method, config}}")
+            stages = [{"method": st["method"], "config": st.get("config") or {}} for st in stages]
+            entry = {**entry, "method": "+".join(st["method"] for st in stages)}
         if entry["model"] not in baselines:
             raise input_error(source, f"rows[{index}]: model {entry['model']!r} has no entry in baselines")
         config = entry.get("config") or {}
         if not isinstance(config, dict):
             raise input_error(source, f"rows[{index}]: config must be a mapping")
         finetune = _number(source, f"rows[{index}].finetune", entry.get("finetune", 1), int, 0, 10000)
-        rows.append(Row(entry["model"], entry["method"], config, finetune, entry.get("label", entry["method"])))
+        rows.append(Row(entry["model"], entry["method"], config, finetune, entry.get("label", entry["method"]), stages))
     return rows
 
 
@@ -108,10 +128,11 @@ def validate_rows(source, rows: list[Row]) -> None:
     for row in rows:
         if row.method == BASELINE:
             continue
-        try:
-            methods.check_config(row.method, row.config)
-        except InputError as error:
-            raise input_error(source, f"row {row.label or row.method}: {error}") from error
+        for stage in row.pipeline:
+            try:
+                methods.check_config(stage["method"], stage["config"])
+            except InputError as error:
+                raise input_error(source, f"row {row.label or row.method}: {error}") from error
 
 
 def load_recipe(path: str | Path) -> Recipe:
