@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import storage
+
 CASCADE_POSITIONS = {"p1": "features.block1", "p2": "features.block2"}
 LOSS_NAMES = ("sum", "soft", "firm", "firm-max")
 DEFAULT_ALPHA, DEFAULT_THRESHOLD, DEFAULT_PENALTY = 128.0, 0.6, 0.6
@@ -167,6 +169,9 @@ class EarlyExitNet(nn.Module):
         result = exit_inference(self, x, self.threshold)
         self.last_exit = result.exit_index
         return result.log_probs
+
+
+storage.register_layer(EarlyExitNet)  # .ccz files rebuild the exit from its layer_config
 
 
 def cascade_finetune_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

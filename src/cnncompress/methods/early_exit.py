@@ -3,18 +3,15 @@
 ``apply`` attaches the exit head (``cnncompress.early_exit.attach_exit``); fine-tuning uses the chosen cascade
 loss (sum / soft / firm); the eval forward is the hard-mode cascade, so the bench's latency is the real,
 data-dependent cost of the samples that stop early. The saving is real compute (speed="real"); the file grows
-by the head (size="real": the head is stored, nothing is simulated).
+by the head (size="real": the head is stored, nothing is simulated). ``EarlyExitNet`` registers itself with
+``storage.register_layer`` in ``cnncompress.early_exit``.
 """
 from __future__ import annotations
 
 from torch import nn
 
-from .. import storage
-from ..early_exit import (DEFAULT_ALPHA, DEFAULT_PENALTY, DEFAULT_THRESHOLD, EarlyExitNet, attach_exit,
-                          cascade_finetune_loss)
+from ..early_exit import DEFAULT_ALPHA, DEFAULT_PENALTY, DEFAULT_THRESHOLD, attach_exit, cascade_finetune_loss
 from .registry import MethodInfo, register
-
-storage.register_layer(EarlyExitNet)
 
 PAPER = ("Pimpley & Indulkar, Exploring Sophisticated Loss Functions for Early Prediction in CNNs; "
          "Teerapittayanon et al. 2016 (BranchyNet)")
