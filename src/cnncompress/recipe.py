@@ -15,10 +15,26 @@ rows: auto               # baselines + every registered method's MethodInfo.benc
 #     label: prune+kmeans
 #     stages: [{method: prune-magnitude, config: {sparsity: 0.8}}, {method: kmeans, config: {bits: 5}}]
 ```
+
+Sweeps. ``grid`` (in a row, or in a stage of a pipeline row) maps option names to value lists; the row expands
+into the cartesian product, each merged into ``config`` and labelled ``"<label> k=v,..."``. ``seed`` (top level
+or per row) may be a list: every row is repeated per seed with the SAME label, and the table shows mean ± std
+over the seeds. A seed selects the fine-tuning order, the method's random choices and, unless
+``baselines.<model>.seed`` fixes it, the baseline's initialisation (one baseline per model and seed).
+A plain list in ``config`` is never expanded: options such as ``layers`` or Tucker's ``rank`` take lists.
+
+```yaml
+seed: [0, 1, 2]
+rows:
+  - {model: vgg_s, method: baseline}
+  - {model: vgg_s, method: tucker, config: {layers: [features.conv2]}, grid: {rank: [8, 16, 32]}}
+  - {model: vgg_s, method: prune-magnitude, grid: {sparsity: [0.5, 0.9]}, seed: [0, 1, 2, 3, 4]}
+```
 """
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +47,9 @@ from .errors import InputError, input_error
 BASELINE = "baseline"
 BASELINE_KEYS = {"width", "epochs", "lr", "momentum", "batch_size", "seed"}
 TOP_KEYS = {"data", "input_size", "threads", "latency_runs", "baselines", "finetune", "rows", "seed"}
-ROW_KEYS = {"model", "method", "config", "finetune", "label", "stages"}
+ROW_KEYS = {"model", "method", "config", "finetune", "label", "stages", "grid", "seed"}
+STAGE_KEYS = {"method", "config", "grid"}
+MAX_ROWS = 100000
 
 
 @dataclass
@@ -42,6 +60,7 @@ class Row:
     finetune: int = 1
     label: str = ""
     stages: list = field(default_factory=list)
+    seed: int = 0
 
     @property
     def pipeline(self) -> list[dict]:
@@ -51,9 +70,10 @@ class Row:
     @property
     def key(self) -> str:
         """Stable id of the row: label + hash of everything that defines it."""
-        blob = json.dumps([self.model, self.method, self.config, self.finetune] + ([self.stages] if self.stages else []),
-                          sort_keys=True, default=str)
-        return f"{self.model}-{self.label or self.method}-{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
+        blob = json.dumps([self.model, self.method, self.config, self.finetune] + ([self.stages] if self.stages else [])
+                          + ([{"seed": self.seed}] if self.seed else []), sort_keys=True, default=str)
+        name = (self.label or self.method).replace("/", "_").replace("\\", "_")  # the key names a folder
+        return f"{self.model}-{name}-{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
 
 
 @dataclass
@@ -62,10 +82,15 @@ class Recipe:
     input_size: int = 48
     threads: int = 2
     latency_runs: int = 100
-    seed: int = 0
+    seed: int = 0                                   # the first (default) seed
+    seeds: list[int] = field(default_factory=lambda: [0])
     baselines: dict = field(default_factory=dict)
     finetune: dict = field(default_factory=lambda: {"epochs": 1, "lr": 0.001})
     rows: list[Row] = field(default_factory=list)
+
+    def baseline_seed(self, model: str, seed: int) -> int:
+        """The seed of the baseline a row with ``seed`` starts from (``baselines.<model>.seed`` wins)."""
+        return int(self.baselines.get(model, {}).get("seed", seed))
 
 
 def _number(source, key, value, kind, low, high):
@@ -88,15 +113,72 @@ def _check_baseline(source, name, settings) -> dict:
     return settings
 
 
-def _rows(source, raw, baselines) -> list[Row]:
+def _seeds(source, key, value) -> list[int]:
+    """A seed or a non-empty list of distinct seeds."""
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        raise input_error(source, f"{key} must be an integer or a non-empty list of integers")
+    for item in values:
+        _number(source, key, item, int, 0, 2**31)
+    if len(set(values)) != len(values):
+        raise input_error(source, f"{key} lists a seed twice: {values}")
+    return list(values)
+
+
+def _grid(source, where, grid) -> list[dict]:
+    """``{option: [values]}`` -> the cartesian product as a list of ``{option: value}`` (insertion order)."""
+    if grid is None:
+        return [{}]
+    if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
+        raise input_error(source, f"{where}: grid must map option names to non-empty lists of values")
+    return [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
+
+
+def _value(value) -> str:
+    return json.dumps(value, separators=(",", ":")) if isinstance(value, (list, dict)) else str(value)
+
+
+def _expand(source, index, entry, seeds) -> list[dict]:
+    """One recipe row -> its grid points x seeds, as plain row dicts (config/stages merged with grid values)."""
+    where = f"rows[{index}]"
+    if "seed" in entry:
+        seeds = _seeds(source, f"{where}.seed", entry["seed"])
+    if "stages" in entry:
+        stage_grids = [_grid(source, f"{where}.stages[{i}]", st.get("grid")) for i, st in enumerate(entry["stages"])]
+        points = []
+        for combo in itertools.product(*stage_grids):
+            stages = [{"method": st["method"], "config": {**(st.get("config") or {}), **point}}
+                      for st, point in zip(entry["stages"], combo)]
+            tag = ",".join(f"{st['method']}.{k}={_value(v)}" if len(stages) > 1 else f"{k}={_value(v)}"
+                           for st, point in zip(entry["stages"], combo) for k, v in point.items())
+            points.append(({"stages": stages}, tag))
+    else:
+        config = entry.get("config") or {}
+        if not isinstance(config, dict):
+            raise input_error(source, f"{where}: config must be a mapping")
+        points = [({"config": {**config, **point}}, ",".join(f"{k}={_value(v)}" for k, v in point.items()))
+                  for point in _grid(source, where, entry.get("grid"))]
+    out = []
+    for fields, tag in points:
+        label = entry.get("label", entry["method"]) if "method" in entry else \
+            entry.get("label", "+".join(st["method"] for st in entry["stages"]))
+        for seed in seeds:
+            out.append({**entry, **fields, "label": f"{label} {tag}" if tag else label, "seed": seed})
+    if len(out) > MAX_ROWS:
+        raise input_error(source, f"{where}: the grid expands to {len(out)} rows (more than {MAX_ROWS})")
+    return out
+
+
+def _rows(source, raw, baselines, seeds: list[int]) -> list[Row]:
     if raw == "auto":
-        rows = [Row(name, BASELINE, {}, 0, BASELINE) for name in baselines]
+        rows = [Row(name, BASELINE, {}, 0, BASELINE, seed=seed) for name in baselines for seed in seeds]
         for method_name in methods.available():
             for entry in methods.info(method_name).bench:
                 if entry.get("model") in baselines:
-                    rows.append(Row(entry["model"], method_name, dict(entry.get("config", {})),
-                                    int(entry.get("finetune", 1)), entry.get("label", method_name)))
-        return rows
+                    rows.extend(Row(entry["model"], method_name, dict(entry.get("config", {})),
+                                    int(entry.get("finetune", 1)), entry.get("label", method_name), seed=seed)
+                                for seed in seeds)
+        return _unique(source, rows, baselines)
     if not isinstance(raw, list):
         raise input_error(source, "rows must be 'auto' or a list of {model, method, config, finetune, label}")
     rows = []
@@ -105,22 +187,41 @@ def _rows(source, raw, baselines) -> list[Row]:
                 ("method" in entry) == ("stages" in entry):
             raise input_error(source, f"rows[{index}]: needs model and either method or stages; "
                                       f"allowed keys {sorted(ROW_KEYS)}")
-        stages = entry.get("stages") or []
         if "stages" in entry:
+            stages = entry["stages"]
             if not isinstance(stages, list) or not stages or not all(
-                    isinstance(st, dict) and "method" in st and set(st) <= {"method", "config"} and
-                    isinstance(st.get("config", {}), dict) for st in stages):
-                raise input_error(source, f"rows[{index}]: stages must be a list of {{method, config}}")
-            stages = [{"method": st["method"], "config": st.get("config") or {}} for st in stages]
-            entry = {**entry, "method": "+".join(st["method"] for st in stages)}
+                    isinstance(st, dict) and "method" in st and set(st) <= STAGE_KEYS and
+                    isinstance(st.get("config") or {}, dict) for st in stages):
+                raise input_error(source, f"rows[{index}]: stages must be a list of {{method, config, grid}}")
+            if "grid" in entry:
+                raise input_error(source, f"rows[{index}]: put grid inside a stage of a pipeline row")
         if entry["model"] not in baselines:
             raise input_error(source, f"rows[{index}]: model {entry['model']!r} has no entry in baselines")
-        config = entry.get("config") or {}
-        if not isinstance(config, dict):
-            raise input_error(source, f"rows[{index}]: config must be a mapping")
         finetune = _number(source, f"rows[{index}].finetune", entry.get("finetune", 1), int, 0, 10000)
-        rows.append(Row(entry["model"], entry["method"], config, finetune, entry.get("label", entry["method"]), stages))
-    return rows
+        for point in _expand(source, index, entry, seeds):
+            stages = point.get("stages") or []
+            method = point["method"] if "method" in point else "+".join(st["method"] for st in stages)
+            rows.append(Row(point["model"], method, point.get("config") or {}, finetune, point["label"], stages,
+                            point["seed"]))
+    if len(rows) > MAX_ROWS:
+        raise input_error(source, f"the recipe expands to {len(rows)} rows (more than {MAX_ROWS})")
+    return _unique(source, rows, baselines)
+
+
+def _unique(source, rows: list[Row], baselines: dict) -> list[Row]:
+    """Baseline rows take their baseline's seed (so a fixed ``baselines.<model>.seed`` gives one baseline row);
+    any other row defined twice is an error."""
+    seen, out = set(), []
+    for row in rows:
+        if row.method == BASELINE:
+            row.seed = int(baselines[row.model].get("seed", row.seed))
+            if row.key in seen:
+                continue
+        elif row.key in seen:
+            raise input_error(source, f"row {row.model}/{row.label} (seed {row.seed}) is defined twice")
+        seen.add(row.key)
+        out.append(row)
+    return out
 
 
 def validate_rows(source, rows: list[Row]) -> None:
@@ -157,7 +258,8 @@ def parse_recipe(raw, source: str = "<recipe>") -> Recipe:
     recipe.input_size = _number(source, "input_size", raw.get("input_size", recipe.input_size), int, 8, 1024)
     recipe.threads = _number(source, "threads", raw.get("threads", recipe.threads), int, 1, 256)
     recipe.latency_runs = _number(source, "latency_runs", raw.get("latency_runs", recipe.latency_runs), int, 10, 100000)
-    recipe.seed = _number(source, "seed", raw.get("seed", 0), int, 0, 2**31)
+    recipe.seeds = _seeds(source, "seed", raw.get("seed", 0))
+    recipe.seed = recipe.seeds[0]
     baselines = raw.get("baselines") or {}
     if not isinstance(baselines, dict) or not baselines:
         raise input_error(source, "baselines must map at least one model name to its settings")
@@ -166,6 +268,6 @@ def parse_recipe(raw, source: str = "<recipe>") -> Recipe:
     if not isinstance(finetune, dict) or set(finetune) - {"epochs", "lr", "momentum"}:
         raise input_error(source, "finetune must be a mapping with epochs, lr, momentum")
     recipe.finetune = {**recipe.finetune, **finetune}
-    recipe.rows = _rows(source, raw.get("rows", "auto"), recipe.baselines)
+    recipe.rows = _rows(source, raw.get("rows", "auto"), recipe.baselines, recipe.seeds)
     validate_rows(source, recipe.rows)
     return recipe
