@@ -72,7 +72,8 @@ def latency_rows(preset: str, spec: dict, thread_counts, runs: int, tmp: Path) -
         session = measure.onnx_session(onnx_path, count)
         feed = {session.get_inputs()[0].name: x.numpy()}
         with measure.threads(count), torch.no_grad():
-            times = interleaved({"pytorch_fp32": lambda: float_net(x), "onnxruntime_fp32": lambda: session.run(None, feed),
+            times = interleaved({"pytorch_fp32": lambda: float_net(x),
+                                 "onnxruntime_fp32": lambda: session.run(None, feed),
                                  "pytorch_fp32_fast_lrn_pool": lambda: float_fast(x), "xnor": lambda: xnor(x)}, runs)
             layer_ms = profile(xnor, x)
         row = {"preset": preset, "threads": count, **{f"{k}_ms": round(v, 2) for k, v in times.items()},

@@ -11,9 +11,10 @@ holds channels ``c .. c+63`` of pixel (y, x); weights ``(o, ky, kx, c // 64)`` a
 exact correction ``corr[o, p] = sum over padded taps of sign(W)`` (one float conv of the padding mask,
 cached per input size) is subtracted, so the fast path equals ``conv2d(sign(x), sign(W), padding=p)``.
 
-Fast path: a small C kernel (AVX-512 VPOPCNTDQ when the CPU has it, scalar popcount otherwise) compiled with gcc at first
-use into ``$CNNCOMPRESS_CACHE`` (default ``~/.cache/cnncompress``) and loaded with ctypes; the build flags are ``-O3 -march=native``, so the compiled file is keyed by the CPU's flags
-(runtime dispatch = one build per CPU kind). Without a compiler a numpy fallback (``numpy.bitwise_count`` on
+Fast path: a small C kernel (AVX-512 VPOPCNTDQ when the CPU has it, scalar popcount otherwise) compiled with
+gcc at first use into ``$CNNCOMPRESS_CACHE`` (default ``~/.cache/cnncompress``) and loaded with ctypes; the
+build flags are ``-O3 -march=native``, so the compiled file is keyed by the CPU's flags (runtime dispatch =
+one build per CPU kind). Without a compiler a numpy fallback (``numpy.bitwise_count`` on
 64-bit words) runs, with one warning. The GEMM is split over output filters across
 ``torch.get_num_threads()`` Python threads (ctypes releases the GIL; no OpenMP, whose spinning workers fought
 torch's own pool on 2 cores and cost ~30 ms per layer). ``reference_*`` functions are the pure-PyTorch twins
@@ -235,6 +236,9 @@ void lrn_f32(const float* x, int C, int HW, int size, float alpha, float beta, f
 """
 
 
+CFLAGS = ("-O3", "-march=native", "-fno-math-errno", "-shared", "-fPIC")
+
+
 def n_words(bits: int) -> int:
     return (bits + WORD - 1) // WORD
 
@@ -257,8 +261,8 @@ def _compile(out: Path) -> None:
         src = Path(tmp) / "bitpack.c"
         src.write_text(C_SOURCE)
         target = Path(tmp) / out.name
-        base = ["gcc", "-O3", "-march=native", "-fno-math-errno", "-shared", "-fPIC", str(src), "-o", str(target), "-lm"]
-        result = subprocess.run(base, capture_output=True, text=True)
+        command = ["gcc", *CFLAGS, str(src), "-o", str(target), "-lm"]
+        result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             raise OSError(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "gcc failed")
         os.replace(target, out)
@@ -269,7 +273,7 @@ def native() -> ctypes.CDLL | None:
     """The compiled kernel library, or None (with one warning) when it cannot be built."""
     if os.environ.get("CNNCOMPRESS_NO_NATIVE"):
         return None
-    key = hashlib.sha256((C_SOURCE + _cpu_key()).encode()).hexdigest()[:16]
+    key = hashlib.sha256((C_SOURCE + " ".join(CFLAGS) + _cpu_key()).encode()).hexdigest()[:16]
     path = cache_dir() / f"bitpack-{key}.so"
     try:
         if not path.exists():
