@@ -343,7 +343,7 @@ register(MethodInfo(
                 "fixed 32-bit hash with a sign hash; the file stores only buckets + seed; inference expands the "
                 "dense weights once (baseline speed, no speed-up claimed)",
     bench=({"model": "vgg_s", "config": {"compression": 0.125, "hash_bias": True}, "finetune": 3,
-            "label": "hashed 1/8"},
+            "label": "hashed"},
            {"model": "vgg_s", "config": {"compression": 0.125, "layers": ["fc6", "fc7", "fc8"]}, "finetune": 1,
-            "label": "hashed 1/8 fc"}),
+            "label": "hashed fc"}),
 ), apply_hashing, to_inference=to_inference)
