@@ -168,13 +168,21 @@ def test_cli_errors_exit_2(tmp_path, capsys):
     capsys.readouterr()
 
 
-def test_recipe_prints_a_table3_style_table(tmp_path, capsys):
+def test_recipe_prints_a_table3_style_table_and_reuses_runs(tmp_path, capsys):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("teacher: fer-minixception\nunlabeled: lfw-faces\nstudent: {model: squeezenet1_1, width: 0.25}"
-                      f"\ncopies: 1\nepochs: 1\nlr: 0.01\ncache: {tmp_path / 'cache'}\ntargets: [labels, softmax]\n"
-                      "seeds: [0]\n")
-    code = cli.main(["distill", "--recipe", str(recipe), "--out", str(tmp_path / "t3")])
+    recipe.write_text("experiments:\n- name: faces\n  teacher: fer-minixception\n  unlabeled: lfw-faces\n"
+                      "  student: {model: squeezenet1_1, width: 0.25}\n  copies: 1\n  epochs: 1\n  lr: 0.01\n"
+                      f"  cache: {tmp_path / 'cache'}\n  targets: [labels, softmax]\n  seeds: [0]\n"
+                      "- name: other\n  teacher: nope.safetensors\n  unlabeled: lfw-faces\n")
+    args = ["distill", "--recipe", str(recipe), "--only", "faces", "--out", str(tmp_path / "t3")]
+    code = cli.main(args)
     text = capsys.readouterr().out
     assert code == 0, text
-    assert "| labels | softmax |" in text and "agreement, held-out images" in text
-    assert (tmp_path / "t3" / "table.md").exists()
+    assert "### faces" in text and "| labels | softmax |" in text and "agreement, held-out images" in text
+    ccz = tmp_path / "t3" / "faces" / "softmax-seed0" / "model.ccz"
+    assert (tmp_path / "t3" / "table.md").exists() and ccz.exists()
+    stamp = ccz.stat().st_mtime_ns
+    assert cli.main(args) == 0  # finished runs are reused, not redone
+    assert ccz.stat().st_mtime_ns == stamp
+    assert capsys.readouterr().out.count("teacher outputs") == 2
+    assert cli.main(["distill", "--recipe", str(recipe), "--only", "missing"]) == 2

@@ -338,14 +338,16 @@ def input_format(model: nn.Module) -> dict:
 
 
 @torch.no_grad()
-def latency_ms(model: nn.Module, shape: tuple, runs: int = 50, warmup: int = 5) -> float:
-    """Median wall time (ms) of one forward pass at ``shape`` (batch 1 usually), eval mode."""
+def latency_ms(model: nn.Module, shape: tuple, runs: int = 50, warmup: int = 3, budget_s: float = 2.0) -> float:
+    """Median wall time (ms) of one forward pass at ``shape`` (batch 1 usually), eval mode; stops after
+    ``budget_s`` seconds (at least 5 timed runs)."""
     model.eval()
     x = torch.randn(*shape)
     for _ in range(warmup):
         model(x)
-    times = []
-    for _ in range(runs):
+    times: list[float] = []
+    deadline = time.perf_counter() + budget_s
+    while len(times) < runs and (len(times) < 5 or time.perf_counter() < deadline):
         start = time.perf_counter()
         model(x)
         times.append(time.perf_counter() - start)

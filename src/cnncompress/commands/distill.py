@@ -37,6 +37,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--resume", action="store_true", help="continue after the last finished epoch in --out")
     p.add_argument("--recipe", help="run a Table-3 recipe (YAML) instead of one distillation")
     p.add_argument("--seeds", type=int, nargs="+", help="recipe: override its seeds")
+    p.add_argument("--only", help="recipe: run only the experiment with this name")
     p.add_argument("--out", help="output folder (required for a single run)")
     p.set_defaults(func=run)
 
@@ -54,6 +55,9 @@ def _held_out(unlabeled, heldout):
         return ImageDataset(unlabeled.images[index], unlabeled.labels[index], unlabeled.classes, unlabeled.name,
                             unlabeled.mean, unlabeled.std)
     return part(order[cut:].sort().values), part(order[:cut].sort().values)
+
+
+RECORDED = ("teacher", "student", "width", "unlabeled", "targets", "copies", "epochs", "lr", "seed", "labeled")
 
 
 def distill_once(cfg: dict, out: Path | None, progress: bool = False) -> dict:
@@ -88,8 +92,7 @@ def distill_once(cfg: dict, out: Path | None, progress: bool = False) -> dict:
                      out_dir=out, resume=bool(cfg.get("resume")), device=cfg.get("device", "cpu"),
                      progress=progress)
     shape = (1, fmt["channels"], fmt["input_size"], fmt["input_size"])
-    row = {**{k: cfg.get(k) for k in ("teacher", "student", "width", "unlabeled", "targets", "copies", "epochs",
-                                      "lr", "seed", "labeled")},
+    row = {**{k: cfg.get(k) for k in RECORDED},
            **{k: v for k, v in result.to_dict().items() if k != "history"},
            "n_unlabeled": len(unlabeled), "n_heldout": len(heldout) if heldout is not None else 0,
            "teacher_size": size_report(teacher, shape), "student_size": size_report(student.cpu(), shape)}
@@ -149,40 +152,100 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run_recipe(path: str | Path, out: Path | None = None, seeds: list[int] | None = None,
-               progress: bool = False) -> list[dict]:
-    """Run every (target, seed) of a Table-3 recipe; prints one line per run and returns the rows."""
+def train_teacher(spec: dict, out: Path | None) -> str:
+    """A recipe teacher given as ``{train: {model, data, width, input_size, epochs, lr, ...}}``: trained once with
+    the Trainer (reused when ``model.safetensors`` exists) and returned as a file path."""
+    import hashlib
+
+    from .. import models
+    from ..data import build_dataset
+    from ..data.assets import cache_dir
+    from ..train import TrainConfig, Trainer, save_weights
+    cfg = dict(spec["train"])
+    key = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
+    folder = (out / "teacher") if out else cache_dir() / "teachers" / key
+    path = folder / "model.safetensors"
+    if path.exists():
+        return str(path)
+    data, size = cfg.get("data", "mnist5k"), cfg.get("input_size")
+    train_set, test_set = build_dataset(data, "train", input_size=size), build_dataset(data, "test", input_size=size)
+    model = models.build(cfg["model"], num_classes=train_set.num_classes, in_channels=train_set.channels,
+                         input_size=train_set.input_size, width=float(cfg.get("width", 1.0)))
+    config = TrainConfig(epochs=int(cfg.get("epochs", 3)), lr=float(cfg.get("lr", 0.01)),
+                         batch_size=int(cfg.get("batch_size", models.DEFAULT_BATCH_SIZE[cfg["model"]])),
+                         seed=int(cfg.get("seed", 0)))
+    history = Trainer(model, train_set, test_set, config, out_dir=folder, progress=False).fit(resume=True)
+    meta = {"classes": train_set.classes, "mean": train_set.mean, "std": train_set.std, "dataset": data}
+    save_weights(model.cpu(), path, {"cnncompress.metadata": json.dumps(meta)})
+    print(f"teacher {cfg['model']} trained on {data}: test accuracy "
+          f"{100 * (1 - history[-1]['test_error']):.2f}% -> {path}", flush=True)
+    return str(path)
+
+
+def _experiments(path: Path) -> list[dict]:
     import yaml
-    path = Path(path)
     try:
         recipe = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as error:
         raise input_error(path, f"unreadable recipe: {error}") from error
-    if not isinstance(recipe, dict) or "teacher" not in recipe or "unlabeled" not in recipe:
-        raise input_error(path, "a distill recipe needs at least 'teacher' and 'unlabeled'")
-    student = recipe.get("student", {})
-    base = {k: v for k, v in recipe.items() if k not in ("targets", "seeds", "student", "name", "description")}
-    base.update({"student": student.get("model", "squeezenet1_1"), "width": student.get("width", 1.0)})
-    rows = []
-    for seed in seeds or recipe.get("seeds", [0]):
-        for targets in recipe.get("targets", ["labels", "softmax"]):
-            run_out = out / f"{targets}-seed{seed}" if out else None
-            row = distill_once({**base, "targets": targets, "seed": seed}, run_out, progress)
-            print(describe(row), flush=True)
-            rows.append(row)
-    return rows
+    items = recipe.get("experiments") if isinstance(recipe, dict) and "experiments" in recipe else [recipe]
+    if not isinstance(items, list) or not all(isinstance(e, dict) and "teacher" in e and "unlabeled" in e
+                                              for e in items):
+        raise input_error(path, "a distill recipe needs 'teacher' and 'unlabeled' (or a list of such "
+                                "'experiments')")
+    return items
+
+
+def run_recipe(path: str | Path, out: Path | None = None, seeds: list[int] | None = None,
+               progress: bool = False, only: str | None = None) -> dict[str, list[dict]]:
+    """Run every (experiment, target, seed) of a Table-3 recipe; prints one line per run; returns the rows per
+    experiment name. Finished runs (``out/<name>/<target>-seed<k>/distill.json``) are reused: rerun to resume."""
+    tables: dict[str, list[dict]] = {}
+    for index, recipe in enumerate(_experiments(Path(path))):
+        name = str(recipe.get("name", f"experiment{index}"))
+        if only and name != only:
+            continue
+        folder = out / name if out else None
+        teacher = recipe["teacher"]
+        if isinstance(teacher, dict):
+            teacher = train_teacher(teacher, folder)
+        student = recipe.get("student", {})
+        skip = ("targets", "seeds", "student", "name", "description", "teacher", "target_options")
+        base = {k: v for k, v in recipe.items() if k not in skip}
+        base.update({"teacher": teacher, "student": student.get("model", "squeezenet1_1"),
+                     "width": student.get("width", 1.0)})
+        rows = tables.setdefault(name, [])
+        for seed in seeds or recipe.get("seeds", [0]):
+            for targets in recipe.get("targets", ["labels", "softmax"]):
+                run_out = folder / f"{targets}-seed{seed}" if folder else None
+                done = run_out / "distill.json" if run_out else None
+                cfg = {**base, **dict(recipe.get("target_options", {}).get(targets, {})),
+                       "targets": targets, "seed": seed, "resume": bool(run_out)}
+                if done and done.exists():
+                    row = {k: v for k, v in json.loads(done.read_text()).items() if k != "history"}
+                    changed = [k for k in RECORDED if k in row and row[k] != cfg.get(k)]
+                    if changed:
+                        raise input_error(done, f"made with other settings ({', '.join(changed)}); "
+                                                f"use another --out")
+                else:
+                    row = distill_once(cfg, run_out, progress)
+                print(f"[{name}] " + describe(row), flush=True)
+                rows.append(row)
+    if only and not tables:
+        raise InputError(f"no experiment named {only!r} in {path}")
+    return tables
 
 
 def run(args) -> int:
     if args.recipe:
         out = Path(args.out) if args.out else None
-        rows = run_recipe(args.recipe, out, args.seeds, progress=False)
-        text = table(rows)
+        tables = run_recipe(args.recipe, out, args.seeds, progress=False, only=args.only)
+        text = "\n\n".join(f"### {name}\n\n{table(rows)}" for name, rows in tables.items())
         print(text)
         if out:
             out.mkdir(parents=True, exist_ok=True)
             (out / "table.md").write_text(text + "\n")
-            (out / "results.json").write_text(json.dumps(rows, indent=1))
+            (out / "results.json").write_text(json.dumps(tables, indent=1))
         return 0
     missing = [name for name in ("teacher", "unlabeled", "out") if not getattr(args, name)]
     if missing:
