@@ -15,7 +15,7 @@ from cnncompress.storage import ccz
 from cnncompress.storage.codec_bitpack import CODEC
 
 
-def _vgg(width: float = 0.25):
+def _vgg(width: float = 0.125):
     torch.manual_seed(0)
     return models.build("vgg_s", num_classes=10, in_channels=1, input_size=48, width=width).eval()
 
