@@ -9,5 +9,6 @@ class InputError(Exception):
 
 
 def input_error(path, problem: str) -> InputError:
-    """Build an ``InputError`` whose message reads ``<path>: <problem>``."""
-    return InputError(f"{path}: {problem}")
+    """Build an ``InputError`` whose message reads ``<path>: <problem>`` (first line of the problem only)."""
+    lines = str(problem).strip().splitlines()
+    return InputError(f"{path}: {lines[0] if lines else 'invalid'}")

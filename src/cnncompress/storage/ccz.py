@@ -118,6 +118,8 @@ def read_manifest(path: str | Path) -> tuple[dict, int]:
 def _check_tensor_entries(path: Path, entries: list, blob_bytes: int) -> None:
     end = 0
     for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+            raise input_error(path, "corrupt tensor entry (not an object with a sha256)")
         try:
             name, shape, offset, length = entry["name"], entry["shape"], entry["offset"], entry["length"]
             codec, dtype, meta = get_codec(entry["codec"]), entry["dtype"], entry.get("meta", {})
@@ -127,7 +129,9 @@ def _check_tensor_entries(path: Path, entries: list, blob_bytes: int) -> None:
             raise input_error(path, f"tensor {name}: bad shape {shape}")
         if numel(shape) > MAX_ELEMENTS:
             raise input_error(path, f"tensor {name}: shape {shape} is too large")
-        if dtype not in TORCH_DTYPES:
+        if not isinstance(meta, dict):
+            raise input_error(path, f"tensor {name}: codec meta must be an object")
+        if not isinstance(name, str) or not isinstance(dtype, str) or dtype not in TORCH_DTYPES:
             raise input_error(path, f"tensor {name}: unknown dtype {dtype!r}")
         if not (isinstance(offset, int) and isinstance(length, int) and 0 <= offset and 0 <= length):
             raise input_error(path, f"tensor {name}: bad offset/length")
@@ -136,7 +140,7 @@ def _check_tensor_entries(path: Path, entries: list, blob_bytes: int) -> None:
                                     f"file (truncated? blob section has {blob_bytes} bytes)")
         try:
             codec.check(length, meta, tuple(shape))
-        except (ValueError, KeyError, TypeError) as error:
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError, IndexError) as error:
             raise input_error(path, f"tensor {name} ({entry['codec']}): {error}") from error
         end = max(end, offset + length)
 
@@ -179,7 +183,7 @@ def load(path: str | Path) -> nn.Module:
             try:
                 state[entry["name"]] = get_codec(entry["codec"]).decode(data, entry.get("meta", {}),
                                                                         tuple(entry["shape"]), entry["dtype"])
-            except (ValueError, KeyError, RuntimeError) as error:
+            except (ValueError, KeyError, RuntimeError, TypeError, AttributeError, OverflowError, IndexError) as error:
                 raise input_error(path, f"tensor {entry['name']}: cannot decode ({error})") from error
     model = _rebuild(path, manifest, "cpu")
     model.load_state_dict(state, strict=True)
