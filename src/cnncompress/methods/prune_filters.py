@@ -332,7 +332,8 @@ register(MethodInfo(
     name="prune-l1", paper="Li et al. 2017, Pruning filters for efficient ConvNets (survey §2.3)", size="real",
     speed="real", description="L1-norm filter pruning; filters and the next layer's input channels physically "
                               "removed, result is a smaller dense model",
-    bench=({"model": "vgg_s", "config": {"flops": 0.5}, "finetune": 1, "label": "L1 filters -50% FLOPs"},)),
+    bench=({"model": "vgg_s", "config": {"flops": 0.5}, "finetune": 1, "label": "L1 filters -50% FLOPs"},
+           {"model": "squeezenet1_1", "config": {"flops": 0.5}, "finetune": 1, "label": "L1 filters -50% FLOPs"})),
     prune_l1)
 register(MethodInfo(
     name="prune-taylor", paper="Molchanov et al. 2016, Pruning CNNs for resource efficient inference (survey §2.3)",
