@@ -1,8 +1,12 @@
 """``cnncompress bench``: recipe -> baselines -> one measured row per (model, method) -> table + plots.
 
-Resumable: baselines train with per-epoch checkpoints under ``OUT/baselines/<model>``; every finished row is
-appended to ``OUT/rows.jsonl`` and skipped on re-run, so a kill loses at most the row in progress (and even its
-finished fine-tuning epochs are kept in ``OUT/rows/<key>/train``).
+Resumable: baselines train with per-epoch checkpoints under ``OUT/baselines/<model>`` (``<model>-seed<k>`` for
+other seeds); every finished row is appended to ``OUT/rows.jsonl`` and skipped on re-run, so a kill loses at most
+the row in progress (and even its finished fine-tuning epochs are kept in ``OUT/rows/<key>/train``).
+
+Rows run through an executor (``cnncompress.executors``: in-process, or Ray tasks on a cluster): the driver trains
+the baselines first (``prepare``), every row then runs ``safe_run_row`` wherever the executor puts it (writing its
+``.ccz`` and ``result.json`` atomically into its own folder) and only the driver appends to ``rows.jsonl``.
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import os
 import platform
 import subprocess
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -18,7 +23,7 @@ from tqdm import tqdm
 
 from . import measure, methods, models, storage
 from .data import build_dataset
-from .errors import InputError
+from .errors import InputError, input_error
 from .recipe import BASELINE, Recipe, Row
 from .train import Trainer, TrainConfig, load_weights, save_weights
 
@@ -48,15 +53,30 @@ def _realness(labels: list[str], default: str) -> str:
     return default if not labels else "none"
 
 
+def _history(meta: Path, config: TrainConfig) -> list[dict]:
+    """A finished baseline's per-epoch history (checked against the recipe's training config)."""
+    if not meta.exists():
+        return []
+    try:
+        info = json.loads(meta.read_text())
+    except (OSError, ValueError) as error:
+        raise input_error(meta, f"unreadable checkpoint: {error}") from error
+    if info.get("config") != asdict(config):
+        raise input_error(meta, f"checkpoint was made with a different config {info.get('config')}")
+    return info.get("history", [])
+
+
 class Bench:
-    def __init__(self, recipe: Recipe, out_dir: str | Path, device: str = "cpu", progress: bool = True):
+    def __init__(self, recipe: Recipe, out_dir: str | Path, device: str = "cpu", progress: bool = True,
+                 datasets: tuple | None = None):
         self.recipe, self.out, self.device, self.progress = recipe, Path(out_dir), device, progress
         self.out.mkdir(parents=True, exist_ok=True)
         self.rows_path = self.out / "rows.jsonl"
-        self.train_set = build_dataset(recipe.data, "train", input_size=recipe.input_size)
-        self.test_set = build_dataset(recipe.data, "test", input_size=recipe.input_size)
-        self._baselines: dict[str, torch.nn.Module] = {}
-        self._baseline_history: dict[str, list] = {}
+        self.train_set, self.test_set = datasets or (
+            build_dataset(recipe.data, "train", input_size=recipe.input_size),
+            build_dataset(recipe.data, "test", input_size=recipe.input_size))
+        self._baselines: dict[tuple[str, int], torch.nn.Module] = {}
+        self._baseline_history: dict[tuple[str, int], list] = {}
 
     # --- state -------------------------------------------------------------------------------------------
     def finished(self) -> dict[str, dict]:
@@ -77,39 +97,69 @@ class Bench:
             handle.flush()
             os.fsync(handle.fileno())
 
+    def row_folder(self, row: Row) -> Path:
+        return self.out / "rows" / row.key
+
+    def recover(self, rows: list[Row]) -> dict[str, dict]:
+        """Rows whose worker wrote ``result.json`` but whose driver died before appending it: append them now."""
+        found = {}
+        for row in rows:
+            path = self.row_folder(row) / "result.json"
+            try:
+                result = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if result.get("key") == row.key:
+                found[row.key] = result
+                self._append(result)
+        return found
+
     # --- baselines -----------------------------------------------------------------------------------------
-    def baseline(self, name: str) -> torch.nn.Module:
-        if name in self._baselines:
-            return self._baselines[name]
+    def baseline_folder(self, name: str, seed: int | None = None) -> Path:
+        """``OUT/baselines/<model>`` for the recipe's first seed, ``<model>-seed<k>`` for the others."""
+        seed = self.recipe.baseline_seed(name, self.recipe.seed if seed is None else seed)
+        return self.out / "baselines" / (name if seed == self.recipe.seed else f"{name}-seed{seed}")
+
+    def prepare(self, rows: list[Row]) -> None:
+        """Train (or load) every baseline these rows start from: done once, by the driver, before dispatch."""
+        for row in rows:
+            self.baseline(row.model, row.seed)
+
+    def baseline(self, name: str, seed: int | None = None) -> torch.nn.Module:
+        seed = self.recipe.baseline_seed(name, self.recipe.seed if seed is None else seed)
+        if (name, seed) in self._baselines:
+            return self._baselines[(name, seed)]
         settings = self.recipe.baselines[name]
-        folder = self.out / "baselines" / name
+        folder = self.baseline_folder(name, seed)
         weights = folder / "model.safetensors"
+        torch.manual_seed(seed)  # the initialisation depends on the seed only, not on what ran before
         model = models.build(name, self.train_set.num_classes, self.train_set.channels, self.recipe.input_size,
                              settings.get("width", 1.0))
         config = TrainConfig(epochs=settings.get("epochs", 3), lr=settings.get("lr", 0.001),
-                             momentum=settings.get("momentum", 0.9), seed=settings.get("seed", self.recipe.seed),
+                             momentum=settings.get("momentum", 0.9), seed=seed,
                              batch_size=settings.get("batch_size", models.DEFAULT_BATCH_SIZE.get(name, 32)),
                              device=self.device)
         trainer = Trainer(model, self.train_set, self.test_set, config, out_dir=folder, progress=self.progress)
         if weights.exists():
             model = load_weights(weights)
-            trainer.resume()
+            trainer.history = _history(folder / "checkpoint.json", config)
         else:
             trainer.fit(resume=True)
             save_weights(model.cpu(), weights)
         model.metadata = {"classes": self.train_set.classes, "mean": self.train_set.mean, "std": self.train_set.std,
                           "dataset": self.recipe.data, "input_size": self.recipe.input_size}
-        self._baselines[name], self._baseline_history[name] = model.cpu().eval(), trainer.history
-        return self._baselines[name]
+        self._baselines[(name, seed)], self._baseline_history[(name, seed)] = model.cpu().eval(), trainer.history
+        return self._baselines[(name, seed)]
 
     # --- one row -------------------------------------------------------------------------------------------
     def run_row(self, row: Row) -> dict:
         started = time.perf_counter()
-        folder = self.out / "rows" / row.key
-        base = self.baseline(row.model)
-        history = list(self._baseline_history[row.model])
+        folder = self.row_folder(row)
+        base = self.baseline(row.model, row.seed)
+        history = list(self._baseline_history[(row.model, self.recipe.baseline_seed(row.model, row.seed))])
         loss_fn = None
         model = base
+        torch.manual_seed(row.seed)  # a method's random choices depend on the row's seed only
         if row.method != BASELINE:
             for index, stage in enumerate(row.pipeline):
                 model = methods.apply(model, stage["method"], **stage["config"])
@@ -121,7 +171,7 @@ class Bench:
 
     def finetune(self, row: Row, model, folder: Path, loss_fn) -> list[dict]:
         config = TrainConfig(epochs=row.finetune, lr=self.recipe.finetune["lr"],
-                             momentum=self.recipe.finetune.get("momentum", 0.9), seed=self.recipe.seed,
+                             momentum=self.recipe.finetune.get("momentum", 0.9), seed=row.seed,
                              batch_size=models.DEFAULT_BATCH_SIZE.get(row.model, 32), device=self.device)
         trainer = Trainer(model, self.train_set, self.test_set, config, out_dir=folder, progress=self.progress,
                           **({"loss_fn": loss_fn} if loss_fn else {}))
@@ -150,7 +200,7 @@ class Bench:
         epoch_s = history[-1]["seconds"] if history else None
         return {
             "key": row.key, "model": row.model, "method": row.method, "label": row.label, "config": row.config,
-            "finetune_epochs": row.finetune, "accuracy": accuracy, "accuracy_inference_model": fast_acc,
+            "seed": row.seed, "finetune_epochs": row.finetune, "accuracy": accuracy, "accuracy_inference_model": fast_acc,
             "train_ms_step": train_ms, "epoch_s": epoch_s,
             "torch_ms": torch_stats["median_ms"], "torch_mean_ms": torch_stats["mean_ms"],
             "torch_layout": torch_stats["layout"], "ort_ms": ort, "ort_error": ort_error,
@@ -165,23 +215,42 @@ class Bench:
             "node": platform.node(), "row_seconds": time.perf_counter() - started,
         }
 
-    def run(self) -> list[dict]:
+    def safe_run_row(self, row: Row) -> dict:
+        """``run_row`` with a failing method turned into an error row; the result is also written atomically to
+        ``OUT/rows/<key>/result.json`` (so a row finished on a worker survives its driver)."""
+        try:
+            result = self.run_row(row)
+        except InputError:
+            raise
+        except Exception as error:  # noqa: BLE001 - one failing method must not sink the table
+            result = {"key": row.key, "model": row.model, "method": row.method, "label": row.label,
+                      "config": row.config, "seed": row.seed, "error": f"{type(error).__name__}: {error}",
+                      "node": platform.node()}
+        folder = self.row_folder(row)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / "result.json.tmp"
+        tmp.write_text(json.dumps(result))
+        os.replace(tmp, folder / "result.json")
+        return result
+
+    def run(self, executor=None) -> list[dict]:
+        """Run every unfinished row through ``executor`` (default: in this process, in order)."""
+        from .executors import LocalExecutor
+        executor = executor or LocalExecutor()
         done = self.finished()
         todo = [row for row in self.recipe.rows if row.key not in done]
-        bar = tqdm(self.recipe.rows, desc="bench rows", disable=not self.progress, unit="row")
-        for row in bar:
-            if row.key in done:
-                continue
-            bar.set_postfix_str(f"{row.model}/{row.label}")
-            try:
-                result = self.run_row(row)
-            except InputError:
-                raise
-            except Exception as error:  # noqa: BLE001 - one failing method must not sink the table
-                result = {"key": row.key, "model": row.model, "method": row.method, "label": row.label,
-                          "config": row.config, "error": f"{type(error).__name__}: {error}"}
-                tqdm.write(f"row {row.model}/{row.label} failed: {result['error']}")
-            done[row.key] = result
-            self._append(result)
-        del todo
+        done.update(self.recover(todo))
+        todo = [row for row in todo if row.key not in done]
+        if todo:
+            self.prepare(todo)
+        bar = tqdm(total=len(todo), desc="bench rows", disable=not self.progress, unit="row")
+        for result in executor.map(self, todo):
+            if "error" in result:
+                tqdm.write(f"row {result['model']}/{result['label']} failed: {result['error']}")
+            done[result["key"]] = result
+            if not result.get("lost"):  # a row whose workers all died is not recorded: a re-run retries it
+                self._append(result)
+            bar.set_postfix_str(f"{result['model']}/{result['label']}")
+            bar.update()
+        bar.close()
         return [done[row.key] for row in self.recipe.rows if row.key in done]
