@@ -119,3 +119,14 @@ def test_builds_at_other_sizes_and_trains():
     assert out.shape == (4, 3)
     out.sum().backward()
     assert net.features.conv1.weight.grad is not None
+
+
+def test_ccz_round_trip(teacher, tmp_path):
+    from cnncompress import storage
+    path = storage.save(teacher, tmp_path / "teacher.ccz")
+    again = storage.load(path)
+    x = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(again(x), teacher(x), atol=1e-6)
+    assert again.metadata["classes"] == EMOTION_CLASSES
+    assert isinstance(again.features.block1.pool, MaxPool2dSame)
