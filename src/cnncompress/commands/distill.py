@@ -27,7 +27,7 @@ def add_parser(subparsers) -> None:
                                      "train split mixed in with true labels for --targets hinton")
     p.add_argument("--copies", type=int, default=8, help="augmented copies per unlabelled image (1 = none)")
     p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--batch-size", type=int, default=32)
