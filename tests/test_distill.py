@@ -186,3 +186,18 @@ def test_recipe_prints_a_table3_style_table_and_reuses_runs(tmp_path, capsys):
     assert ccz.stat().st_mtime_ns == stamp
     assert capsys.readouterr().out.count("teacher outputs") == 2
     assert cli.main(["distill", "--recipe", str(recipe), "--only", "missing"]) == 2
+
+
+def test_faces_detect_dataset_crops_faces(tmp_path):
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+
+    from cnncompress.data import build_dataset
+    Image.fromarray(data.astronaut()).save(tmp_path / "astronaut.png")
+    Image.fromarray(np.full((200, 200), 128, dtype=np.uint8)).save(tmp_path / "blank.png")  # no face
+    faces = build_dataset(f"faces-detect:{tmp_path}", "train")
+    assert faces.images.shape == (1, 1, 64, 64) and int(faces.labels[0]) == -1
+    (tmp_path / "astronaut.png").unlink()
+    with pytest.raises(InputError, match="no face found"):
+        build_dataset(f"faces-detect:{tmp_path}", "train")

@@ -71,6 +71,28 @@ def crop_face(image: np.ndarray, margin: float = 0.0) -> np.ndarray:
     return to_channels(np.asarray(image), 1)[r0:r1, c0:c1, 0]
 
 
+@register_dataset("faces-detect", "a folder of unlabelled images, each cropped to its largest face found by the "
+                  "LBP cascade (images without a face are skipped); seeded 80/20 split", needs_path=True, size=64,
+                  channels=1)
+def _read_faces_detect(path, split):
+    from pathlib import Path
+
+    from . import formats
+    from ..errors import input_error
+    faces = []
+    for image in formats.read_faces(Path(path)):
+        try:
+            faces.append(crop_face(image))
+        except InputError:
+            continue
+    if not faces:
+        raise input_error(path, "no face found in any image (LBP frontal-face cascade)")
+    order = np.random.default_rng(LFW_SPLIT_SEED).permutation(len(faces))
+    cut = int(round(len(faces) * 0.2)) if len(faces) > 1 else 0
+    chosen = np.sort(order[:cut] if split == "test" else order[cut:])
+    return [faces[i] for i in chosen], np.full(len(chosen), -1, dtype=np.int64), []
+
+
 def astronaut_face() -> np.ndarray:
     """The face in ``skimage.data.astronaut()`` (grey uint8 crop found by the LBP cascade)."""
     from skimage import data
