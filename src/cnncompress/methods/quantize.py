@@ -147,6 +147,8 @@ class FixedPointQuantizer(nn.Module):
         self.calls += 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and torch.is_grad_enabled() and x.requires_grad):
+            return self.quantize(x)  # eval / no grad: plain ops, exportable to ONNX
         return _Straight.apply(x, self)
 
     def quantize_error(self, y: torch.Tensor) -> torch.Tensor:
