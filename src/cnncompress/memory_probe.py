@@ -1,6 +1,6 @@
 """Subprocess entry for ``measure.peak_memory``: ``python -m cnncompress.memory_probe FILE.ccz infer|train BATCH THREADS``.
 
-Prints ``{"peak_mb": ...}``: the RSS high-water mark (``ru_maxrss``) after the work, minus the RSS after imports.
+Prints ``{"peak_mb": ...}``: the RSS high-water mark (``VmHWM``) after the work, minus the RSS after imports.
 """
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import resource
 import sys
 
 
-def _rss_mb() -> float:
+def _status_mb(field: str) -> float:
+    """``VmRSS`` / ``VmHWM`` of this process from /proc (ru_maxrss can carry the parent's peak over fork+exec)."""
     with open("/proc/self/status") as handle:
         for line in handle:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -30,7 +31,7 @@ def main(path: str, mode: str, batch: int, threads: int) -> None:
     from .models import build
     with torch.device("meta"):  # the meta-device build that .ccz validation uses pulls ~70 MB of torch in once
         build("vgg_s", 2, 1, 48, 0.05)
-    before = _rss_mb()
+    before = _status_mb("VmRSS")
     model = storage.load(path)
     spec = model.spec
     x = torch.randn(batch, spec["in_channels"], spec["input_size"], spec["input_size"])
@@ -48,7 +49,7 @@ def main(path: str, mode: str, batch: int, threads: int) -> None:
         with torch.no_grad():
             for _ in range(3):
                 model(x)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _status_mb("VmHWM")
     print(json.dumps({"peak_mb": max(0.0, peak - before)}))
 
 

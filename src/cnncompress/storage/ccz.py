@@ -145,19 +145,42 @@ def _check_tensor_entries(path: Path, entries: list, blob_bytes: int) -> None:
         end = max(end, offset + length)
 
 
-def _rebuild(path: Path, manifest: dict, device: str | torch.device) -> nn.Module:
+def _rebuild(path: Path, manifest: dict, device: str) -> nn.Module:
+    """The model skeleton of the manifest. ``device="meta"``: nothing allocated (validation). ``"cpu"``: the float
+    skeleton stays on ``meta`` and only the compressed layers of the architecture diff are built for real; the
+    remaining meta tensors are then allocated empty and filled from the file, so loading never holds the
+    full float model."""
     from ..errors import InputError
     from ..models import build_from_spec
     spec = manifest.get("spec")
     if not isinstance(spec, dict):
         raise input_error(path, "manifest has no model spec")
+    changes = manifest.get("architecture", {})
+    if not isinstance(changes, dict):
+        raise input_error(path, "architecture must be an object")
     try:
-        with torch.device(device):
+        with torch.device("meta"):
             model = build_from_spec(spec)
-            model = architecture.apply_diff(model, manifest.get("architecture", {}))
-    except (InputError, ValueError, TypeError, AttributeError, RuntimeError) as error:
+        if device == "meta":
+            with torch.device("meta"):
+                return architecture.apply_diff(model, changes)
+        model = architecture.apply_diff(model, changes)
+    except (InputError, ValueError, TypeError, AttributeError, RuntimeError, OverflowError) as error:
         raise input_error(path, f"cannot rebuild the model: {error}") from error
+    _materialize(model)
     return model
+
+
+def _materialize(model: nn.Module) -> None:
+    """Allocate (uninitialised, on the CPU) every parameter and buffer still on the meta device."""
+    for module in model.modules():
+        for name, param in list(module._parameters.items()):
+            if param is not None and param.is_meta:
+                module._parameters[name] = nn.Parameter(torch.empty_like(param, device="cpu"),
+                                                        requires_grad=param.requires_grad)
+        for name, buffer in list(module._buffers.items()):
+            if buffer is not None and buffer.is_meta:
+                module._buffers[name] = torch.empty_like(buffer, device="cpu")
 
 
 def load(path: str | Path) -> nn.Module:

@@ -1,0 +1,1 @@
+"""Fast inference kernels, each beside a pure reference twin."""

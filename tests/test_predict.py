@@ -1,0 +1,55 @@
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+@pytest.fixture(scope="module")
+def astronaut(tmp_path_factory):
+    from skimage import data
+    path = tmp_path_factory.mktemp("img") / "astronaut.png"
+    Image.fromarray(data.astronaut()).save(path)
+    return path
+
+
+def test_astronaut_is_one_happy_face(run_cli, astronaut):
+    code, out, err = run_cli("predict", "fer-minixception", astronaut, "--json")
+    assert code == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert len(result["faces"]) == 1
+    face = result["faces"][0]
+    assert face["emotion"] == "happy" and face["probability"] > 0.9
+    r, c, h, w = face["box"]
+    assert 40 < r < 120 and 140 < c < 220 and h > 50
+
+
+def test_no_face_reports_zero_or_whole_image(run_cli, tmp_path):
+    path = tmp_path / "flat.png"
+    Image.fromarray(np.full((120, 120), 128, dtype=np.uint8)).save(path)
+    code, out, _ = run_cli("predict", "fer-minixception", path)
+    assert code == 0 and "0 face(s)" in out
+    code, out, _ = run_cli("predict", "fer-minixception", path, "--whole-image", "--json")
+    assert code == 0 and len(json.loads(out)["faces"]) == 1
+
+
+@pytest.mark.parametrize("content, problem", [(b"", "empty file"), (b"GIF89a junk", "not a readable image")])
+def test_bad_images_exit_2(run_cli, tmp_path, content, problem):
+    path = tmp_path / "bad.jpg"
+    path.write_bytes(content)
+    code, _, err = run_cli("predict", "fer-minixception", path)
+    assert code == 2 and problem in err and "bad.jpg" in err
+
+
+def test_huge_image_exit_2(run_cli, tmp_path, monkeypatch):
+    from cnncompress.data import formats
+    monkeypatch.setattr(formats, "MAX_IMAGE_PIXELS", 1000)
+    path = tmp_path / "big.png"
+    Image.fromarray(np.zeros((100, 100), dtype=np.uint8)).save(path)
+    code, _, err = run_cli("predict", "fer-minixception", path)
+    assert code == 2 and "too large" in err
+
+
+def test_missing_model_exit_2(run_cli, astronaut, tmp_path):
+    code, _, err = run_cli("predict", tmp_path / "none.ccz", astronaut)
+    assert code == 2 and "none.ccz" in err
