@@ -5,6 +5,7 @@ data: mnist5k            # dataset spec
 input_size: 48
 threads: 2
 latency_runs: 100
+memory: true             # peak-memory probes: two fresh processes per row (false: n/a, a faster sweep)
 baselines:               # model -> build and training settings
   vgg_s: {width: 0.25, epochs: 3, lr: 0.01}
 finetune: {epochs: 1, lr: 0.001}
@@ -46,7 +47,7 @@ from .errors import InputError, input_error
 
 BASELINE = "baseline"
 BASELINE_KEYS = {"width", "epochs", "lr", "momentum", "batch_size", "seed"}
-TOP_KEYS = {"data", "input_size", "threads", "latency_runs", "baselines", "finetune", "rows", "seed"}
+TOP_KEYS = {"data", "input_size", "threads", "latency_runs", "baselines", "finetune", "rows", "seed", "memory"}
 ROW_KEYS = {"model", "method", "config", "finetune", "label", "stages", "grid", "seed"}
 STAGE_KEYS = {"method", "config", "grid"}
 MAX_ROWS = 100000
@@ -82,6 +83,7 @@ class Recipe:
     input_size: int = 48
     threads: int = 2
     latency_runs: int = 100
+    memory: bool = True                             # peak-memory probes (two fresh processes per row)
     seed: int = 0                                   # the first (default) seed
     seeds: list[int] = field(default_factory=lambda: [0])
     baselines: dict = field(default_factory=dict)
@@ -258,6 +260,9 @@ def parse_recipe(raw, source: str = "<recipe>") -> Recipe:
     recipe.input_size = _number(source, "input_size", raw.get("input_size", recipe.input_size), int, 8, 1024)
     recipe.threads = _number(source, "threads", raw.get("threads", recipe.threads), int, 1, 256)
     recipe.latency_runs = _number(source, "latency_runs", raw.get("latency_runs", recipe.latency_runs), int, 10, 100000)
+    recipe.memory = raw.get("memory", True)
+    if not isinstance(recipe.memory, bool):
+        raise input_error(source, f"memory must be true or false, got {recipe.memory!r}")
     recipe.seeds = _seeds(source, "seed", raw.get("seed", 0))
     recipe.seed = recipe.seeds[0]
     baselines = raw.get("baselines") or {}

@@ -1,12 +1,16 @@
 """Tables (stdout, markdown, CSV, JSON) and figures (error curves, accuracy vs size, accuracy vs latency).
 
 Speed-ups are quoted against the *faster* fp32 baseline runtime of the same model (PyTorch or onnxruntime),
-and each row's own best runtime; ``x smaller`` is baseline ``.ccz`` bytes / row ``.ccz`` bytes.
+and each row's own best runtime; ``x smaller`` is baseline ``.ccz`` bytes / row ``.ccz`` bytes (the baseline of the
+same seed when the sweep has several). Rows that differ only in their seed are shown as one line, ``mean ± std``
+(sample std over the seeds, column ``seeds``); ``results.csv``/``results.json`` keep every seed's row. When rows
+ran on more than one machine (or through Ray) the table has a ``node`` column: where the timings were measured.
 """
 from __future__ import annotations
 
 import csv
 import json
+import statistics
 from pathlib import Path
 
 COLUMNS = [
@@ -23,10 +27,12 @@ def _best(row: dict) -> float | None:
 
 
 def add_ratios(rows: list[dict]) -> list[dict]:
-    """Speed-up vs the faster baseline runtime and size ratio vs the baseline file, per model."""
-    baselines = {r["model"]: r for r in rows if r.get("method") == "baseline" and "error" not in r}
+    """Speed-up vs the faster baseline runtime and size ratio vs the baseline file, per model (and seed)."""
+    good = [r for r in rows if r.get("method") == "baseline" and "error" not in r]
+    baselines = {r["model"]: r for r in good}
+    seeded = {(r["model"], r.get("seed", 0)): r for r in good}
     for row in rows:
-        base = baselines.get(row["model"])
+        base = seeded.get((row["model"], row.get("seed", 0))) or baselines.get(row["model"])
         if "error" in row:
             continue
         row["size_mb"] = row["file_bytes"] / 1e6
@@ -38,33 +44,81 @@ def add_ratios(rows: list[dict]) -> list[dict]:
     return rows
 
 
-def _format(value, key: str) -> str:
+def _number(value, key: str) -> str:
+    if key in ("speedup", "x_smaller"):
+        return f"{value:.2f}x"
+    return f"{value:.2f}" if abs(value) < 1000 else f"{value:.0f}"
+
+
+def _format(value, key: str, std=None) -> str:
     if value is None:
         return "n/a"
     if isinstance(value, float):
-        if key in ("speedup", "x_smaller"):
-            return f"{value:.2f}x"
-        return f"{value:.2f}" if abs(value) < 1000 else f"{value:.0f}"
+        return _number(value, key) + (f" ± {_number(std, key).rstrip('x')}" if std is not None else "")
     return str(value)
 
 
-def table_lines(rows: list[dict]) -> list[str]:
-    header = [title for _, title in COLUMNS]
-    body = []
+def _node(row: dict) -> str:
+    return row.get("node", "") + (f"/{row['ray_node']}" if row.get("ray_node") else "")
+
+
+def group_seeds(rows: list[dict]) -> list[dict]:
+    """Rows that differ only in ``seed`` -> one row with the mean of every number and ``<key>_std`` (sample std).
+
+    Error rows stay on their own line. Order: where each group's first row was."""
+    groups: dict[str, list[dict]] = {}
     for row in rows:
-        if "error" in row:
-            body.append([row["model"], row["label"]] + ["error"] + [""] * (len(COLUMNS) - 3))
+        ident = json.dumps([row.get("model"), row.get("method"), row.get("label"), row.get("config"),
+                            row.get("finetune_epochs"), "error" in row and row.get("key")], sort_keys=True, default=str)
+        groups.setdefault(ident, []).append(row)
+    out = []
+    for members in groups.values():
+        if len(members) == 1 or "error" in members[0]:
+            out.extend(members)
             continue
-        body.append([_format(row.get(key), key) for key, _ in COLUMNS])
+        merged = dict(members[0], seeds=len(members), seed=[m.get("seed") for m in members])
+        for key, value in members[0].items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "seed":
+                values = [m.get(key) for m in members]
+                if all(isinstance(v, (int, float)) for v in values):
+                    merged[key] = statistics.fmean(values)
+                    merged[f"{key}_std"] = statistics.stdev(values)
+        nodes = sorted({_node(m) for m in members})
+        merged["node"], merged["ray_node"] = (nodes[0], "") if len(nodes) == 1 else (f"{len(nodes)} nodes", "")
+        out.append(merged)
+    return out
+
+
+def _columns(rows: list[dict]) -> list[tuple[str, str]]:
+    columns = list(COLUMNS)
+    if any(r.get("seeds", 1) > 1 for r in rows):
+        columns.insert(2, ("seeds", "seeds"))
+    if any(r.get("ray_node") for r in rows) or len({r.get("node") for r in rows if "node" in r}) > 1:
+        columns.append(("node", "node"))
+    return columns
+
+
+def _cells(row: dict, columns) -> list[str]:
+    if "error" in row:
+        return [row["model"], row["label"], "error: " + row["error"][:60]] + [""] * (len(columns) - 3)
+    return [(_node(row) if key == "node" else _format(row.get(key), key, row.get(f"{key}_std")))
+            for key, _ in columns]
+
+
+def table_lines(rows: list[dict]) -> list[str]:
+    rows = group_seeds(rows)
+    columns = _columns(rows)
+    header = [title for _, title in columns]
+    body = [_cells(row, columns) for row in rows]
     return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"] + \
         ["| " + " | ".join(cells) + " |" for cells in body]
 
 
 def text_table(rows: list[dict]) -> str:
-    cells = [[title for _, title in COLUMNS]] + [
-        ([row["model"], row["label"], "error: " + row["error"][:60]] + [""] * (len(COLUMNS) - 3)) if "error" in row
-        else [_format(row.get(key), key) for key, _ in COLUMNS] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(COLUMNS))]
+    rows = group_seeds(rows)
+    columns = _columns(rows)
+    cells = [[title for _, title in columns]] + [_cells(row, columns) for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)
 
 
@@ -77,7 +131,7 @@ NOTES = ("Speed-up: the faster fp32 baseline runtime (PyTorch or onnxruntime) / 
 def write_outputs(rows: list[dict], out: str | Path, env: dict, recipe_source: str) -> None:
     out = Path(out)
     add_ratios(rows)
-    flat_keys = [k for k, _ in COLUMNS] + ["accuracy_inference_model", "torch_layout", "throughput_b32", "params",
+    flat_keys = [k for k, _ in COLUMNS] + ["seed", "node", "ray_node", "accuracy_inference_model", "torch_layout", "throughput_b32", "params",
                                            "file_bytes", "payload_bytes", "ort_error", "ccz", "config", "error"]
     with open(out / "results.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=flat_keys, extrasaction="ignore")

@@ -15,11 +15,22 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--out", help="output folder (default results/<recipe name>)")
     parser.add_argument("--only", nargs="*", help="only rows whose method or label is listed")
     parser.add_argument("--no-progress", action="store_true")
+    scale = parser.add_argument_group("scale out (docs/scale_out.md)")
+    scale.add_argument("--executor", default="local", choices=["local", "ray"],
+                       help="local: rows one after the other here; ray: each row a Ray task on a cluster")
+    scale.add_argument("--address", default=None,
+                       help="Ray cluster: auto (the one `ray start` made here) or HOST:PORT of the head node "
+                            "(default: start a local Ray on this machine)")
+    scale.add_argument("--cpus-per-row", type=float, default=1, help="CPUs reserved per row (Ray; default 1)")
+    scale.add_argument("--gpus-per-row", type=float, default=0, help="GPUs reserved per row (Ray; default 0)")
+    scale.add_argument("--retries", type=int, default=2,
+                       help="re-runs of a row whose worker or node died (Ray; default 2)")
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
     from ..bench import Bench, environment
+    from ..executors import make_executor
     from ..recipe import load_recipe
     from ..report import NOTES, text_table, write_outputs
     recipe = load_recipe(args.recipe)
@@ -29,9 +40,10 @@ def run(args) -> int:
         recipe.rows = [r for r in recipe.rows if r.method in args.only or r.label in args.only
                        or r.method == "baseline"]
     out = Path(args.out or Path("results") / Path(args.recipe).stem)
+    executor = make_executor(args.executor, args.address, args.cpus_per_row, args.gpus_per_row, args.retries)
     started = time.perf_counter()
     bench = Bench(recipe, out, device=args.device, progress=not args.no_progress)
-    rows = bench.run()
+    rows = bench.run(executor)
     write_outputs(rows, out, environment(), str(args.recipe))
     print(text_table(rows))
     print(f"\n{NOTES}\nwrote {out}/results.csv, results.json, table.md, *.png in {time.perf_counter() - started:.0f}s")
