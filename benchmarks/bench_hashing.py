@@ -4,7 +4,7 @@ by call (baseline, hashed, baseline, hashed, ...), medians, at 1 and 2 threads.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_hashing.py            # default bench model (fast)
     .venv/bin/python benchmarks/bench_hashing.py --paper-size                  # + VGG-S 224x224x3, 8 classes
-    .venv/bin/python benchmarks/bench_hashing.py --accuracy                    # + 3-epoch baseline, 1-epoch finetune
+    .venv/bin/python benchmarks/bench_hashing.py --accuracy                    # + 3-epoch baseline, 1-epoch finetune (all layers)
 
 Default model: vgg_s width 0.25, 48x48 grey, 10 classes (the ``cnncompress bench`` default), batch 20 for
 training (paper), batch 1 for inference. Also reports ``on-the-fly`` inference (memory-light, slower).
@@ -124,7 +124,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--paper-size", action="store_true", help="also VGG-S 224x224x3, 8 classes (98.8M weights)")
-    parser.add_argument("--accuracy", action="store_true", help="also train/fine-tune on mnist5k (~1-2 min)")
+    parser.add_argument("--accuracy", action="store_true", help="also train/fine-tune on mnist5k (4 epochs: ~1 min idle, minutes under load)")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     ok = True
