@@ -43,3 +43,9 @@ def test_pipeline_rows_validate_every_stage():
         parse_recipe({**BASE, "rows": [bad]})
     with pytest.raises(InputError, match="either method or stages"):
         parse_recipe({**BASE, "rows": [{**row, "method": "fp16"}]})
+
+
+def test_row_keys_are_safe_folder_names():
+    recipe = parse_recipe({**BASE, "rows": [{"model": "squeezenet1_1", "method": "fp16", "label": "a/b c w/o ../x"}]})
+    key = recipe.rows[0].key
+    assert "/" not in key and " " not in key and key.startswith("squeezenet1_1-a_b_c_w_o_.._x-")

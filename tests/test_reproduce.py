@@ -1,0 +1,53 @@
+from cnncompress.reproduce import PAPER_TABLE2, cascade_findings, table2_findings, table2_report, table3_findings
+
+
+def _row(label, acc, mb, ms, train=10.0):
+    return {"label": label, "accuracy": acc, "file_bytes": int(mb * 1e6), "torch_ms": ms, "ort_ms": ms * 2,
+            "train_ms_step": train}
+
+
+PAPER_LIKE = [_row("VGG-S (baseline)", 97, 372, 33), _row("SqueezeNet-1.1 (baseline)", 89, 2.8, 5),
+              _row("SqueezeNet-1.1, CP-Decomposition", 87.5, 2.1, 7.7), _row("HashedNets", 96, 68, 158, train=295),
+              _row("Binary-Weight-Network (BWN)", 98.5, 11.6, 33), _row("XNOR-Net", 58, 11.6, 34),
+              _row("XNOR-Net w/o weights binarization", 88, 11.6, 34)]
+
+
+def test_paper_numbers_satisfy_every_table2_finding():
+    findings = table2_findings({r["label"]: r for r in PAPER_LIKE})
+    assert len(findings) == 11 and all(f.held for f in findings), [f.claim for f in findings if not f.held]
+
+
+def test_findings_can_fail_and_missing_rows_are_not_checked():
+    rows = {r["label"]: dict(r) for r in PAPER_LIKE}
+    rows["XNOR-Net"]["accuracy"] = 98.0
+    del rows["HashedNets"]
+    verdicts = {f.claim: f.held for f in table2_findings(rows)}
+    assert verdicts["XNOR-Net loses much accuracy (>10 points below BWN)"] is False
+    assert verdicts["HashedNets infer much slower (paper 4.7x)"] is None
+    report = "\n".join(table2_report(list(rows.values()), "r.yaml"))
+    assert "did not hold" in report and "not checked" in report
+    assert all(label in report for label, *_ in PAPER_TABLE2)
+
+
+def test_table3_softmax_vs_labels():
+    rows = [{"targets": "labels", "accuracy": 0.40, "agreement_heldout": 0.5},
+            {"targets": "softmax", "accuracy": 0.47, "agreement_heldout": 0.45}]
+    verdicts = [f.held for f in table3_findings({"x": rows})]
+    assert verdicts == [True, False]
+
+
+def _run(loss, position, accuracy, exit_rate, data="mnist5k"):
+    sweep = [{"threshold": t, "exit_rate": max(0.0, exit_rate * (1 - t)) if t < 1 else 0.0, "accuracy": accuracy}
+             for t in (0.0, 0.5, 1.0)]
+    return {"data": data, "loss": loss, "position": position, "penalty": 0.6, "accuracy": accuracy,
+            "exit_rate": exit_rate, "base_accuracy": 0.99, "sweep": sweep}
+
+
+def test_cascade_findings():
+    runs = [_run("sum", "p1", 0.90, 0.5), _run("sum", "p2", 0.95, 0.6), _run("soft", "p1", 0.93, 0.3),
+            _run("soft", "p2", 0.96, 0.4), _run("firm", "p1", 0.94, 0.7), _run("firm", "p2", 0.97, 0.8)]
+    findings = cascade_findings({"runs": runs, "config": {"threshold": 0.6, "penalty": 0.6}})
+    assert len(findings) == 5 and all(f.held for f in findings)
+    runs[-1]["accuracy"] = 0.995
+    findings = cascade_findings({"runs": runs, "config": {"threshold": 0.6, "penalty": 0.6}})
+    assert findings[0].held is False
