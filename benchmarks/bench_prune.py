@@ -19,7 +19,6 @@ paper-size net); the Han defaults therefore reach ~23x there, and the benchmark 
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import sys
 import tempfile
