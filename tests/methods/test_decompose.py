@@ -175,3 +175,11 @@ def test_dense_weight_reference_gives_reconstruction_error():
     assert abs(D.reconstruction_error(exact, D.merge_cp(cp)) - D.reconstruction_error(exact, cp)) < 1e-5
     linear = nn.Linear(16, 16)
     assert D.reconstruction_error(linear, D.tt_linear(linear, 100, cores=2)) < 1e-5
+
+
+def test_tt_layer_accepts_extra_leading_dims_like_linear():
+    torch.manual_seed(0)
+    linear = nn.Linear(12, 20)
+    layer = D.tt_linear(linear, 100, cores=2)
+    x = torch.randn(2, 3, 12)
+    assert layer(x).shape == (2, 3, 20) and torch.allclose(layer(x), linear(x), atol=1e-5)

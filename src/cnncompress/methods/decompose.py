@@ -247,7 +247,6 @@ class TTLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cores, d = self.cores, len(self.in_shape)
-        batch = x.shape[0]
         last = cores[-1]
         z = x.reshape(-1, self.in_shape[-1]) @ last.reshape(self.ranks[-2] * self.out_shape[-1], -1).t()
         done = self.out_shape[-1]
@@ -255,7 +254,7 @@ class TTLinear(nn.Module):
             z = z.reshape(-1, self.in_shape[k] * self.ranks[k + 1], done)
             z = cores[k].reshape(self.ranks[k] * self.out_shape[k], -1) @ z
             done *= self.out_shape[k]
-        z = z.reshape(batch, self.out_features)
+        z = z.reshape(x.shape[:-1] + (self.out_features,))  # (*, in) -> (*, out) like nn.Linear
         return z + self.bias if self.bias is not None else z
 
     def extra_repr(self) -> str:
@@ -278,7 +277,8 @@ def tt_linear(linear: nn.Linear, rank, cores: int = 2, energy: float = 0.9, in_s
     weight = _weight(linear).reshape(out_shape + in_shape)
     interleaved = weight.transpose([i for k in range(d) for i in (k, d + k)])
     dims = [m * n for m, n in zip(out_shape, in_shape)]
-    tt_rank = ranks.tt_ranks(np.ascontiguousarray(interleaved).reshape(dims), dims, rank, energy)
+    unfoldable = np.ascontiguousarray(interleaved).reshape(dims) if rank == "auto" else None
+    tt_rank = ranks.tt_ranks(unfoldable, dims, rank, energy)
     with tl.backend_context("numpy"):
         tt = tensor_train_matrix(weight, tt_rank)
     return TTLinear.from_tt_cores(list(tt.factors), linear.bias, linear.weight)

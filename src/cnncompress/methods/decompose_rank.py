@@ -105,10 +105,10 @@ def tt_full_ranks(dims: list[int]) -> list[int]:
     return ranks + [1]
 
 
-def tt_ranks(tensor: np.ndarray, dims: list[int], rank, energy: float) -> list[int]:
+def tt_ranks(tensor: np.ndarray | None, dims: list[int], rank, energy: float) -> list[int]:
     """TT ranks [1, r_1, ..., r_{d-1}, 1] for a tensor whose interleaved (merged) modes are ``dims``.
 
-    ``tensor`` must already be in TT order (d merged modes), e.g. shape ``dims``.
+    ``tensor`` (only read for "auto") must already be in TT order (d merged modes), e.g. shape ``dims``.
     """
     full = tt_full_ranks(dims)
     d = len(dims)
