@@ -5,6 +5,11 @@ Determinism: epoch ``e`` shuffles with a generator seeded ``seed * 1_000_003 + e
 RNG (dropout) with ``seed + e``, so a run resumed from the checkpoint of epoch ``e-1`` is bit-identical to an
 uninterrupted one. Modules with an ``after_step()`` method (e.g. weight clipping of binary layers) are called
 after every optimizer step.
+
+Inside a torch.distributed process group (``cnncompress train --ddp N`` or torchrun) the model is wrapped in
+DistributedDataParallel, each rank trains on its shard of every global batch (``cnncompress.distributed``: the
+same steps as one process at the same global ``batch_size``), only rank 0 evaluates, prints and writes
+checkpoints, and every rank resumes from the same checkpoint (which any world size can continue).
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
+from . import distributed
 from .errors import InputError, input_error
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -123,7 +129,9 @@ class Trainer:
         self.model = model.to(self.config.device)
         self.train_set, self.test_set = train_set, test_set
         self.out_dir = Path(out_dir) if out_dir else None
-        self.loss_fn, self.progress = loss_fn, progress
+        self.rank, self.world_size = distributed.world()
+        self.loss_fn, self.progress = loss_fn, progress and self.rank == 0
+        self.parallel = distributed.wrap(self.model, self.config.device)  # the model itself in one process
         self.evaluate = evaluate or (lambda m: error_rate(m, test_set, device=self.config.device))
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=self.config.lr,
                                          momentum=self.config.momentum, weight_decay=self.config.weight_decay)
@@ -174,28 +182,47 @@ class Trainer:
                    mininterval=1.0)
         for start in bar:
             index = order[start:start + cfg.batch_size]
-            images, labels = self.train_set.images[index], self.train_set.labels[index]
-            if cfg.augment:
-                from .data.transforms import augment
-                images = augment(images, augment_rng)
-            images, labels = images.to(cfg.device), labels.to(cfg.device)
-            loss = self.loss_fn(self.model, images, labels)
+            images, labels, weight = self._batch(index, augment_rng)
+            loss = self.loss_fn(self.parallel, images, labels)
             if not torch.isfinite(loss):
                 raise RuntimeError(f"loss became {float(loss)} at epoch {epoch}; lower the learning rate")
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * weight if self.world_size > 1 else loss).backward()
             self.optimizer.step()
             _after_step(self.model)
-            total_loss += loss.item() * len(index)
+            total_loss += loss.item() * len(index) * weight / self.world_size if self.world_size > 1 \
+                else loss.item() * len(index)
             seen += len(index)
             steps += 1
             bar.set_postfix(loss=f"{total_loss / seen:.3f}")
+        if self.world_size > 1:  # the epoch's mean loss over the whole data set, as in one process
+            total_loss = distributed.all_sum([total_loss])[0]
         seconds = time.perf_counter() - started
         record = {"epoch": epoch, "train_loss": total_loss / seen, "seconds": seconds,
                   "ms_per_step": 1000.0 * seconds / steps}
-        if self.test_set is not None:
+        if self.test_set is not None and self.rank == 0:
             record["test_error"] = self.evaluate(self.model)
         return record
+
+    def _batch(self, index: torch.Tensor, augment_rng: torch.Generator) -> tuple:
+        """(images, labels, loss weight) of this rank's shard of the global batch ``index`` (weight 1 alone)."""
+        cfg, data = self.config, self.train_set
+        if self.world_size == 1:
+            images, labels, weight = data.images[index], data.labels[index], 1.0
+            if cfg.augment:
+                from .data.transforms import augment
+                images = augment(images, augment_rng)
+        else:
+            position = distributed.shard(torch.arange(len(index)), self.rank, self.world_size)
+            weight = len(position) * self.world_size / len(index)
+            if not len(position):  # an empty shard forwards the batch with weight 0: DDP needs every rank
+                position = torch.arange(len(index))
+            images, labels = data.images[index], data.labels[index]
+            if cfg.augment:  # augment the global batch (same random draws as one process), then shard
+                from .data.transforms import augment
+                images = augment(images, augment_rng)
+            images, labels = images[position], labels[position]
+        return images.to(cfg.device), labels.to(cfg.device), weight
 
     def fit(self, resume: bool = False) -> list[dict]:
         """Train for ``config.epochs`` epochs (continuing after the last checkpoint when ``resume``)."""
@@ -208,8 +235,9 @@ class Trainer:
             if self.progress:
                 error = f", test error {100 * record['test_error']:.2f}%" if "test_error" in record else ""
                 tqdm.write(f"epoch {epoch}: loss {record['train_loss']:.4f}{error}, {record['seconds']:.1f}s")
-            if self.out_dir:
+            if self.out_dir and self.rank == 0:
                 self._save_checkpoint(epoch)
+            distributed.barrier()
         self.model.eval()
         return self.history
 

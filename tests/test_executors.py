@@ -1,0 +1,114 @@
+"""Ray executor on a two-node cluster on this machine (loopback): same results as a local run, a killed worker
+is retried, re-runs skip finished rows. Skipped when ray is not installed (``pip install 'cnncompress[ray]'``)."""
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+
+import pytest
+import torch
+
+from cnncompress.bench import Bench
+from cnncompress.errors import InputError
+from cnncompress.executors import LocalExecutor, make_executor
+from cnncompress.recipe import parse_recipe
+
+# the tiny settings of tests/test_bench.py; no peak-memory probes (two fresh processes per row)
+RECIPE = {"data": "mnist5k", "input_size": 28, "latency_runs": 10, "threads": 1, "memory": False,
+          "baselines": {"squeezenet1_1": {"width": 0.25, "epochs": 1, "lr": 0.05, "batch_size": 32}},
+          "finetune": {"epochs": 1, "lr": 0.01},
+          "rows": [{"model": "squeezenet1_1", "method": "baseline"},
+                   {"model": "squeezenet1_1", "method": "prune-magnitude", "grid": {"sparsity": [0.5, 0.9]}},
+                   {"model": "squeezenet1_1", "method": "fp16", "finetune": 0}]}
+
+
+def test_make_executor_checks_flags():
+    assert isinstance(make_executor("local"), LocalExecutor)
+    with pytest.raises(InputError, match="need --executor ray"):
+        make_executor("local", address="auto")
+    with pytest.raises(InputError, match="choose local or ray"):
+        make_executor("dask")
+
+
+def test_missing_ray_is_a_clean_error(monkeypatch):
+    import builtins
+    real_import = builtins.__import__
+
+    def no_ray(name, *args, **kwargs):
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError("No module named 'ray'")
+        return real_import(name, *args, **kwargs)
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    with pytest.raises(InputError, match="pip install"):
+        make_executor("ray")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+    nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    nodes.add_node(num_cpus=1)
+    ray.init(address=nodes.address, log_to_driver=False, include_dashboard=False)
+    yield nodes
+    ray.shutdown()
+    nodes.shutdown()
+
+
+def _kill_first_running_row(rows_dir, killed: dict, stop: threading.Event) -> None:
+    """SIGKILL the worker process of the first row seen running (its worker.json exists, result.json not yet)."""
+    while not stop.is_set():
+        for marker in sorted(rows_dir.glob("*/worker.json")):
+            if (marker.parent / "result.json").exists():
+                continue
+            try:
+                pid = json.loads(marker.read_text())["pid"]
+                os.kill(pid, signal.SIGKILL)
+            except (OSError, ValueError, KeyError):
+                continue
+            killed.update(pid=pid, row=marker.parent.name)
+            return
+        time.sleep(0.02)
+
+
+def test_two_node_sweep_matches_local_and_survives_a_killed_worker(tmp_path, cluster):
+    from cnncompress.executors import RayExecutor
+    recipe = parse_recipe(RECIPE)
+    assert len(recipe.rows) == 4
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the workers run 1 thread per row: same float reduction order
+    try:
+        local = Bench(recipe, tmp_path / "local", progress=False).run()
+    finally:
+        torch.set_num_threads(threads)
+    assert all("error" not in r for r in local), [r.get("error") for r in local]
+    # baselines are shared through the output directory: the driver finds them and trains nothing
+    shutil.copytree(tmp_path / "local" / "baselines", tmp_path / "ray" / "baselines")
+
+    killed, stop = {}, threading.Event()
+    killer = threading.Thread(target=_kill_first_running_row, args=(tmp_path / "ray" / "rows", killed, stop))
+    killer.start()
+    try:
+        rows = Bench(recipe, tmp_path / "ray", progress=False).run(RayExecutor(retries=2))
+    finally:
+        stop.set()
+        killer.join()
+    assert killed, "no worker was killed"
+    assert all("error" not in r for r in rows), [r.get("error") for r in rows]
+    stored = [json.loads(line)["key"] for line in (tmp_path / "ray" / "rows.jsonl").read_text().splitlines()]
+    assert sorted(stored) == sorted(r.key for r in recipe.rows)  # every row exactly once
+    retried = json.loads((tmp_path / "ray" / "rows" / killed["row"] / "worker.json").read_text())
+    assert retried["pid"] != killed["pid"]  # the killed row ran again in another worker process
+    assert len({r["ray_node"] for r in rows}) == 2  # both nodes ran rows
+    for a, b in zip(local, rows):
+        assert (a["key"], a["accuracy"], a["file_bytes"], a["params"]) == \
+            (b["key"], b["accuracy"], b["file_bytes"], b["params"])
+        assert b["ccz"].startswith(str(tmp_path / "ray")) and os.path.getsize(b["ccz"]) == b["file_bytes"]
+    assert local[1]["file_bytes"] > local[2]["file_bytes"]  # 50% vs 90% pruned: the sweep really varies
+
+    # a re-run skips every finished row: no task is submitted, nothing appended
+    again = Bench(recipe, tmp_path / "ray", progress=False).run(RayExecutor())
+    assert [r["key"] for r in again] == [r["key"] for r in rows]
+    assert len((tmp_path / "ray" / "rows.jsonl").read_text().splitlines()) == 4
