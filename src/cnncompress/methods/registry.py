@@ -114,7 +114,7 @@ def apply(model: nn.Module, name: str, **config) -> nn.Module:
     except (ValueError, TypeError) as error:
         raise InputError(f"method {name}: {error}") from error
     result.spec = getattr(model, "spec", getattr(result, "spec", None))
-    result.metadata = dict(getattr(model, "metadata", {}))
+    result.metadata = {**dict(getattr(model, "metadata", {})), **dict(getattr(result, "metadata", {}) or {})}
     result.compression_history = list(getattr(model, "compression_history", [])) + [
         {"method": name, "config": {k: _jsonable(v) for k, v in config.items()}}]
     return result
