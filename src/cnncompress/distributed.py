@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import socket
+import warnings
 from typing import Callable
 
 import torch
@@ -71,6 +72,8 @@ def wrap(model: nn.Module, device: str) -> nn.Module:
     """``model`` wrapped in DDP when this process is one of several ranks, else ``model`` itself."""
     if world()[1] == 1:
         return model
+    # 1x1 convolutions' gradients can come in another stride order than DDP's flat buckets: a copy, not an error
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     if device.startswith("cuda"):
         index = torch.cuda.current_device()
         return DDP(model, device_ids=[index], output_device=index)

@@ -190,13 +190,13 @@ class Trainer:
             (loss * weight if self.world_size > 1 else loss).backward()
             self.optimizer.step()
             _after_step(self.model)
-            total_loss += loss.item() * len(index) * weight / self.world_size if self.world_size > 1 \
-                else loss.item() * len(index)
-            seen += len(index)
+            share = len(index) * weight / self.world_size if self.world_size > 1 else len(index)  # this rank's
+            total_loss += loss.item() * share
+            seen += share
             steps += 1
-            bar.set_postfix(loss=f"{total_loss / seen:.3f}")
+            bar.set_postfix(loss=f"{total_loss / max(seen, 1):.3f}")
         if self.world_size > 1:  # the epoch's mean loss over the whole data set, as in one process
-            total_loss = distributed.all_sum([total_loss])[0]
+            total_loss, seen = distributed.all_sum([total_loss, seen])
         seconds = time.perf_counter() - started
         record = {"epoch": epoch, "train_loss": total_loss / seen, "seconds": seconds,
                   "ms_per_step": 1000.0 * seconds / steps}

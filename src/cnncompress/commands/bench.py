@@ -47,4 +47,9 @@ def run(args) -> int:
     write_outputs(rows, out, environment(), str(args.recipe))
     print(text_table(rows))
     print(f"\n{NOTES}\nwrote {out}/results.csv, results.json, table.md, *.png in {time.perf_counter() - started:.0f}s")
+    lost = [r for r in rows if r.get("lost")]
+    if lost:
+        print(f"{len(lost)} row(s) lost with their workers after {args.retries} retries (not recorded): "
+              f"run the same command again to retry them")
+        return 1
     return 0
