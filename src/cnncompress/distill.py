@@ -338,7 +338,7 @@ def input_format(model: nn.Module) -> dict:
 
 
 @torch.no_grad()
-def latency_ms(model: nn.Module, shape: tuple, runs: int = 50, warmup: int = 3, budget_s: float = 2.0) -> float:
+def latency_ms(model: nn.Module, shape: tuple, runs: int = 50, warmup: int = 3, budget_s: float = 1.0) -> float:
     """Median wall time (ms) of one forward pass at ``shape`` (batch 1 usually), eval mode; stops after
     ``budget_s`` seconds (at least 5 timed runs)."""
     model.eval()
