@@ -1,5 +1,5 @@
 """Datasets (offline assets and user formats) and transforms."""
 from .datasets import ImageDataset, available, build_dataset, register_dataset, stratified_split
-from . import lfw  # noqa: F401,E402 - registers "lfw-faces"
+from . import lfw  # noqa: F401,E402 - registers "lfw-faces" and "faces-detect"
 
 __all__ = ["ImageDataset", "available", "build_dataset", "register_dataset", "stratified_split"]
