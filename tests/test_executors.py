@@ -105,6 +105,8 @@ def test_two_node_sweep_matches_local_and_survives_a_killed_worker(tmp_path, clu
     for a, b in zip(local, rows):
         assert (a["key"], a["accuracy"], a["file_bytes"], a["params"]) == \
             (b["key"], b["accuracy"], b["file_bytes"], b["params"])
+        if a["history"]:  # the training itself was the same, float for float
+            assert b["history"][-1]["train_loss"] == pytest.approx(a["history"][-1]["train_loss"], rel=1e-6)
         assert b["ccz"].startswith(str(tmp_path / "ray")) and os.path.getsize(b["ccz"]) == b["file_bytes"]
     assert local[1]["file_bytes"] > local[2]["file_bytes"]  # 50% vs 90% pruned: the sweep really varies
 

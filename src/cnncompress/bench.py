@@ -100,20 +100,6 @@ class Bench:
     def row_folder(self, row: Row) -> Path:
         return self.out / "rows" / row.key
 
-    def recover(self, rows: list[Row]) -> dict[str, dict]:
-        """Rows whose worker wrote ``result.json`` but whose driver died before appending it: append them now."""
-        found = {}
-        for row in rows:
-            path = self.row_folder(row) / "result.json"
-            try:
-                result = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError):
-                continue
-            if result.get("key") == row.key:
-                found[row.key] = result
-                self._append(result)
-        return found
-
     # --- baselines -----------------------------------------------------------------------------------------
     def baseline_folder(self, name: str, seed: int | None = None) -> Path:
         """``OUT/baselines/<model>`` for the recipe's first seed, ``<model>-seed<k>`` for the others."""
@@ -217,7 +203,7 @@ class Bench:
 
     def safe_run_row(self, row: Row) -> dict:
         """``run_row`` with a failing method turned into an error row; the result is also written atomically to
-        ``OUT/rows/<key>/result.json`` (so a row finished on a worker survives its driver)."""
+        ``OUT/rows/<key>/result.json`` next to the row's ``.ccz`` (the driver's ``rows.jsonl`` is the record)."""
         try:
             result = self.run_row(row)
         except InputError:
@@ -239,8 +225,6 @@ class Bench:
         executor = executor or LocalExecutor()
         done = self.finished()
         todo = [row for row in self.recipe.rows if row.key not in done]
-        done.update(self.recover(todo))
-        todo = [row for row in todo if row.key not in done]
         if todo:
             self.prepare(todo)
         bar = tqdm(total=len(todo), desc="bench rows", disable=not self.progress, unit="row")

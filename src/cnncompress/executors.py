@@ -146,7 +146,7 @@ class RayExecutor:
         if not rows:
             return
         ray = self.ray
-        owns = self._connect()
+        owns, pending = self._connect(), {}
         try:
             out = str(bench.out.resolve())
             baselines = self._baseline_refs(bench, rows)
@@ -172,7 +172,9 @@ class RayExecutor:
                     continue
                 self._fetch_ccz(bench, row, result, node_id)
                 yield result
-        finally:
+        finally:  # an error or an interrupted driver: rows still queued or running are not left behind
+            for ref in pending:
+                ray.cancel(ref, force=True)
             if owns:
                 ray.shutdown()
 
