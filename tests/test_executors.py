@@ -114,3 +114,25 @@ def test_two_node_sweep_matches_local_and_survives_a_killed_worker(tmp_path, clu
     again = Bench(recipe, tmp_path / "ray", progress=False).run(RayExecutor())
     assert [r["key"] for r in again] == [r["key"] for r in rows]
     assert len((tmp_path / "ray" / "rows.jsonl").read_text().splitlines()) == 4
+
+
+def test_worker_without_the_shared_directory_gets_files_through_ray(tmp_path, cluster):
+    """No shared file system: the worker writes the baseline from the object store, the driver fetches the .ccz."""
+    import ray
+
+    from cnncompress.executors import RayExecutor, run_row_on_worker
+    recipe = parse_recipe({**RECIPE, "rows": [{"model": "squeezenet1_1", "method": "fp16", "finetune": 0}]})
+    row = recipe.rows[0]
+    driver = Bench(recipe, tmp_path / "driver", progress=False)
+    driver.prepare([row])
+    executor = RayExecutor()
+    refs = executor._baseline_refs(driver, [row])[driver.baseline_folder(row.model, row.seed)]
+    assert set(refs) == {"model.safetensors", "checkpoint.json"}
+    task = ray.remote(run_row_on_worker).options(num_cpus=1)
+    result, node_id = ray.get(task.remote(recipe, str(tmp_path / "worker"), "cpu", row, refs, 1))
+    worker_weights = tmp_path / "worker" / "baselines" / "squeezenet1_1" / "model.safetensors"
+    assert worker_weights.read_bytes() == (driver.baseline_folder(row.model) / "model.safetensors").read_bytes()
+    assert "error" not in result and result["ccz"].startswith(str(tmp_path / "worker"))
+    executor._fetch_ccz(driver, row, result, node_id)
+    assert result["ccz"] == str(driver.row_folder(row) / "model.ccz")
+    assert os.path.getsize(result["ccz"]) == result["file_bytes"]
