@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import subprocess
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -172,21 +173,29 @@ class Bench:
         accuracy = measure.accuracy(model, self.test_set)
         train_ms = measure.train_step_time(model, self.train_set, models.DEFAULT_BATCH_SIZE.get(row.model, 32),
                                            loss_fn=loss_fn, num_threads=recipe.threads)
+        fast = methods.to_inference(storage.load(ccz))
+        # onnxruntime column: the model's own ONNX graph where the inference model is one (int8 QDQ), else the
+        # exported float model
+        source = getattr(fast, "onnx_model", None) or model
         try:
-            ort = measure.onnx_latency(model, shape, runs=recipe.latency_runs, num_threads=recipe.threads,
-                                       fallback=False)["median_ms"]
+            with tempfile.TemporaryDirectory() as tmp:
+                if isinstance(source, bytes):
+                    (Path(tmp) / "m.onnx").write_bytes(source)
+                    source = Path(tmp) / "m.onnx"
+                ort = measure.onnx_latency(source, shape, runs=recipe.latency_runs, num_threads=recipe.threads,
+                                           fallback=False)["median_ms"]
         except Exception as error:  # noqa: BLE001 - a model that cannot export gets n/a and the reason
             ort, ort_error = None, f"{type(error).__name__}: {str(error).splitlines()[0][:120] if str(error) else ''}"
         else:
             ort_error = ""
-        fast = methods.to_inference(storage.load(ccz))
         torch_stats = measure.latency(fast, shape, runs=recipe.latency_runs, num_threads=recipe.threads)
         throughput = measure.throughput(fast, shape, num_threads=recipe.threads)
         fast_acc = measure.accuracy(fast, self.test_set)
         epoch_s = history[-1]["seconds"] if history else None
         return {
             "key": row.key, "model": row.model, "method": row.method, "label": row.label, "config": row.config,
-            "seed": row.seed, "finetune_epochs": row.finetune, "accuracy": accuracy, "accuracy_inference_model": fast_acc,
+            "seed": row.seed, "finetune_epochs": row.finetune, "accuracy": accuracy,
+            "accuracy_inference_model": fast_acc,
             "train_ms_step": train_ms, "epoch_s": epoch_s,
             "torch_ms": torch_stats["median_ms"], "torch_mean_ms": torch_stats["mean_ms"],
             "torch_layout": torch_stats["layout"], "ort_ms": ort, "ort_error": ort_error,

@@ -131,7 +131,8 @@ NOTES = ("Speed-up: the faster fp32 baseline runtime (PyTorch or onnxruntime) / 
 def write_outputs(rows: list[dict], out: str | Path, env: dict, recipe_source: str) -> None:
     out = Path(out)
     add_ratios(rows)
-    flat_keys = [k for k, _ in COLUMNS] + ["seed", "node", "ray_node", "accuracy_inference_model", "torch_layout", "throughput_b32", "params",
+    flat_keys = [k for k, _ in COLUMNS] + ["seed", "node", "ray_node", "accuracy_inference_model", "torch_layout",
+                                           "throughput_b32", "params",
                                            "file_bytes", "payload_bytes", "ort_error", "ccz", "config", "error"]
     with open(out / "results.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=flat_keys, extrasaction="ignore")

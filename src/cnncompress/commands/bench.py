@@ -40,6 +40,10 @@ def run(args) -> int:
         recipe.rows = [r for r in recipe.rows if r.method in args.only or r.label in args.only
                        or r.method == "baseline"]
     out = Path(args.out or Path("results") / Path(args.recipe).stem)
+    if args.executor == "ray" and args.device == "cuda" and args.gpus_per_row <= 0:
+        from ..errors import InputError
+        raise InputError("--device cuda with --executor ray needs --gpus-per-row > 0 (Ray hides GPUs from tasks "
+                         "that reserve none)")
     executor = make_executor(args.executor, args.address, args.cpus_per_row, args.gpus_per_row, args.retries)
     started = time.perf_counter()
     bench = Bench(recipe, out, device=args.device, progress=not args.no_progress)
