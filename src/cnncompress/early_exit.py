@@ -217,9 +217,9 @@ def attach_exit(model: nn.Module, position: str = "p2", *, input_shape: tuple[in
     """Split (a deep copy of) ``model`` after the named child ``position`` and attach an exit head there.
 
     ``input_shape`` (C, H, W) defaults to ``model.spec``. ``head_pool`` > 0 average-pools the trunk output to
-    head_pool x head_pool before the FC (0: the paper's plain [FC -> softmax]). With ``check`` the split model's
-    final output is compared with the original on a random input: models whose forward is not "children in
-    order" are rejected with ValueError.
+    about head_pool x head_pool (fixed kernel H // head_pool) before the FC (0: the paper's plain
+    [FC -> softmax]). With ``check`` the split model's final output is compared with the original on a random
+    input: models whose forward is not "children in order" are rejected with ValueError.
     """
     path = resolve_position(model, position)
     model = copy.deepcopy(model)
@@ -247,9 +247,17 @@ def attach_exit(model: nn.Module, position: str = "p2", *, input_shape: tuple[in
             if expected.shape != got.shape or not torch.allclose(expected, got, rtol=1e-4, atol=1e-4):
                 raise ValueError(f"{type(model).__name__} does not run its children in order; cannot split it")
         num_classes = net.rest(hidden).shape[1]
-    head = [("pool", nn.AdaptiveAvgPool2d(head_pool))] if head_pool else []
-    features = hidden.shape[1] * (head_pool * head_pool if head_pool else hidden[0, 0].numel())
-    net.exit_head = nn.Sequential(OrderedDict(head + [("flatten", nn.Flatten()), ("fc", nn.Linear(features, num_classes))]))
+    head = []
+    if head_pool:
+        if hidden.dim() != 4 or min(hidden.shape[2:]) < head_pool:
+            raise ValueError(f"head_pool={head_pool} needs a feature map of at least that size at {path}, "
+                             f"got {tuple(hidden.shape[1:])}")
+        # a fixed average pool (not adaptive: that does not export to ONNX with a dynamic batch)
+        kernel = (hidden.shape[2] // head_pool, hidden.shape[3] // head_pool)
+        head.append(("pool", nn.AvgPool2d(kernel, kernel)))
+    features = nn.Sequential(OrderedDict(head))(hidden)[0].numel()
+    layers = head + [("flatten", nn.Flatten()), ("fc", nn.Linear(features, num_classes))]
+    net.exit_head = nn.Sequential(OrderedDict(layers))
     net.train(was_training)
     for attribute in ("spec", "metadata", "compression_history"):
         if hasattr(model, attribute):

@@ -74,7 +74,7 @@ def load_config(args) -> dict:
     config.update({k: v for k, v in overrides.items() if v is not None})
     if not set(config["datasets"]) <= set(DATASETS) or not set(config["losses"]) <= set(LOSSES) \
             or not set(config["positions"]) <= {"p1", "p2"}:
-        raise InputError(f"recipe: datasets must be in {DATASETS}, losses in sum/soft/firm/firm-max, positions in p1/p2")
+        raise InputError(f"recipe: datasets must be in {DATASETS}, losses in {LOSSES}, positions in p1/p2")
     if not 0 <= config["threshold"] <= 1 or config["penalty"] < 0 or config["alpha"] <= 0 or config["epochs"] < 0:
         raise InputError("threshold must be in [0, 1], penalty >= 0, alpha > 0, epochs >= 0")
     return config
