@@ -30,3 +30,17 @@ def test_param_count_and_train_step():
         images, labels = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
     assert measure.train_step_time(model, Data, batch_size=8, steps=3) > 0
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # measured on a copy
+
+
+def test_latency_times_the_given_real_images():
+    seen = []
+
+    class Spy(nn.Module):
+        def forward(self, x):
+            seen.append(x.clone())
+            return x
+    image = torch.full((1, 1, 8, 8), 7.0)
+    measure.latency(Spy(), (1, 1, 8, 8), runs=3, warmup=1, try_channels_last=False, example=image)
+    assert len(seen) == 4 and all(torch.equal(x, image) for x in seen)
+    measure.latency(Spy(), (3, 1, 8, 8), runs=1, warmup=0, try_channels_last=False, example=image)
+    assert seen[-1].shape == (3, 1, 8, 8) and bool((seen[-1] == 7).all())

@@ -174,6 +174,7 @@ class Bench:
         train_ms = measure.train_step_time(model, self.train_set, models.DEFAULT_BATCH_SIZE.get(row.model, 32),
                                            loss_fn=loss_fn, num_threads=recipe.threads)
         fast = methods.to_inference(storage.load(ccz))
+        example = self.test_set.images[:1]  # a real test image: data-dependent models (early exits) need one
         # onnxruntime column: the model's own ONNX graph where the inference model is one (int8 QDQ), else the
         # exported float model
         source = getattr(fast, "onnx_model", None) or model
@@ -183,13 +184,14 @@ class Bench:
                     (Path(tmp) / "m.onnx").write_bytes(source)
                     source = Path(tmp) / "m.onnx"
                 ort = measure.onnx_latency(source, shape, runs=recipe.latency_runs, num_threads=recipe.threads,
-                                           fallback=False)["median_ms"]
+                                           fallback=False, example=example)["median_ms"]
         except Exception as error:  # noqa: BLE001 - a model that cannot export gets n/a and the reason
             ort, ort_error = None, f"{type(error).__name__}: {str(error).splitlines()[0][:120] if str(error) else ''}"
         else:
             ort_error = ""
-        torch_stats = measure.latency(fast, shape, runs=recipe.latency_runs, num_threads=recipe.threads)
-        throughput = measure.throughput(fast, shape, num_threads=recipe.threads)
+        torch_stats = measure.latency(fast, shape, runs=recipe.latency_runs, num_threads=recipe.threads,
+                                      example=example)
+        throughput = measure.throughput(fast, shape, num_threads=recipe.threads, example=self.test_set.images[:32])
         fast_acc = measure.accuracy(fast, self.test_set)
         epoch_s = history[-1]["seconds"] if history else None
         return {

@@ -74,12 +74,22 @@ def _summary(samples: list[float]) -> dict:
             "runs": len(samples)}
 
 
+def _example(input_shape: tuple[int, ...], example: torch.Tensor | None) -> torch.Tensor:
+    """The timed input: real images (repeated to the batch size) when given — data-dependent models such as early
+    exits must be timed on real data — else standard-normal noise."""
+    if example is None:
+        return torch.randn(*input_shape)
+    reps = -(-input_shape[0] // len(example))
+    return example.repeat(reps, *([1] * (example.dim() - 1)))[:input_shape[0]].contiguous()
+
+
 @torch.no_grad()
 def latency(model: nn.Module, input_shape: tuple[int, ...], runs: int = 100, warmup: int = 10,
-            num_threads: int | None = DEFAULT_THREADS, try_channels_last: bool = True) -> dict:
+            num_threads: int | None = DEFAULT_THREADS, try_channels_last: bool = True,
+            example: torch.Tensor | None = None) -> dict:
     """Batch-``input_shape[0]`` latency in PyTorch: {median_ms, mean_ms, runs, layout, threads}."""
     model.eval()
-    x = torch.randn(*input_shape)
+    x = _example(input_shape, example)
     results = {}
     with threads(num_threads):
         results["nchw"] = _summary(_time_calls(lambda: model(x), runs, warmup))
@@ -98,9 +108,9 @@ def latency(model: nn.Module, input_shape: tuple[int, ...], runs: int = 100, war
 
 
 def throughput(model: nn.Module, input_shape: tuple[int, ...], batch: int = 32, runs: int = 10,
-               num_threads: int | None = DEFAULT_THREADS) -> float:
+               num_threads: int | None = DEFAULT_THREADS, example: torch.Tensor | None = None) -> float:
     """Images per second at batch ``batch`` (PyTorch)."""
-    stats = latency(model, (batch, *input_shape[1:]), runs=runs, warmup=2, num_threads=num_threads)
+    stats = latency(model, (batch, *input_shape[1:]), runs=runs, warmup=2, num_threads=num_threads, example=example)
     return batch / (stats["median_ms"] / 1000)
 
 
@@ -154,7 +164,8 @@ def onnx_session(path: str | Path, num_threads: int | None = DEFAULT_THREADS):
 
 
 def onnx_latency(model_or_path, input_shape: tuple[int, ...], runs: int = 100, warmup: int = 10,
-                 num_threads: int | None = DEFAULT_THREADS, fallback: bool = True) -> dict:
+                 num_threads: int | None = DEFAULT_THREADS, fallback: bool = True,
+                 example: torch.Tensor | None = None) -> dict:
     """Latency in onnxruntime of ``model`` (exported to a temporary file) or of an existing ``.onnx`` path."""
     import numpy as np
     with tempfile.TemporaryDirectory() as tmp:
@@ -162,7 +173,7 @@ def onnx_latency(model_or_path, input_shape: tuple[int, ...], runs: int = 100, w
         if isinstance(model_or_path, nn.Module):
             path = export_onnx(model_or_path, input_shape, Path(tmp) / "model.onnx", fallback)
         session = onnx_session(path, num_threads)
-        feed = {session.get_inputs()[0].name: np.random.randn(*input_shape).astype(np.float32)}
+        feed = {session.get_inputs()[0].name: _example(input_shape, example).numpy().astype(np.float32)}
         stats = _summary(_time_calls(lambda: session.run(None, feed), runs, warmup))
     return {**stats, "threads": num_threads}
 

@@ -43,6 +43,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     augment: bool = False
+    grad_clip: float = 0.0  # clip the global gradient norm to this value (0 = off)
 
     def validate(self) -> "TrainConfig":
         problems = []
@@ -188,6 +189,8 @@ class Trainer:
                 raise RuntimeError(f"loss became {float(loss)} at epoch {epoch}; lower the learning rate")
             self.optimizer.zero_grad(set_to_none=True)
             (loss * weight if self.world_size > 1 else loss).backward()
+            if cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             self.optimizer.step()
             _after_step(self.model)
             share = len(index) * weight / self.world_size if self.world_size > 1 else len(index)  # this rank's

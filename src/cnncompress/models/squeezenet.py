@@ -28,6 +28,7 @@ class Fire(nn.Module):
         return torch.cat([self.expand1x1_relu(self.expand1x1(x)), self.expand3x3_relu(self.expand3x3(x))], 1)
 
 
+FINAL_BIAS = 0.5
 FIRE_CONFIG = [(16, 64), (16, 64), "pool", (32, 128), (32, 128), "pool", (48, 192), (48, 192), (64, 256), (64, 256)]
 
 
@@ -62,6 +63,9 @@ class SqueezeNet11(nn.Module):
                 else:
                     nn.init.kaiming_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
+        # Our one deviation: the final conv's bias starts at 0.5 so the ReLU before global pooling is alive at the
+        # start. From scratch on small data (4,000 digits) the zero-bias net often died (loss stuck at ln C).
+        nn.init.constant_(self.classifier.conv10.bias, FINAL_BIAS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
