@@ -78,3 +78,11 @@ def test_shard_covers_the_batch_once():
 def test_spawn_checks_process_count():
     with pytest.raises(InputError, match="at least 1"):
         distributed.spawn(print, 0)
+
+
+def test_ddp_cli_errors_are_one_line_exit_2(run_cli, tmp_path):
+    code, _, err = run_cli("train", "--model", "cascade_cnn", "--out", tmp_path, "--ddp", "-1")
+    assert code == 2 and "--ddp -1" in err
+    # an input error inside the ranks (unknown data set) comes back as the same one-line error
+    code, _, err = run_cli("train", "--model", "cascade_cnn", "--data", "nosuch", "--out", tmp_path, "--ddp", "2")
+    assert code == 2 and "nosuch" in err and "Traceback" not in err
