@@ -62,7 +62,9 @@ def _history(meta: Path, config: TrainConfig) -> list[dict]:
         info = json.loads(meta.read_text())
     except (OSError, ValueError) as error:
         raise input_error(meta, f"unreadable checkpoint: {error}") from error
-    if info.get("config") != asdict(config):
+    saved, defaults = info.get("config") or {}, asdict(TrainConfig())
+    # a TrainConfig field added since the checkpoint was written counts as its default value
+    if set(saved) - set(defaults) or any(saved.get(k, defaults[k]) != v for k, v in asdict(config).items()):
         raise input_error(meta, f"checkpoint was made with a different config {info.get('config')}")
     return info.get("history", [])
 
