@@ -136,3 +136,19 @@ def test_worker_without_the_shared_directory_gets_files_through_ray(tmp_path, cl
     executor._fetch_ccz(driver, row, result, node_id)
     assert result["ccz"] == str(driver.row_folder(row) / "model.ccz")
     assert os.path.getsize(result["ccz"]) == result["file_bytes"]
+
+
+def test_unreachable_address_fails_before_training(tmp_path):
+    pytest.importorskip("ray")
+    from cnncompress.executors import RayExecutor
+    with pytest.raises(InputError, match="no Ray head node answers"):
+        RayExecutor(address="127.0.0.1:1")._check_reachable()
+    with pytest.raises(InputError, match="HOST:PORT"):
+        RayExecutor(address="nonsense")._check_reachable()
+
+    class Unreachable(LocalExecutor):
+        def connect(self):
+            raise InputError("--address x: no Ray head node answers there")
+    with pytest.raises(InputError, match="no Ray head node"):
+        Bench(parse_recipe(RECIPE), tmp_path, progress=False).run(Unreachable())
+    assert not (tmp_path / "baselines").exists()  # Bench.run connects before it trains anything

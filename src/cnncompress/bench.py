@@ -239,6 +239,8 @@ class Bench:
         done = self.finished()
         todo = [row for row in self.recipe.rows if row.key not in done]
         if todo:
+            if hasattr(executor, "connect"):
+                executor.connect()  # a cluster that cannot be reached fails before any training
             self.prepare(todo)
         bar = tqdm(total=len(todo), desc="bench rows", disable=not self.progress, unit="row")
         for result in executor.map(self, todo):

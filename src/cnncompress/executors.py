@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import socket
 import time
 from pathlib import Path
 from typing import Iterator
@@ -103,13 +104,15 @@ class RayExecutor:
             raise InputError(f"--cpus-per-row={cpus_per_row} must be > 0, --gpus-per-row={gpus_per_row} >= 0, "
                              f"retries={retries} >= 0")
         self.address, self.cpus, self.gpus, self.retries = address, cpus_per_row, gpus_per_row, retries
-        self.num_cpus = num_cpus
+        self.num_cpus, self._owns = num_cpus, False
         self.ray = import_ray()
 
-    def _connect(self) -> bool:
-        """Connect (or start a local Ray); True when this call did it, so ``map`` disconnects afterwards."""
+    def connect(self) -> None:
+        """Connect (or start a local Ray) unless this process already is a Ray driver; ``Bench.run`` calls it
+        before training the baselines, so a wrong ``--address`` fails at once."""
         if self.ray.is_initialized():
-            return False
+            return
+        self._check_reachable()
         kwargs = {"include_dashboard": False, "log_to_driver": False}
         if self.address:
             kwargs["address"] = self.address
@@ -117,9 +120,31 @@ class RayExecutor:
             kwargs["num_cpus"] = self.num_cpus
         try:
             self.ray.init(**kwargs)
-        except ConnectionError as error:
-            raise InputError(f"--address {self.address}: cannot connect to a Ray cluster ({error})") from error
-        return True
+        except Exception as error:  # noqa: BLE001 - ConnectionError, AuthenticationError, a bad address ...
+            first = (str(error).strip().splitlines() or [""])[0][:300]
+            where = f"--address {self.address}: cannot connect to a Ray cluster" if self.address else \
+                "cannot start a local Ray"
+            raise InputError(f"{where} ({type(error).__name__}: {first})") from error
+        self._owns = True
+
+    def _check_reachable(self, timeout: float = 5.0) -> None:
+        """A HOST:PORT that does not answer fails in seconds (``ray.init`` would retry for minutes)."""
+        if not self.address or self.address in ("auto", "local") or "://" in self.address:
+            return
+        host, _, port = self.address.rpartition(":")
+        if not host or not port.isdigit():
+            raise InputError(f"--address {self.address}: expected auto or HOST:PORT")
+        try:
+            socket.create_connection((host, int(port)), timeout=timeout).close()
+        except OSError as error:
+            raise InputError(f"--address {self.address}: no Ray head node answers there "
+                             f"({error.strerror or error})") from error
+
+    def close(self) -> None:
+        """Disconnect (and stop the local Ray) if ``connect`` started it."""
+        if self._owns:
+            self.ray.shutdown()
+            self._owns = False
 
     def _baseline_refs(self, bench, rows: list[Row]) -> dict[tuple, dict]:
         refs = {}
@@ -146,7 +171,8 @@ class RayExecutor:
         if not rows:
             return
         ray = self.ray
-        owns, pending = self._connect(), {}
+        self.connect()
+        pending = {}
         try:
             out = str(bench.out.resolve())
             baselines = self._baseline_refs(bench, rows)
@@ -175,8 +201,7 @@ class RayExecutor:
         finally:  # an error or an interrupted driver: rows still queued or running are not left behind
             for ref in pending:
                 ray.cancel(ref, force=True)
-            if owns:
-                ray.shutdown()
+            self.close()
 
     @staticmethod
     def _error(row: Row, message: str, lost: bool) -> dict:
