@@ -196,6 +196,8 @@ class Bench:
         throughput = measure.throughput(fast, shape, num_threads=recipe.threads, example=self.test_set.images[:32])
         fast_acc = measure.accuracy(fast, self.test_set)
         epoch_s = history[-1]["seconds"] if history else None
+        memory = measure.peak_memories(ccz, [("train", models.DEFAULT_BATCH_SIZE.get(row.model, 32)), ("infer", 1)],
+                                       recipe.threads) if recipe.memory else [None, None]
         return {
             "key": row.key, "model": row.model, "method": row.method, "label": row.label, "config": row.config,
             "seed": row.seed, "finetune_epochs": row.finetune, "accuracy": accuracy,
@@ -205,9 +207,7 @@ class Bench:
             "torch_layout": torch_stats["layout"], "ort_ms": ort, "ort_error": ort_error,
             "throughput_b32": throughput, "params": measure.param_count(model),
             "file_bytes": measure.file_bytes(ccz), "payload_bytes": storage.payload_bytes(ccz),
-            "mem_train_mb": measure.peak_memory(ccz, "train", models.DEFAULT_BATCH_SIZE.get(row.model, 32),
-                                                recipe.threads) if recipe.memory else None,
-            "mem_infer_mb": measure.peak_memory(ccz, "infer", 1, recipe.threads) if recipe.memory else None,
+            "mem_train_mb": memory[0], "mem_infer_mb": memory[1],
             "size_real": _realness([i.size for i in infos], "real"),
             "speed_real": _realness([i.speed for i in infos], "none"),
             "ccz": str(ccz), "history": history, "threads": recipe.threads,

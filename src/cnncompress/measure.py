@@ -181,8 +181,20 @@ def onnx_latency(model_or_path, input_shape: tuple[int, ...], runs: int = 100, w
 def peak_memory(ccz_path: str | Path, mode: str = "infer", batch: int = 1, num_threads: int = DEFAULT_THREADS,
                 timeout: float = 300) -> float:
     """Peak RSS growth (MB) of a fresh process that loads ``ccz_path`` and runs ``mode`` (infer|train)."""
-    command = [sys.executable, "-m", "cnncompress.memory_probe", str(ccz_path), mode, str(batch), str(num_threads)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-    if result.returncode != 0:
-        raise RuntimeError(f"memory probe failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
-    return float(json.loads(result.stdout.strip().splitlines()[-1])["peak_mb"])
+    return peak_memories(ccz_path, [(mode, batch)], num_threads, timeout)[0]
+
+
+def peak_memories(ccz_path: str | Path, probes: list[tuple[str, int]], num_threads: int = DEFAULT_THREADS,
+                  timeout: float = 300) -> list[float]:
+    """``peak_memory`` for several (mode, batch) probes, each in its own fresh process, run side by side (the
+    processes share nothing, so one's peak does not affect another's; only their wall time overlaps)."""
+    running = [subprocess.Popen([sys.executable, "-m", "cnncompress.memory_probe", str(ccz_path), mode, str(batch),
+                                 str(num_threads)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for mode, batch in probes]
+    peaks = []
+    for process in running:
+        out, err = process.communicate(timeout=timeout)
+        if process.returncode != 0:
+            raise RuntimeError(f"memory probe failed: {(err.strip().splitlines() or ['?'])[-1]}")
+        peaks.append(float(json.loads(out.strip().splitlines()[-1])["peak_mb"]))
+    return peaks
