@@ -60,6 +60,7 @@ def test_bench_rows_resume_after_kill(tmp_path, test_method, monkeypatch):
     for key in ("accuracy", "train_ms_step", "torch_ms", "throughput_b32", "mem_infer_mb", "mem_train_mb"):
         assert base[key] is not None and base[key] >= 0, key
     assert base["ort_ms"] and base["ort_ms"] > 0
+    assert scaled["baseline_torch_ms"] > 0 and scaled["baseline_ort_ms"] > 0  # baseline re-timed beside the row
     assert "speed-up" in text_table(rows)
     stored = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
     assert stored[1]["config"] == {} and stored[1]["ccz"].endswith("model.ccz")

@@ -82,3 +82,15 @@ def test_load_weights_rejects_garbage(tmp_path):
     path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
     with pytest.raises(InputError, match="bad.safetensors"):
         load_weights(path)
+
+
+def test_resume_accepts_checkpoint_without_later_fields(tmp_path, tiny_data):
+    train, test = tiny_data
+    Trainer(_model(), train, test, TrainConfig(epochs=1, batch_size=64), out_dir=tmp_path, progress=False).fit()
+    meta = tmp_path / "checkpoint.json"
+    info = json.loads(meta.read_text())
+    del info["config"]["grad_clip"]  # a checkpoint written before grad_clip existed
+    meta.write_text(json.dumps(info))
+    history = Trainer(_model(), train, test, TrainConfig(epochs=2, batch_size=64), out_dir=tmp_path,
+                      progress=False).fit(resume=True)
+    assert [h["epoch"] for h in history] == [1, 2]

@@ -166,6 +166,19 @@ class Bench:
                           **({"loss_fn": loss_fn} if loss_fn else {}))
         return trainer.fit(resume=True)
 
+    def baseline_latency(self, row: Row, shape: tuple, example) -> tuple[float, float | None]:
+        """The fp32 baseline's batch-1 latency (PyTorch, onnxruntime) re-measured right after this row, so the
+        row's speed-up compares two timings taken in the same minute (minutes apart, load drift dominated)."""
+        recipe, base = self.recipe, self.baseline(row.model, row.seed)
+        torch_ms = measure.latency(base, shape, runs=recipe.latency_runs, num_threads=recipe.threads,
+                                   example=example)["median_ms"]
+        try:
+            ort_ms = measure.onnx_latency(base, shape, runs=recipe.latency_runs, num_threads=recipe.threads,
+                                          fallback=False, example=example)["median_ms"]
+        except Exception:  # noqa: BLE001 - the baseline row records the export error itself
+            ort_ms = None
+        return torch_ms, ort_ms
+
     def measure_row(self, row: Row, model, history, folder: Path, loss_fn, started: float) -> dict:
         recipe = self.recipe
         shape = (1, self.train_set.channels, recipe.input_size, recipe.input_size)
@@ -196,6 +209,7 @@ class Bench:
         throughput = measure.throughput(fast, shape, num_threads=recipe.threads, example=self.test_set.images[:32])
         fast_acc = measure.accuracy(fast, self.test_set)
         epoch_s = history[-1]["seconds"] if history else None
+        base_torch, base_ort = self.baseline_latency(row, shape, example)
         memory = measure.peak_memories(ccz, [("train", models.DEFAULT_BATCH_SIZE.get(row.model, 32)), ("infer", 1)],
                                        recipe.threads) if recipe.memory else [None, None]
         return {
@@ -205,6 +219,7 @@ class Bench:
             "train_ms_step": train_ms, "epoch_s": epoch_s,
             "torch_ms": torch_stats["median_ms"], "torch_mean_ms": torch_stats["mean_ms"],
             "torch_layout": torch_stats["layout"], "ort_ms": ort, "ort_error": ort_error,
+            "baseline_torch_ms": base_torch, "baseline_ort_ms": base_ort,
             "throughput_b32": throughput, "params": measure.param_count(model),
             "file_bytes": measure.file_bytes(ccz), "payload_bytes": storage.payload_bytes(ccz),
             "mem_train_mb": memory[0], "mem_infer_mb": memory[1],

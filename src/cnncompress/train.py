@@ -155,7 +155,8 @@ class Trainer:
             tensors = load_file(str(weights))
         except (OSError, ValueError) as error:
             raise input_error(meta, f"unreadable checkpoint: {error}") from error
-        if info.get("config") != asdict(self.config):
+        saved = {**asdict(TrainConfig()), **(info.get("config") or {})}  # fields added later take their defaults
+        if {**saved, "epochs": 0} != {**asdict(self.config), "epochs": 0}:  # more epochs may be asked for
             raise input_error(meta, f"checkpoint was made with a different config {info.get('config')}")
         model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
         self.model.load_state_dict(model_state)
