@@ -7,6 +7,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 torch.set_num_threads(2)
 
 
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """Tests that pin torch's thread count must not leak it into the next test."""
+    yield
+    torch.set_num_threads(2)
+
+
 @pytest.fixture
 def run_cli(capsys):
     """Run the CLI in-process: returns (exit code, stdout, stderr)."""

@@ -5,6 +5,7 @@ from cnncompress import measure, models
 
 
 def test_latency_reports_runs_threads_and_layout():
+    torch.set_num_threads(2)
     stats = measure.latency(nn.Conv2d(1, 4, 3), (1, 1, 16, 16), runs=30, num_threads=1)
     assert stats["runs"] == 30 and stats["threads"] == 1 and stats["layout"] in ("nchw", "channels_last")
     assert 0 < stats["median_ms"] <= stats["nchw_median_ms"] + 1e-9
