@@ -148,3 +148,17 @@ def test_fp16_round_trip_halves_the_file(tmp_path):
     assert 1.9 < ratio <= 2.0
     compute16 = methods.apply(model, "fp16", compute="fp16").eval()
     assert torch.allclose(compute16(x), half(x), atol=5e-2, rtol=5e-2)
+
+
+def test_fp16_after_another_method_halves_its_floats_too(tmp_path):
+    """hashed -> fp16: the hashed buckets (not Conv2d/Linear weights) are stored as fp16 as well."""
+    from cnncompress import methods, models, storage
+    base = models.build("vgg_s", 10, 1, 48, width=0.25)
+    hashed = methods.apply(base, "hashed")
+    both = methods.apply(hashed, "fp16")
+    a = storage.payload_bytes(storage.save(hashed, tmp_path / "h.ccz"))
+    b = storage.payload_bytes(storage.save(both, tmp_path / "hf.ccz"))
+    assert b < 0.55 * a
+    loaded = storage.load(tmp_path / "hf.ccz")
+    x = torch.randn(2, 1, 48, 48)
+    assert torch.allclose(methods.to_inference(loaded)(x), methods.to_inference(both.eval())(x), atol=1e-5)

@@ -82,7 +82,7 @@ def run(args) -> int:
             Trainer(compressed, train_set, test_set, TrainConfig(epochs=args.finetune, lr=args.lr),
                     out_dir=out / "train", **({"loss_fn": loss} if loss else {})).fit(resume=True)
     compressed = compressed.cpu().eval()
-    path = storage.save(compressed, out / "model.ccz", float_codec="fp16" if args.fp16 else "fp32")
+    path = storage.save(compressed, out / "model.ccz", float_codec="fp16" if args.fp16 else None)
     shape = (1, model.spec["in_channels"], model.spec["input_size"], model.spec["input_size"])
     fast = methods.to_inference(storage.load(path))
     started = time.perf_counter()

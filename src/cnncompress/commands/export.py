@@ -36,7 +36,7 @@ def run(args) -> int:
     base = Path(source).with_suffix("") if isinstance(source, Path) else Path(str(source))
     out = Path(args.out) if args.out else base.with_suffix(f".{args.format}")
     if args.format == "ccz":
-        path = storage.save(model, out, float_codec="fp16" if args.fp16 else "fp32")
+        path = storage.save(model, out, float_codec="fp16" if args.fp16 else None)
         print(json.dumps({"file": str(path), "bytes": path.stat().st_size}))
         return 0
     path, note = export_onnx_file(model, out)

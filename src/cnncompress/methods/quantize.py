@@ -305,11 +305,12 @@ def apply_fp16(model: nn.Module, compute: str = "fp32") -> nn.Module:
         config = LAYERS[type(layer).__name__][1](layer)
         return (Fp16Conv2d if isinstance(layer, nn.Conv2d) else Fp16Linear)(**config, compute=compute)
     model = _swap(model, make)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, (Fp16Conv2d, Fp16Linear)):
-                for param in module.parameters(recurse=False):
-                    param.copy_(param.half().float())
+    with torch.no_grad():  # every float tensor, also those of other methods' layers (hashed buckets, BN, ...)
+        for tensor in list(model.parameters()) + list(model.buffers()):
+            if tensor.is_floating_point():
+                tensor.copy_(tensor.half().float())
+    # float tensors that no layer gives a codec of its own are written as fp16 (e.g. hashed -> fp16)
+    model.metadata = {**getattr(model, "metadata", {}), "float_codec": "fp16"}
     return model
 
 

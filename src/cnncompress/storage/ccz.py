@@ -43,11 +43,13 @@ def _codec_plan(model: nn.Module, default: str) -> dict[str, tuple[str, dict]]:
     return {name: plan.get(name, (default if state[name].is_floating_point() else "raw", {})) for name in state}
 
 
-def save(model: nn.Module, path: str | Path, *, float_codec: str = "fp32", metadata: dict | None = None) -> Path:
+def save(model: nn.Module, path: str | Path, *, float_codec: str | None = None, metadata: dict | None = None) -> Path:
     """Write ``model`` to ``path`` as a ``.ccz`` (atomically). Returns the path.
 
-    ``float_codec`` (``fp32`` or ``fp16``) applies to float tensors whose layer declares no codec of its own.
+    ``float_codec`` (``fp32`` or ``fp16``) applies to float tensors whose layer declares no codec of its own;
+    by default the model's ``metadata["float_codec"]`` (set by the ``fp16`` method), else ``fp32``.
     """
+    float_codec = float_codec or (getattr(model, "metadata", {}) or {}).get("float_codec", "fp32")
     from ..models import build_from_spec
     spec = getattr(model, "spec", None)
     if not spec:
