@@ -51,3 +51,10 @@ def test_cascade_findings():
     runs[-1]["accuracy"] = 0.995
     findings = cascade_findings({"runs": runs, "config": {"threshold": 0.6, "penalty": 0.6}})
     assert findings[0].held is False
+
+
+def test_reproduce_cli_rejects_missing_recipe(run_cli, tmp_path):
+    code, _, err = run_cli("reproduce", "--out", tmp_path, "--table2-recipe", tmp_path / "none.yaml")
+    assert code == 2 and "none.yaml" in err
+    code, _, err = run_cli("reproduce", "table9")
+    assert code == 2
