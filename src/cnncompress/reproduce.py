@@ -159,6 +159,7 @@ def run_table3(out: Path, recipe_path: Path, seeds: list[int] | None) -> list[st
 # ---------------------------------------------------------------- early exits (Pimpley & Indulkar)
 QUICK_CASCADE = {"datasets": ["mnist5k", "noisy-mnist5k"], "losses": ["sum", "soft", "firm"], "positions": ["p1", "p2"],
                  "seeds": [0], "epochs": 3, "pretrain_epochs": 3, "width": 0.5, "lr": 0.01, "momentum": 0.9,
+                 "firm_lr": 0.001, "firm_momentum": 0.5,  # firm fine-tuning at the paper's settings (lr 0.01 collapses)
                  "penalties": []}
 
 
