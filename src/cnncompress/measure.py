@@ -136,9 +136,12 @@ def train_step_time(model: nn.Module, dataset, batch_size: int = 32, steps: int 
 
 
 def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path, fallback: bool = True) -> Path:
-    """Export with ``torch.onnx.export`` (TorchScript exporter; if that fails and ``fallback``, the dynamo one)."""
+    """Export with ``torch.onnx.export`` (TorchScript exporter; if that fails and ``fallback``, the dynamo one),
+    after ``onnx_export.onnx_friendly`` (LRN as cheap static ops; same outputs)."""
     import warnings
-    model = model.eval()
+
+    from .onnx_export import onnx_friendly
+    model = onnx_friendly(model.eval())
     x = torch.randn(*input_shape)
     path = Path(path)
     with warnings.catch_warnings(), contextlib.redirect_stdout(open(os.devnull, "w")):

@@ -79,3 +79,28 @@ def test_int8_without_calibration_warns_and_bad_options_fail():
         methods.apply(model, "int8", num_calibration=0)
     with pytest.raises(ValueError, match="no int8 calibration"):
         methods.get("int8").to_inference(model)
+
+
+def test_int8_graph_exporters_agree_and_old_files_rebuild():
+    """Calibration ranges are keyed by the exported graph's tensor names; a model calibrated with the older
+    ``torchscript`` export (stored in its file) must still rebuild, and give the same logits as the default."""
+    from cnncompress.methods.int8 import DEFAULT_EXPORTER, int8_onnx
+    torch.manual_seed(0)
+    model = models.build("vgg_s", 10, 1, 48, 0.25).eval()
+    images = torch.randn(64, 1, 48, 48)
+    default = methods.apply(model, "int8", calibration=images, num_calibration=64)
+    assert default.int8_calibration.exporter == DEFAULT_EXPORTER
+    import onnx
+
+    def ops(graph_bytes):
+        return {node.op_type for node in onnx.load_from_string(graph_bytes).graph.node}
+    graph = int8_onnx(default)
+    assert not {"Pow", "If", "Shape"} & ops(graph)
+    old = methods.apply(model, "int8", calibration=images, num_calibration=64)
+    old.int8_calibration.exporter = "torchscript"
+    old_graph = int8_onnx(old)
+    assert {"Pow", "If", "Shape"} <= ops(old_graph)
+    x = images[:8]
+    new_logits, old_logits = OrtInt8Model(graph)(x), OrtInt8Model(old_graph)(x)
+    assert torch.equal(new_logits.argmax(1), old_logits.argmax(1))
+    assert torch.allclose(new_logits, old_logits, atol=0.05 * float(old_logits.abs().max()))

@@ -1,0 +1,48 @@
+"""onnx_export: the ONNX-friendly LRN equals torch's, and exported graphs lose the slow nodes but not accuracy."""
+import collections
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnncompress import measure, models
+from cnncompress.onnx_export import OnnxLocalResponseNorm, onnx_friendly
+
+
+@pytest.mark.parametrize("size,beta", [(5, 0.75), (4, 0.75), (3, 0.5), (1, 1.0)])
+def test_lrn_matches_torch_reference(size, beta):
+    torch.manual_seed(size)
+    x = torch.randn(3, 11, 6, 7) * 8  # large values so that the normalisation term matters
+    layer = OnnxLocalResponseNorm.from_float(nn.LocalResponseNorm(size, alpha=1e-2, beta=beta, k=2.0))
+    expected = F.local_response_norm(x, size, 1e-2, beta, 2.0)
+    assert torch.allclose(layer(x), expected, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(expected, x / 2 ** beta, rtol=1e-3)  # the test would notice a dropped window term
+    three_d = torch.randn(2, 5, 9)
+    assert torch.allclose(layer(three_d), F.local_response_norm(three_d, size, 1e-2, beta, 2.0))
+
+
+def test_onnx_friendly_swaps_on_a_copy():
+    model = models.build("vgg_s", 10, 1, 48, 0.25)
+    friendly = onnx_friendly(model)
+    assert isinstance(friendly.features.norm1, OnnxLocalResponseNorm)
+    assert type(model.features.norm1) is nn.LocalResponseNorm  # the original is untouched
+    plain = nn.Sequential(nn.Conv2d(1, 2, 3))
+    assert onnx_friendly(plain) is plain
+
+
+def test_vgg_s_export_has_no_shape_ops_and_matches_torch(tmp_path):
+    torch.manual_seed(0)
+    model = models.build("vgg_s", 10, 1, 48, 0.25).eval()
+    path = measure.export_onnx(model, (1, 1, 48, 48), tmp_path / "vgg.onnx")
+    ops = collections.Counter(node.op_type for node in onnx.load(str(path)).graph.node)
+    assert not {"Shape", "If", "Pow", "Gather"} & set(ops), ops
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = torch.randn(3, 1, 48, 48) * 4
+    with torch.no_grad():
+        expected = model(x).numpy()
+    got = session.run(None, {"input": x.numpy()})[0]  # dynamic batch: 3 though exported at 1
+    assert np.allclose(got, expected, rtol=1e-4, atol=1e-5)
