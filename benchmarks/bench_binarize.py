@@ -29,19 +29,6 @@ PRESETS = {"paper 224": dict(num_classes=8, in_channels=3, input_size=224, width
            "quick 48 w0.25": dict(num_classes=10, in_channels=1, input_size=48, width=0.25)}
 
 
-def interleaved(calls: dict, runs: int) -> dict[str, float]:
-    """Median ms per call; calls alternate run by run (order rotated) so machine drift hits all alike."""
-    names = list(calls)
-    for name in names:
-        calls[name]()
-        calls[name]()
-    samples = {name: [] for name in names}
-    for i in range(runs):
-        for name in names[i % len(names):] + names[:i % len(names)]:
-            start = time.perf_counter()
-            calls[name]()
-            samples[name].append(time.perf_counter() - start)
-    return {name: 1000 * statistics.median(values) for name, values in samples.items()}
 
 
 def profile(model: nn.Module, x: torch.Tensor, runs: int = 10) -> dict[str, float]:
@@ -72,7 +59,7 @@ def latency_rows(preset: str, spec: dict, thread_counts, runs: int, tmp: Path) -
         session = measure.onnx_session(onnx_path, count)
         feed = {session.get_inputs()[0].name: x.numpy()}
         with measure.threads(count), torch.no_grad():
-            times = interleaved({"pytorch_fp32": lambda: float_net(x),
+            times = measure.alternating({"pytorch_fp32": lambda: float_net(x),
                                  "onnxruntime_fp32": lambda: session.run(None, feed),
                                  "pytorch_fp32_fast_lrn_pool": lambda: float_fast(x), "xnor": lambda: xnor(x)}, runs)
             layer_ms = profile(xnor, x)

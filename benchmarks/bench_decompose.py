@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cnncompress import methods, models, storage
+from cnncompress import measure, methods, models, storage
 from cnncompress.measure import export_onnx, onnx_session, threads
 from cnncompress.methods import decompose as D
 
@@ -46,26 +45,17 @@ CASES = [
 
 def interleaved(calls: dict, budget_s: float = 1.0, min_runs: int = 7, max_runs: int = 200,
                 minimum: dict | None = None) -> dict[str, float]:
-    """Median ms per call; the calls alternate run by run (order rotated) so drift hits all of them alike.
+    """``measure.alternating`` with as many runs as fit in ``budget_s`` (``min_runs``..``max_runs``).
     ``minimum`` (a dict) receives the fastest run of each call: on a shared, busy CPU it is the steadier figure."""
-    names = list(calls)
-    for name in names:  # warm-up, and a first estimate of the cost
+    for call in calls.values():  # warm-up, and a first estimate of the cost
         for _ in range(2):
-            calls[name]()
+            call()
     start = time.perf_counter()
-    for name in names:
-        calls[name]()
+    for call in calls.values():
+        call()
     one_round = time.perf_counter() - start
     runs = int(max(min_runs, min(max_runs, budget_s / max(one_round, 1e-6))))
-    samples = {name: [] for name in names}
-    for i in range(runs):
-        for name in names[i % len(names):] + names[:i % len(names)]:
-            t0 = time.perf_counter()
-            calls[name]()
-            samples[name].append(time.perf_counter() - t0)
-    if minimum is not None:
-        minimum.update({name: 1000 * min(s) for name, s in samples.items()})
-    return {name: 1000 * statistics.median(s) for name, s in samples.items()}
+    return measure.alternating(calls, runs, warmup=0, minimum=minimum)
 
 
 def build(model_name: str, preset: dict) -> nn.Module:

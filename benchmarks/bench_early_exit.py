@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 
@@ -20,6 +19,7 @@ import torch
 from cnncompress import models
 from cnncompress.data import build_dataset
 from cnncompress.early_exit import attach_exit, cascade_finetune_loss, count_macs, exit_inference, expected_macs
+from cnncompress.measure import alternating
 from cnncompress.train import Trainer, TrainConfig
 
 BAR = 0.15
@@ -34,16 +34,14 @@ def time_per_sample(fn, images: torch.Tensor, batch: int) -> float:
 
 def measure(net, base, images, threshold, batch, rounds):
     plans = {"exit (t=0)": 0.0, f"t={threshold}": threshold, "full (t=1)": 1.0}
-    samples = {name: [] for name in [*plans, "base model"]}
     calls = {name: (lambda x, v=value: exit_inference(net, x, v)) for name, value in plans.items()}
     calls["base model"] = base
-    names = list(calls)
-    with torch.no_grad():
-        for round_index in range(rounds):  # interleaved, and the order rotates so no plan always runs first
-            for name in names[round_index % len(names):] + names[:round_index % len(names)]:
-                samples[name].append(time_per_sample(calls[name], images, batch))
-    stats = {name: statistics.median(values) for name, values in samples.items()}
-    stats.update({f"{name} min": min(values) for name, values in samples.items()})
+    passes = {name: (lambda fn=fn: time_per_sample(fn, images, batch)) for name, fn in calls.items()}
+    fastest = {}
+    with torch.no_grad():  # one pass over the images per turn; turns alternate, the order rotating
+        per_pass_ms = alternating(passes, rounds, warmup=0, minimum=fastest)
+    stats = {name: ms / 1000 / len(images) for name, ms in per_pass_ms.items()}
+    stats.update({f"{name} min": ms / 1000 / len(images) for name, ms in fastest.items()})
     return stats
 
 

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import random
-import statistics
 import sys
 import tempfile
 import time
@@ -23,27 +21,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cnncompress import methods, models, storage
+from cnncompress import measure, methods, models, storage
 from cnncompress.methods.hashing import hashed_layers
 
 
-def interleaved(calls: dict[str, callable], rounds: int, runs: int, warmup: int = 2) -> dict[str, float]:
-    """Median time (ms) of each call; calls alternate one by one, in a shuffled order each cycle, so that load
-    from other processes hits all of them alike. ``rounds * runs`` samples per call."""
-    for call in calls.values():
-        for _ in range(warmup):
-            call()
-    samples = {name: [] for name in calls}
-    clock = time.perf_counter
-    order = list(calls)
-    for _ in range(rounds * runs):
-        random.shuffle(order)  # no call always runs right after another (cache, scheduler effects)
-        for name in order:
-            call = calls[name]
-            start = clock()
-            call()
-            samples[name].append(clock() - start)
-    return {name: 1000 * statistics.median(values) for name, values in samples.items()}
 
 
 def train_step(model: nn.Module, batch: int, shape: tuple[int, ...], classes: int):
@@ -72,17 +53,18 @@ def speed(base: nn.Module, hashed: nn.Module, shape, classes: int, threads: int,
     torch.set_num_threads(threads)
     result = {}
     if train:
-        t = interleaved({"base": train_step(base, batch, shape, classes),
-                         "hashed": train_step(hashed, batch, shape, classes)}, rounds, runs=5)
+        t = measure.alternating({"base": train_step(base, batch, shape, classes),
+                                 "hashed": train_step(hashed, batch, shape, classes)}, rounds * 5)
         result.update(train_base_ms=t["base"], train_hashed_ms=t["hashed"], train_ratio=t["hashed"] / t["base"])
     expand = methods.to_inference(copy.deepcopy(hashed))
     flying = copy.deepcopy(expand)
     for layer in hashed_layers(flying):
         layer.set_mode("on-the-fly")
-    t = interleaved({"base": infer(base.eval(), shape), "expand": infer(expand, shape)}, rounds,
-                    runs=20 if train else 3)
+    t = measure.alternating({"base": infer(base.eval(), shape), "expand": infer(expand, shape)},
+                            rounds * (20 if train else 3))
     result.update(infer_base_ms=t["base"], infer_expand_ms=t["expand"], infer_expand_ratio=t["expand"] / t["base"])
-    t = interleaved({"base": infer(base.eval(), shape), "fly": infer(flying, shape)}, rounds, runs=4 if train else 1)
+    t = measure.alternating({"base": infer(base.eval(), shape), "fly": infer(flying, shape)},
+                            rounds * (4 if train else 1))
     result.update(infer_fly_ms=t["fly"], infer_fly_ratio=t["fly"] / t["base"])
     return result
 

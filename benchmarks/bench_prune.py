@@ -19,7 +19,6 @@ paper-size net); the Han defaults therefore reach ~23x there, and the benchmark 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -28,25 +27,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnncompress import methods, models, storage
+from cnncompress import measure, methods, models, storage
 from cnncompress.kernels.sparse import choose_path
 from cnncompress.measure import export_onnx, onnx_session
 
 TUNED = {"conv_sparsity": 0.8, "conv_bits": 6}
 
 
-def interleaved(calls: dict, rounds: int, runs: int, warmup: int = 3) -> dict[str, float]:
-    """Median ms of each call; the calls alternate one by one so that machine load hits all alike."""
-    for call in calls.values():
-        for _ in range(warmup):
-            call()
-    samples = {name: [] for name in calls}
-    for _ in range(rounds * runs):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            call()
-            samples[name].append(time.perf_counter() - start)
-    return {name: 1000 * statistics.median(values) for name, values in samples.items()}
 
 
 def speed(base, pruned, shape, threads: int, rounds: int, folder: Path) -> dict:
@@ -61,9 +48,9 @@ def speed(base, pruned, shape, threads: int, rounds: int, folder: Path) -> dict:
             with torch.no_grad():
                 model(x)
         return call
-    t = interleaved({"pt_base": torch_call(base), "pt_pruned": torch_call(pruned),
-                     "ort_base": lambda: sessions["base"].run(None, feed),
-                     "ort_pruned": lambda: sessions["pruned"].run(None, feed)}, rounds, runs=10)
+    t = measure.alternating({"pt_base": torch_call(base), "pt_pruned": torch_call(pruned),
+                             "ort_base": lambda: sessions["base"].run(None, feed),
+                             "ort_pruned": lambda: sessions["pruned"].run(None, feed)}, rounds * 10, warmup=3)
     best_base, best_pruned = min(t["pt_base"], t["ort_base"]), min(t["pt_pruned"], t["ort_pruned"])
     return {**t, "pt_speedup": t["pt_base"] / t["pt_pruned"], "ort_speedup": t["ort_base"] / t["ort_pruned"],
             "best_vs_best": best_base / best_pruned}

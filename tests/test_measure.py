@@ -1,3 +1,4 @@
+import pytest
 import torch
 from torch import nn
 
@@ -45,3 +46,20 @@ def test_latency_times_the_given_real_images():
     assert len(seen) == 4 and all(torch.equal(x, image) for x in seen)
     measure.latency(Spy(), (3, 1, 8, 8), runs=1, warmup=0, try_channels_last=False, example=image)
     assert seen[-1].shape == (3, 1, 8, 8) and bool((seen[-1] == 7).all())
+
+
+def test_alternating_takes_turns_in_blocks_and_drops_the_first_of_each():
+    log = []
+    calls = {name: (lambda name=name: log.append(name)) for name in ("a", "b", "c")}
+    fastest = {}
+    times = measure.alternating(calls, runs=4, block=3, warmup=1, minimum=fastest)
+    assert set(times) == set(fastest) == {"a", "b", "c"}
+    assert all(fastest[name] <= times[name] for name in times)
+    timed = log[3:]  # after one warm-up call each
+    assert len(timed) == 4 * 3 * 3
+    turns = [timed[i:i + 3] for i in range(0, len(timed), 3)]
+    assert all(len(set(turn)) == 1 for turn in turns)  # a turn is one call repeated
+    firsts = [turns[i][0] for i in range(0, len(turns), 3)]
+    assert firsts == ["a", "b", "c", "a"]  # the order rotates each round
+    with pytest.raises(ValueError):
+        measure.alternating(calls, runs=0)

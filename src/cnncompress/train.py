@@ -177,7 +177,7 @@ class Trainer:
         order = torch.randperm(len(self.train_set), generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
         augment_rng = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
         self.model.train()
-        total_loss, wrong, seen, steps = 0.0, 0, 0, 0
+        total_loss, seen, steps = 0.0, 0, 0
         started = time.perf_counter()
         batches = range(0, len(order), cfg.batch_size)
         bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=not self.progress, unit="step",

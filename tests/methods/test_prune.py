@@ -12,22 +12,6 @@ from cnncompress.methods.prune import PrunedLinear, sparsity_report
 from cnncompress.train import TrainConfig, Trainer
 
 
-class Tiny:
-    def __init__(self, n=40, channels=1, size=48, classes=10, seed=0):
-        g = torch.Generator().manual_seed(seed)
-        self.images = torch.randn(n, channels, size, size, generator=g)
-        self.labels = torch.randint(0, classes, (n,), generator=g)
-
-    def __len__(self):
-        return len(self.labels)
-
-
-@pytest.fixture(scope="module")
-def vgg():
-    torch.manual_seed(0)
-    return models.build("vgg_s", num_classes=10, in_channels=1, input_size=48, width=0.125).eval()
-
-
 @pytest.fixture(scope="module")
 def squeeze():
     torch.manual_seed(1)
@@ -50,12 +34,12 @@ def test_global_and_layer_sparsity_reached(vgg):
     assert vgg.classifier.fc7.weight.ne(0).all()  # the input model is untouched
 
 
-def test_masks_hold_through_fine_tuning_and_iterative_rounds(vgg):
+def test_masks_hold_through_fine_tuning_and_iterative_rounds(vgg, random_images):
     pruned = methods.apply(vgg, "prune-magnitude", sparsity=0.9, scope="layer", rounds=3, steps_per_round=2)
     first = sparsity_report(pruned)["classifier.fc7"]
     assert abs(first - (1 - 0.1 ** (1 / 3))) < 0.01
     zero_before = pruned.classifier.fc7.weight == 0
-    Trainer(pruned, Tiny(n=60), None, TrainConfig(epochs=1, lr=0.05, batch_size=10), progress=False).fit()
+    Trainer(pruned, random_images(n=60), None, TrainConfig(epochs=1, lr=0.05, batch_size=10), progress=False).fit()
     fc7 = pruned.classifier.fc7.weight
     assert (fc7[zero_before] == 0).all()  # once pruned, stays pruned (momentum included)
     assert abs(sparsity_report(pruned)["classifier.fc7"] - 0.9) < 0.01  # all 3 rounds ran within 6 steps
@@ -109,9 +93,10 @@ def masked_copy(model, kept):
 
 
 @pytest.mark.parametrize("criterion", ["l1", "taylor"])
-def test_physical_removal_equals_masking_vgg(vgg, criterion):
+def test_physical_removal_equals_masking_vgg(vgg, criterion, random_images):
     layers = ["features.conv3", "features.conv4", "features.conv5"]  # no LRN after them; conv5 feeds fc6
-    extra = {"data": (Tiny(16).images, Tiny(16).labels), "samples": 16, "steps": 2} if criterion == "taylor" else {}
+    data = random_images(16)
+    extra = {"data": (data.images, data.labels), "samples": 16, "steps": 2} if criterion == "taylor" else {}
     pruned = methods.apply(vgg, f"prune-{criterion}", flops=0.4, layers=layers, **extra).eval()
     info = pruned.filter_pruning
     assert 0.39 <= info["flops_removed"] <= 0.5
@@ -127,8 +112,9 @@ def test_physical_removal_equals_masking_vgg(vgg, criterion):
 
 
 @pytest.mark.parametrize("criterion", ["l1", "taylor"])
-def test_physical_removal_equals_masking_squeezenet(squeeze, criterion, tmp_path):
-    extra = {"data": (Tiny(16).images, Tiny(16).labels), "samples": 16} if criterion == "taylor" else {}
+def test_physical_removal_equals_masking_squeezenet(squeeze, criterion, tmp_path, random_images):
+    data = random_images(16)
+    extra = {"data": (data.images, data.labels), "samples": 16} if criterion == "taylor" else {}
     pruned = methods.apply(squeeze, f"prune-{criterion}", flops=0.5, **extra).eval()
     assert pruned.filter_pruning["flops_removed"] >= 0.5
     assert all(type(m) in (torch.nn.Conv2d,) for m in pruned.modules() if isinstance(m, torch.nn.Conv2d))

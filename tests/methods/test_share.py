@@ -3,26 +3,10 @@ per-stage bytes that shrink, exact .ccz round trips, inference path equal to tra
 import pytest
 import torch
 
-from cnncompress import methods, models, storage
+from cnncompress import methods, storage
 from cnncompress.errors import InputError
 from cnncompress.methods.share import SharedConv2d, SharedLinear, kmeans_1d, nearest
 from cnncompress.train import TrainConfig, Trainer
-
-
-class Tiny:
-    def __init__(self, n=40):
-        g = torch.Generator().manual_seed(0)
-        self.images = torch.randn(n, 1, 48, 48, generator=g)
-        self.labels = torch.randint(0, 10, (n,), generator=g)
-
-    def __len__(self):
-        return len(self.labels)
-
-
-@pytest.fixture(scope="module")
-def vgg():
-    torch.manual_seed(0)
-    return models.build("vgg_s", num_classes=10, in_channels=1, input_size=48, width=0.125).eval()
 
 
 def test_kmeans_1d_linear_init_and_nearest():
@@ -60,14 +44,14 @@ def test_centroid_gradient_is_the_sum_of_member_gradients(vgg):
         assert torch.allclose(layer.centroids.grad[k], expected, rtol=1e-4, atol=1e-6)
 
 
-def test_pruned_zeros_stay_zero_through_centroid_fine_tuning(vgg):
+def test_pruned_zeros_stay_zero_through_centroid_fine_tuning(vgg, random_images):
     pruned = methods.apply(vgg, "prune-magnitude", sparsity=0.8)
     shared = methods.apply(pruned, "kmeans", conv_bits=3, fc_bits=2)
     fc7 = shared.classifier.fc7
     zeros = pruned.classifier.fc7.weight == 0
     assert fc7.sparse and (fc7.indices[zeros] == 0).all() and (fc7.indices[~zeros] > 0).all()
     before = fc7.centroids.detach().clone()
-    Trainer(shared, Tiny(), None, TrainConfig(epochs=1, lr=0.05, batch_size=10), progress=False).fit()
+    Trainer(shared, random_images(), None, TrainConfig(epochs=1, lr=0.05, batch_size=10), progress=False).fit()
     assert fc7.centroids[0] == 0 and not torch.equal(fc7.centroids.detach(), before)
     assert (fc7.shared_weight()[zeros] == 0).all()
 
