@@ -56,7 +56,7 @@ def cell(base: nn.Module, half: nn.Module, int8_model, shape, threads: int, batc
     if half is not None:
         calls["torch_fp16"] = lambda: half(x)
     with torch.inference_mode():
-        t = measure.alternating(calls, rounds, block=block, warmup=3)
+        t = measure.alternating(calls, rounds, block=block, warmup=3, pause=0.05)
     t["torch_fp32"] = min(t["torch_nchw"], t["torch_cl"])
     t["int8_vs_torch"] = t["torch_fp32"] / t["ort_int8"]
     t["int8_vs_ort"] = t["ort_fp32"] / t["ort_int8"]
@@ -120,9 +120,10 @@ def main(argv=None) -> int:
         ok &= payload["fp32"] / payload["int8"] >= 3.5
         for threads in args.threads:
             for batch in args.batches:
-                rounds = args.rounds if batch == 1 else max(5, args.rounds // 6)
+                rounds = args.rounds if batch == 1 else max(3, args.rounds // 6)
+                block = args.block if batch == 1 or not paper else 2  # seconds per call at 224, batch 32
                 timed_half = half if batch == 1 and not paper else None  # fp16 compute: seconds per call at 224
-                t = cell(base, timed_half, int8_model, shape, threads, batch, rounds, args.block)
+                t = cell(base, timed_half, int8_model, shape, threads, batch, rounds, block)
                 print(f"{label} threads={threads} batch={batch}: " + ", ".join(f"{k}={v:.3f}" for k, v in t.items()))
                 if batch == 1 and paper:
                     ok &= t["int8_vs_torch"] >= 3.0 and t["int8_vs_ort"] >= 1.5

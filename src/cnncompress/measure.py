@@ -69,7 +69,8 @@ def _time_calls(call, runs: int, warmup: int) -> list[float]:
     return samples
 
 
-def alternating(calls: dict, runs: int, block: int = 1, warmup: int = 2, minimum: dict | None = None) -> dict:
+def alternating(calls: dict, runs: int, block: int = 1, warmup: int = 2, minimum: dict | None = None,
+                pause: float = 0.0) -> dict:
     """Median ms per call of several competing calls timed in one process, taking turns so that drift in machine
     load hits all of them alike; the order rotates each round so that none always follows another.
 
@@ -77,7 +78,8 @@ def alternating(calls: dict, runs: int, block: int = 1, warmup: int = 2, minimum
     ``k`` calls in a row and the first of them is not counted (``runs * (k - 1)`` samples each): the steady,
     warm-cache latency of one engine, without the thread-pool spin and cache eviction the previous engine leaves
     behind (call-by-call alternation of PyTorch and onnxruntime at two threads on two cores measured int8
-    VGG-S at 1.0x of fp32 where turns of 5 calls measured 1.75x). ``minimum`` (a dict) receives each fastest run.
+    VGG-S at 1.0x of fp32 where turns of 5 calls measured 1.75x). ``pause`` seconds of sleep before each turn let
+    the previous engine's spinning worker threads go idle. ``minimum`` (a dict) receives each fastest run.
     """
     if runs < 1 or block < 1:
         raise ValueError(f"runs and block must be positive, got {runs}, {block}")
@@ -91,6 +93,8 @@ def alternating(calls: dict, runs: int, block: int = 1, warmup: int = 2, minimum
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
             call = calls[name]
+            if pause:
+                time.sleep(pause)
             for index in range(block):
                 start = clock()
                 call()
