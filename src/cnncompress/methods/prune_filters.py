@@ -333,7 +333,8 @@ register(MethodInfo(
     speed="real", description="L1-norm filter pruning; filters and the next layer's input channels physically "
                               "removed, result is a smaller dense model",
     bench=({"model": "vgg_s", "config": {"flops": 0.5}, "finetune": 1, "label": "L1 filters -50% FLOPs"},
-           {"model": "squeezenet1_1", "config": {"flops": 0.5}, "finetune": 1, "label": "L1 filters -50% FLOPs"})),
+           # SqueezeNet w0.5 keeps 43.7 % after 1 fine-tune epoch, 88.5 % after 4 (baseline 91.7 %): 4 epochs
+           {"model": "squeezenet1_1", "config": {"flops": 0.5}, "finetune": 4, "label": "L1 filters -50% FLOPs, 4 ep"})),
     prune_l1)
 register(MethodInfo(
     name="prune-taylor", paper="Molchanov et al. 2016, Pruning CNNs for resource efficient inference (survey §2.3)",
