@@ -29,8 +29,6 @@ PRESETS = {"paper 224": dict(num_classes=8, in_channels=3, input_size=224, width
            "quick 48 w0.25": dict(num_classes=10, in_channels=1, input_size=48, width=0.25)}
 
 
-
-
 def profile(model: nn.Module, x: torch.Tensor, runs: int = 10) -> dict[str, float]:
     """Median ms per top-level layer of a VGG-S (features and classifier children run one by one)."""
     layers = list(model.features.named_children()) + list(model.classifier.named_children())

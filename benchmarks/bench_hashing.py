@@ -25,8 +25,6 @@ from cnncompress import measure, methods, models, storage
 from cnncompress.methods.hashing import hashed_layers
 
 
-
-
 def train_step(model: nn.Module, batch: int, shape: tuple[int, ...], classes: int):
     model = copy.deepcopy(model).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)

@@ -35,8 +35,6 @@ from cnncompress.measure import export_onnx, onnx_session
 TUNED = {"conv_sparsity": 0.8, "conv_bits": 6}
 
 
-
-
 def speed(base, pruned, shape, threads: int, rounds: int, folder: Path) -> dict:
     torch.set_num_threads(threads)
     x = torch.randn(1, *shape)

@@ -32,8 +32,6 @@ from cnncompress import measure, methods, models, storage
 from cnncompress.methods.int8 import export_onnx
 
 
-
-
 def session(proto_bytes: bytes, threads: int):
     import onnxruntime as ort
     options = ort.SessionOptions()
