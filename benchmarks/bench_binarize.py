@@ -58,8 +58,9 @@ def latency_rows(preset: str, spec: dict, thread_counts, runs: int, tmp: Path) -
         feed = {session.get_inputs()[0].name: x.numpy()}
         with measure.threads(count), torch.no_grad():
             times = measure.alternating({"pytorch_fp32": lambda: float_net(x),
-                                 "onnxruntime_fp32": lambda: session.run(None, feed),
-                                 "pytorch_fp32_fast_lrn_pool": lambda: float_fast(x), "xnor": lambda: xnor(x)}, runs)
+                                         "onnxruntime_fp32": lambda: session.run(None, feed),
+                                         "pytorch_fp32_fast_lrn_pool": lambda: float_fast(x), "xnor": lambda: xnor(x)},
+                                        max(1, runs // 4), block=5, pause=0.05)  # warm turns: no spinning pools
             layer_ms = profile(xnor, x)
         row = {"preset": preset, "threads": count, **{f"{k}_ms": round(v, 2) for k, v in times.items()},
                "speedup_vs_pytorch": round(times["pytorch_fp32"] / times["xnor"], 2),

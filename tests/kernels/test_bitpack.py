@@ -78,16 +78,22 @@ def test_xnor_linear_matches_reference(backend, n, k, o):
 def test_threads_give_same_result():
     if bp.native() is None:
         pytest.skip("no native kernel")
-    a, b = bp.pack_rows(torch.randn(37, 300)), bp.pack_rows(torch.randn(21, 300))
-    previous = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = bp.xnor_gemm(a, b, 300)
-        torch.set_num_threads(2)
-        two = bp.xnor_gemm(a, b, 300)
-    finally:
-        torch.set_num_threads(previous)
-    assert torch.equal(one, two)
+    for m, n, k in ((37, 21, 300), (300, 41, 640)):  # the second is large enough to be split across threads
+        xa, xb = torch.randn(m, k), torch.randn(n, k)
+        a, b = bp.pack_rows(xa), bp.pack_rows(xb)
+        previous = torch.get_num_threads()
+        try:
+            torch.set_num_threads(1)
+            one = bp.xnor_gemm(a, b, k)
+            torch.set_num_threads(2)
+            two = bp.xnor_gemm(a, b, k)
+            torch.set_num_threads(3)
+            three = bp.xnor_gemm(a, b, k)
+        finally:
+            torch.set_num_threads(previous)
+        assert torch.equal(one, two) and torch.equal(one, three)
+        signs_a, signs_b = torch.where(xa >= 0, 1.0, -1.0), torch.where(xb >= 0, 1.0, -1.0)
+        assert torch.equal(one, signs_b @ signs_a.T)  # out[n, m] = sign(b_n) . sign(a_m)
 
 
 @pytest.mark.parametrize("shape,k,s,ceil", [((2, 7, 10, 11), 3, 2, True), ((1, 5, 9, 9), 3, 3, True),
@@ -102,3 +108,13 @@ def test_local_response_norm_matches_torch(backend, size, alpha, beta, k):
     x = torch.randn(2, 9, 6, 7) * 3
     torch.testing.assert_close(bp.local_response_norm(x, size, alpha, beta, k),
                                F.local_response_norm(x, size, alpha, beta, k), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("size,kernel,stride,padding", [((13, 11), (3, 3), (1, 1), (1, 1)), ((36, 36), (5, 5), (1, 1), (1, 1)),
+                                                        ((20, 17), (7, 7), (2, 2), (0, 0)), ((9, 9), (3, 2), (2, 1), (2, 0))])
+def test_box_mean_matches_conv_reference(size, kernel, stride, padding):
+    torch.manual_seed(0)
+    plane = torch.rand(*size) * 3
+    box = torch.full((1, 1, *kernel), 1.0 / (kernel[0] * kernel[1]))
+    expected = F.conv2d(plane[None, None], box, stride=stride, padding=padding).reshape(-1)
+    assert torch.allclose(bp.box_mean(plane, kernel, stride, padding), expected, atol=1e-5)
