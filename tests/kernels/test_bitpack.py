@@ -118,3 +118,20 @@ def test_box_mean_matches_conv_reference(size, kernel, stride, padding):
     box = torch.full((1, 1, *kernel), 1.0 / (kernel[0] * kernel[1]))
     expected = F.conv2d(plane[None, None], box, stride=stride, padding=padding).reshape(-1)
     assert torch.allclose(bp.box_mean(plane, kernel, stride, padding), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_float_helpers_split_across_threads_match_torch(threads):
+    if bp.native() is None:
+        pytest.skip("no native kernel")
+    torch.manual_seed(0)
+    x = torch.randn(2, 96, 37, 41) * 4  # large enough to be split into pixel / plane shares
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        lrn = bp.local_response_norm(x, 5, 1e-2, 0.75, 2.0)
+        pooled = bp.max_pool2d(x, 3, 3, True)
+    finally:
+        torch.set_num_threads(previous)
+    torch.testing.assert_close(lrn, F.local_response_norm(x, 5, 1e-2, 0.75, 2.0), rtol=1e-5, atol=1e-6)
+    assert torch.equal(pooled, F.max_pool2d(x, 3, 3, ceil_mode=True))

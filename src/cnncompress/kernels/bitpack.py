@@ -209,19 +209,22 @@ void maxpool_f32(const float* x, int C, int H, int W, int k, int s, int OH, int 
 }
 
 /* b_c = a_c * (k + alpha/size * sum_{c' in window(c)} a_c'^2)^-beta, window [c - size/2, c + (size-1)/2] */
-void lrn_f32(const float* x, int C, int HW, int size, float alpha, float beta, float kk, float* out, float* sum) {
+/* HW pixels of each channel are processed; channels lie ``stride`` floats apart (a slice of the pixels may be
+   given, so threads can split the image) */
+void lrn_f32(const float* x, int C, int HW, long stride, int size, float alpha, float beta, float kk, float* out,
+             float* sum) {
   int lo = size / 2, hi = (size - 1) / 2;
   for (int p = 0; p < HW; p++) sum[p] = 0.0f;
   for (int c = 0; c < hi && c < C; c++) {
-    const float* row = x + (size_t)c * HW;
+    const float* row = x + (size_t)c * stride;
     for (int p = 0; p < HW; p++) sum[p] += row[p] * row[p];
   }
   for (int c = 0; c < C; c++) {
     int add = c + hi, drop = c - lo - 1;
-    if (add < C) { const float* r = x + (size_t)add * HW; for (int p = 0; p < HW; p++) sum[p] += r[p] * r[p]; }
-    if (drop >= 0) { const float* r = x + (size_t)drop * HW; for (int p = 0; p < HW; p++) sum[p] -= r[p] * r[p]; }
-    const float* a = x + (size_t)c * HW;
-    float* o = out + (size_t)c * HW;
+    if (add < C) { const float* r = x + (size_t)add * stride; for (int p = 0; p < HW; p++) sum[p] += r[p] * r[p]; }
+    if (drop >= 0) { const float* r = x + (size_t)drop * stride; for (int p = 0; p < HW; p++) sum[p] -= r[p] * r[p]; }
+    const float* a = x + (size_t)c * stride;
+    float* o = out + (size_t)c * stride;
     float scale = alpha / (float)size;
     if (beta == 0.75f) {
       for (int p = 0; p < HW; p++) {
@@ -290,7 +293,7 @@ def native() -> ctypes.CDLL | None:
     lib.xnor_gemm.argtypes = [p, i, p, i, i, i, p, p, p, p, p, lg, lg]
     f = ctypes.c_float
     lib.maxpool_f32.argtypes = [p, i, i, i, i, i, i, i, p]
-    lib.lrn_f32.argtypes = [p, i, i, i, f, f, f, p, p]
+    lib.lrn_f32.argtypes = [p, i, i, lg, i, f, f, f, p, p]
     return lib
 
 
@@ -305,6 +308,20 @@ def _threads() -> int:
 @functools.lru_cache(maxsize=4)
 def _pool(threads: int) -> concurrent.futures.ThreadPoolExecutor:
     return concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="cnncompress-xnor")
+
+
+def _split(run, total: int, threads: int, multiple: int = 1) -> None:
+    """``run(start, stop)`` over ``range(total)`` in ``threads`` contiguous shares (multiples of ``multiple``).
+    ctypes drops the GIL, so plain threads run the C loops side by side; they sleep when idle (no OpenMP
+    spinning against torch's own pool). The calling thread takes the first share instead of waiting idle."""
+    if threads <= 1 or total < 2 * multiple:
+        run(0, total)
+        return
+    step = -(-(-(-total // threads)) // multiple) * multiple
+    jobs = [_pool(threads).submit(run, start, min(total, start + step)) for start in range(step, total, step)]
+    run(0, min(total, step))
+    for job in jobs:
+        job.result()
 
 
 # ---------------------------------------------------------------- packing
@@ -412,17 +429,8 @@ def xnor_gemm(a: torch.Tensor, b: torch.Tensor, nbits: int, *, corr: torch.Tenso
         lib.xnor_gemm(_ptr(a), m, _ptr(b[n0:n1]), n1 - n0, k, nbits, _ptr(part(corr)), _ptr(part(alpha)), _ptr(kscale),
                       _ptr(part(bias)), _ptr(out[n0:n1]), out.stride(0), out.stride(1))
 
-    threads = _threads() if m * n * k >= 1 << 16 else 1
-    if threads == 1 or n < 8:
-        run(0, n)
-    else:  # ctypes drops the GIL: plain threads that sleep (no OpenMP spinning against torch's own pool)
-        per_thread = -(-n // threads)
-        step = -(-per_thread // 4) * 4  # whole 4-filter tiles per thread
-        starts = list(range(0, n, step))
-        jobs = [_pool(threads).submit(run, s, min(n, s + step)) for s in starts[1:]]
-        run(0, min(n, step))  # the calling thread takes the first share instead of waiting idle
-        for job in jobs:
-            job.result()
+    threads = _threads() if m * n * k >= 1 << 16 and n >= 8 else 1
+    _split(run, n, threads, multiple=4)  # whole 4-filter tiles per thread
     return out
 
 
@@ -516,7 +524,11 @@ def max_pool2d(x: torch.Tensor, kernel: int, stride: int, ceil_mode: bool) -> to
     n, c, h, w = x.shape
     oh, ow = pool_size(h, kernel, stride, ceil_mode), pool_size(w, kernel, stride, ceil_mode)
     out = torch.empty(n, c, oh, ow)
-    lib.maxpool_f32(_ptr(x), n * c, h, w, kernel, stride, oh, ow, _ptr(out))
+    planes_in, planes_out = x.view(n * c, h, w), out.view(n * c, oh, ow)
+
+    def run(p0: int, p1: int) -> None:
+        lib.maxpool_f32(_ptr(planes_in[p0:p1]), p1 - p0, h, w, kernel, stride, oh, ow, _ptr(planes_out[p0:p1]))
+    _split(run, n * c, _threads() if x.numel() >= 1 << 16 else 1)
     return out
 
 
@@ -527,9 +539,15 @@ def local_response_norm(x: torch.Tensor, size: int, alpha: float, beta: float, k
         return F.local_response_norm(x, size, alpha, beta, k)
     x = x.detach().float().contiguous()
     n, c, h, w = x.shape
-    out, scratch = torch.empty_like(x), torch.empty(h * w)
+    out = torch.empty_like(x)
+    pixels_in, pixels_out = x.view(n, c, h * w), out.view(n, c, h * w)
+    threads = _threads() if x.numel() >= 1 << 16 else 1
     for i in range(n):
-        lib.lrn_f32(_ptr(x[i]), c, h * w, size, alpha, beta, k, _ptr(out[i]), _ptr(scratch))
+        def run(p0: int, p1: int, i=i) -> None:  # a slice of the pixels, all channels (the window runs over c)
+            scratch = torch.empty(p1 - p0)
+            lib.lrn_f32(_ptr(pixels_in[i, :, p0:]), c, p1 - p0, h * w, size, alpha, beta, k,
+                        _ptr(pixels_out[i, :, p0:]), _ptr(scratch))
+        _split(run, h * w, threads, multiple=16)
     return out
 
 
