@@ -16,7 +16,6 @@ import platform
 import subprocess
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -24,9 +23,9 @@ from tqdm import tqdm
 
 from . import measure, methods, models, storage
 from .data import build_dataset
-from .errors import InputError, input_error
+from .errors import InputError
 from .recipe import BASELINE, Recipe, Row
-from .train import Trainer, TrainConfig, load_weights, save_weights
+from .train import Trainer, TrainConfig, checkpoint_info, load_weights, save_weights
 
 
 def environment() -> dict:
@@ -55,18 +54,8 @@ def _realness(labels: list[str], default: str) -> str:
 
 
 def _history(meta: Path, config: TrainConfig) -> list[dict]:
-    """A finished baseline's per-epoch history (checked against the recipe's training config)."""
-    if not meta.exists():
-        return []
-    try:
-        info = json.loads(meta.read_text())
-    except (OSError, ValueError) as error:
-        raise input_error(meta, f"unreadable checkpoint: {error}") from error
-    saved, defaults = info.get("config") or {}, asdict(TrainConfig())
-    # a TrainConfig field added since the checkpoint was written counts as its default value
-    if set(saved) - set(defaults) or any(saved.get(k, defaults[k]) != v for k, v in asdict(config).items()):
-        raise input_error(meta, f"checkpoint was made with a different config {info.get('config')}")
-    return info.get("history", [])
+    """A finished baseline's per-epoch history (checked against the recipe's training config, epochs included)."""
+    return checkpoint_info(meta, config).get("history", []) if meta.exists() else []
 
 
 class Bench:

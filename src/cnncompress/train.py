@@ -120,6 +120,20 @@ def _load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str,
     optimizer.load_state_dict(state_dict)
 
 
+def checkpoint_info(meta: Path, config: TrainConfig, any_epochs: bool = False) -> dict:
+    """The JSON record (epoch, config, history) of a checkpoint, checked against ``config``: a ``TrainConfig``
+    field added since the file was written counts as its default; ``any_epochs`` ignores the epoch count."""
+    try:
+        info = json.loads(meta.read_text())
+    except (OSError, ValueError) as error:
+        raise input_error(meta, f"unreadable checkpoint: {error}") from error
+    saved, defaults = info.get("config") or {}, asdict(TrainConfig())
+    ignored = {"epochs": 0} if any_epochs else {}
+    if set(saved) - set(defaults) or {**defaults, **saved, **ignored} != {**asdict(config), **ignored}:
+        raise input_error(meta, f"checkpoint was made with a different config {info.get('config')}")
+    return info
+
+
 class Trainer:
     """Trains ``model`` on in-memory datasets (``.images``, ``.labels``); checkpoints to ``out_dir``."""
 
@@ -150,14 +164,11 @@ class Trainer:
         weights, meta = self.checkpoint_paths
         if not meta.exists():
             return 0
+        info = checkpoint_info(meta, self.config, any_epochs=True)  # more epochs may be asked for
         try:
-            info = json.loads(meta.read_text())
             tensors = load_file(str(weights))
         except (OSError, ValueError) as error:
             raise input_error(meta, f"unreadable checkpoint: {error}") from error
-        saved = {**asdict(TrainConfig()), **(info.get("config") or {})}  # fields added later take their defaults
-        if {**saved, "epochs": 0} != {**asdict(self.config), "epochs": 0}:  # more epochs may be asked for
-            raise input_error(meta, f"checkpoint was made with a different config {info.get('config')}")
         model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
         self.model.load_state_dict(model_state)
         _load_optimizer_tensors(self.optimizer, {k[6:]: v for k, v in tensors.items() if k.startswith("optim.")})
@@ -210,21 +221,16 @@ class Trainer:
 
     def _batch(self, index: torch.Tensor, augment_rng: torch.Generator) -> tuple:
         """(images, labels, loss weight) of this rank's shard of the global batch ``index`` (weight 1 alone)."""
-        cfg, data = self.config, self.train_set
-        if self.world_size == 1:
-            images, labels, weight = data.images[index], data.labels[index], 1.0
-            if cfg.augment:
-                from .data.transforms import augment
-                images = augment(images, augment_rng)
-        else:
+        cfg = self.config
+        images, labels, weight = self.train_set.images[index], self.train_set.labels[index], 1.0
+        if cfg.augment:  # the global batch (same random draws in every process), sharded below
+            from .data.transforms import augment
+            images = augment(images, augment_rng)
+        if self.world_size > 1:
             position = distributed.shard(torch.arange(len(index)), self.rank, self.world_size)
             weight = len(position) * self.world_size / len(index)
             if not len(position):  # an empty shard forwards the batch with weight 0: DDP needs every rank
                 position = torch.arange(len(index))
-            images, labels = data.images[index], data.labels[index]
-            if cfg.augment:  # augment the global batch (same random draws as one process), then shard
-                from .data.transforms import augment
-                images = augment(images, augment_rng)
             images, labels = images[position], labels[position]
         return images.to(cfg.device), labels.to(cfg.device), weight
 
