@@ -160,10 +160,10 @@ def _expand(source, index, entry, seeds) -> list[dict]:
             raise input_error(source, f"{where}: config must be a mapping")
         points = [({"config": {**config, **point}}, ",".join(f"{k}={_value(v)}" for k, v in point.items()))
                   for point in _grid(source, where, entry.get("grid"))]
+    label = entry["label"] if "label" in entry else \
+        entry.get("method") or "+".join(st["method"] for st in entry["stages"])
     out = []
     for fields, tag in points:
-        label = entry.get("label", entry["method"]) if "method" in entry else \
-            entry.get("label", "+".join(st["method"] for st in entry["stages"]))
         for seed in seeds:
             out.append({**entry, **fields, "label": f"{label} {tag}" if tag else label, "seed": seed})
     if len(out) > MAX_ROWS:
