@@ -25,7 +25,7 @@ from . import measure, methods, models, storage
 from .data import build_dataset
 from .errors import InputError
 from .recipe import BASELINE, Recipe, Row
-from .train import Trainer, TrainConfig, checkpoint_info, load_weights, save_weights
+from .train import Trainer, TrainConfig, atomic_write, checkpoint_info, load_weights, save_weights
 
 
 def environment() -> dict:
@@ -229,11 +229,7 @@ class Bench:
             result = {"key": row.key, "model": row.model, "method": row.method, "label": row.label,
                       "config": row.config, "seed": row.seed, "error": f"{type(error).__name__}: {error}",
                       "node": platform.node()}
-        folder = self.row_folder(row)
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / "result.json.tmp"
-        tmp.write_text(json.dumps(result))
-        os.replace(tmp, folder / "result.json")
+        atomic_write(self.row_folder(row) / "result.json", json.dumps(result).encode())
         return result
 
     def run(self, executor=None) -> list[dict]:

@@ -26,6 +26,7 @@ from typing import Iterator
 
 from .errors import InputError
 from .recipe import Recipe, Row
+from .train import atomic_write
 
 BASELINE_FILES = ("model.safetensors", "checkpoint.json")  # weights + training history
 _DATASETS: dict[tuple, tuple] = {}  # per worker process: (data, input_size) -> (train, test), loaded once
@@ -48,13 +49,6 @@ def import_ray():
         raise InputError("--executor ray needs the ray package: pip install 'cnncompress[ray]' "
                          "(or pip install ray)") from error
     return ray
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _datasets(recipe: Recipe) -> tuple:
@@ -81,9 +75,9 @@ def run_row_on_worker(recipe: Recipe, out: str, device: str, row: Row, baseline_
     folder = bench.baseline_folder(row.model, row.seed)
     for name, ref in baseline_refs.items():
         if not (folder / name).exists():
-            _atomic_write(folder / name, ray.get(ref))
+            atomic_write(folder / name, ray.get(ref))
     marker = {"node": platform.node(), "ray_node": node_id, "pid": os.getpid(), "started": time.time()}
-    _atomic_write(bench.row_folder(row) / "worker.json", json.dumps(marker).encode())
+    atomic_write(bench.row_folder(row) / "worker.json", json.dumps(marker).encode())
     result = bench.safe_run_row(row)
     result.update(ray_node=node_id[:8], worker_pid=os.getpid(), task_seconds=time.perf_counter() - started)
     return result, node_id
@@ -164,7 +158,7 @@ class RayExecutor:
             from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
             fetch = self.ray.remote(_read_file).options(
                 num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False))
-            _atomic_write(local, self.ray.get(fetch.remote(result["ccz"])))
+            atomic_write(local, self.ray.get(fetch.remote(result["ccz"])))
         result["ccz"] = str(local)
 
     def map(self, bench, rows: list[Row]) -> Iterator[dict]:

@@ -89,10 +89,16 @@ def _after_step(model: nn.Module) -> None:
             hook()
 
 
-def _atomic_json(path: Path, payload: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``path`` whole or not at all: a temporary file (named by this process) renamed over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def _atomic_json(path: Path, payload: dict) -> None:
+    atomic_write(path, json.dumps(payload, indent=1).encode())
 
 
 def _atomic_safetensors(path: Path, tensors: dict, metadata: dict | None = None) -> None:
