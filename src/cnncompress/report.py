@@ -21,7 +21,8 @@ COLUMNS = [
 ]
 
 
-def _best(row: dict) -> float | None:
+def best_ms(row: dict) -> float | None:
+    """A row's faster batch-1 latency (PyTorch or onnxruntime), ms; None when neither was measured."""
     values = [v for v in (row.get("torch_ms"), row.get("ort_ms")) if v]
     return min(values) if values else None
 
@@ -39,7 +40,7 @@ def add_ratios(rows: list[dict]) -> list[dict]:
         if base:
             # the baseline timed right after this row (same minute) where available, else the baseline row
             paired = {"torch_ms": row.get("baseline_torch_ms"), "ort_ms": row.get("baseline_ort_ms")}
-            best, base_best = _best(row), _best(paired) or _best(base)
+            best, base_best = best_ms(row), best_ms(paired) or best_ms(base)
             row["speedup"] = base_best / best if best and base_best else None
             row["x_smaller"] = base["file_bytes"] / row["file_bytes"]
             row["baseline_runtime"] = "onnxruntime" if base.get("ort_ms") and base["ort_ms"] < base["torch_ms"] else "torch"
@@ -167,7 +168,7 @@ def plot_all(rows: list[dict], out: Path) -> None:
                               ("best_ms", "batch-1 latency, faster runtime (ms, log)", "accuracy_vs_latency.png")):
         fig, ax = plt.subplots(figsize=(6, 4.5))
         for row in good:
-            x = row.get(key) if key != "best_ms" else _best(row)
+            x = row.get(key) if key != "best_ms" else best_ms(row)
             if x:
                 ax.scatter(x, row["accuracy"])
                 ax.annotate(f"{row['model'][:3]}/{row['label']}", (x, row["accuracy"]), fontsize=6)

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .report import best_ms
+
 PAPER_TABLE2 = [  # method label, training ms per batch, inference ms, size MB, accuracy %
     ("VGG-S (baseline)", 43.7, 33.4, 372.2, 97.13),
     ("SqueezeNet-1.1 (baseline)", 22.94, 4.94, 2.8, 89.14),
@@ -31,11 +33,6 @@ class Finding:
     def line(self) -> str:
         verdict = {True: "held", False: "did not hold", None: "not checked"}[self.held]
         return f"| {self.claim} | {self.paper} | {self.ours} | **{verdict}** |"
-
-
-def _best_ms(row: dict) -> float | None:
-    values = [v for v in (row.get("torch_ms"), row.get("ort_ms")) if v]
-    return min(values) if values else None
 
 
 def table2_findings(rows: dict[str, dict]) -> list[Finding]:
@@ -62,13 +59,13 @@ def table2_findings(rows: dict[str, dict]) -> list[Finding]:
         lambda: vgg["file_bytes"] / bwn["file_bytes"] >= 20)
     add("SqueezeNet is smaller and faster than VGG-S", "2.8 vs 372.2 MB, 4.94 vs 33.4 ms", [squeeze, vgg],
         lambda: f"{squeeze['file_bytes'] / 1e6:.2f} vs {vgg['file_bytes'] / 1e6:.2f} MB, "
-                f"{_best_ms(squeeze):.2f} vs {_best_ms(vgg):.2f} ms",
-        lambda: squeeze["file_bytes"] < vgg["file_bytes"] and _best_ms(squeeze) < _best_ms(vgg))
+                f"{best_ms(squeeze):.2f} vs {best_ms(vgg):.2f} ms",
+        lambda: squeeze["file_bytes"] < vgg["file_bytes"] and best_ms(squeeze) < best_ms(vgg))
     add("HashedNets train much slower (paper 6.7x per epoch)", "294.8 vs 43.7 ms", [hashed, vgg],
         lambda: f"{hashed['train_ms_step'] / vgg['train_ms_step']:.2f}x per step",
         lambda: hashed["train_ms_step"] / vgg["train_ms_step"] > 3)
     add("HashedNets infer much slower (paper 4.7x)", "158.2 vs 33.4 ms", [hashed, vgg],
-        lambda: f"{_best_ms(hashed) / _best_ms(vgg):.2f}x", lambda: _best_ms(hashed) / _best_ms(vgg) > 3)
+        lambda: f"{best_ms(hashed) / best_ms(vgg):.2f}x", lambda: best_ms(hashed) / best_ms(vgg) > 3)
     add("HashedNets at 1/8 make the model ~5x smaller", "372.2 -> 68.3 MB (5.4x)", [hashed, vgg],
         lambda: f"{vgg['file_bytes'] / hashed['file_bytes']:.1f}x (real file)",
         lambda: vgg["file_bytes"] / hashed["file_bytes"] >= 4)
@@ -76,7 +73,7 @@ def table2_findings(rows: dict[str, dict]) -> list[Finding]:
         lambda: f"{squeeze['file_bytes'] / 1e6:.3f} -> {cp['file_bytes'] / 1e6:.3f} MB",
         lambda: cp["file_bytes"] < squeeze["file_bytes"])
     add("CP decomposition makes SqueezeNet slower (paper 1.57x)", "7.74 vs 4.94 ms", [cp, squeeze],
-        lambda: f"{_best_ms(cp):.2f} vs {_best_ms(squeeze):.2f} ms", lambda: _best_ms(cp) > _best_ms(squeeze))
+        lambda: f"{best_ms(cp):.2f} vs {best_ms(squeeze):.2f} ms", lambda: best_ms(cp) > best_ms(squeeze))
     add("CP decomposition costs ~1.6 accuracy points", "87.5% vs 89.14%", [cp, squeeze],
         lambda: f"{cp['accuracy']:.2f}% vs {squeeze['accuracy']:.2f}%",
         lambda: squeeze["accuracy"] - 5 <= cp["accuracy"] < squeeze["accuracy"])
@@ -94,7 +91,7 @@ def table2_report(rows: list[dict], source: str) -> list[str]:
         if not row or "error" in row:
             lines.append(f"| {label} | {train} | n/a | {infer} | n/a | {size} | n/a | {acc} | n/a |")
             continue
-        lines.append(f"| {label} | {train} | {row['train_ms_step']:.2f} | {infer} | {_best_ms(row):.3f} | {size} | "
+        lines.append(f"| {label} | {train} | {row['train_ms_step']:.2f} | {infer} | {best_ms(row):.3f} | {size} | "
                      f"{row['file_bytes'] / 1e6:.3f} | {acc} | {row['accuracy']:.2f} |")
     lines += ["", "| finding | paper | ours | verdict |", "|---|---|---|---|"]
     lines += [finding.line() for finding in table2_findings(by_label)]
