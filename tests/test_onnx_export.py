@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnncompress import measure, models
-from cnncompress.onnx_export import OnnxLocalResponseNorm, onnx_friendly
+from cnncompress.onnx_export import OnnxLocalResponseNorm, OnnxLRNNode, onnx_friendly
 
 
 @pytest.mark.parametrize("size,beta", [(5, 0.75), (4, 0.75), (3, 0.5), (1, 1.0)])
@@ -46,3 +46,21 @@ def test_vgg_s_export_has_no_shape_ops_and_matches_torch(tmp_path):
         expected = model(x).numpy()
     got = session.run(None, {"input": x.numpy()})[0]  # dynamic batch: 3 though exported at 1
     assert np.allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_single_node_lrn_twin_exports_one_lrn_node():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.LocalResponseNorm(5, alpha=1e-2, beta=0.75, k=2.0)).eval()
+    twin = onnx_friendly(model, OnnxLRNNode)
+    assert isinstance(twin[2], OnnxLRNNode) and isinstance(model[2], nn.LocalResponseNorm)
+    x = torch.randn(2, 1, 12, 12) * 4
+    with torch.no_grad():
+        expected = model(x)
+        assert torch.equal(twin(x), expected)
+    from cnncompress.methods.int8 import export_onnx  # the int8 graph's "torchscript-lrn" exporter uses the twin
+    proto = export_onnx(model, x[:1], "torchscript-lrn")
+    ops = [node.op_type for node in proto.graph.node]
+    assert ops.count("LRN") == 1 and "Pow" not in ops
+    session = onnxruntime.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"input": x.numpy()})[0]
+    assert np.allclose(got, expected.numpy(), rtol=1e-4, atol=1e-5)

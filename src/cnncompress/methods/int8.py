@@ -15,7 +15,6 @@ in the file's manifest. Before ``to_inference`` the PyTorch model computes in fp
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import json
 import logging
@@ -26,10 +25,9 @@ import warnings
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..onnx_export import onnx_friendly
+from ..onnx_export import OnnxLocalResponseNorm, OnnxLRNNode, onnx_friendly
 from ..storage import register_layer
 from ..storage.architecture import LAYERS
 from ..storage.codec_int8 import dequantize_per_channel, quantize_per_channel
@@ -127,40 +125,6 @@ def _quiet():
         root.setLevel(level)
 
 
-class _LRNFunction(torch.autograd.Function):
-    """``F.local_response_norm`` that the TorchScript exporter writes as one ONNX ``LRN`` node (same formula:
-    x / (k + alpha/size * sum of squares over ``size`` channels)^beta) instead of a dozen shape-dependent ops."""
-
-    @staticmethod
-    def forward(ctx, x, size, alpha, beta, k):
-        return F.local_response_norm(x, size, alpha, beta, k)
-
-    @staticmethod
-    def symbolic(g, x, size, alpha, beta, k):
-        return g.op("LRN", x, size_i=size, alpha_f=alpha, beta_f=beta, bias_f=k)
-
-
-class _ExportLRN(nn.Module):
-    def __init__(self, lrn: nn.LocalResponseNorm):
-        super().__init__()
-        self.args = (lrn.size, float(lrn.alpha), float(lrn.beta), float(lrn.k))
-
-    def forward(self, x):
-        return _LRNFunction.apply(x, *self.args)
-
-
-def _for_export(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with LocalResponseNorm layers swapped for the single-node ONNX LRN twin."""
-    if not any(isinstance(m, nn.LocalResponseNorm) for m in model.modules()):
-        return model
-    model = copy.deepcopy(model)
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, nn.LocalResponseNorm):
-                setattr(module, name, _ExportLRN(child))
-    return model
-
-
 def export_onnx(model: nn.Module, example: torch.Tensor, exporter: str = DEFAULT_EXPORTER, opset: int = OPSET):
     """Export to an ``onnx.ModelProto`` with input ``input`` (dynamic batch) and output ``logits``.
 
@@ -175,8 +139,8 @@ def export_onnx(model: nn.Module, example: torch.Tensor, exporter: str = DEFAULT
     model.eval()
     with _quiet(), torch.no_grad():
         if exporter.startswith("torchscript"):
-            swap = {"torchscript-lrn": _for_export, "torchscript-friendly": onnx_friendly}.get(exporter)
-            source = swap(model) if swap else model
+            twin = {"torchscript-lrn": OnnxLRNNode, "torchscript-friendly": OnnxLocalResponseNorm}.get(exporter)
+            source = onnx_friendly(model, twin) if twin else model
             torch.onnx.export(source, (example,), buffer, opset_version=opset, dynamo=False, input_names=["input"],
                               output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
         else:
