@@ -1,7 +1,8 @@
 """Benchmark of the binarization methods: XNOR-Net VGG-S latency vs PyTorch fp32 and onnxruntime fp32 (same float
 architecture), measured in one process, interleaved, batch 1, at 1 and 2 threads; a per-layer profile of the XNOR
 model; with ``--size``: the real ``.ccz`` bytes of VGG-S (224, RGB, 8 classes) fp32 vs ``bwn`` vs ``xnor`` and the
-peak inference memory (fresh process, ``measure.peak_memory``) of the fp32 and XNOR inference files.
+peak inference memory (``measure.peak_memory``: a fresh process loads the file with ``storage.load``, runs
+``methods.to_inference`` and 3 batch-1 forwards; VmHWM growth) of the fp32 and XNOR files.
 
     OMP_NUM_THREADS=1 env -u OPENBLAS_CORETYPE .venv/bin/python benchmarks/bench_binarize.py [--size] [--out F]
 
@@ -12,9 +13,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,24 +22,23 @@ from torch import nn
 
 from cnncompress import measure, methods, models, storage
 from cnncompress.kernels import bitpack
-from cnncompress.methods.binarize_reorder import fast_float_layers
+from cnncompress.methods.binarize_inference import fast_float_layers
 
 PRESETS = {"paper 224": dict(num_classes=8, in_channels=3, input_size=224, width=1.0),
            "quick 48 w0.25": dict(num_classes=10, in_channels=1, input_size=48, width=0.25)}
 
 
 def profile(model: nn.Module, x: torch.Tensor, runs: int = 10) -> dict[str, float]:
-    """Median ms per top-level layer of a VGG-S (features and classifier children run one by one)."""
+    """Median ms per top-level layer of a VGG-S (features and classifier children, each timed on the output of
+    the layer before it)."""
     layers = list(model.features.named_children()) + list(model.classifier.named_children())
-    times = {name: [] for name, _ in layers}
+    times = {}
     with torch.no_grad():
-        for _ in range(runs):
-            h = x
-            for name, layer in layers:
-                start = time.perf_counter()
-                h = layer(h)
-                times[name].append(time.perf_counter() - start)
-    return {name: round(1000 * statistics.median(v), 3) for name, v in times.items()}
+        h = x
+        for name, layer in layers:
+            times[name] = round(1000 * measure.median(measure.time_calls(lambda: layer(h), runs, warmup=1)), 3)
+            h = layer(h)
+    return times
 
 
 def latency_rows(preset: str, spec: dict, thread_counts, runs: int, tmp: Path) -> list[dict]:
@@ -72,43 +70,6 @@ def latency_rows(preset: str, spec: dict, thread_counts, runs: int, tmp: Path) -
     return rows
 
 
-PROBE = """
-import sys, torch
-def status(key):
-    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(key)) / 1024
-from cnncompress import methods, models, storage
-from cnncompress.methods.registry import _load_builtin
-_load_builtin(); torch.set_num_threads(1)
-with torch.device("meta"):
-    models.build("vgg_s", 2, 1, 48, 0.05)
-if sys.argv[2] == "meta":  # rebuild the skeleton on the meta device: no throw-away float VGG-S allocation
-    from cnncompress.storage import ccz
-    rebuild = ccz._rebuild
-    ccz._rebuild = lambda p, m, d: rebuild(p, m, "meta").to_empty(device=d) if str(d) != "meta" else rebuild(p, m, d)
-before = status("VmRSS:")
-model = methods.to_inference(storage.load(sys.argv[1]))
-spec = model.spec
-with torch.no_grad():
-    for _ in range(3):
-        model(torch.randn(1, spec["in_channels"], spec["input_size"], spec["input_size"]))
-print(status("VmHWM:") - before)
-"""
-
-
-def probe_memory(path: Path, rebuild: str = "cpu") -> float:
-    """Peak RSS growth (MB) of a fresh process that loads ``path``, runs ``to_inference`` and 3 batch-1 forwards.
-
-    Uses ``VmHWM`` (per address space, reset by exec) rather than ``ru_maxrss``, which a child inherits from
-    its parent: from this 2-GB benchmark process every ``measure.peak_memory`` reading came out ~1915 MB.
-    ``rebuild="meta"`` patches the loader to build its skeleton on the meta device (``storage.load`` currently
-    builds the full float model on the CPU first, ~400 MB at VGG-S 224, before swapping in the file's layers).
-    """
-    import subprocess
-    import sys
-    result = subprocess.run([sys.executable, "-c", PROBE, str(path), rebuild], capture_output=True, text=True, check=True)
-    return round(float(result.stdout.strip().splitlines()[-1]), 1)
-
-
 def size_rows(tmp: Path) -> dict:
     """Real .ccz bytes of VGG-S 224 fp32 / bwn / xnor (training and inference files), peak inference memory."""
     torch.manual_seed(0)
@@ -123,11 +84,11 @@ def size_rows(tmp: Path) -> dict:
     del xnor, float_net
     sizes = {name: measure.file_bytes(path) for name, path in files.items()}
     row = {"bytes": sizes, "ratio_vs_fp32": {k: round(sizes["fp32"] / v, 2) for k, v in sizes.items()}}
-    for rebuild in ("cpu", "meta"):
-        memory = {name: probe_memory(files[name], rebuild) for name in ("fp32", "xnor", "xnor_inference")}
-        row[f"peak_infer_mb_{rebuild}_skeleton"] = memory
-        row[f"memory_ratio_fp32_over_xnor_inference_{rebuild}_skeleton"] = round(
-            memory["fp32"] / max(memory["xnor_inference"], 1e-6), 1)
+    # a fresh process per file: storage.load (float skeleton on the meta device), methods.to_inference, 3 forwards
+    memory = {name: round(measure.peak_memory(files[name], "infer", batch=1, num_threads=1), 1)
+              for name in ("fp32", "xnor", "xnor_inference")}
+    row["peak_infer_mb"] = memory
+    row["memory_ratio_fp32_over_xnor_inference"] = round(memory["fp32"] / max(memory["xnor_inference"], 1e-6), 1)
     print(json.dumps(row), flush=True)
     return row
 
@@ -141,7 +102,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     print(json.dumps({"torch": torch.__version__, "native_kernel": bitpack.native() is not None,
-                      "vpopcnt": bool(bitpack.native() and bitpack.native().has_vpopcnt())}), flush=True)
+                      "kernel_path": bitpack.kernel_path()}), flush=True)
     result = {"latency": []}
     with tempfile.TemporaryDirectory() as tmp:
         for preset in args.presets:

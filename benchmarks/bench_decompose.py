@@ -47,13 +47,7 @@ def interleaved(calls: dict, budget_s: float = 1.0, min_runs: int = 7, max_runs:
                 minimum: dict | None = None) -> dict[str, float]:
     """``measure.alternating`` with as many runs as fit in ``budget_s`` (``min_runs``..``max_runs``).
     ``minimum`` (a dict) receives the fastest run of each call: on a shared, busy CPU it is the steadier figure."""
-    for call in calls.values():  # warm-up, and a first estimate of the cost
-        for _ in range(2):
-            call()
-    start = time.perf_counter()
-    for call in calls.values():
-        call()
-    one_round = time.perf_counter() - start
+    one_round = sum(measure.time_calls(call, 1, warmup=2)[0] for call in calls.values())  # a first estimate
     runs = int(max(min_runs, min(max_runs, budget_s / max(one_round, 1e-6))))
     return measure.alternating(calls, runs, warmup=0, minimum=minimum)
 

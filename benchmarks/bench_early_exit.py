@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 
 import torch
 
@@ -25,18 +24,17 @@ from cnncompress.train import Trainer, TrainConfig
 BAR = 0.15
 
 
-def time_per_sample(fn, images: torch.Tensor, batch: int) -> float:
-    started = time.perf_counter()
+def one_pass(fn, images: torch.Tensor, batch: int) -> None:
+    """Run ``fn`` over ``images`` in batches of ``batch`` (``measure.alternating`` times the pass)."""
     for start in range(0, len(images), batch):
         fn(images[start:start + batch])
-    return (time.perf_counter() - started) / len(images)
 
 
 def measure(net, base, images, threshold, batch, rounds):
     plans = {"exit (t=0)": 0.0, f"t={threshold}": threshold, "full (t=1)": 1.0}
     calls = {name: (lambda x, v=value: exit_inference(net, x, v)) for name, value in plans.items()}
     calls["base model"] = base
-    passes = {name: (lambda fn=fn: time_per_sample(fn, images, batch)) for name, fn in calls.items()}
+    passes = {name: (lambda fn=fn: one_pass(fn, images, batch)) for name, fn in calls.items()}
     fastest = {}
     with torch.no_grad():  # one pass over the images per turn; turns alternate, the order rotating
         per_pass_ms = alternating(passes, rounds, warmup=0, minimum=fastest)

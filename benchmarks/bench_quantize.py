@@ -28,16 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cnncompress import measure, methods, models, storage
-from cnncompress.methods.int8 import export_onnx
-
-
-def session(proto_bytes: bytes, threads: int):
-    import onnxruntime as ort
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(proto_bytes, options, providers=["CPUExecutionProvider"])
+from cnncompress import measure, methods, models, onnx_export, storage
 
 
 def cell(base: nn.Module, half: nn.Module, int8_model, shape, threads: int, batch: int, rounds: int,
@@ -46,8 +37,8 @@ def cell(base: nn.Module, half: nn.Module, int8_model, shape, threads: int, batc
     x = torch.randn(batch, *shape)
     xc = x.contiguous(memory_format=torch.channels_last)
     last = copy.deepcopy(base).to(memory_format=torch.channels_last)
-    fp32 = session(export_onnx(base, x[:1]).SerializeToString(), threads)
-    int8 = session(int8_model.onnx_model, threads)
+    fp32 = measure.onnx_session(onnx_export.export_proto(base, x[:1]).SerializeToString(), threads)
+    int8 = measure.onnx_session(int8_model.onnx_model, threads)
     array = x.numpy()
     calls = {"torch_nchw": lambda: base(x), "torch_cl": lambda: last(xc),
              "ort_fp32": lambda: fp32.run(None, {"input": array}), "ort_int8": lambda: int8.run(None, {"input": array})}

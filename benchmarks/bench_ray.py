@@ -29,9 +29,9 @@ from pathlib import Path
 
 import torch
 
-from cnncompress.bench import Bench
-from cnncompress.executors import LocalExecutor, RayExecutor
-from cnncompress.recipe import parse_recipe
+from cnncompress.experiments.bench import Bench
+from cnncompress.experiments.executors import LocalExecutor, RayExecutor
+from cnncompress.experiments.recipe import parse_recipe
 
 
 def _noop() -> int:

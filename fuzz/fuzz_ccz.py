@@ -8,6 +8,7 @@ as a failure), and the process's peak RSS stays bounded (no allocation the file 
 from __future__ import annotations
 
 import argparse
+import sys
 import random
 import resource
 import tempfile
@@ -19,7 +20,8 @@ import torch
 from tqdm import tqdm
 
 from cnncompress import models, storage
-from cnncompress.storage.fuzz import KINDS, load_outcome, mutate
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "storage"))  # the mutation helpers
+from ccz_mutations import KINDS, load_outcome, mutate  # noqa: E402
 
 
 def main() -> int:

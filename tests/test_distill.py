@@ -8,9 +8,10 @@ from torch import nn
 
 from cnncompress import cli, storage
 from cnncompress.data import ImageDataset
-from cnncompress.distill import (LOSSES, agreement, augment_copies, distill, hinton_loss, label_loss, load_teacher,
-                                 softmax_loss, teacher_logits)
+from cnncompress.distill import (LOSSES, agreement, augment_copies, distill, hinton_loss, label_loss, softmax_loss,
+                                 teacher_logits)
 from cnncompress.errors import InputError
+from cnncompress.loading import load_model as load_teacher
 
 
 def _data(n=160, classes=4, labelled=False, seed=0):

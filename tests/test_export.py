@@ -58,3 +58,34 @@ def test_export_cli(run_cli, tmp_path, base):
     report = json.loads(out.strip().splitlines()[-1])
     assert report["top1_agreement"] >= 99.5 and (tmp_path / "model.onnx").exists()
     assert report["checked_on"] == "mnist5k"
+
+
+def test_export_asks_each_methods_onnx_graph_hook(tmp_path, monkeypatch, base):
+    """``export`` knows no method by name: it asks the ``onnx_graph`` hook of each method in the history."""
+    from cnncompress.export import method_graph
+    from cnncompress.methods import registry
+
+    info = registry.MethodInfo("toy", "none")
+    notes = []
+
+    def float_form(model):
+        notes.append("asked")
+        return None, "float form of toy"
+    graph = b"a graph of the method's own"  # written as given
+    monkeypatch.setitem(registry.METHODS, "toy-float", registry.Method(info, lambda m: m, onnx_graph=float_form))
+    monkeypatch.setitem(registry.METHODS, "toy-graph", registry.Method(info, lambda m: m,
+                                                                       onnx_graph=lambda m: (graph, "own graph")))
+    monkeypatch.setitem(registry.METHODS, "toy-none", registry.Method(info, lambda m: m))
+
+    def history(*names):
+        model = methods.apply(base, "toy-none")
+        model.compression_history = [{"method": name, "config": {}} for name in names]
+        return model
+    assert method_graph(history("toy-none")) == (None, "float graph of the toy-none model")
+    assert method_graph(history("not-registered")) == (None, "float graph of the not-registered model")
+    assert method_graph(history("toy-none", "toy-float")) == (None, "toy-none+toy-float model: float form of toy")
+    path, note = export_onnx_file(history("toy-float", "toy-graph"), tmp_path / "own.onnx")
+    assert note == "own graph" and path.read_bytes() == graph and notes == ["asked"]  # last method first
+    path, note = export_onnx_file(history("toy-float"), tmp_path / "float.onnx")
+    assert note == "toy-float model: float form of toy"
+    assert compare_with_onnxruntime(base, path, torch.randn(4, 1, 48, 48))["top1_agreement"] == 100

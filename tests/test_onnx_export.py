@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnncompress import measure, models
+from cnncompress import onnx_export
 from cnncompress.onnx_export import OnnxLocalResponseNorm, OnnxLRNNode, onnx_friendly
 
 
@@ -57,10 +58,56 @@ def test_single_node_lrn_twin_exports_one_lrn_node():
     with torch.no_grad():
         expected = model(x)
         assert torch.equal(twin(x), expected)
-    from cnncompress.methods.int8 import export_onnx  # the int8 graph's "torchscript-lrn" exporter uses the twin
-    proto = export_onnx(model, x[:1], "torchscript-lrn")
+    proto = onnx_export.export_proto(model, x[:1], "torchscript-lrn")  # int8's "torchscript-lrn" uses the twin
     ops = [node.op_type for node in proto.graph.node]
     assert ops.count("LRN") == 1 and "Pow" not in ops
     session = onnxruntime.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     got = session.run(None, {"input": x.numpy()})[0]
     assert np.allclose(got, expected.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_onnx_friendly_swaps_nested_and_root_lrn():
+    model = nn.Sequential(nn.Sequential(nn.LocalResponseNorm(3)), nn.LocalResponseNorm(5))
+    friendly = onnx_friendly(model)
+    assert isinstance(friendly[0][0], OnnxLocalResponseNorm) and isinstance(friendly[1], OnnxLocalResponseNorm)
+    assert friendly[1].size == 5 and type(model[1]) is nn.LocalResponseNorm
+    assert isinstance(onnx_friendly(nn.LocalResponseNorm(3), OnnxLRNNode), OnnxLRNNode)
+
+
+def test_export_proto_unties_shared_initializers_and_restores_mode():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 2, 1)
+    model = nn.Sequential(conv, nn.ReLU(), conv).train()  # one weight used twice: shared initializer
+    x = torch.randn(1, 2, 4, 4)
+    proto = onnx_export.export_proto(model, x)
+    assert model.training
+    names = {t.name for t in proto.graph.initializer}
+    convs = [node for node in proto.graph.node if node.op_type == "Conv"]
+    assert len(convs) == 2 and all(node.input[1] in names for node in convs)
+    assert not [n for n in proto.graph.node if n.op_type == "Identity" and n.input[0] in names]
+    session = onnx_export.session(proto.SerializeToString(), 1)  # bytes or a path
+    with torch.no_grad():
+        assert np.allclose(session.run(None, {"input": x.numpy()})[0], model.eval()(x).numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match="exporter"):
+        onnx_export.export_bytes(model, x, "nope")
+
+
+def test_export_file_falls_back_to_dynamo(tmp_path, monkeypatch):
+    """``export_file`` (``measure.export_onnx``): if the TorchScript exporter fails, the dynamo one is used."""
+    calls = []
+    real = onnx_export._torch_export
+
+    def flaky(model, example, target, exporter, opset):
+        calls.append(exporter)
+        if exporter != "dynamo":
+            raise RuntimeError("torchscript exporter failed")
+        return real(model, example, target, exporter, opset)
+    monkeypatch.setattr(onnx_export, "_torch_export", flaky)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
+    with pytest.raises(RuntimeError, match="torchscript"):
+        measure.export_onnx(model, (1, 1, 6, 6), tmp_path / "a.onnx", fallback=False)
+    path = measure.export_onnx(model, (1, 1, 6, 6), tmp_path / "b.onnx")
+    assert calls == ["torchscript-friendly", "torchscript-friendly", "dynamo"] and path.exists()
+    x = torch.randn(2, 1, 6, 6)
+    with torch.no_grad():
+        assert np.allclose(measure.onnx_session(path).run(None, {"input": x.numpy()})[0], model(x).numpy(), atol=1e-5)

@@ -1,3 +1,18 @@
-"""cnncompress: make convolutional networks small and fast, and prove it by measuring."""
+"""cnncompress: make convolutional networks small and fast, and prove it by measuring.
+
+Importing the package wires the one dependency that points across layers: ``storage`` (the ``.ccz`` format, a
+leaf) is handed the model skeleton builder and the hook that registers the methods' layers and codecs, so that
+``storage.load(path)`` can rebuild any file while storage itself imports neither models nor methods.
+"""
 
 __version__ = "0.1.0"
+
+
+def _wire_storage() -> None:
+    from . import models, storage
+    from .methods.registry import load_builtin
+
+    storage.configure(build_skeleton=models.build_from_spec, before_read=load_builtin)
+
+
+_wire_storage()

@@ -13,6 +13,9 @@ The paper's finding: the student learns the teacher better from softmax posterio
 random flips / small rotations / scalings / shifts of every image, each labelled by the teacher once, so the
 cache stays valid and training needs no teacher forward pass. Training uses ``cnncompress.train.Trainer``, so
 ``out_dir`` gets per-epoch checkpoints and ``resume=True`` continues an interrupted run bit-exactly.
+
+Teachers and students are loaded by ``cnncompress.loading.load_model``; the CLI's single run and the Table-3
+recipe runner live in ``cnncompress.experiments.distill_table``.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from . import measure
 from .errors import InputError, input_error
 from .train import TrainConfig, Trainer
 
@@ -297,65 +301,10 @@ def _check_settings(out_dir: Path, settings: dict, resume: bool) -> None:
     path.write_text(json.dumps(settings, indent=1))
 
 
-# ---------------------------------------------------------------- teachers by spec, reports
-def load_teacher(spec: str) -> nn.Module:
-    """A teacher by spec: a pretrained name (``fer-minixception``), a ``model.safetensors`` written by
-    ``cnncompress train``, a ``.ccz`` file, or a Keras mini-Xception ``.hdf5``/``.h5`` weight file. The model
-    gets ``.metadata`` (classes, mean, std) where the source has it."""
-    from . import models
-    from .models.mini_xception import PRETRAINED, EMOTION_CLASSES, load_keras_weights
-    if spec in PRETRAINED:
-        return models.load_teacher(spec)
-    path = Path(spec)
-    if not path.is_file():
-        raise input_error(spec, f"no such teacher file (pretrained names: {', '.join(sorted(PRETRAINED))})")
-    suffix = path.suffix.lower()
-    if suffix == ".ccz":
-        from . import storage
-        model = storage.load(path)
-    elif suffix in (".hdf5", ".h5"):
-        model = models.build("mini_xception", num_classes=7, in_channels=1, input_size=64)
-        load_keras_weights(model, path.read_bytes(), str(path))
-        model.metadata = {"classes": list(EMOTION_CLASSES), "mean": 0.5, "std": 0.5}
-    elif suffix == ".safetensors":
-        from safetensors import safe_open
-        from .train import load_weights
-        model = load_weights(path)
-        with safe_open(str(path), framework="pt") as handle:
-            model.metadata = json.loads((handle.metadata() or {}).get("cnncompress.metadata", "{}"))
-    else:
-        raise input_error(path, "teacher must be a pretrained name, .safetensors, .ccz or .hdf5/.h5 file")
-    return model.eval()
-
-
-def input_format(model: nn.Module) -> dict:
-    """What images a model expects: input_size, channels, mean, std, classes (from .metadata / .spec)."""
-    meta, spec = dict(getattr(model, "metadata", {}) or {}), dict(getattr(model, "spec", {}) or {})
-    return {"input_size": int(meta.get("input_size", spec.get("input_size", 64))),
-            "channels": int(meta.get("channels", spec.get("in_channels", 1))),
-            "mean": float(meta.get("mean", 0.5)), "std": float(meta.get("std", 0.5)),
-            "classes": list(meta.get("classes") or [str(i) for i in range(int(spec.get("num_classes", 0)))])}
-
-
-@torch.no_grad()
-def latency_ms(model: nn.Module, shape: tuple, runs: int = 50, warmup: int = 3, budget_s: float = 1.0) -> float:
-    """Median wall time (ms) of one forward pass at ``shape`` (batch 1 usually), eval mode; stops after
-    ``budget_s`` seconds (at least 5 timed runs)."""
-    model.eval()
-    x = torch.randn(*shape)
-    for _ in range(warmup):
-        model(x)
-    times: list[float] = []
-    deadline = time.perf_counter() + budget_s
-    while len(times) < runs and (len(times) < 5 or time.perf_counter() < deadline):
-        start = time.perf_counter()
-        model(x)
-        times.append(time.perf_counter() - start)
-    return 1000.0 * sorted(times)[len(times) // 2]
-
-
+# ---------------------------------------------------------------- reports
 def size_report(model: nn.Module, shape: tuple) -> dict:
-    """Parameters, fp32 bytes of parameters + buffers, batch-1 latency."""
+    """Parameters, fp32 bytes of parameters + buffers, batch-1 latency (median ms, this process's threads)."""
     params = sum(p.numel() for p in model.parameters())
     buffers = sum(b.numel() * b.element_size() for b in model.buffers() if b.is_floating_point())
-    return {"params": params, "fp32_bytes": 4 * params + buffers, "latency_ms": latency_ms(model, shape)}
+    timing = measure.latency(model, shape, runs=20, warmup=3, num_threads=None, try_channels_last=False)
+    return {"params": params, "fp32_bytes": 4 * params + buffers, "latency_ms": timing["median_ms"]}

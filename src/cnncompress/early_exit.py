@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import storage
+from .layers import CompressedLayer, register_layer
+
 
 CASCADE_POSITIONS = {"p1": "features.block1", "p2": "features.block2"}
 LOSS_NAMES = ("sum", "soft", "firm", "firm-max")
@@ -119,7 +120,8 @@ def cascade_loss(name: str, early_logits: torch.Tensor, final_logits: torch.Tens
 
 
 # ----------------------------------------------------------------------------------------------- model
-class EarlyExitNet(nn.Module):
+@register_layer  # .ccz files rebuild the exit from its layer_config
+class EarlyExitNet(CompressedLayer, nn.Module):
     """trunk -> exit_head (early logits) and trunk -> rest (final logits).
 
     ``forward`` in training mode returns the final logits (plain cross-entropy still trains the base path);
@@ -171,7 +173,6 @@ class EarlyExitNet(nn.Module):
         return result.log_probs
 
 
-storage.register_layer(EarlyExitNet)  # .ccz files rebuild the exit from its layer_config
 
 
 def cascade_finetune_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -1,10 +1,12 @@
 """Export a (compressed) model to ONNX, and check onnxruntime against our own output.
 
-Float-expressible results export as themselves: baseline, decomposed, pruned (physically smaller layers), hashed
-(expanded weights), fp16 (computed in fp32 after decoding). ``int8`` models export their QDQ graph (real int8
-kernels in onnxruntime). Binary models (bwn, xnor, binact, binaryconnect) export their *float equivalent*:
-the binarised weights α·sign(W) as fp32 tensors and sign() activations — the bit-packed XNOR-popcount kernel is
-ours and has no ONNX operator, so ``export`` says so.
+Which graph a compressed model exports is each method's own answer: the ``onnx_graph`` hook of its registration
+(``methods.register(..., onnx_graph=fn)``, ``fn(model) -> (graph bytes | None, note)``). Asked last method first,
+the first hook that returns a graph wins (``int8``: its QDQ graph, real int8 kernels in onnxruntime). Otherwise the
+float form of the model is exported (``onnx_export.export_file``) and the notes of the hooks that returned ``None``
+say what it is (binary methods: the *float equivalent*, α·sign(W) as fp32 tensors and sign() activations — the
+bit-packed XNOR-popcount kernel is ours and has no ONNX operator). Methods without a hook (baseline, decomposed,
+pruned, hashed, fp16, ...) are float-expressible and export as themselves: "float graph".
 """
 from __future__ import annotations
 
@@ -14,39 +16,61 @@ import numpy as np
 import torch
 from torch import nn
 
-BINARY_METHODS = {"bwn", "xnor", "binact", "binaryconnect"}
+from . import onnx_export
 
 
 def methods_of(model: nn.Module) -> list[str]:
     return [entry["method"] for entry in getattr(model, "compression_history", [])]
 
 
+def _hooks(history: list[str]) -> list:
+    """The ``onnx_graph`` hooks of the methods in ``history`` (same order; a method not registered in this process,
+    e.g. a user's own, counts as having none)."""
+    from . import methods
+    from .errors import InputError
+    hooks = []
+    for name in history:
+        try:
+            hooks.append(methods.get(name).onnx_graph)
+        except InputError:
+            hooks.append(None)
+    return hooks
+
+
+def method_graph(model: nn.Module) -> tuple[bytes | None, str]:
+    """``(graph, note)``: the ONNX graph a method of the model's history supplies through its ``onnx_graph`` hook
+    (the last one that does), else ``None`` and a note on the float form to export."""
+    history = methods_of(model)
+    notes = []
+    for hook in reversed(_hooks(history)):
+        if hook is None:
+            continue
+        graph, note = hook(model)
+        if graph is not None:
+            return graph, note
+        if note and note not in notes:
+            notes.insert(0, note)
+    if notes:
+        return None, f"{'+'.join(history)} model: {'; '.join(notes)}"
+    return None, "float graph" + (f" of the {'+'.join(history)} model" if history else "")
+
+
 def export_onnx_file(model: nn.Module, path: str | Path) -> tuple[Path, str]:
     """Write ``path`` (.onnx); returns (path, note about what was exported)."""
-    from . import measure
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    history = methods_of(model)
+    graph, note = method_graph(model)
+    if graph is not None:
+        return onnx_export.write_graph(graph, path), note
     spec = model.spec
     shape = (1, spec["in_channels"], spec["input_size"], spec["input_size"])
-    if "int8" in history:
-        from .methods.int8 import int8_onnx
-        path.write_bytes(int8_onnx(model))
-        return path, "int8 QDQ graph (onnxruntime runs QLinearConv/QGemm int8 kernels)"
-    measure.export_onnx(model.eval(), shape, path)
-    binary = sorted(BINARY_METHODS & set(history))
-    if binary:
-        return path, (f"float equivalent of the {'+'.join(binary)} model (binarised weights stored as fp32; "
-                      "the bit-packed kernel has no ONNX operator)")
-    return path, "float graph" + (f" of the {'+'.join(history)} model" if history else "")
+    return onnx_export.export_file(model.eval(), shape, path), note
 
 
 @torch.no_grad()
 def compare_with_onnxruntime(model: nn.Module, onnx_path: str | Path, images: torch.Tensor,
                              batch_size: int = 64) -> dict:
     """Top-1 agreement (%) and max |Δlogit| between our model and onnxruntime on ``images``."""
-    from . import measure
-    session = measure.onnx_session(onnx_path)
+    from .measure import DEFAULT_THREADS
+    session = onnx_export.session(onnx_path, DEFAULT_THREADS)
     name = session.get_inputs()[0].name
     agree, worst, total = 0, 0.0, 0
     model = model.eval()

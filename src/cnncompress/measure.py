@@ -10,13 +10,15 @@
 - ``peak_memory``: RSS high-water mark of a fresh subprocess that loads a ``.ccz`` and runs inference or training
   (``python -m cnncompress.memory_probe``), minus the same process's RSS before loading, so rows do not pollute
   each other.
+
+Every timing goes through ``timing.time_calls`` (re-exported here with ``best``, ``median``, ``summary``), and
+every ONNX export through ``onnx_export`` (``export_onnx`` and ``onnx_session`` delegate to it).
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,6 +27,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from .timing import best, median, summary, time_calls  # noqa: F401  (the one timer, re-exported for benchmarks)
 
 DEFAULT_THREADS = 2
 
@@ -57,18 +61,6 @@ def file_bytes(path: str | Path) -> int:
     return os.stat(path).st_size
 
 
-def _time_calls(call, runs: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        call()
-    samples = []
-    clock = time.perf_counter
-    for _ in range(runs):
-        start = clock()
-        call()
-        samples.append(clock() - start)
-    return samples
-
-
 def alternating(calls: dict, runs: int, block: int = 1, warmup: int = 2, minimum: dict | None = None,
                 pause: float = 0.0) -> dict:
     """Median ms per call of several competing calls timed in one process, taking turns so that drift in machine
@@ -85,29 +77,18 @@ def alternating(calls: dict, runs: int, block: int = 1, warmup: int = 2, minimum
         raise ValueError(f"runs and block must be positive, got {runs}, {block}")
     names = list(calls)
     for name in names:
-        for _ in range(warmup):
-            calls[name]()
+        time_calls(calls[name], 0, warmup)
     samples = {name: [] for name in names}
-    clock = time.perf_counter
     for round_index in range(runs):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
-            call = calls[name]
             if pause:
                 time.sleep(pause)
-            for index in range(block):
-                start = clock()
-                call()
-                if block == 1 or index > 0:
-                    samples[name].append(clock() - start)
+            untimed = 1 if block > 1 else 0  # a turn of k > 1 calls: the first one is not counted
+            samples[name].extend(time_calls(calls[name], block - untimed, warmup=untimed))
     if minimum is not None:
-        minimum.update({name: 1000 * min(values) for name, values in samples.items()})
-    return {name: 1000 * statistics.median(values) for name, values in samples.items()}
-
-
-def _summary(samples: list[float]) -> dict:
-    return {"median_ms": 1000 * statistics.median(samples), "mean_ms": 1000 * statistics.fmean(samples),
-            "runs": len(samples)}
+        minimum.update({name: 1000 * best(values) for name, values in samples.items()})
+    return {name: 1000 * median(values) for name, values in samples.items()}
 
 
 def _example(input_shape: tuple[int, ...], example: torch.Tensor | None) -> torch.Tensor:
@@ -128,12 +109,12 @@ def latency(model: nn.Module, input_shape: tuple[int, ...], runs: int = 100, war
     x = _example(input_shape, example)
     results = {}
     with threads(num_threads):
-        results["nchw"] = _summary(_time_calls(lambda: model(x), runs, warmup))
+        results["nchw"] = summary(time_calls(lambda: model(x), runs, warmup))
         if try_channels_last and x.dim() == 4:
             try:
                 fast = model.to(memory_format=torch.channels_last)
                 xc = x.contiguous(memory_format=torch.channels_last)
-                results["channels_last"] = _summary(_time_calls(lambda: fast(xc), runs, warmup))
+                results["channels_last"] = summary(time_calls(lambda: fast(xc), runs, warmup))
             except (RuntimeError, TypeError, NotImplementedError):
                 pass
             finally:
@@ -155,7 +136,8 @@ def train_step_time(model: nn.Module, dataset, batch_size: int = 32, steps: int 
     """Median ms of one SGD step on a copy of the model (the model itself is not changed)."""
     import copy
 
-    from .train import _after_step, cross_entropy_loss
+    from .layers import after_step
+    from .train import cross_entropy_loss
     loss_fn = loss_fn or cross_entropy_loss
     trial = copy.deepcopy(model).train()
     optimizer = torch.optim.SGD(trial.parameters(), lr=1e-4, momentum=0.9)
@@ -166,40 +148,23 @@ def train_step_time(model: nn.Module, dataset, batch_size: int = 32, steps: int 
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        _after_step(trial)
+        after_step(trial)
     with threads(num_threads):
-        return 1000 * statistics.median(_time_calls(step, steps, 2))
+        return 1000 * median(time_calls(step, steps, 2))
 
 
 def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path, fallback: bool = True) -> Path:
-    """Export with ``torch.onnx.export`` (TorchScript exporter; if that fails and ``fallback``, the dynamo one),
-    after ``onnx_export.onnx_friendly`` (LRN as cheap static ops; same outputs)."""
-    import warnings
-
-    from .onnx_export import onnx_friendly
-    model = onnx_friendly(model.eval())
-    x = torch.randn(*input_shape)
-    path = Path(path)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(open(os.devnull, "w")):
-        warnings.simplefilter("ignore")
-        try:
-            torch.onnx.export(model, (x,), str(path), dynamo=False, input_names=["input"], output_names=["logits"],
-                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17)
-        except Exception:  # noqa: BLE001 - try the other exporter before giving up
-            if not fallback:
-                raise
-            torch.onnx.export(model, (x,), str(path), dynamo=True, input_names=["input"], output_names=["logits"],
-                              dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},))
-    return path
+    """Export to ``path`` (``onnx_export.export_file``: TorchScript exporter after ``onnx_export.onnx_friendly``,
+    the dynamo one if that fails and ``fallback``); input ``input`` and output ``logits``, dynamic batch."""
+    from .onnx_export import export_file
+    return export_file(model, input_shape, path, fallback)
 
 
-def onnx_session(path: str | Path, num_threads: int | None = DEFAULT_THREADS):
-    import onnxruntime as ort
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = num_threads or 0
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+def onnx_session(path: str | Path | bytes, num_threads: int | None = DEFAULT_THREADS):
+    """An onnxruntime CPU session of a ``.onnx`` path or serialized graph (``onnx_export.session``) at
+    ``num_threads`` intra-op threads."""
+    from .onnx_export import session
+    return session(path, num_threads)
 
 
 def onnx_latency(model_or_path, input_shape: tuple[int, ...], runs: int = 100, warmup: int = 10,
@@ -213,7 +178,7 @@ def onnx_latency(model_or_path, input_shape: tuple[int, ...], runs: int = 100, w
             path = export_onnx(model_or_path, input_shape, Path(tmp) / "model.onnx", fallback)
         session = onnx_session(path, num_threads)
         feed = {session.get_inputs()[0].name: _example(input_shape, example).numpy().astype(np.float32)}
-        stats = _summary(_time_calls(lambda: session.run(None, feed), runs, warmup))
+        stats = summary(time_calls(lambda: session.run(None, feed), runs, warmup))
     return {**stats, "threads": num_threads}
 
 

@@ -23,8 +23,8 @@ def main(path: str, mode: str, batch: int, threads: int) -> None:
     import torch.nn.functional as F
 
     from . import methods, storage
-    from .methods.registry import _load_builtin
-    _load_builtin()
+    from .methods.registry import load_builtin
+    load_builtin()
     torch.set_num_threads(threads)
     warm = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(), torch.nn.LazyLinear(2))
     F.cross_entropy(warm(torch.randn(2, 1, 8, 8)), torch.zeros(2, dtype=torch.long)).backward()  # runtime init

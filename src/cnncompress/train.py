@@ -3,8 +3,8 @@
 Rassadin & Savchenko 2017: SGD, momentum 0.9, lr 0.001 fixed, batch 20 (VGG-S) / 32 (SqueezeNet).
 Determinism: epoch ``e`` shuffles with a generator seeded ``seed * 1_000_003 + e`` and re-seeds torch's global
 RNG (dropout) with ``seed + e``, so a run resumed from the checkpoint of epoch ``e-1`` is bit-identical to an
-uninterrupted one. Modules with an ``after_step()`` method (e.g. weight clipping of binary layers) are called
-after every optimizer step.
+uninterrupted one. Every compressed layer's ``after_step()`` (``layers.CompressedLayer``: e.g. weight clipping of
+binary layers) is called after every optimizer step.
 
 Inside a torch.distributed process group (``cnncompress train --ddp N`` or torchrun) the model is wrapped in
 DistributedDataParallel, each rank trains on its shard of every global batch (``cnncompress.distributed``: the
@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from . import distributed
 from .errors import InputError, input_error
+from .layers import after_step
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -80,13 +81,6 @@ def error_rate(model: nn.Module, dataset, batch_size: int = 256, device: str = "
         wrong += int((model(images).argmax(1) != labels).sum())
     model.train(was_training)
     return wrong / max(1, len(dataset))
-
-
-def _after_step(model: nn.Module) -> None:
-    for module in model.modules():
-        hook = getattr(module, "after_step", None)
-        if callable(hook):
-            hook()
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -210,7 +204,7 @@ class Trainer:
             if cfg.grad_clip > 0:
                 nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             self.optimizer.step()
-            _after_step(self.model)
+            after_step(self.model)
             share = len(index) * weight / self.world_size if self.world_size > 1 else len(index)  # this rank's
             total_loss += loss.item() * share
             seen += share

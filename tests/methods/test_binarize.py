@@ -71,7 +71,7 @@ def test_ste_gradient_clipped_and_shadow_weights_clipped():
 
 
 def test_trainer_clips_shadow_weights():
-    from cnncompress.train import _after_step
+    from cnncompress.layers import after_step as _after_step
     net = methods.apply(_vgg(0.125), "bwn")
     with torch.no_grad():
         net.classifier.fc6.weight.fill_(3.0)
@@ -188,3 +188,82 @@ def test_registered_with_honest_labels():
     assert methods.info("binact").size == "simulated"
     for name in ("binaryconnect", "bwn", "xnor", "binact"):
         assert methods.info(name).bench
+
+
+# ---------------------------------------------------------------- the shared layer rule and contract
+def _binarized(net: nn.Module) -> list[str]:
+    """Paths of the float layers that became binary (the ``.binary`` of an inserted block counts as its layer)."""
+    return [path.removesuffix(".binary") for path, m in net.named_modules() if isinstance(m, B._Binary)]
+
+
+@pytest.mark.parametrize("name", ["binaryconnect", "bwn", "xnor", "binact"])
+def test_layers_conv_binarizes_only_convs(name):
+    net = methods.apply(_vgg(), name, layers="conv")
+    assert _binarized(net) == ["features.conv2", "features.conv3", "features.conv4", "features.conv5"]
+    for path in ("classifier.fc6", "classifier.fc7", "classifier.fc8", "features.conv1"):  # first stays float
+        assert type(net.get_submodule(path)) in (nn.Linear, nn.Conv2d)
+    assert net(torch.randn(2, 1, 48, 48)).shape == (2, 10)
+
+
+def test_layers_default_all_is_the_previous_choice():
+    everything = ["features.conv2", "features.conv3", "features.conv4", "features.conv5", "classifier.fc6",
+                  "classifier.fc7"]
+    assert _binarized(methods.apply(_vgg(), "xnor")) == everything
+    assert _binarized(methods.apply(_vgg(), "xnor", layers="all")) == everything
+    assert _binarized(methods.apply(_vgg(), "bwn", layers="linear")) == ["classifier.fc6", "classifier.fc7"]
+    assert _binarized(methods.apply(_vgg(), "bwn", layers="linear", keep_last=False)) == [
+        "classifier.fc6", "classifier.fc7", "classifier.fc8"]
+
+
+def test_layers_glob_and_list():
+    net = methods.apply(_vgg(), "bwn", layers="features.conv[34]")
+    assert _binarized(net) == ["features.conv3", "features.conv4"]
+    net = methods.apply(_vgg(), "xnor", layers=["fc6", "features.conv5"])
+    assert _binarized(net) == ["features.conv5", "classifier.fc6"]
+    assert isinstance(net.features.conv5, nn.Sequential) and type(net.features.conv4) is nn.Conv2d
+    assert net.compression_history[-1]["config"] == {"layers": ["fc6", "features.conv5"]}
+    # keep_first / keep_last win over layers: the network's first and last layers stay full precision
+    assert _binarized(methods.apply(_vgg(), "bwn", layers=["conv1", "conv2", "fc8"])) == ["features.conv2"]
+    assert _binarized(methods.apply(_vgg(), "bwn", layers=["conv1", "fc8"], keep_first=False)) == ["features.conv1"]
+
+
+def test_layers_errors():
+    with pytest.raises(InputError, match="no layer matches 'features.conv9'"):
+        methods.apply(_vgg(0.125), "xnor", layers="features.conv9")
+    with pytest.raises(InputError, match="no layer matches 'fc99'"):
+        methods.apply(_vgg(0.125), "bwn", layers=["fc6", "fc99"])
+    with pytest.raises(InputError, match="layers must be"):
+        methods.apply(_vgg(0.125), "binaryconnect", layers=3)
+    with pytest.raises(InputError, match="no eligible layers"):  # only the kept first layer was named
+        methods.apply(_vgg(0.125), "binact", layers="conv1")
+
+
+def test_layers_follow_the_contract_and_registry():
+    from cnncompress.layers import LAYERS, CompressedLayer, layer_config
+    compressed = (B.BinaryConv2d, B.BinaryLinear, B.SignedConv2d, B.SignedLinear, B.XnorConv2d, B.XnorLinear)
+    for cls in compressed + (B.BlockNorm2d, B.BlockNorm1d, B.FastLocalResponseNorm, B.FastMaxPool2d):
+        assert LAYERS[cls.__name__][0] is cls
+    for cls in compressed:
+        assert cls.__mro__.index(CompressedLayer) < cls.__mro__.index(nn.Module)  # before the torch base
+    binary = B.BinaryConv2d.from_float(nn.Conv2d(3, 8, 3, padding=1), binary_input=True)
+    assert layer_config(binary)["binary_input"] is True and layer_config(binary)["padding"] == [1, 1]
+    assert layer_config(B.FastMaxPool2d(3, 2, ceil_mode=True)) == layer_config(nn.MaxPool2d(3, 2, ceil_mode=True))
+    assert layer_config(B.BlockNorm2d(5)) == {"num_features": 5}
+
+
+def test_inference_layers_from_float():
+    torch.manual_seed(0)
+    conv, linear = nn.Conv2d(5, 6, 3, padding=1), nn.Linear(70, 4)
+    x, v = torch.randn(2, 5, 7, 7), torch.randn(3, 70)
+    xnor_conv = B.BinaryConv2d.from_float(conv, binary_input=True)
+    with torch.no_grad():
+        for fast, reference in ((B.XnorConv2d.from_float(conv), xnor_conv),
+                                (B.XnorConv2d.from_float(xnor_conv), xnor_conv),
+                                (B.SignedConv2d.from_float(conv), B.BinaryConv2d.from_float(conv))):
+            torch.testing.assert_close(fast(x), reference(x), rtol=1e-4, atol=1e-5)
+        for fast, reference in ((B.XnorLinear.from_float(linear), B.BinaryLinear.from_float(linear, binary_input=True)),
+                                (B.SignedLinear.from_float(linear), B.BinaryLinear.from_float(linear))):
+            torch.testing.assert_close(fast(v), reference(v), rtol=1e-4, atol=1e-5)
+        lrn = nn.LocalResponseNorm(5, 1e-2, 0.75, 2.0)
+        y = torch.randn(1, 7, 5, 6)
+        torch.testing.assert_close(B.FastLocalResponseNorm.from_float(lrn)(y), lrn(y))

@@ -104,3 +104,19 @@ def test_int8_graph_exporters_agree_and_old_files_rebuild():
     new_logits, old_logits = OrtInt8Model(graph)(x), OrtInt8Model(old_graph)(x)
     assert torch.equal(new_logits.argmax(1), old_logits.argmax(1))
     assert torch.allclose(new_logits, old_logits, atol=0.05 * float(old_logits.abs().max()))
+
+
+def test_int8_layers_option_chooses_layers_by_the_shared_rule(vgg):
+    from torch import nn
+    images = torch.randn(16, 1, 48, 48)
+    convs = methods.apply(vgg, "int8", calibration=images, num_calibration=16, layers="conv")
+    kinds = {type(m) for m in convs.modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    assert kinds == {Int8Conv2d, nn.Linear}
+    assert convs.compression_history[-1]["config"]["layers"] == "conv"
+    with torch.no_grad():
+        expected = convs(images[:4])
+    assert torch.allclose(methods.to_inference(convs)(images[:4]), expected, atol=0.1 * float(expected.abs().max()))
+    one = methods.apply(vgg, "int8", calibration=images, num_calibration=16, layers=["fc6"])
+    assert [p for p, m in one.named_modules() if isinstance(m, (Int8Conv2d, Int8Linear))] == ["classifier.fc6"]
+    with pytest.raises(InputError, match="no layer matches 'conv9'"):
+        methods.apply(vgg, "int8", calibration=images, num_calibration=16, layers="conv9")

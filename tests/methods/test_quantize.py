@@ -127,7 +127,7 @@ def test_fixed_point_model_trains_and_round_trips(tmp_path):
     assert type(loaded.features.conv1) is type(fixed.features.conv1)
     assert loaded.features.conv1.weight_quant.dynamic
     assert torch.equal(loaded(x), fixed(x))
-    from cnncompress.methods.int8 import export_onnx  # eval-mode fixed point is plain ops: exportable
+    from cnncompress.onnx_export import export_proto as export_onnx  # eval-mode fixed point is plain ops: exportable
     import onnxruntime
     session = onnxruntime.InferenceSession(export_onnx(fixed, x[:1]).SerializeToString())
     assert torch.allclose(torch.from_numpy(session.run(None, {"input": x.numpy()})[0]), fixed(x), atol=1e-4)

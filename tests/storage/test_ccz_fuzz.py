@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cnncompress import models, storage
-from cnncompress.storage.fuzz import KINDS, load_outcome, mutate
+from ccz_mutations import KINDS, load_outcome, mutate
 
 
 class Seed(bytes):

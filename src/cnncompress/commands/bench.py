@@ -1,10 +1,11 @@
-"""``cnncompress bench``: the Table-2-style benchmark of every method (the main job)."""
+"""``cnncompress bench``: the Table-2-style benchmark of every method (the main job): flags ->
+``cnncompress.experiments.bench.run_bench`` -> the table on stdout."""
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
-DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "quick.yaml"
+DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "experiments" / "recipes" / "quick.yaml"
 
 
 def add_parser(subparsers) -> None:
@@ -29,26 +30,15 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..bench import Bench, environment
-    from ..executors import make_executor
-    from ..recipe import load_recipe
-    from ..report import NOTES, text_table, write_outputs
-    recipe = load_recipe(args.recipe)
-    if args.data:
-        recipe.data = args.data
-    if args.only:
-        recipe.rows = [r for r in recipe.rows if r.method in args.only or r.label in args.only
-                       or r.method == "baseline"]
+    from ..experiments.bench import run_bench
+    from ..experiments.executors import make_executor
+    from ..experiments.report import NOTES, text_table
     out = Path(args.out or Path("results") / Path(args.recipe).stem)
-    if args.executor == "ray" and args.device == "cuda" and args.gpus_per_row <= 0:
-        from ..errors import InputError
-        raise InputError("--device cuda with --executor ray needs --gpus-per-row > 0 (Ray hides GPUs from tasks "
-                         "that reserve none)")
-    executor = make_executor(args.executor, args.address, args.cpus_per_row, args.gpus_per_row, args.retries)
+    executor = make_executor(args.executor, args.address, args.cpus_per_row, args.gpus_per_row, args.retries,
+                             device=args.device)
     started = time.perf_counter()
-    bench = Bench(recipe, out, device=args.device, progress=not args.no_progress)
-    rows = bench.run(executor)
-    write_outputs(rows, out, environment(), str(args.recipe))
+    rows = run_bench(args.recipe, out, data=args.data, only=args.only, device=args.device,
+                     executor=executor, progress=not args.no_progress)
     print(text_table(rows))
     print(f"\n{NOTES}\nwrote {out}/results.csv, results.json, table.md, *.png in {time.perf_counter() - started:.0f}s")
     lost = [r for r in rows if r.get("lost")]

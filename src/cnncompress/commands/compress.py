@@ -1,14 +1,13 @@
-"""``cnncompress compress MODEL --method NAME``: apply one method to a trained model, fine-tune, save, measure."""
+"""``cnncompress compress MODEL --method NAME``: apply one method to a trained model, fine-tune, save, measure
+(``cnncompress.experiments.compress_one.compress_and_measure``; prints its row as one JSON line)."""
 from __future__ import annotations
 
 import json
-import time
-from pathlib import Path
 
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("compress", help="compress one trained model (.safetensors or .ccz)")
-    parser.add_argument("model", help="model.safetensors from `train`, a .ccz, or a folder holding one")
+    parser.add_argument("model", help="a .ccz, a model.safetensors from `train`, a run folder, or fer-minixception")
     parser.add_argument("--method", required=True)
     parser.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE",
                         help="method options; values are parsed as YAML (1/8 -> use 0.125, [a, b] lists)")
@@ -37,61 +36,11 @@ def parse_config(items: list[str]) -> dict:
     return config
 
 
-def load_any(path: Path):
-    """A trained model from ``train`` (.safetensors), a ``.ccz``, or a folder containing either."""
-    from .. import storage
-    from ..errors import input_error
-    from ..train import load_weights
-    if path.is_dir():
-        candidates = [path / "model.ccz", path / "model.safetensors"]
-        found = [c for c in candidates if c.exists()]
-        if not found:
-            raise input_error(path, "folder holds neither model.ccz nor model.safetensors")
-        path = found[0]
-    if path.suffix == ".ccz":
-        return storage.load(path)
-    if path.suffix == ".safetensors":
-        model = load_weights(path)
-        from safetensors import safe_open
-        with safe_open(str(path), framework="pt") as handle:
-            model.metadata = json.loads((handle.metadata() or {}).get("cnncompress.metadata", "{}"))
-        return model
-    raise input_error(path, "expected a .ccz or .safetensors file")
-
-
 def run(args) -> int:
-    from .. import measure, methods, storage
-    from ..data import build_dataset
-    from ..errors import InputError
-    from ..train import Trainer, TrainConfig
-    source = Path(args.model)
-    model = load_any(source)
-    config = parse_config(args.config)
-    data = args.data or getattr(model, "metadata", {}).get("dataset")
-    if args.finetune and not data:
-        raise InputError("--finetune needs --data (the model does not record its dataset)")
-    compressed = methods.apply(model, args.method, **config)
-    out = Path(args.out)
-    test_set = None
-    if data:
-        size = model.spec["input_size"]
-        train_set = build_dataset(data, "train", input_size=size, channels=model.spec["in_channels"])
-        test_set = build_dataset(data, "test", input_size=size, channels=model.spec["in_channels"])
-        if args.finetune:
-            loss = methods.get(args.method).finetune_loss
-            Trainer(compressed, train_set, test_set, TrainConfig(epochs=args.finetune, lr=args.lr),
-                    out_dir=out / "train", **({"loss_fn": loss} if loss else {})).fit(resume=True)
-    compressed = compressed.cpu().eval()
-    path = storage.save(compressed, out / "model.ccz", float_codec="fp16" if args.fp16 else None)
-    shape = (1, model.spec["in_channels"], model.spec["input_size"], model.spec["input_size"])
-    fast = methods.to_inference(storage.load(path))
-    started = time.perf_counter()
-    stats = measure.latency(fast, shape, num_threads=args.threads)
-    row = {"method": args.method, "config": config, "file": str(path), "file_bytes": measure.file_bytes(path),
-           "params": measure.param_count(compressed), "torch_ms": round(stats["median_ms"], 3),
-           "layout": stats["layout"]}
-    if test_set is not None:
-        row["accuracy"] = round(measure.accuracy(fast, test_set), 2)
-    del started
+    from ..experiments.compress_one import compress_and_measure
+    from ..loading import load_model
+    row = compress_and_measure(load_model(args.model), args.method, parse_config(args.config), args.out,
+                               data=args.data, finetune=args.finetune, lr=args.lr, threads=args.threads,
+                               fp16=args.fp16)
     print(json.dumps(row))
     return 0

@@ -15,26 +15,15 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def _resolve(spec: str) -> Path | str:
-    path = Path(spec)
-    if path.is_dir():
-        for name in ("model.ccz", "model.safetensors"):
-            if (path / name).exists():
-                return path / name
-    return spec
-
-
 def run(args) -> int:
     import torch
 
     from .. import storage
     from ..data import build_dataset
-    from ..distill import load_teacher
     from ..export import compare_with_onnxruntime, export_onnx_file
-    source = _resolve(args.model)
-    model = load_teacher(str(source))
-    base = Path(source).with_suffix("") if isinstance(source, Path) else Path(str(source))
-    out = Path(args.out) if args.out else base.with_suffix(f".{args.format}")
+    from ..loading import load_model, model_file
+    model = load_model(args.model)
+    out = Path(args.out) if args.out else (model_file(args.model) or Path(args.model)).with_suffix(f".{args.format}")
     if args.format == "ccz":
         path = storage.save(model, out, float_codec="fp16" if args.fp16 else None)
         print(json.dumps({"file": str(path), "bytes": path.stat().st_size}))

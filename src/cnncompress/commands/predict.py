@@ -6,7 +6,7 @@ import json
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("predict", help="find faces in photos and predict the emotion of each")
-    parser.add_argument("model", help="fer-minixception, a .ccz, or a model.safetensors from `train`")
+    parser.add_argument("model", help="fer-minixception, a .ccz, a model.safetensors from `train`, or a run folder")
     parser.add_argument("images", nargs="+", help="image files (png, jpg, ...)")
     parser.add_argument("--json", action="store_true", help="one JSON object per image")
     parser.add_argument("--whole-image", action="store_true", help="classify the whole image when no face is found")
@@ -16,9 +16,9 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from .. import methods
-    from ..distill import load_teacher
+    from ..loading import load_model
     from ..predict import predict_image
-    model = methods.to_inference(load_teacher(args.model))
+    model = methods.to_inference(load_model(args.model))
     for image in args.images:
         faces = predict_image(model, image, whole_image=args.whole_image, top=args.top)
         if args.json:

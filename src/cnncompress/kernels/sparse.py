@@ -8,12 +8,13 @@ layer's own weight and picks the faster, so every pruned layer says which path i
 """
 from __future__ import annotations
 
-import time
 import warnings
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ..timing import best, time_calls
 
 
 def to_csr(weight: torch.Tensor) -> torch.Tensor:
@@ -67,16 +68,6 @@ def reference_csr_linear(x: torch.Tensor, crow: np.ndarray, col: np.ndarray, val
     return result + bias.detach() if bias is not None else result
 
 
-def _best_time(fn, repeats: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 @torch.no_grad()
 def choose_path(weight: torch.Tensor, bias: torch.Tensor | None, batch: int = 1, repeats: int = 15,
                 min_sparsity: float = 0.5) -> tuple[str, float, float]:
@@ -88,6 +79,6 @@ def choose_path(weight: torch.Tensor, bias: torch.Tensor | None, batch: int = 1,
         return "dense", float("nan"), float("nan")
     x = torch.randn(batch, weight.shape[1])
     csr = to_csr(weight)
-    dense_s = _best_time(lambda: F.linear(x, weight, bias), repeats)
-    csr_s = _best_time(lambda: csr_linear(x, csr, bias), repeats)
+    dense_s = best(time_calls(lambda: F.linear(x, weight, bias), repeats, warmup=1))
+    csr_s = best(time_calls(lambda: csr_linear(x, csr, bias), repeats, warmup=1))
     return ("csr" if csr_s < dense_s else "dense"), dense_s, csr_s

@@ -4,7 +4,8 @@
 loss (sum / soft / firm); the eval forward is the hard-mode cascade, so the bench's latency is the real,
 data-dependent cost of the samples that stop early. The saving is real compute (speed="real"); the file grows
 by the head (size="real": the head is stored, nothing is simulated). ``EarlyExitNet`` registers itself with
-``storage.register_layer`` in ``cnncompress.early_exit``.
+``layers.register_layer`` in ``cnncompress.early_exit``. It chooses no layers to replace (``position`` names where
+the exit goes), so it takes no ``layers=`` option.
 """
 from __future__ import annotations
 

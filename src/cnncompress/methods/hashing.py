@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import storage
+from .. import surgery
 from ..kernels import hashed as kernel
-from ..storage.architecture import set_submodule
+from ..layers import CompressedLayer, conv_config, linear_config, register_layer
 from .registry import MethodInfo, register
 
 MODES = ("expand", "on-the-fly")
@@ -44,7 +44,7 @@ def num_buckets(n: int, compression: float) -> int:
     return max(1, int(round(compression * n)))
 
 
-class _Hashed(nn.Module):
+class _Hashed(CompressedLayer, nn.Module):
     """Shared machinery of HashedLinear / HashedConv2d (subclasses set ``weight_shape`` and ``_op``)."""
 
     weight_shape: tuple[int, ...]
@@ -195,6 +195,7 @@ class _Hashed(nn.Module):
                 f"bias_buckets={self.num_bias_buckets}, seed={self.seed}, mode={self.mode}")
 
 
+@register_layer
 class HashedLinear(_Hashed):
     """Linear layer whose (out, in) weight is hashed into ``num_buckets`` buckets (0 bias buckets = plain bias)."""
 
@@ -209,9 +210,9 @@ class HashedLinear(_Hashed):
         return F.linear(x, weight, bias)
 
     def layer_config(self) -> dict:
-        return {"in_features": self.in_features, "out_features": self.out_features,
-                "bias": self.bias is not None or self.bias_buckets is not None, "num_buckets": self.num_buckets,
-                "num_bias_buckets": self.num_bias_buckets, "seed": self.seed, "mode": self.mode}
+        return {**linear_config(self), "bias": self.bias is not None or self.bias_buckets is not None,
+                "num_buckets": self.num_buckets, "num_bias_buckets": self.num_bias_buckets, "seed": self.seed,
+                "mode": self.mode}
 
     @classmethod
     def from_float(cls, layer: nn.Linear, compression: float = 0.125, hash_bias: bool = True, seed: int = 0,
@@ -226,6 +227,7 @@ class HashedLinear(_Hashed):
         return hashed
 
 
+@register_layer
 class HashedConv2d(_Hashed):
     """Conv2d whose (out, in/groups, kh, kw) weight is hashed into ``num_buckets`` buckets."""
 
@@ -246,12 +248,9 @@ class HashedConv2d(_Hashed):
         return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
     def layer_config(self) -> dict:
-        return {"in_channels": self.in_channels, "out_channels": self.out_channels,
-                "kernel_size": list(self.kernel_size), "stride": list(self.stride),
-                "padding": self.padding if isinstance(self.padding, str) else list(self.padding),
-                "dilation": list(self.dilation), "groups": self.groups,
-                "bias": self.bias is not None or self.bias_buckets is not None, "num_buckets": self.num_buckets,
-                "num_bias_buckets": self.num_bias_buckets, "seed": self.seed, "mode": self.mode}
+        return {**conv_config(self), "bias": self.bias is not None or self.bias_buckets is not None,
+                "num_buckets": self.num_buckets, "num_bias_buckets": self.num_bias_buckets, "seed": self.seed,
+                "mode": self.mode}
 
     @classmethod
     def from_float(cls, layer: nn.Conv2d, compression: float = 0.125, hash_bias: bool = True, seed: int = 0,
@@ -268,34 +267,18 @@ class HashedConv2d(_Hashed):
         return hashed
 
 
-storage.register_layer(HashedLinear)
-storage.register_layer(HashedConv2d)
-
-
 def layer_seed(seed: int, path: str) -> int:
     """Per-layer hash seed: mix32(seed ^ crc32(layer path)), so layers never share a hash."""
     return kernel.reference_mix32(int(seed) ^ zlib.crc32(path.encode("utf-8")))
 
 
-def _targets(model: nn.Module, layers) -> list[str]:
-    candidates = [path for path, m in model.named_modules() if type(m) in (nn.Linear, nn.Conv2d)]
-    if layers is None:
-        return candidates
-    names = [layers] if isinstance(layers, str) else list(layers)
-    chosen = []
-    for name in names:
-        hits = [p for p in candidates if p == name or p.rsplit(".", 1)[-1] == name]
-        if not hits:
-            raise ValueError(f"no Linear/Conv2d layer named {name!r}; layers: {', '.join(candidates)}")
-        chosen += [p for p in hits if p not in chosen]
-    return chosen
-
-
-def apply_hashing(model: nn.Module, compression: float = 0.125, hash_bias: bool = True, layers=None,
-                  seed: int = 0, mode: str = "expand", init: str = "mean", rescale: bool = True) -> nn.Module:
+def apply_hashing(model: nn.Module, compression: float = 0.125, hash_bias: bool = True, layers="all",
+                  seed: int = 0, mode: str = "expand", init: str = "mean", rescale: bool = True,
+                  exclude=()) -> nn.Module:
     """Replace the chosen Linear/Conv2d layers (default: all) by hashed layers with ``compression`` × buckets.
 
-    ``layers``: layer paths or last names (``"fc6"``, ``"features.conv1"``); ``init``: ``mean`` (from the trained
+    ``layers``: the toolkit's rule (``surgery.select``: ``"all"``, ``"conv"``, ``"linear"``, paths, last names such
+    as ``"fc6"``, globs, ``exclude``); plain ``Linear``/``Conv2d`` layers only; ``init``: ``mean`` (from the trained
     weights) or ``fresh``; ``rescale`` (with ``mean``): scale each layer's buckets so that ||V|| = ||W||: the
     mean alone shrinks every layer's output ~2.8x (the mean of ~8 random-signed weights), which compounds over
     depth until the net outputs constants and fine-tuning stalls; ``mode``: ``expand`` or ``on-the-fly``;
@@ -309,13 +292,14 @@ def apply_hashing(model: nn.Module, compression: float = 0.125, hash_bias: bool 
         raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= kernel.MASK32:
         raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
-    for path in _targets(model, layers):
-        layer = model.get_submodule(path)
+
+    def convert(path: str, layer: nn.Module) -> _Hashed:
         cls = HashedLinear if isinstance(layer, nn.Linear) else HashedConv2d
-        hashed = cls.from_float(layer, float(compression), bool(hash_bias), layer_seed(seed, path), mode, init,
-                                bool(rescale))
-        model = set_submodule(model, path, hashed)
-    return model
+        return cls.from_float(layer, float(compression), bool(hash_bias), layer_seed(seed, path), mode, init,
+                              bool(rescale))
+
+    return surgery.replace_layers(model, convert, layers, where=lambda _, m: type(m) in (nn.Linear, nn.Conv2d),
+                                  exclude=exclude)
 
 
 def hashed_layers(model: nn.Module) -> list[_Hashed]:

@@ -14,10 +14,7 @@ in the file's manifest. Before ``to_inference`` the PyTorch model computes in fp
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import logging
 import math
 import os
 import tempfile
@@ -27,26 +24,36 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..onnx_export import OnnxLocalResponseNorm, OnnxLRNNode, onnx_friendly
-from ..storage import register_layer
-from ..storage.architecture import LAYERS
+from .. import onnx_export, surgery
+from ..layers import CompressedLayer, base_config, register_layer
+from ..onnx_export import EXPORTERS, OPSET, quiet
 from ..storage.codec_int8 import dequantize_per_channel, quantize_per_channel
 from .registry import MethodInfo, register
 
-OPSET = 17
 QUANTIZED_OPS = ["Conv", "Gemm", "MatMul", "Relu", "MaxPool", "Concat", "GlobalAveragePool", "AveragePool", "Flatten"]
 RUNTIME = "onnxruntime-int8-qdq"
-EXPORTERS = ("torchscript-friendly", "torchscript", "torchscript-lrn", "dynamo")
-"""How the float graph that the quantiser rewrites is exported (stored with the calibration ranges, which are keyed
-by its tensor names). Default ``torchscript-friendly``: LocalResponseNorm through ``onnx_export.onnx_friendly``
-(a dozen cheap static ops; VGG-S int8 0.38 vs 0.53 ms at 48x48, 29 vs 36 ms at 224, one thread).
-``torchscript`` (torch's own ~30-node LRN export) and ``torchscript-lrn`` (one ONNX ``LRN`` node, slower still in
-onnxruntime: 0.75 vs 0.61 ms) remain for files calibrated with them."""
 DEFAULT_EXPORTER = "torchscript-friendly"
+"""How the float graph that the quantiser rewrites is exported (one of ``onnx_export.EXPORTERS``; stored with the
+calibration ranges, which are keyed by its tensor names). ``torchscript-friendly``: LocalResponseNorm as a dozen
+cheap static ops. The others remain for files calibrated with them."""
+GRAPH_NOTE = "int8 QDQ graph (onnxruntime runs QLinearConv/QGemm int8 kernels)"
 
 
-class _Int8Weight:
-    """Mixin: the weight lies on the per-output-channel symmetric int8 grid and is stored with the int8 codec."""
+class _Int8Weight(CompressedLayer):
+    """Mixin: the weight lies on the per-output-channel symmetric int8 grid and is stored with the int8 codec;
+    the layer's configuration is its torch base's (``BASE``)."""
+
+    BASE: type = nn.Module
+
+    @classmethod
+    def from_float(cls, layer: nn.Module) -> "_Int8Weight":
+        quantized = cls(**base_config(layer, cls.BASE)).to(layer.weight.device)
+        quantized.load_state_dict(layer.state_dict())
+        quantized.snap_weight()
+        return quantized
+
+    def layer_config(self) -> dict:
+        return base_config(self, self.BASE)
 
     def snap_weight(self) -> None:
         with torch.no_grad():
@@ -62,30 +69,20 @@ class _Int8Weight:
         return {"weight": ("int8", {"axis": 0, "symmetric": True})}
 
 
+@register_layer
 class Int8Conv2d(_Int8Weight, nn.Conv2d):
-    def layer_config(self) -> dict:
-        return LAYERS["Conv2d"][1](self)
-
-    @classmethod
-    def from_float(cls, conv: nn.Conv2d) -> "Int8Conv2d":
-        layer = cls(**LAYERS["Conv2d"][1](conv)).to(conv.weight.device)
-        layer.load_state_dict(conv.state_dict())
-        layer.snap_weight()
-        return layer
+    BASE = nn.Conv2d
 
 
+@register_layer
 class Int8Linear(_Int8Weight, nn.Linear):
-    def layer_config(self) -> dict:
-        return LAYERS["Linear"][1](self)
-
-    @classmethod
-    def from_float(cls, linear: nn.Linear) -> "Int8Linear":
-        layer = cls(**LAYERS["Linear"][1](linear)).to(linear.weight.device)
-        layer.load_state_dict(linear.state_dict())
-        layer.snap_weight()
-        return layer
+    BASE = nn.Linear
 
 
+INT8_LAYERS = {nn.Conv2d: Int8Conv2d, nn.Linear: Int8Linear}
+
+
+@register_layer
 class Int8Calibration(nn.Module):
     """Holds the activation ranges ``{onnx tensor name: [min, max]}`` measured at calibration (no forward use)."""
 
@@ -100,67 +97,18 @@ class Int8Calibration(nn.Module):
         self.ranges = {k: [float(v[0]), float(v[1])] for k, v in ranges.items()}
         self.exporter, self.opset, self.num_images = exporter, opset, int(num_images)
 
-    def layer_config(self) -> dict:
+    @property
+    def build_config(self) -> dict:
+        """Constructor kwargs (what ``register_layer`` stores in the file's manifest)."""
         return {"ranges": self.ranges, "exporter": self.exporter, "opset": self.opset, "num_images": self.num_images}
+
+    def layer_config(self) -> dict:
+        return self.build_config
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
 
-for _cls in (Int8Conv2d, Int8Linear, Int8Calibration):
-    register_layer(_cls)
-
-
-@contextlib.contextmanager
-def _quiet():
-    """Silence the exporter's and onnxruntime quantiser's advisory warnings (root logger) for the duration."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        root.setLevel(level)
-
-
-def export_onnx(model: nn.Module, example: torch.Tensor, exporter: str = DEFAULT_EXPORTER, opset: int = OPSET):
-    """Export to an ``onnx.ModelProto`` with input ``input`` (dynamic batch) and output ``logits``.
-
-    ``exporter`` is one of ``EXPORTERS``: ``torchscript-friendly`` swaps LocalResponseNorm for
-    ``onnx_export.OnnxLocalResponseNorm``; ``torchscript-lrn`` writes it as one ONNX ``LRN`` node. Identity nodes on
-    initializers (the exporter shares equal initializers) are replaced by copies so that
-    every Conv/Gemm has its own constant weight and bias, as the quantiser expects.
-    """
-    import onnx
-    buffer = io.BytesIO()
-    was_training = model.training
-    model.eval()
-    with _quiet(), torch.no_grad():
-        if exporter.startswith("torchscript"):
-            twin = {"torchscript-lrn": OnnxLRNNode, "torchscript-friendly": OnnxLocalResponseNorm}.get(exporter)
-            source = onnx_friendly(model, twin) if twin else model
-            torch.onnx.export(source, (example,), buffer, opset_version=opset, dynamo=False, input_names=["input"],
-                              output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-        else:
-            torch.onnx.export(model, (example,), buffer, opset_version=opset, dynamo=True, input_names=["input"],
-                              output_names=["logits"], dynamic_shapes=({0: torch.export.Dim("batch")},))
-    model.train(was_training)
-    proto = onnx.load_from_string(buffer.getvalue())
-    initializers = {t.name: t for t in proto.graph.initializer}
-    kept = []
-    for node in proto.graph.node:
-        if node.op_type == "Identity" and node.input[0] in initializers:
-            duplicate = onnx.TensorProto()
-            duplicate.CopyFrom(initializers[node.input[0]])
-            duplicate.name = node.output[0]
-            proto.graph.initializer.append(duplicate)
-        else:
-            kept.append(node)
-    del proto.graph.node[:]
-    proto.graph.node.extend(kept)
-    return proto
 
 
 def _calibration_images(model: nn.Module, calibration, count: int, seed: int) -> torch.Tensor:
@@ -199,7 +147,7 @@ def _quantize_static(float_proto, cache_path: str, reader=None):
     """Run onnxruntime's QDQ static quantiser; ranges come from ``reader`` or the cache file. Returns bytes."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    with tempfile.TemporaryDirectory(prefix="cnncompress-int8-") as tmp, _quiet():
+    with tempfile.TemporaryDirectory(prefix="cnncompress-int8-") as tmp, quiet():
         source, target = os.path.join(tmp, "float.onnx"), os.path.join(tmp, "int8.onnx")
         onnx.save(float_proto, source)
         quantize_static(source, target, reader, quant_format=QuantFormat.QDQ, per_channel=True,
@@ -219,22 +167,26 @@ class _Reader:
         return None if batch is None else {"input": batch}
 
 
-def apply_int8(model: nn.Module, calibration=None, num_calibration: int = 256, seed: int = 0) -> nn.Module:
+def _to_int8(path: str, layer: nn.Module) -> nn.Module | None:
+    """The int8 twin of a plain ``Conv2d`` / ``Linear``; other (already compressed) subclasses stay as they are."""
+    twin = INT8_LAYERS.get(type(layer))
+    return twin.from_float(layer) if twin else None
+
+
+def apply_int8(model: nn.Module, calibration=None, num_calibration: int = 256, seed: int = 0,
+               layers="all") -> nn.Module:
     """Snap conv/linear weights to per-channel int8 and calibrate activation ranges (min/max) for the int8 runtime.
 
     ``calibration``: a dataset spec (``"mnist5k"``: its training split), an ``ImageDataset``, a tensor of images, or an iterable of batches (``(images, labels)``).
+    ``layers``: which Conv2d/Linear layers to quantise (``surgery.select``: ``"all"``, ``"conv"``, ``"linear"``, a
+    path, a glob or a list); the others stay fp32 in the int8 graph.
     """
     if not isinstance(num_calibration, int) or num_calibration < 1:
         raise ValueError(f"num_calibration must be a positive integer, got {num_calibration!r}")
     model.eval()
-    for name, module in list(model.named_modules()):
-        for child_name, child in list(module.named_children()):
-            if type(child) is nn.Conv2d:
-                setattr(module, child_name, Int8Conv2d.from_float(child))
-            elif type(child) is nn.Linear:
-                setattr(module, child_name, Int8Linear.from_float(child))
+    model = surgery.replace_layers(model, _to_int8, layers)
     images = _calibration_images(model, calibration, num_calibration, seed)
-    proto = export_onnx(model, images[:1])
+    proto = onnx_export.export_proto(model, images[:1], DEFAULT_EXPORTER, OPSET)
     with tempfile.TemporaryDirectory(prefix="cnncompress-int8-") as tmp:
         cache = os.path.join(tmp, "ranges.json")
         _quantize_static(proto, cache, _Reader(images))
@@ -268,14 +220,9 @@ class OrtInt8Model(nn.Module):
         self._sessions: dict[int, object] = {}
 
     def session(self, threads: int | None = None):
-        import onnxruntime as ort
         threads = threads or torch.get_num_threads()
         if threads not in self._sessions:
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            self._sessions[threads] = ort.InferenceSession(self.onnx_model, options, providers=["CPUExecutionProvider"])
+            self._sessions[threads] = onnx_export.session(self.onnx_model, threads)
         return self._sessions[threads]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -293,12 +240,18 @@ def int8_onnx(model: nn.Module) -> bytes:
         raise ValueError("model has no int8 calibration; apply the int8 method first")
     spec = getattr(model, "spec", None) or {}
     example = torch.zeros(1, spec.get("in_channels", 3), spec.get("input_size", 224), spec.get("input_size", 224))
-    proto = export_onnx(model, example, calibration.exporter, calibration.opset)
+    proto = onnx_export.export_proto(model, example, calibration.exporter, calibration.opset)
     with tempfile.TemporaryDirectory(prefix="cnncompress-int8-") as tmp:
         cache = os.path.join(tmp, "ranges.json")
         with open(cache, "w") as handle:
             json.dump(_cache_json(calibration), handle)
         return _quantize_static(proto, cache)
+
+
+def int8_graph(model: nn.Module) -> tuple[bytes, str]:
+    """The ``onnx_graph`` hook: the int8 QDQ graph (of the stored weights and ranges, or of an ``OrtInt8Model``)."""
+    graph = model.onnx_model if isinstance(model, OrtInt8Model) else int8_onnx(model)
+    return graph, GRAPH_NOTE
 
 
 def to_inference_int8(model: nn.Module) -> nn.Module:
@@ -319,4 +272,4 @@ register(MethodInfo(
                 "onnxruntime QDQ int8 kernels; .ccz stores int8 weights + per-channel scales",
     bench=({"model": "vgg_s", "config": {"calibration": "mnist5k"}, "finetune": 0, "label": "int8 (ORT QDQ)"},
            {"model": "squeezenet1_1", "config": {"calibration": "mnist5k"}, "finetune": 0, "label": "int8 (ORT QDQ)"})),
-    apply_int8, to_inference=to_inference_int8)
+    apply_int8, to_inference=to_inference_int8, onnx_graph=int8_graph)

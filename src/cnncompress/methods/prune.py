@@ -22,23 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import surgery
 from ..kernels.sparse import CSRWeight, choose_path, csr_linear
+from ..layers import CompressedLayer, conv_config, linear_config, register_layer
 from ..storage import codec_codebook, codec_sparse  # noqa: F401  (registers csr, codebook, huffman)
-from ..storage.architecture import register_layer
 from .registry import MethodInfo, register
 
 CONV_INDEX_BITS, FC_INDEX_BITS = 8, 5
 MAX_LAYER_SPARSITY = 0.99  # global scope: no layer loses more than this
-
-
-def conv_config(m: nn.Conv2d) -> dict:
-    return {"in_channels": m.in_channels, "out_channels": m.out_channels, "kernel_size": list(m.kernel_size),
-            "stride": list(m.stride), "padding": list(m.padding), "dilation": list(m.dilation),
-            "groups": m.groups, "bias": m.bias is not None}
-
-
-def linear_config(m: nn.Linear) -> dict:
-    return {"in_features": m.in_features, "out_features": m.out_features, "bias": m.bias is not None}
 
 
 def sparse_codec(weight: torch.Tensor, index_bits: int) -> tuple[str, dict]:
@@ -49,7 +40,7 @@ def sparse_codec(weight: torch.Tensor, index_bits: int) -> tuple[str, dict]:
     return "fp32", {}
 
 
-class _MaskedMixin:
+class MaskedLayer(CompressedLayer):
     """Shared by the pruned layers: a non-persistent ``mask`` rebuilt from ``weight != 0`` on load."""
 
     index_bits: int
@@ -90,7 +81,8 @@ class _MaskedMixin:
         self.mask.copy_(self.weight != 0)
 
 
-class PrunedConv2d(_MaskedMixin, nn.Conv2d):
+@register_layer
+class PrunedConv2d(MaskedLayer, nn.Conv2d):
     index_bits = CONV_INDEX_BITS
 
     def __init__(self, *args, **kwargs):
@@ -112,7 +104,8 @@ class PrunedConv2d(_MaskedMixin, nn.Conv2d):
         return self._conv_forward(x, self.masked_weight() if self.training else self.weight, self.bias)
 
 
-class PrunedLinear(_MaskedMixin, nn.Linear):
+@register_layer
+class PrunedLinear(MaskedLayer, nn.Linear):
     index_bits = FC_INDEX_BITS
 
     def __init__(self, *args, **kwargs):
@@ -144,30 +137,11 @@ class PrunedLinear(_MaskedMixin, nn.Linear):
         return F.linear(x, self.weight, self.bias)
 
 
-for _cls in (PrunedConv2d, PrunedLinear):
-    register_layer(_cls)
 
 
-def select_layers(model: nn.Module, layers) -> dict[str, nn.Module]:
-    """``"all"``, ``"conv"``, ``"fc"`` or a list of module paths -> {path: Conv2d/Linear}."""
-    found = {p: m for p, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
-    if layers == "all":
-        return found
-    if layers == "conv":
-        return {p: m for p, m in found.items() if isinstance(m, nn.Conv2d)}
-    if layers == "fc":
-        return {p: m for p, m in found.items() if isinstance(m, nn.Linear)}
-    if isinstance(layers, (list, tuple)) and layers:
-        missing = [p for p in layers if p not in found]
-        if missing:
-            raise ValueError(f"no conv/linear layer(s) {missing}; choose from {sorted(found)}")
-        return {p: found[p] for p in layers}
-    raise ValueError(f"layers={layers!r} must be 'all', 'conv', 'fc' or a non-empty list of layer paths")
-
-
-def _replace(model: nn.Module, path: str, module: nn.Module) -> None:
-    parent_path, _, leaf = path.rpartition(".")
-    setattr(model.get_submodule(parent_path) if parent_path else model, leaf, module)
+def select_layers(model: nn.Module, layers="all", exclude=()) -> dict[str, nn.Module]:
+    """{path: Conv2d/Linear} chosen by the toolkit's rule (``surgery.select``; pruned layers count as theirs)."""
+    return dict(surgery.select(model, layers, exclude=exclude))
 
 
 def _scale(weight: torch.Tensor) -> float:
@@ -198,7 +172,7 @@ def magnitude_masks(weights: dict[str, torch.Tensor], targets: dict[str, float],
 class MagnitudeSchedule:
     """Iterative pruning during fine-tuning: round r (1..R) reaches sparsity ``1 - (1 - s)^(r/R)``."""
 
-    def __init__(self, layers: dict[str, _MaskedMixin], targets: dict[str, float], scope: str, rounds: int,
+    def __init__(self, layers: dict[str, MaskedLayer], targets: dict[str, float], scope: str, rounds: int,
                  steps_per_round: int):
         self.layers, self.targets, self.scope = layers, targets, scope
         self.rounds, self.steps_per_round, self.round, self.steps = rounds, steps_per_round, 0, 0
@@ -230,14 +204,15 @@ def check_fraction(name: str, value, low_open: bool = False) -> float:
 
 
 def prune_magnitude(model: nn.Module, sparsity: float = 0.9, scope: str = "global", layers="all",
-                    per_layer: dict | None = None, rounds: int = 1, steps_per_round: int = 100) -> nn.Module:
+                    per_layer: dict | None = None, rounds: int = 1, steps_per_round: int = 100,
+                    exclude=()) -> nn.Module:
     """Han et al. 2015 magnitude pruning (see the module docstring); returns the model with pruned layers."""
     check_fraction("sparsity", sparsity)
     if scope not in ("global", "layer"):
         raise ValueError(f"scope={scope!r} must be 'global' or 'layer'")
     if not (isinstance(rounds, int) and rounds >= 1 and isinstance(steps_per_round, int) and steps_per_round >= 1):
         raise ValueError(f"rounds={rounds!r} and steps_per_round={steps_per_round!r} must be integers >= 1")
-    chosen = select_layers(model, layers)
+    chosen = select_layers(model, layers, exclude)
     per_layer = dict(per_layer or {})
     unknown = sorted(set(per_layer) - set(chosen))
     if unknown:
@@ -247,9 +222,9 @@ def prune_magnitude(model: nn.Module, sparsity: float = 0.9, scope: str = "globa
         scope = "layer"
     pruned = {}
     for path, module in chosen.items():
-        layer = module if isinstance(module, _MaskedMixin) else \
+        layer = module if isinstance(module, MaskedLayer) else \
             (PrunedConv2d if isinstance(module, nn.Conv2d) else PrunedLinear).from_float(module)
-        _replace(model, path, layer)
+        model = surgery.replace(model, path, layer)
         pruned[path] = layer
     schedule = MagnitudeSchedule(pruned, targets, scope, rounds, steps_per_round)
     schedule.prune_round()
@@ -260,14 +235,14 @@ def prune_magnitude(model: nn.Module, sparsity: float = 0.9, scope: str = "globa
 
 def sparsity_report(model: nn.Module) -> dict[str, float]:
     """{path: fraction of zero weights} for every pruned layer."""
-    return {p: m.sparsity() for p, m in model.named_modules() if isinstance(m, _MaskedMixin)}
+    return {p: m.sparsity() for p, m in model.named_modules() if isinstance(m, MaskedLayer)}
 
 
 def prune_to_inference(model: nn.Module) -> nn.Module:
     """Finish pending rounds' masks, then pick dense or CSR per fc layer by timing (see kernels.sparse)."""
     paths = {}
     for path, module in model.named_modules():
-        if isinstance(module, _MaskedMixin):
+        if isinstance(module, MaskedLayer):
             module.schedule = None
             with torch.no_grad():
                 module.weight.mul_(module.mask)

@@ -7,9 +7,9 @@ the ``H*W`` input columns ``c*H*W .. c*H*W+H*W-1`` of the fc layer after a flatt
 The result is made of plain, smaller ``Conv2d``/``Linear`` layers, so it saves, exports and runs fast as is.
 
 Criteria (per output filter ``k`` of layer ``l``):
-  * ``l1``: ``s = sum |W_l[k]|``; every layer loses the same fraction of filters (Li et al.), the fraction
+  * ``l1`` (``L1Importance``): ``s = sum |W_l[k]|``; every layer loses the same fraction of filters (Li et al.), the fraction
     found by bisection so that the conv MACs drop by ``flops``.
-  * ``taylor``: ``s = mean_n |mean_{h,w} z * dL/dz|`` on ``samples`` training images (first-order Taylor
+  * ``taylor`` (``TaylorImportance``): ``s = mean_n |mean_{h,w} z * dL/dz|`` on ``samples`` training images (first-order Taylor
     estimate of the loss change), L2-normalised per layer, ranked globally; the lowest are removed one by one
     until the conv MACs drop by ``flops``, in ``steps`` rounds that recompute the criterion on the pruned net
     (Molchanov fine-tunes between rounds; here fine-tuning happens once, after ``apply``).
@@ -27,8 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.squeezenet import Fire
-from .prune import check_fraction, conv_config
+from .. import surgery
+from ..layers import BranchConcat, SequentialForward, conv_config
+from .prune import check_fraction
 from .registry import MethodInfo, register
 
 PASS_THROUGH = (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.Dropout, nn.Identity, nn.AdaptiveAvgPool2d)
@@ -43,7 +44,7 @@ class Graph:
     block: dict = field(default_factory=dict)
     norms: dict = field(default_factory=dict)
     approximate: list = field(default_factory=list)
-    fires: list = field(default_factory=list)
+    blocks: list = field(default_factory=list)
 
     @property
     def prunable(self) -> list[str]:
@@ -52,7 +53,9 @@ class Graph:
 
 
 def trace(model: nn.Module) -> Graph:
-    """Follow the channel flow of a sequential CNN (VGG-S, SqueezeNet 1.1, nn.Sequential chains)."""
+    """Follow the channel flow of a sequential CNN: ``nn.Sequential`` chains and containers that declare their
+    flow (``layers.SequentialForward`` such as VGG-S and SqueezeNet 1.1, ``layers.BranchConcat`` such as the
+    fire module)."""
     graph = Graph()
     in_channels = next(m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
     current = [(None, getattr(in_channels, "in_channels", 0))]
@@ -61,15 +64,15 @@ def trace(model: nn.Module) -> Graph:
     def walk(module: nn.Module, path: str) -> None:
         nonlocal current, flatten
         join = (lambda name: f"{path}.{name}" if path else name)
-        if isinstance(module, Fire):
-            graph.fires.append(path)
-            walk(module.squeeze, join("squeeze"))
-            squeezed = current
-            walk(module.expand1x1, join("expand1x1"))
-            e1 = current
-            current = squeezed
-            walk(module.expand3x3, join("expand3x3"))
-            current = e1 + current
+        if isinstance(module, BranchConcat):
+            graph.blocks.append(path)
+            for stage in module.stages:
+                source, joined = current, []
+                for name in stage:
+                    current = source
+                    walk(getattr(module, name), join(name))
+                    joined += current
+                current = joined
         elif type(module) is nn.Conv2d:
             if module.groups != 1:
                 raise ValueError(f"{path}: grouped convolutions are not supported by filter pruning")
@@ -90,13 +93,12 @@ def trace(model: nn.Module) -> Graph:
             flatten = True
         elif isinstance(module, PASS_THROUGH):
             pass
-        elif isinstance(module, nn.Sequential) or module is model:
-            if module is model and type(module).__name__ not in ("VGGS", "SqueezeNet11"):
-                if not isinstance(module, nn.Sequential):
-                    raise ValueError(f"filter pruning follows VGG-S, SqueezeNet 1.1 and nn.Sequential chains, "
-                                     f"not {type(module).__name__}")
+        elif isinstance(module, (nn.Sequential, SequentialForward)):
             for name, child in module.named_children():
                 walk(child, join(name))
+        elif module is model:
+            raise ValueError(f"filter pruning follows nn.Sequential chains and models that declare their channel "
+                             f"flow (layers.SequentialForward), not {type(module).__name__}")
         else:
             raise ValueError(f"{path}: filter pruning cannot follow channels through {type(module).__name__}")
 
@@ -132,33 +134,58 @@ def conv_macs(graph: Graph, costs: dict[str, float], kept: dict[str, int]) -> fl
     return total
 
 
-def l1_scores(graph: Graph) -> dict[str, torch.Tensor]:
-    return {p: graph.convs[p].weight.detach().abs().sum(dim=(1, 2, 3)) for p in graph.prunable}
+class Importance:
+    """Scores of the output filters of each prunable conv (Torch-Pruning's ``Importance``): higher = keep.
+
+    ``global_ranking``: ``False`` -> every layer loses the same fraction of filters (Li et al.); ``True`` -> the
+    globally lowest scores go first (Molchanov et al.). ``steps``: rounds of scoring and removal."""
+
+    name = "custom"
+    global_ranking = False
+    steps = 1
+
+    def __call__(self, model: nn.Module, graph: Graph) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
 
 
-def taylor_scores(model: nn.Module, graph: Graph, images: torch.Tensor, labels: torch.Tensor,
-                  batch_size: int = 64) -> dict[str, torch.Tensor]:
-    """Molchanov et al. 2016 eq. 8: ``|mean_{h,w}(z * dL/dz)|`` averaged over images, L2-normalised per layer.
+class L1Importance(Importance):
+    """Li et al. 2017: ``s_k = sum |W_l[k]|``."""
+
+    name = "l1"
+
+    def __call__(self, model: nn.Module, graph: Graph) -> dict[str, torch.Tensor]:
+        return {p: graph.convs[p].weight.detach().abs().sum(dim=(1, 2, 3)) for p in graph.prunable}
+
+
+class TaylorImportance(Importance):
+    """Molchanov et al. 2016 eq. 8: ``|mean_{h,w}(z * dL/dz)|`` averaged over ``images``, L2-normalised per layer.
     Taken on the conv output before ReLU, which for ReLU nets equals the post-ReLU product."""
-    scores = {p: torch.zeros(graph.convs[p].out_channels) for p in graph.prunable}
-    outputs, hooks = {}, []
-    for p in graph.prunable:
-        hooks.append(graph.convs[p].register_forward_hook(lambda m, i, o, p=p: outputs.__setitem__(p, o)))
-    was_training = model.training
-    model.eval()
-    try:
-        for start in range(0, len(images), batch_size):
-            x, y = images[start:start + batch_size], labels[start:start + batch_size]
-            outputs.clear()
-            loss = F.cross_entropy(model(x), y, reduction="sum")
-            grads = torch.autograd.grad(loss, [outputs[p] for p in graph.prunable])
-            for p, g in zip(graph.prunable, grads):
-                scores[p] += (outputs[p].detach() * g).mean(dim=(2, 3)).abs().sum(0)
-    finally:
-        for hook in hooks:
-            hook.remove()
-        model.train(was_training)
-    return {p: s / (s.norm() + 1e-12) for p, s in scores.items()}
+
+    name, global_ranking = "taylor", True
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, steps: int = 4, batch_size: int = 64):
+        self.images, self.labels, self.steps, self.batch_size = images, labels, steps, batch_size
+
+    def __call__(self, model: nn.Module, graph: Graph) -> dict[str, torch.Tensor]:
+        scores = {p: torch.zeros(graph.convs[p].out_channels) for p in graph.prunable}
+        outputs, hooks = {}, []
+        for p in graph.prunable:
+            hooks.append(graph.convs[p].register_forward_hook(lambda m, i, o, p=p: outputs.__setitem__(p, o)))
+        was_training = model.training
+        model.eval()
+        try:
+            for start in range(0, len(self.images), self.batch_size):
+                x, y = self.images[start:start + self.batch_size], self.labels[start:start + self.batch_size]
+                outputs.clear()
+                loss = F.cross_entropy(model(x), y, reduction="sum")
+                grads = torch.autograd.grad(loss, [outputs[p] for p in graph.prunable])
+                for p, g in zip(graph.prunable, grads):
+                    scores[p] += (outputs[p].detach() * g).mean(dim=(2, 3)).abs().sum(0)
+        finally:
+            for hook in hooks:
+                hook.remove()
+            model.train(was_training)
+        return {p: s / (s.norm() + 1e-12) for p, s in scores.items()}
 
 
 def _select(tensor: torch.Tensor, dim: int, index: torch.Tensor | None) -> torch.Tensor:
@@ -180,11 +207,6 @@ def _input_index(graph: Graph, path: str, keep: dict[str, torch.Tensor]) -> torc
     return index
 
 
-def _set(model: nn.Module, path: str, module: nn.Module) -> None:
-    parent, _, leaf = path.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, leaf, module)
-
-
 @torch.no_grad()
 def remove_filters(model: nn.Module, graph: Graph, keep: dict[str, torch.Tensor]) -> nn.Module:
     """Physically drop every filter not in ``keep[path]`` (sorted indices) and the channels it fed."""
@@ -204,7 +226,7 @@ def remove_filters(model: nn.Module, graph: Graph, keep: dict[str, torch.Tensor]
         new.weight.copy_(weight)
         if old.bias is not None:
             new.bias.copy_(_select(old.bias, 0, out_index))
-        _set(model, path, new.to(old.weight.device))
+        surgery.replace(model, path, new.to(old.weight.device))
     for path in graph.norms:
         index = _input_index(graph, path, keep)
         if index is None:
@@ -214,11 +236,9 @@ def remove_filters(model: nn.Module, graph: Graph, keep: dict[str, torch.Tensor]
                              track_running_stats=old.track_running_stats)
         state = {k: (v.index_select(0, index) if v.dim() == 1 else v) for k, v in old.state_dict().items()}
         new.load_state_dict(state)
-        _set(model, path, new)
-    for path in graph.fires:
-        fire = model.get_submodule(path)
-        fire.build_config = {"in_channels": fire.squeeze.in_channels, "squeeze": fire.squeeze.out_channels,
-                             "expand1x1": fire.expand1x1.out_channels, "expand3x3": fire.expand3x3.out_channels}
+        surgery.replace(model, path, new)
+    for path in graph.blocks:
+        model.get_submodule(path).channels_changed()
     return model
 
 
@@ -278,54 +298,52 @@ def _calibration(model: nn.Module, data, samples: int) -> tuple[torch.Tensor, to
     return dataset.images[order], dataset.labels[order]
 
 
-def prune_filters(model: nn.Module, criterion: str = "l1", flops: float = 0.5, layers="all", min_keep: float = 0.1,
-                  data="mnist5k", samples: int = 256, steps: int = 4, round_to: int = 8) -> nn.Module:
-    """Remove whole filters until the conv MACs drop by the fraction ``flops`` (see the module docstring)."""
+def prune_filters(model: nn.Module, importance: Importance, flops: float = 0.5, layers="all",
+                  min_keep: float = 0.1, round_to: int = 8, exclude=()) -> nn.Module:
+    """Remove whole filters until the conv MACs drop by the fraction ``flops`` (see the module docstring); which
+    filters go is decided by ``importance`` (``L1Importance``, ``TaylorImportance`` or your own)."""
     check_fraction("flops", flops, low_open=True)
     check_fraction("min_keep", min_keep, low_open=True)
-    if criterion not in ("l1", "taylor"):
-        raise ValueError(f"criterion={criterion!r} must be 'l1' or 'taylor'")
-    if not all(isinstance(v, int) and v >= 1 for v in (steps, samples, round_to)):
-        raise ValueError("steps, samples and round_to must be integers >= 1")
+    if not isinstance(round_to, int) or round_to < 1:
+        raise ValueError("round_to must be an integer >= 1")
     graph = trace(model)
-    candidates = graph.prunable
-    if layers != "all":
-        if not isinstance(layers, (list, tuple)) or not layers or any(p not in candidates for p in layers):
-            raise ValueError(f"layers={layers!r} must be 'all' or a list of prunable convs: {candidates}")
-        candidates = list(layers)
+    prunable = set(graph.prunable)
+    candidates = [p for p, _ in surgery.select(model, layers, types=(nn.Conv2d,), exclude=exclude,
+                                               where=lambda p, _: p in prunable)]
     costs = conv_costs(model, graph)
     base = conv_macs(graph, costs, {})
-    calibration = _calibration(model, data, samples) if criterion == "taylor" else None
     origin = {p: torch.arange(graph.convs[p].out_channels) for p in candidates}
-    for step in range(1 if criterion == "l1" else steps):
+    allocate = greedy_counts if importance.global_ranking else uniform_counts
+    for step in range(importance.steps):
         graph = trace(model)
-        fraction = flops * (step + 1) / (1 if criterion == "l1" else steps)
-        if criterion == "l1":
-            scores = {p: s for p, s in l1_scores(graph).items() if p in candidates}
-            counts = uniform_counts(graph, scores, costs, (1 - fraction) * base, min_keep, round_to)
-        else:
-            scores = {p: s for p, s in taylor_scores(model, graph, *calibration).items() if p in candidates}
-            counts = greedy_counts(graph, scores, costs, (1 - fraction) * base, min_keep, round_to)
+        fraction = flops * (step + 1) / importance.steps
+        scores = {p: s for p, s in importance(model, graph).items() if p in candidates}
+        counts = allocate(graph, scores, costs, (1 - fraction) * base, min_keep, round_to)
         keep = top_filters(scores, counts)
         model = remove_filters(model, graph, keep)
         origin = {p: origin[p][keep[p]] if p in keep else origin[p] for p in origin}
     after = conv_macs(trace(model), costs, {})
-    model.filter_pruning = {"criterion": criterion, "conv_macs_before": base, "conv_macs_after": after,
-                            "flops_removed": 1 - after / base, "approximate": graph.approximate,
+    model.filter_pruning = {"criterion": importance.name, "conv_macs_before": base,
+                            "conv_macs_after": after, "flops_removed": 1 - after / base,
+                            "approximate": graph.approximate,
                             "channels": {p: model.get_submodule(p).out_channels for p in candidates},
                             "kept": {p: index.tolist() for p, index in origin.items()}}
     return model
 
 
-def prune_l1(model: nn.Module, flops: float = 0.5, layers="all", min_keep: float = 0.1, round_to: int = 8) -> nn.Module:
+def prune_l1(model: nn.Module, flops: float = 0.5, layers="all", min_keep: float = 0.1, round_to: int = 8,
+             exclude=()) -> nn.Module:
     """Li et al. 2017: smallest-L1 filters off, same fraction per layer, until conv MACs drop by ``flops``."""
-    return prune_filters(model, "l1", flops, layers, min_keep, round_to=round_to)
+    return prune_filters(model, L1Importance(), flops, layers, min_keep, round_to, exclude)
 
 
 def prune_taylor(model: nn.Module, flops: float = 0.5, layers="all", min_keep: float = 0.1, data="mnist5k",
-                 samples: int = 256, steps: int = 4, round_to: int = 8) -> nn.Module:
+                 samples: int = 256, steps: int = 4, round_to: int = 8, exclude=()) -> nn.Module:
     """Molchanov et al. 2016: globally lowest Taylor-criterion filters off until conv MACs drop by ``flops``."""
-    return prune_filters(model, "taylor", flops, layers, min_keep, data, samples, steps, round_to)
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (steps, samples)):
+        raise ValueError("steps and samples must be integers >= 1")
+    images, labels = _calibration(model, data, samples)
+    return prune_filters(model, TaylorImportance(images, labels, steps), flops, layers, min_keep, round_to, exclude)
 
 
 register(MethodInfo(

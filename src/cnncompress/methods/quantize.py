@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..storage import register_layer
-from ..storage.architecture import LAYERS
+from .. import surgery
+from ..layers import CompressedLayer, base_config, register_layer
 from .registry import MethodInfo, register
 
 
@@ -155,7 +155,12 @@ class FixedPointQuantizer(nn.Module):
         return _ErrorQuant.apply(y, self)
 
 
-class _FixedPointLayer:
+class _FixedPointLayer(CompressedLayer):
+    @classmethod
+    def from_float(cls, layer: nn.Module, **options) -> "_FixedPointLayer":
+        """The fixed-point twin of a ``Conv2d``/``Linear`` (options: il, fl, rounding, dynamic, ...)."""
+        return _converted(FixedPointConv2d, FixedPointLinear, layer, **options)
+
     """Mixin for conv/linear: quantised weights, inputs and back-propagated errors; fixed-point stored weights."""
 
     def _setup(self, il, fl, rounding, dynamic, activations, gradients, weights):
@@ -194,7 +199,7 @@ class FixedPointConv2d(_FixedPointLayer, nn.Conv2d):
         self._setup(il, fl, rounding, dynamic, activations, gradients, weights)
 
     def layer_config(self) -> dict:
-        return {**LAYERS["Conv2d"][1](self), **self.quant}
+        return {**base_config(self, nn.Conv2d), **self.quant}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias = self._quantized_params()
@@ -208,14 +213,14 @@ class FixedPointLinear(_FixedPointLayer, nn.Linear):
         self._setup(il, fl, rounding, dynamic, activations, gradients, weights)
 
     def layer_config(self) -> dict:
-        return {**LAYERS["Linear"][1](self), **self.quant}
+        return {**base_config(self, nn.Linear), **self.quant}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias = self._quantized_params()
         return self._finish(F.linear(self.input_quant(x), weight, bias))
 
 
-class Fp16Conv2d(nn.Conv2d):
+class Fp16Conv2d(CompressedLayer, nn.Conv2d):
     """Conv whose weight and bias are fp16 values (stored as fp16); computes in fp32 unless ``compute="fp16"``."""
 
     def __init__(self, *args, compute: str = "fp32", **kwargs):
@@ -223,7 +228,12 @@ class Fp16Conv2d(nn.Conv2d):
         self.compute = compute
 
     def layer_config(self) -> dict:
-        return {**LAYERS["Conv2d"][1](self), "compute": self.compute}
+        return {**base_config(self, nn.Conv2d), "compute": self.compute}
+
+    @classmethod
+    def from_float(cls, layer: nn.Module, compute: str = "fp32") -> nn.Module:
+        """The fp16 twin of a ``Conv2d``/``Linear``."""
+        return _converted(Fp16Conv2d, Fp16Linear, layer, compute=compute)
 
     def storage_codecs(self) -> dict:
         return {"weight": ("fp16", {}), **({"bias": ("fp16", {})} if self.bias is not None else {})}
@@ -235,15 +245,18 @@ class Fp16Conv2d(nn.Conv2d):
         return super().forward(x)
 
 
-class Fp16Linear(nn.Linear):
+class Fp16Linear(CompressedLayer, nn.Linear):
+    from_float = Fp16Conv2d.__dict__["from_float"]
+
     def __init__(self, *args, compute: str = "fp32", **kwargs):
         super().__init__(*args, **kwargs)
         self.compute = compute
 
     def layer_config(self) -> dict:
-        return {**LAYERS["Linear"][1](self), "compute": self.compute}
+        return {**base_config(self, nn.Linear), "compute": self.compute}
 
-    storage_codecs = Fp16Conv2d.storage_codecs
+    def storage_codecs(self) -> dict:
+        return Fp16Conv2d.storage_codecs(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.compute == "fp16":
@@ -252,36 +265,37 @@ class Fp16Linear(nn.Linear):
         return super().forward(x)
 
 
-for _cls in (RoundNearest, RoundStochastic, FixedPointQuantizer, FixedPointConv2d, FixedPointLinear,
-             Fp16Conv2d, Fp16Linear):
+for _cls in (RoundNearest, RoundStochastic, FixedPointQuantizer):  # quantizer parts: config from the class
+    register_layer(_cls, _cls.layer_config)
+for _cls in (FixedPointConv2d, FixedPointLinear, Fp16Conv2d, Fp16Linear):
     register_layer(_cls)
 
 
-def _swap(model: nn.Module, make) -> nn.Module:
-    """Replace every plain Conv2d/Linear child by ``make(layer)`` (state copied)."""
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if type(child) in (nn.Conv2d, nn.Linear):
-                replacement = make(child).to(child.weight.device)
-                replacement.load_state_dict(child.state_dict(), strict=False)
-                setattr(module, name, replacement)
-    return model
+def _plain(_: str, module: nn.Module) -> bool:
+    return type(module) in (nn.Conv2d, nn.Linear)
+
+
+def _converted(cls_conv: type, cls_linear: type, layer: nn.Module, **options) -> nn.Module:
+    """``layer``'s twin of class ``cls_conv``/``cls_linear`` with the same configuration and state."""
+    base = nn.Conv2d if isinstance(layer, nn.Conv2d) else nn.Linear
+    cls = cls_conv if base is nn.Conv2d else cls_linear
+    replacement = cls(**base_config(layer, base), **options).to(layer.weight.device)
+    replacement.load_state_dict(layer.state_dict(), strict=False)
+    return replacement
 
 
 def apply_fixed_point(model: nn.Module, il: int = 4, fl: int = 12, rounding: str = "stochastic",
                       dynamic: bool = False, activations: bool = True, gradients: bool = True,
-                      weights: str = "fixed") -> nn.Module:
-    """Make every conv/linear layer a fixed-point ⟨il, fl⟩ layer (default 16-bit ⟨4, 12⟩, stochastic rounding)."""
+                      weights: str = "fixed", layers="all", exclude=()) -> nn.Module:
+    """Make the chosen conv/linear layers (``surgery.select``; default all) fixed-point ⟨il, fl⟩ layers (default
+    16-bit ⟨4, 12⟩, stochastic rounding)."""
     _check_format(il, fl)
     make_rounding(rounding)
     options = {"il": il, "fl": fl, "rounding": rounding, "dynamic": dynamic, "activations": activations,
                "gradients": gradients, "weights": weights}
 
-    def make(layer):
-        config = LAYERS[type(layer).__name__][1](layer)
-        cls = FixedPointConv2d if isinstance(layer, nn.Conv2d) else FixedPointLinear
-        return cls(**config, **options)
-    model = _swap(model, make)
+    model = surgery.replace_layers(
+        model, lambda _, layer: FixedPointConv2d.from_float(layer, **options), layers, where=_plain, exclude=exclude)
     for module in model.modules():  # start from weights that are representable
         if isinstance(module, _FixedPointLayer):
             module.train(model.training)
@@ -292,8 +306,11 @@ def apply_fixed_point(model: nn.Module, il: int = 4, fl: int = 12, rounding: str
     return model
 
 
-def apply_fp16(model: nn.Module, compute: str = "fp32") -> nn.Module:
+def apply_fp16(model: nn.Module, compute: str = "fp32", layers="all", exclude=()) -> nn.Module:
     """Round conv/linear weights and biases to fp16 (stored fp16: half the bytes).
+
+    With every layer chosen (``layers="all"``, no ``exclude``) all float tensors of the model go fp16 (BN and other
+    methods' layers too); with a subset (``surgery.select``) only the chosen layers do.
 
     ``compute="fp32"`` (default) runs the same fp16 values in fp32 kernels; ``"fp16"`` casts activations to fp16
     too (slow on CPUs without fp16 arithmetic: measured in ``benchmarks/bench_quantize.py``).
@@ -301,14 +318,18 @@ def apply_fp16(model: nn.Module, compute: str = "fp32") -> nn.Module:
     if compute not in ("fp32", "fp16"):
         raise ValueError(f"compute must be 'fp32' or 'fp16', got {compute!r}")
 
-    def make(layer):
-        config = LAYERS[type(layer).__name__][1](layer)
-        return (Fp16Conv2d if isinstance(layer, nn.Conv2d) else Fp16Linear)(**config, compute=compute)
-    model = _swap(model, make)
+    every = layers in ("all", None) and not exclude
+    chosen = surgery.select(model, layers, where=_plain, exclude=exclude)
+    for path, layer in chosen:
+        model = surgery.replace(model, path, Fp16Conv2d.from_float(layer, compute=compute))
+    rounded = [model] if every else [model.get_submodule(path) for path, _ in chosen]
     with torch.no_grad():  # every float tensor, also those of other methods' layers (hashed buckets, BN, ...)
-        for tensor in list(model.parameters()) + list(model.buffers()):
-            if tensor.is_floating_point():
-                tensor.copy_(tensor.half().float())
+        for module in rounded:
+            for tensor in list(module.parameters()) + list(module.buffers()):
+                if tensor.is_floating_point():
+                    tensor.copy_(tensor.half().float())
+    if not every:
+        return model
     # float tensors that no layer gives a codec of its own are written as fp16 (e.g. hashed -> fp16)
     model.metadata = {**getattr(model, "metadata", {}), "float_codec": "fp16"}
     return model

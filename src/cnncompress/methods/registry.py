@@ -49,6 +49,10 @@ class Method:
     to_inference: Callable[[nn.Module], nn.Module] | None = None
     finetune_loss: Callable | None = None
     """``loss(model, images, labels) -> loss`` used when fine-tuning this method (default: cross-entropy)."""
+    onnx_graph: Callable[[nn.Module], tuple[bytes | None, str]] | None = None
+    """``onnx_graph(model) -> (graph bytes or None, note)``: the method's own ONNX graph (int8: its QDQ graph)
+    or ``None`` to export the model's float form, and a note saying what the file holds (binary methods: the
+    float equivalent). ``None``: the float graph of the model itself."""
 
 
 METHODS: dict[str, Method] = {}
@@ -56,36 +60,38 @@ METHODS: dict[str, Method] = {}
 
 def register(info: MethodInfo, apply_fn: Callable[..., nn.Module],
              to_inference: Callable[[nn.Module], nn.Module] | None = None,
-             finetune_loss: Callable | None = None) -> Method:
+             finetune_loss: Callable | None = None,
+             onnx_graph: Callable[[nn.Module], tuple[bytes | None, str]] | None = None) -> Method:
     """Register a method; ``apply_fn(model, **cfg)`` may modify the (already copied) model in place and return it.
 
     ``to_inference(model) -> model`` swaps in fast kernels (may return a model that cannot train any more);
-    ``finetune_loss(model, images, labels) -> loss`` replaces cross-entropy when fine-tuning.
+    ``finetune_loss(model, images, labels) -> loss`` replaces cross-entropy when fine-tuning;
+    ``onnx_graph(model) -> (bytes | None, note)`` supplies the method's ONNX export (see ``Method``).
     """
-    METHODS[info.name] = Method(info, apply_fn, to_inference, finetune_loss)
+    METHODS[info.name] = Method(info, apply_fn, to_inference, finetune_loss, onnx_graph)
     return METHODS[info.name]
 
 
-def _load_builtin() -> None:
-    """Import every module of ``cnncompress.methods`` so that each registers its methods."""
+def load_builtin() -> None:
+    """Import every module of ``cnncompress.methods`` so that each registers its methods (and layers, codecs)."""
     import importlib
     import pkgutil
+    from pathlib import Path
 
-    from .. import methods as package
-    for module in pkgutil.iter_modules(package.__path__):
+    for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
         if module.name != "registry":
-            importlib.import_module(f"{package.__name__}.{module.name}")
+            importlib.import_module(f"{__package__}.{module.name}")
 
 
 def get(name: str) -> Method:
-    _load_builtin()
+    load_builtin()
     if name not in METHODS:
         raise InputError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
     return METHODS[name]
 
 
 def available() -> list[str]:
-    _load_builtin()
+    load_builtin()
     return sorted(METHODS)
 
 
@@ -135,7 +141,7 @@ def to_inference(model: nn.Module) -> nn.Module:
 
     A method that is not registered in this process (a user's own) has no fast kernel to swap in: skipped.
     """
-    _load_builtin()
+    load_builtin()
     for entry in getattr(model, "compression_history", []):
         method = METHODS.get(entry["method"])
         if method is not None and method.to_inference is not None:

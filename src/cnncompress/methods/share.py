@@ -25,10 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import surgery
 from ..kernels.sparse import CSRWeight, choose_path, csr_linear
+from ..layers import CompressedLayer, base_config, conv_config, linear_config, register_layer
 from ..storage import codec_codebook, codec_sparse  # noqa: F401  (registers csr, codebook, huffman)
-from ..storage.architecture import register_layer
-from .prune import CONV_INDEX_BITS, FC_INDEX_BITS, _MaskedMixin, prune_magnitude, select_layers
+from .prune import CONV_INDEX_BITS, FC_INDEX_BITS, MaskedLayer, prune_magnitude, select_layers
 from .registry import MethodInfo, register
 
 CODINGS = ("plain", "huffman")
@@ -58,7 +59,7 @@ def nearest(values: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     return np.searchsorted((centroids[1:] + centroids[:-1]) / 2, values)
 
 
-class _SharedMixin(nn.Module):
+class _SharedMixin(CompressedLayer, nn.Module):
     """State: ``centroids`` (2**bits,), ``indices`` (weight shape, uint8), ``bias``. ``W = C[I]``."""
 
     def _init_shared(self, shape: tuple, bits: int, sparse: bool, bias: bool, coding: str, index_bits: int):
@@ -96,6 +97,19 @@ class _SharedMixin(nn.Module):
         self.centroids.copy_(torch.from_numpy(table.astype(np.float32)))
         self.indices.copy_(torch.from_numpy(indices))
 
+    @classmethod
+    def from_float(cls, layer: nn.Module, bits: int = 8, coding: str = "plain", seed: int = 0) -> "_SharedMixin":
+        """The shared twin of a ``Conv2d``/``Linear`` (or pruned one: index 0 then stands for its zeros)."""
+        mask = layer.mask if isinstance(layer, MaskedLayer) else None
+        sparse = mask is not None and not bool(mask.all())
+        base = nn.Conv2d if isinstance(layer, nn.Conv2d) else nn.Linear
+        shared = cls(**base_config(layer, base), bits=bits, sparse=sparse, coding=coding)
+        shared.assign(layer.weight, mask if sparse else None, seed)
+        if layer.bias is not None:
+            with torch.no_grad():
+                shared.bias.copy_(layer.bias)
+        return shared.to(layer.weight.device)
+
     def after_step(self) -> None:
         if self.sparse:
             with torch.no_grad():
@@ -124,6 +138,7 @@ class _SharedMixin(nn.Module):
         return {"indices": ("codebook", {"bits": self.bits})}
 
 
+@register_layer
 class SharedConv2d(_SharedMixin):
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, bits: int = 8, sparse: bool = False, coding: str = "plain",
@@ -137,15 +152,14 @@ class SharedConv2d(_SharedMixin):
                           index_bits)
 
     def layer_config(self) -> dict:
-        return {"in_channels": self.in_channels, "out_channels": self.out_channels,
-                "kernel_size": list(self.kernel_size), "stride": list(self.stride), "padding": list(self.padding),
-                "dilation": list(self.dilation), "groups": self.groups, "bias": self.bias is not None,
-                "bits": self.bits, "sparse": self.sparse, "coding": self.coding, "index_bits": self.index_bits}
+        return {**conv_config(self), "bits": self.bits, "sparse": self.sparse, "coding": self.coding,
+                "index_bits": self.index_bits}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.shared_weight(), self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
+@register_layer
 class SharedLinear(_SharedMixin):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, bits: int = 5,
                  sparse: bool = False, coding: str = "plain", index_bits: int = FC_INDEX_BITS):
@@ -154,8 +168,7 @@ class SharedLinear(_SharedMixin):
         self._init_shared((out_features, in_features), bits, sparse, bias, coding, index_bits)
 
     def layer_config(self) -> dict:
-        return {"in_features": self.in_features, "out_features": self.out_features, "bias": self.bias is not None,
-                "bits": self.bits, "sparse": self.sparse, "coding": self.coding, "index_bits": self.index_bits}
+        return {**linear_config(self), "bits": self.bits, "sparse": self.sparse, "coding": self.coding, "index_bits": self.index_bits}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (not self.training and self._csr is not None and x.dim() == 2
@@ -164,42 +177,23 @@ class SharedLinear(_SharedMixin):
         return F.linear(x, self.shared_weight(), self.bias)
 
 
-for _cls in (SharedConv2d, SharedLinear):
-    register_layer(_cls)
-
-
 def share_layer(layer: nn.Module, bits: int, coding: str, seed: int = 0) -> _SharedMixin:
     """Replace a Conv2d/Linear (or pruned one) by its weight-shared twin."""
-    mask = layer.mask if isinstance(layer, _MaskedMixin) else None
-    sparse = mask is not None and not bool(mask.all())
-    if isinstance(layer, nn.Conv2d):
-        config = {k: getattr(layer, k) for k in ("in_channels", "out_channels", "kernel_size", "stride", "padding",
-                                                 "dilation", "groups")}
-        shared = SharedConv2d(**config, bias=layer.bias is not None, bits=bits, sparse=sparse, coding=coding)
-    else:
-        shared = SharedLinear(layer.in_features, layer.out_features, bias=layer.bias is not None, bits=bits,
-                              sparse=sparse, coding=coding)
-    shared.assign(layer.weight, mask if sparse else None, seed)
-    if layer.bias is not None:
-        with torch.no_grad():
-            shared.bias.copy_(layer.bias)
-    return shared.to(layer.weight.device)
+    return (SharedConv2d if isinstance(layer, nn.Conv2d) else SharedLinear).from_float(layer, bits, coding, seed)
 
 
 def kmeans(model: nn.Module, conv_bits: int = 8, fc_bits: int = 5, layers="all", coding: str = "plain",
-           seed: int = 0) -> nn.Module:
+           seed: int = 0, exclude=()) -> nn.Module:
     """Per-layer k-means weight sharing (module docstring); ``coding='huffman'`` Huffman-codes the indices."""
     for name, value in (("conv_bits", conv_bits), ("fc_bits", fc_bits)):
         if not (isinstance(value, int) and 1 <= value <= 8):
             raise ValueError(f"{name}={value!r} must be an integer in 1..8")
     if coding not in CODINGS:
         raise ValueError(f"coding={coding!r} must be one of {CODINGS}")
-    for path, layer in select_layers(model, layers).items():
-        bits = conv_bits if isinstance(layer, nn.Conv2d) else fc_bits
-        shared = share_layer(layer, bits, coding, seed)
-        parent, _, leaf = path.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, leaf, shared)
-    return model
+    def convert(_: str, layer: nn.Module) -> _SharedMixin:
+        return share_layer(layer, conv_bits if isinstance(layer, nn.Conv2d) else fc_bits, coding, seed)
+
+    return surgery.replace_layers(model, convert, layers, exclude=exclude)
 
 
 def file_bytes(model: nn.Module) -> int:
@@ -210,30 +204,33 @@ def file_bytes(model: nn.Module) -> int:
 
 
 def han_sparsity(model: nn.Module, conv_sparsity: float, fc_sparsity: float, first_conv_sparsity: float,
-                 last_fc_sparsity: float) -> dict[str, float]:
-    layers = select_layers(model, "all")
-    convs = [p for p, m in layers.items() if isinstance(m, nn.Conv2d)]
-    fcs = [p for p, m in layers.items() if isinstance(m, nn.Linear)]
+                 last_fc_sparsity: float, layers="all", exclude=()) -> dict[str, float]:
+    """Han's per-layer targets for the chosen layers (the network's first conv and last fc have their own)."""
+    every = select_layers(model, "all")
+    convs = [p for p, m in every.items() if isinstance(m, nn.Conv2d)]
+    fcs = [p for p, m in every.items() if isinstance(m, nn.Linear)]
     targets = {p: conv_sparsity for p in convs} | {p: fc_sparsity for p in fcs}
     if convs:
         targets[convs[0]] = first_conv_sparsity
     if fcs:
         targets[fcs[-1]] = last_fc_sparsity
-    return targets
+    chosen = select_layers(model, layers, exclude)
+    return {p: t for p, t in targets.items() if p in chosen}
 
 
 def deep_compression(model: nn.Module, conv_sparsity: float = 0.65, fc_sparsity: float = 0.96,
                      first_conv_sparsity: float = 0.42, last_fc_sparsity: float = 0.77, conv_bits: int = 8,
                      fc_bits: int = 5, per_layer: dict | None = None, measure_stages: bool = True,
-                     seed: int = 0) -> nn.Module:
+                     seed: int = 0, layers="all", exclude=()) -> nn.Module:
     """Han et al. 2016: prune -> k-means share -> Huffman; bytes per stage in ``model.compression_stages``."""
-    targets = han_sparsity(model, conv_sparsity, fc_sparsity, first_conv_sparsity, last_fc_sparsity)
+    targets = han_sparsity(model, conv_sparsity, fc_sparsity, first_conv_sparsity, last_fc_sparsity, layers,
+                           exclude)
     targets.update(per_layer or {})
     stages = [{"stage": "fp32", "bytes": file_bytes(model)}] if measure_stages else []
-    model = prune_magnitude(model, scope="layer", per_layer=targets)
+    model = prune_magnitude(model, scope="layer", layers=sorted(targets), per_layer=targets)
     if measure_stages:
         stages.append({"stage": "pruned (csr, fp32 values)", "bytes": file_bytes(model)})
-    model = kmeans(model, conv_bits, fc_bits, coding="plain", seed=seed)
+    model = kmeans(model, conv_bits, fc_bits, layers=sorted(targets), coding="plain", seed=seed)
     if measure_stages:
         stages.append({"stage": f"+ weight sharing ({conv_bits}-bit conv, {fc_bits}-bit fc)",
                        "bytes": file_bytes(model)})

@@ -1,6 +1,6 @@
 """Reference models: VGG-S, SqueezeNet 1.1, the cascade CNN (and the mini-Xception teacher when added)."""
 from .cascade_cnn import CascadeCNN
-from .mini_xception import MiniXception, load_teacher  # registers "mini_xception", its layers, pretrained teachers
+from .mini_xception import MiniXception, load_pretrained, load_teacher  # registers "mini_xception", its layers
 from .registry import DEFAULT_BATCH_SIZE, available, build, build_from_spec, register_model
 from .squeezenet import SqueezeNet11
 from .vgg_s import VGGS
@@ -14,7 +14,7 @@ __all__ = ["available", "build", "build_from_spec", "register_model", "DEFAULT_B
 
 
 def _register_storage() -> None:
-    from ..storage.architecture import register_layer
+    from ..layers import register_layer
     from .squeezenet import Fire
 
     for cls in (VGGS, SqueezeNet11, CascadeCNN, Fire):

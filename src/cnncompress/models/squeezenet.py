@@ -8,9 +8,13 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from ..layers import BranchConcat, SequentialForward
 
-class Fire(nn.Module):
+
+class Fire(BranchConcat, nn.Module):
     """squeeze 1x1 -> ReLU -> [expand 1x1 | expand 3x3] -> ReLU, concatenated on channels."""
+
+    stages = (("squeeze",), ("expand1x1", "expand3x3"))
 
     def __init__(self, in_channels: int, squeeze: int, expand1x1: int, expand3x3: int):
         super().__init__()
@@ -23,6 +27,11 @@ class Fire(nn.Module):
         self.expand3x3 = nn.Conv2d(squeeze, expand3x3, 3, padding=1)
         self.expand3x3_relu = nn.ReLU(inplace=True)
 
+    def channels_changed(self) -> None:
+        """Filter pruning narrowed the convs: the constructor kwargs follow them."""
+        self.build_config = {"in_channels": self.squeeze.in_channels, "squeeze": self.squeeze.out_channels,
+                             "expand1x1": self.expand1x1.out_channels, "expand3x3": self.expand3x3.out_channels}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.squeeze_relu(self.squeeze(x))
         return torch.cat([self.expand1x1_relu(self.expand1x1(x)), self.expand3x3_relu(self.expand3x3(x))], 1)
@@ -32,7 +41,7 @@ FINAL_BIAS = 0.5
 FIRE_CONFIG = [(16, 64), (16, 64), "pool", (32, 128), (32, 128), "pool", (48, 192), (48, 192), (64, 256), (64, 256)]
 
 
-class SqueezeNet11(nn.Module):
+class SqueezeNet11(SequentialForward, nn.Module):
     def __init__(self, num_classes: int = 8, in_channels: int = 3, input_size: int = 224, width: float = 1.0):
         super().__init__()
         self.build_config = {"num_classes": num_classes, "in_channels": in_channels, "input_size": input_size,

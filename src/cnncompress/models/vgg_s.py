@@ -13,6 +13,8 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from ..layers import SequentialForward
+
 
 def _scaled(channels: int, width: float) -> int:
     return max(1, int(round(channels * width)))
@@ -33,7 +35,7 @@ def _shape_walk(features: nn.Sequential, channels: int, size: int) -> int:
     return channels * size * size
 
 
-class VGGS(nn.Module):
+class VGGS(SequentialForward, nn.Module):
     def __init__(self, num_classes: int = 8, in_channels: int = 3, input_size: int = 224, width: float = 1.0):
         super().__init__()
         self.build_config = {"num_classes": num_classes, "in_channels": in_channels, "input_size": input_size,

@@ -1,6 +1,6 @@
 """The ``.ccz`` file format: ``save(model, path)``, ``load(path)``, codecs and layer registries."""
 from .architecture import register_layer
-from .ccz import load, payload_bytes, read_manifest, save
+from .ccz import configure, load, payload_bytes, read_manifest, save
 from .codecs import CODECS, register_codec
 
-__all__ = ["save", "load", "payload_bytes", "read_manifest", "register_codec", "register_layer", "CODECS"]
+__all__ = ["configure", "save", "load", "payload_bytes", "read_manifest", "register_codec", "register_layer", "CODECS"]

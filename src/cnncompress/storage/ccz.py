@@ -17,11 +17,13 @@ import json
 import os
 import struct
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
 
-from ..errors import input_error
+from ..errors import InputError, input_error
+from ..layers import compressed_layers
 from . import architecture
 from .codecs import MAX_ELEMENTS, TORCH_DTYPES, dtype_name, get_codec, numel
 
@@ -30,15 +32,35 @@ VERSION = 1
 HEADER = struct.Struct("<4sIQ")
 MAX_MANIFEST = 64 << 20
 
+# What storage needs from the layers above it is handed in (``configure``), so that it imports neither models nor
+# methods: the builder of a model's float skeleton from its spec, and the hooks that register layer types and
+# codecs before a file is read. ``cnncompress/__init__.py`` wires the toolkit's own.
+_HOOKS: dict[str, list[Callable]] = {"build_skeleton": [], "before_read": []}
+
+
+def configure(*, build_skeleton: Callable[[dict], nn.Module] | None = None,
+              before_read: Callable[[], None] | None = None) -> None:
+    """Hand storage the skeleton builder (``spec -> float model``, e.g. ``models.build_from_spec``) and a hook run
+    before every read (e.g. importing the method modules so that their layers and codecs are registered)."""
+    if build_skeleton is not None:
+        _HOOKS["build_skeleton"][:] = [build_skeleton]
+    if before_read is not None and before_read not in _HOOKS["before_read"]:
+        _HOOKS["before_read"].append(before_read)
+
+
+def _skeleton(spec: dict) -> nn.Module:
+    if not _HOOKS["build_skeleton"]:
+        raise RuntimeError("storage has no skeleton builder: import cnncompress (or call storage.configure)")
+    return _HOOKS["build_skeleton"][0](spec)
+
 
 def _codec_plan(model: nn.Module, default: str) -> dict[str, tuple[str, dict]]:
-    """Per state-dict entry: (codec, options). Layers may declare ``storage_codecs() -> {local name: (codec, opts)}``."""
+    """Per state-dict entry: (codec, options). Compressed layers declare ``storage_codecs() -> {local name: (codec,
+    opts)}`` (``layers.CompressedLayer``); every other float tensor takes ``default``."""
     plan = {}
-    for path, module in model.named_modules():
-        declared = getattr(module, "storage_codecs", None)
-        if callable(declared):
-            for local, choice in declared().items():
-                plan[f"{path}.{local}" if path else local] = choice
+    for path, module in compressed_layers(model):
+        for local, choice in module.storage_codecs().items():
+            plan[f"{path}.{local}" if path else local] = choice
     state = model.state_dict()
     return {name: plan.get(name, (default if state[name].is_floating_point() else "raw", {})) for name in state}
 
@@ -50,12 +72,11 @@ def save(model: nn.Module, path: str | Path, *, float_codec: str | None = None, 
     by default the model's ``metadata["float_codec"]`` (set by the ``fp16`` method), else ``fp32``.
     """
     float_codec = float_codec or (getattr(model, "metadata", {}) or {}).get("float_codec", "fp32")
-    from ..models import build_from_spec
     spec = getattr(model, "spec", None)
     if not spec:
         raise ValueError("model has no .spec; build it with cnncompress.models.build")
     with torch.device("meta"):
-        skeleton = build_from_spec(spec)
+        skeleton = _skeleton(spec)
     plan = _codec_plan(model, float_codec)
     entries, blobs, offset = [], [], 0
     for name, tensor in model.state_dict().items():
@@ -88,8 +109,8 @@ def save(model: nn.Module, path: str | Path, *, float_codec: str | None = None, 
 
 def read_manifest(path: str | Path) -> tuple[dict, int]:
     """Parse and check the header and manifest; returns (manifest, byte offset of the blob section)."""
-    from ..methods.registry import _load_builtin
-    _load_builtin()  # method modules register their codecs and layer types
+    for hook in _HOOKS["before_read"]:
+        hook()  # e.g. method modules register their codecs and layer types
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -152,8 +173,6 @@ def _rebuild(path: Path, manifest: dict, device: str) -> nn.Module:
     skeleton stays on ``meta`` and only the compressed layers of the architecture diff are built for real; the
     remaining meta tensors are then allocated empty and filled from the file, so loading never holds the
     full float model."""
-    from ..errors import InputError
-    from ..models import build_from_spec
     spec = manifest.get("spec")
     if not isinstance(spec, dict):
         raise input_error(path, "manifest has no model spec")
@@ -162,7 +181,7 @@ def _rebuild(path: Path, manifest: dict, device: str) -> nn.Module:
         raise input_error(path, "architecture must be an object")
     try:
         with torch.device("meta"):
-            model = build_from_spec(spec)
+            model = _skeleton(spec)
         if device == "meta":
             with torch.device("meta"):
                 return architecture.apply_diff(model, changes)

@@ -1,7 +1,7 @@
 import pytest
 
 from cnncompress.errors import InputError
-from cnncompress.recipe import load_recipe, parse_recipe
+from cnncompress.experiments.recipe import load_recipe, parse_recipe
 
 BASE = {"baselines": {"squeezenet1_1": {"width": 0.25, "epochs": 1}}}
 

@@ -10,10 +10,10 @@ import time
 import pytest
 import torch
 
-from cnncompress.bench import Bench
+from cnncompress.experiments.bench import Bench
 from cnncompress.errors import InputError
-from cnncompress.executors import LocalExecutor, make_executor
-from cnncompress.recipe import parse_recipe
+from cnncompress.experiments.executors import LocalExecutor, make_executor
+from cnncompress.experiments.recipe import parse_recipe
 
 # the tiny settings of tests/test_bench.py; no peak-memory probes (two fresh processes per row)
 RECIPE = {"data": "mnist5k", "input_size": 28, "latency_runs": 10, "threads": 1, "memory": False,
@@ -74,7 +74,7 @@ def _kill_first_running_row(rows_dir, killed: dict, stop: threading.Event) -> No
 
 
 def test_two_node_sweep_matches_local_and_survives_a_killed_worker(tmp_path, cluster):
-    from cnncompress.executors import RayExecutor
+    from cnncompress.experiments.executors import RayExecutor
     recipe = parse_recipe(RECIPE)
     assert len(recipe.rows) == 4
     threads = torch.get_num_threads()
@@ -120,7 +120,7 @@ def test_worker_without_the_shared_directory_gets_files_through_ray(tmp_path, cl
     """No shared file system: the worker writes the baseline from the object store, the driver fetches the .ccz."""
     import ray
 
-    from cnncompress.executors import RayExecutor, run_row_on_worker
+    from cnncompress.experiments.executors import RayExecutor, run_row_on_worker
     recipe = parse_recipe({**RECIPE, "rows": [{"model": "squeezenet1_1", "method": "fp16", "finetune": 0}]})
     row = recipe.rows[0]
     driver = Bench(recipe, tmp_path / "driver", progress=False)
@@ -140,7 +140,7 @@ def test_worker_without_the_shared_directory_gets_files_through_ray(tmp_path, cl
 
 def test_unreachable_address_fails_before_training(tmp_path):
     pytest.importorskip("ray")
-    from cnncompress.executors import RayExecutor
+    from cnncompress.experiments.executors import RayExecutor
     with pytest.raises(InputError, match="no Ray head node answers"):
         RayExecutor(address="127.0.0.1:1")._check_reachable()
     with pytest.raises(InputError, match="HOST:PORT"):

@@ -1,5 +1,9 @@
 """Bench recipes (YAML) -> validated ``Recipe``; every problem is reported before any training starts.
 
+Keys, types and ranges are checked against ``schema.BENCH_RECIPE`` (the validator shared with the distill and
+cascade recipes); this module then checks what needs the registries (model names, method names and options)
+and expands grids and seeds into rows.
+
 ```yaml
 data: mnist5k            # dataset spec
 input_size: 48
@@ -40,16 +44,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from . import methods, models
-from .errors import InputError, input_error
+from .. import methods, models
+from ..errors import InputError, input_error
+from . import schema
 
 BASELINE = "baseline"
-BASELINE_KEYS = {"width", "epochs", "lr", "momentum", "batch_size", "seed"}
-TOP_KEYS = {"data", "input_size", "threads", "latency_runs", "baselines", "finetune", "rows", "seed", "memory"}
-ROW_KEYS = {"model", "method", "config", "finetune", "label", "stages", "grid", "seed"}
-STAGE_KEYS = {"method", "config", "grid"}
 MAX_ROWS = 100000
 
 
@@ -95,44 +94,21 @@ class Recipe:
         return int(self.baselines.get(model, {}).get("seed", seed))
 
 
-def _number(source, key, value, kind, low, high):
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or (kind is int and not isinstance(value, int)):
-        raise input_error(source, f"{key} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
-    if not low <= value <= high:
-        raise input_error(source, f"{key}={value} out of range [{low}, {high}]")
-    return value
-
-
 def _check_baseline(source, name, settings) -> dict:
     if name not in models.available():
         raise input_error(source, f"unknown model {name!r} in baselines (known: {', '.join(models.available())})")
-    if not isinstance(settings, dict) or set(settings) - BASELINE_KEYS:
-        raise input_error(source, f"baselines.{name}: allowed keys {sorted(BASELINE_KEYS)}")
-    for key, kind, low, high in (("width", float, 0.01, 8), ("epochs", int, 0, 10000), ("lr", float, 1e-8, 10),
-                                 ("momentum", float, 0, 0.999), ("batch_size", int, 1, 65536), ("seed", int, 0, 2**31)):
-        if key in settings:
-            _number(source, f"baselines.{name}.{key}", settings[key], kind, low, high)
     return settings
 
 
-def _seeds(source, key, value) -> list[int]:
-    """A seed or a non-empty list of distinct seeds."""
-    values = value if isinstance(value, list) else [value]
-    if not values:
-        raise input_error(source, f"{key} must be an integer or a non-empty list of integers")
-    for item in values:
-        _number(source, key, item, int, 0, 2**31)
-    if len(set(values)) != len(values):
-        raise input_error(source, f"{key} lists a seed twice: {values}")
-    return list(values)
+def _seeds(value) -> list[int]:
+    """A seed or a list of seeds (already checked by the schema) -> a list."""
+    return list(value) if isinstance(value, list) else [value]
 
 
-def _grid(source, where, grid) -> list[dict]:
+def _grid(grid) -> list[dict]:
     """``{option: [values]}`` -> the cartesian product as a list of ``{option: value}`` (insertion order)."""
     if grid is None:
         return [{}]
-    if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
-        raise input_error(source, f"{where}: grid must map option names to non-empty lists of values")
     return [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
 
 
@@ -144,9 +120,9 @@ def _expand(source, index, entry, seeds) -> list[dict]:
     """One recipe row -> its grid points x seeds, as plain row dicts (config/stages merged with grid values)."""
     where = f"rows[{index}]"
     if "seed" in entry:
-        seeds = _seeds(source, f"{where}.seed", entry["seed"])
+        seeds = _seeds(entry["seed"])
     if "stages" in entry:
-        stage_grids = [_grid(source, f"{where}.stages[{i}]", st.get("grid")) for i, st in enumerate(entry["stages"])]
+        stage_grids = [_grid(st.get("grid")) for st in entry["stages"]]
         points = []
         for combo in itertools.product(*stage_grids):
             stages = [{"method": st["method"], "config": {**(st.get("config") or {}), **point}}
@@ -156,10 +132,8 @@ def _expand(source, index, entry, seeds) -> list[dict]:
             points.append(({"stages": stages}, tag))
     else:
         config = entry.get("config") or {}
-        if not isinstance(config, dict):
-            raise input_error(source, f"{where}: config must be a mapping")
         points = [({"config": {**config, **point}}, ",".join(f"{k}={_value(v)}" for k, v in point.items()))
-                  for point in _grid(source, where, entry.get("grid"))]
+                  for point in _grid(entry.get("grid"))]
     label = entry["label"] if "label" in entry else \
         entry.get("method") or "+".join(st["method"] for st in entry["stages"])
     out = []
@@ -181,25 +155,15 @@ def _rows(source, raw, baselines, seeds: list[int]) -> list[Row]:
                                     int(entry.get("finetune", 1)), entry.get("label", method_name), seed=seed)
                                 for seed in seeds)
         return _unique(source, rows, baselines)
-    if not isinstance(raw, list):
-        raise input_error(source, "rows must be 'auto' or a list of {model, method, config, finetune, label}")
     rows = []
     for index, entry in enumerate(raw):
-        if not isinstance(entry, dict) or set(entry) - ROW_KEYS or "model" not in entry or \
-                ("method" in entry) == ("stages" in entry):
-            raise input_error(source, f"rows[{index}]: needs model and either method or stages; "
-                                      f"allowed keys {sorted(ROW_KEYS)}")
-        if "stages" in entry:
-            stages = entry["stages"]
-            if not isinstance(stages, list) or not stages or not all(
-                    isinstance(st, dict) and "method" in st and set(st) <= STAGE_KEYS and
-                    isinstance(st.get("config") or {}, dict) for st in stages):
-                raise input_error(source, f"rows[{index}]: stages must be a list of {{method, config, grid}}")
-            if "grid" in entry:
-                raise input_error(source, f"rows[{index}]: put grid inside a stage of a pipeline row")
+        if ("method" in entry) == ("stages" in entry):
+            raise input_error(source, f"rows[{index}]: needs model and either method or stages")
+        if "stages" in entry and "grid" in entry:
+            raise input_error(source, f"rows[{index}]: put grid inside a stage of a pipeline row")
         if entry["model"] not in baselines:
             raise input_error(source, f"rows[{index}]: model {entry['model']!r} has no entry in baselines")
-        finetune = _number(source, f"rows[{index}].finetune", entry.get("finetune", 1), int, 0, 10000)
+        finetune = entry.get("finetune", 1)
         for point in _expand(source, index, entry, seeds):
             stages = point.get("stages") or []
             method = point["method"] if "method" in point else "+".join(st["method"] for st in stages)
@@ -239,40 +203,24 @@ def validate_rows(source, rows: list[Row]) -> None:
 
 
 def load_recipe(path: str | Path) -> Recipe:
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as error:
-        raise input_error(path, f"cannot read recipe: {error.strerror or error}") from error
-    except yaml.YAMLError as error:
-        raise input_error(path, f"bad YAML: {str(error).splitlines()[0]}") from error
-    return parse_recipe(raw, str(path))
+    """The bench recipe at ``path``, checked (``schema.BENCH_RECIPE``, then models, methods, options)."""
+    return parse_recipe(schema.read_yaml(path), str(path))
 
 
 def parse_recipe(raw, source: str = "<recipe>") -> Recipe:
-    if not isinstance(raw, dict):
-        raise input_error(source, "a recipe must be a mapping")
-    unknown = set(raw) - TOP_KEYS
-    if unknown:
-        raise input_error(source, f"unknown key(s) {sorted(unknown)}; allowed {sorted(TOP_KEYS)}")
+    raw = schema.check(raw, schema.BENCH_RECIPE, source)
     recipe = Recipe()
     recipe.data = str(raw.get("data", recipe.data))
-    recipe.input_size = _number(source, "input_size", raw.get("input_size", recipe.input_size), int, 8, 1024)
-    recipe.threads = _number(source, "threads", raw.get("threads", recipe.threads), int, 1, 256)
-    recipe.latency_runs = _number(source, "latency_runs", raw.get("latency_runs", recipe.latency_runs), int, 10, 100000)
+    recipe.input_size = raw.get("input_size", recipe.input_size)
+    recipe.threads = raw.get("threads", recipe.threads)
+    recipe.latency_runs = raw.get("latency_runs", recipe.latency_runs)
     recipe.memory = raw.get("memory", True)
-    if not isinstance(recipe.memory, bool):
-        raise input_error(source, f"memory must be true or false, got {recipe.memory!r}")
-    recipe.seeds = _seeds(source, "seed", raw.get("seed", 0))
+    recipe.seeds = _seeds(raw.get("seed", 0))
     recipe.seed = recipe.seeds[0]
-    baselines = raw.get("baselines") or {}
-    if not isinstance(baselines, dict) or not baselines:
+    if not raw["baselines"]:
         raise input_error(source, "baselines must map at least one model name to its settings")
-    recipe.baselines = {name: _check_baseline(source, name, settings or {}) for name, settings in baselines.items()}
-    finetune = raw.get("finetune", recipe.finetune)
-    if not isinstance(finetune, dict) or set(finetune) - {"epochs", "lr", "momentum"}:
-        raise input_error(source, "finetune must be a mapping with epochs, lr, momentum")
-    recipe.finetune = {**recipe.finetune, **finetune}
+    recipe.baselines = {name: _check_baseline(source, name, settings) for name, settings in raw["baselines"].items()}
+    recipe.finetune = {**recipe.finetune, **raw.get("finetune", {})}
     recipe.rows = _rows(source, raw.get("rows", "auto"), recipe.baselines, recipe.seeds)
     validate_rows(source, recipe.rows)
     return recipe

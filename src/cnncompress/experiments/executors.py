@@ -1,9 +1,10 @@
 """Where bench rows run: in this process (``LocalExecutor``) or as Ray tasks on a cluster (``RayExecutor``).
 
-An executor has one method, ``map(bench, rows) -> iterator of result dicts`` (in completion order). The driver
-(``Bench.run``) has already trained every baseline the rows need (``Bench.prepare``) and alone appends results
-to ``rows.jsonl``; each row runs ``Bench.safe_run_row`` where the executor puts it, which writes the row's
-``.ccz`` and ``result.json`` atomically into ``OUT/rows/<key>/``.
+An executor has one method, ``map(bench, rows) -> iterator of result dicts`` (in completion order); the driver
+hands it to ``Bench.run(executor)``, which has already trained every baseline the rows need (``Bench.prepare``)
+and alone appends results to ``rows.jsonl``; each row runs ``Bench.safe_run_row`` where the executor puts it,
+which writes the row's ``.ccz`` and ``result.json`` atomically into ``OUT/rows/<key>/``. This module imports
+``experiments.bench`` (a Ray worker builds its own ``Bench``); the bench never imports the executors.
 
 Ray (https://docs.ray.io, ``pip install ray``; optional): every row is one task with ``num_cpus=cpus_per_row``,
 ``num_gpus=gpus_per_row`` and ``max_retries=retries``, so a row whose worker process or node dies is re-run
@@ -24,16 +25,17 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from .errors import InputError
+from ..errors import InputError
+from ..train import atomic_write
+from .bench import Bench
 from .recipe import Recipe, Row
-from .train import atomic_write
 
 BASELINE_FILES = ("model.safetensors", "checkpoint.json")  # weights + training history
 _DATASETS: dict[tuple, tuple] = {}  # per worker process: (data, input_size) -> (train, test), loaded once
 
 
 class LocalExecutor:
-    """Rows one after the other in this process (the default; exactly the historical behaviour)."""
+    """Rows one after the other in this process (what ``Bench.run()`` does without an executor)."""
     name = "local"
 
     def map(self, bench, rows: list[Row]) -> Iterator[dict]:
@@ -52,7 +54,7 @@ def import_ray():
 
 
 def _datasets(recipe: Recipe) -> tuple:
-    from .data import build_dataset
+    from ..data import build_dataset
     key = (recipe.data, recipe.input_size)
     if key not in _DATASETS:
         _DATASETS[key] = (build_dataset(recipe.data, "train", input_size=recipe.input_size),
@@ -67,7 +69,6 @@ def run_row_on_worker(recipe: Recipe, out: str, device: str, row: Row, baseline_
     import ray
     import torch
 
-    from .bench import Bench
     started = time.perf_counter()
     torch.set_num_threads(threads)
     node_id = ray.get_runtime_context().get_node_id()
@@ -204,8 +205,11 @@ class RayExecutor:
 
 
 def make_executor(name: str, address: str | None = None, cpus_per_row: float = 1, gpus_per_row: float = 0,
-                  retries: int = 2):
-    """``local`` or ``ray`` (the CLI's ``--executor``)."""
+                  retries: int = 2, device: str = "cpu"):
+    """``local`` or ``ray`` (the CLI's ``--executor``); ``device``: where the rows train."""
+    if name == "ray" and device == "cuda" and gpus_per_row <= 0:
+        raise InputError("--device cuda with --executor ray needs --gpus-per-row > 0 (Ray hides GPUs from tasks "
+                         "that reserve none)")
     if name == "local":
         if address or gpus_per_row:
             raise InputError("--address/--gpus-per-row need --executor ray")

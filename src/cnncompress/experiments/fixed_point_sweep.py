@@ -6,7 +6,7 @@ smaller than ε/2 = 2^-(FL+1) are always rounded to zero (eq. 1), whereas stocha
 expectation (eq. 2). This trains VGG-S (bench size: width 0.25, 48x48 grey) from scratch on mnist5k for each
 (FL, rounding) plus an fp32 reference, and plots test accuracy against FL.
 
-    OMP_NUM_THREADS=1 .venv/bin/python -m cnncompress.methods.fixed_point_sweep      # a few minutes
+    OMP_NUM_THREADS=1 .venv/bin/python -m cnncompress.experiments.fixed_point_sweep      # a few minutes
 
 Writes ``results/fixed_point_sweep/sweep.json`` and ``sweep.png``. Importing this module does nothing.
 """

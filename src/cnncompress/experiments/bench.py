@@ -4,9 +4,12 @@ Resumable: baselines train with per-epoch checkpoints under ``OUT/baselines/<mod
 other seeds); every finished row is appended to ``OUT/rows.jsonl`` and skipped on re-run, so a kill loses at most
 the row in progress (and even its finished fine-tuning epochs are kept in ``OUT/rows/<key>/train``).
 
-Rows run through an executor (``cnncompress.executors``: in-process, or Ray tasks on a cluster): the driver trains
-the baselines first (``prepare``), every row then runs ``safe_run_row`` wherever the executor puts it (writing its
-``.ccz`` and ``result.json`` atomically into its own folder) and only the driver appends to ``rows.jsonl``.
+Rows run in this process, in order, or through an executor (``experiments.executors``: Ray tasks on a cluster)
+handed to ``Bench.run``: the driver trains the baselines first (``prepare``), every row then runs
+``safe_run_row`` wherever the executor puts it (writing its ``.ccz`` and ``result.json`` atomically into its own
+folder) and only the driver appends to ``rows.jsonl``. The executors import this module, never the reverse.
+
+``run_bench`` is the whole job behind ``cnncompress bench``: recipe file -> rows -> tables and plots.
 """
 from __future__ import annotations
 
@@ -21,11 +24,13 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import measure, methods, models, storage
-from .data import build_dataset
-from .errors import InputError
-from .recipe import BASELINE, Recipe, Row
-from .train import Trainer, TrainConfig, atomic_write, checkpoint_info, load_weights, save_weights
+from .. import measure, methods, models, storage
+from ..data import build_dataset
+from ..errors import InputError
+from ..train import Trainer, TrainConfig, atomic_write, checkpoint_info, load_weights, save_weights
+from .compress_one import apply_pipeline, load_for_inference
+from .recipe import BASELINE, Recipe, Row, load_recipe
+from .report import write_outputs
 
 
 def environment() -> dict:
@@ -135,16 +140,15 @@ class Bench:
         folder = self.row_folder(row)
         base = self.baseline(row.model, row.seed)
         history = list(self._baseline_history[(row.model, self.recipe.baseline_seed(row.model, row.seed))])
-        loss_fn = None
-        model = base
         torch.manual_seed(row.seed)  # a method's random choices depend on the row's seed only
-        if row.method != BASELINE:
-            for index, stage in enumerate(row.pipeline):
-                model = methods.apply(model, stage["method"], **stage["config"])
-                loss_fn = methods.get(stage["method"]).finetune_loss
-                if row.finetune > 0:
-                    history = self.finetune(row, model, folder / f"train{index if index else ''}", loss_fn)
-                    model = model.cpu().eval()
+        if row.method == BASELINE:
+            return self.measure_row(row, base, history, folder, None, started)
+
+        def fine_tune(index: int, model, loss_fn):
+            nonlocal history
+            history = self.finetune(row, model, folder / f"train{index if index else ''}", loss_fn)
+            return model.cpu().eval()
+        model, loss_fn = apply_pipeline(base, row.pipeline, fine_tune if row.finetune > 0 else None)
         return self.measure_row(row, model, history, folder, loss_fn, started)
 
     def finetune(self, row: Row, model, folder: Path, loss_fn) -> list[dict]:
@@ -177,7 +181,7 @@ class Bench:
         accuracy = measure.accuracy(model, self.test_set)
         train_ms = measure.train_step_time(model, self.train_set, models.DEFAULT_BATCH_SIZE.get(row.model, 32),
                                            loss_fn=loss_fn, num_threads=recipe.threads)
-        fast = methods.to_inference(storage.load(ccz))
+        fast = load_for_inference(ccz)
         example = self.test_set.images[:1]  # a real test image: data-dependent models (early exits) need one
         # onnxruntime column: the model's own ONNX graph where the inference model is one (int8 QDQ), else the
         # exported float model
@@ -233,17 +237,16 @@ class Bench:
         return result
 
     def run(self, executor=None) -> list[dict]:
-        """Run every unfinished row through ``executor`` (default: in this process, in order)."""
-        from .executors import LocalExecutor
-        executor = executor or LocalExecutor()
+        """Run every unfinished row through ``executor`` (``map(bench, rows)``; default: here, in order)."""
         done = self.finished()
         todo = [row for row in self.recipe.rows if row.key not in done]
         if todo:
             if hasattr(executor, "connect"):
                 executor.connect()  # a cluster that cannot be reached fails before any training
             self.prepare(todo)
+        results = executor.map(self, todo) if executor else (self.safe_run_row(row) for row in todo)
         bar = tqdm(total=len(todo), desc="bench rows", disable=not self.progress, unit="row")
-        for result in executor.map(self, todo):
+        for result in results:
             if "error" in result:
                 tqdm.write(f"row {result['model']}/{result['label']} failed: {result['error']}")
             done[result["key"]] = result
@@ -253,3 +256,17 @@ class Bench:
             bar.update()
         bar.close()
         return [done[row.key] for row in self.recipe.rows if row.key in done]
+
+
+def run_bench(recipe_path: str | Path, out: str | Path, data: str | None = None, only: list[str] | None = None,
+              device: str = "cpu", executor=None, progress: bool = True) -> list[dict]:
+    """The bench job: load the recipe (``data`` overrides its dataset; ``only`` keeps the rows whose method or
+    label is listed, and the baselines), run its unfinished rows, write tables, CSV/JSON and plots into ``out``."""
+    recipe = load_recipe(recipe_path)
+    if data:
+        recipe.data = data
+    if only:
+        recipe.rows = [r for r in recipe.rows if r.method in only or r.label in only or r.method == BASELINE]
+    rows = Bench(recipe, out, device=device, progress=progress).run(executor)
+    write_outputs(rows, out, environment(), str(recipe_path))
+    return rows

@@ -1,4 +1,5 @@
-from cnncompress.reproduce import PAPER_TABLE2, cascade_findings, table2_findings, table2_report, table3_findings
+from cnncompress.experiments.reproduce import (PAPER_TABLE2, cascade_findings, table2_findings, table2_report,
+                                               table3_findings)
 
 
 def _row(label, acc, mb, ms, train=10.0):

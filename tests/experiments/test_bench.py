@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from cnncompress import methods
-from cnncompress.bench import Bench
+from cnncompress.experiments.bench import Bench
 from cnncompress.methods import MethodInfo
 from cnncompress.methods.registry import METHODS
-from cnncompress.recipe import parse_recipe
-from cnncompress.report import add_ratios, text_table
+from cnncompress.experiments.recipe import parse_recipe
+from cnncompress.experiments.report import add_ratios, text_table
 
 
 def _halve_classifier(model, scale: float = 0.5):

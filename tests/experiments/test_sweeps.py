@@ -2,8 +2,8 @@
 import pytest
 
 from cnncompress.errors import InputError
-from cnncompress.recipe import parse_recipe
-from cnncompress.report import add_ratios, group_seeds, table_lines, text_table
+from cnncompress.experiments.recipe import parse_recipe
+from cnncompress.experiments.report import add_ratios, group_seeds, table_lines, text_table
 
 BASE = {"baselines": {"squeezenet1_1": {"width": 0.25, "epochs": 1}}}
 PRUNE = {"model": "squeezenet1_1", "method": "prune-magnitude"}

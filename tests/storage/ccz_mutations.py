@@ -1,4 +1,5 @@
-"""Mutations of a valid ``.ccz`` for fuzzing the reader (used by the hypothesis test and ``fuzz/fuzz_ccz.py``).
+"""Mutations of a valid ``.ccz`` for fuzzing the reader (test tooling: the hypothesis test
+``test_ccz_fuzz.py`` and the long run ``fuzz/fuzz_ccz.py`` use it).
 
 Each mutation is ``(kind, position, value)``: ``truncate`` at a position, ``flip`` one bit, ``overwrite`` a byte,
 ``header_length`` (a new manifest length), or a hostile manifest edit (``shape``, ``offset``, ``length``,
@@ -12,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import InputError
-from .ccz import HEADER, load
+from cnncompress.errors import InputError
+from cnncompress.storage.ccz import HEADER, load
 
 KINDS = ("truncate", "flip", "overwrite", "header_length", "shape", "offset", "length", "codec", "dtype", "meta",
          "architecture", "spec")

@@ -1,5 +1,5 @@
 """``cnncompress reproduce``: run the papers' experiments and write a report that puts the published numbers
-beside ours, with each qualitative finding checked (held / did not hold).
+beside ours, with each qualitative finding checked (held / did not hold). ``write_report`` is the whole job.
 
 Table 2 (Rassadin & Savchenko 2017): the bench on ``experiments/table2.yaml``. Our numbers come from a CPU-scale
 run (mnist5k, scaled models) unless the recipe is pointed at a real emotion set, so absolute values are not
@@ -7,10 +7,14 @@ comparable; the *findings* (which method keeps accuracy, which is smaller or fas
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import InputError
 from .report import best_ms
+
+EXPERIMENTS = ("table2", "table3", "cascade")
 
 PAPER_TABLE2 = [  # method label, training ms per batch, inference ms, size MB, accuracy %
     ("VGG-S (baseline)", 43.7, 33.4, 372.2, 97.13),
@@ -99,13 +103,8 @@ def table2_report(rows: list[dict], source: str) -> list[str]:
 
 
 def run_table2(out: Path, recipe_path: Path, progress: bool = True) -> list[str]:
-    from .bench import Bench, environment
-    from .recipe import load_recipe
-    from .report import write_outputs
-    recipe = load_recipe(recipe_path)
-    folder = out / "table2"
-    rows = Bench(recipe, folder, progress=progress).run()
-    write_outputs(rows, folder, environment(), str(recipe_path))
+    from .bench import run_bench
+    rows = run_bench(recipe_path, out / "table2", progress=progress)
     return table2_report(rows, str(recipe_path)) + ["![accuracy vs size](table2/accuracy_vs_size.png)",
                                                     "![error curves](table2/error_curves.png)", ""]
 
@@ -138,7 +137,7 @@ def table3_findings(tables: dict[str, list[dict]]) -> list[Finding]:
 
 
 def run_table3(out: Path, recipe_path: Path, seeds: list[int] | None) -> list[str]:
-    from .commands.distill import run_recipe, table
+    from .distill_table import run_recipe, table
     tables = run_recipe(recipe_path, out / "table3", seeds)
     lines = ["## Table 3 — distillation on unlabelled images (Rassadin & Savchenko 2017 §4)", "",
              "Paper (student SqueezeNet-1.1 distilled on 13,813 PubFig83 faces, tested on RaFD):", "",
@@ -198,20 +197,42 @@ def cascade_findings(results: dict) -> list[Finding]:
 
 
 def run_cascade(out: Path, recipe_path: Path | None, quick: bool) -> list[str]:
-    from .commands.cascade import DEFAULTS, plot_results, run_grid, write_tables
-    config = dict(DEFAULTS)
-    if recipe_path and not quick:
-        import yaml
-        config.update(yaml.safe_load(Path(recipe_path).read_text()) or {})
-    else:
-        config.update(QUICK_CASCADE)
+    from .cascade_grid import load_config, run_study
+    config = load_config(recipe_path) if recipe_path and not quick else load_config(None, QUICK_CASCADE)
     folder = out / "cascade"
-    folder.mkdir(parents=True, exist_ok=True)
-    results = run_grid(config, folder)
-    write_tables(results, folder)
-    figures = plot_results(results, folder)
+    results, figures = run_study(config, folder)
     lines = ["## Early exits — cascade losses (Pimpley & Indulkar)", "",
              f"Ours: {'quick CPU grid ' + str(QUICK_CASCADE) if quick else recipe_path}.", "",
              (folder / "table.md").read_text(), "", "| finding | paper | ours | verdict |", "|---|---|---|---|"]
     lines += [f.line() for f in cascade_findings(results)]
     return lines + [""] + [f"![{f.stem}](cascade/{f.name})" for f in figures] + [""]
+
+
+def write_report(what: list[str], out: str | Path, table2_recipe: str | Path, table3_recipe: str | Path,
+                 cascade_recipe: str | Path, seeds: list[int] | None = None, full: bool = False) -> Path:
+    """Run the experiments named in ``what`` (``table2``, ``table3``, ``cascade``; empty or ``all``: every one)
+    into ``out`` and write ``out/report.md``; returns its path. ``full``: the cascade recipe's whole grid instead
+    of the quick CPU grid; ``seeds`` override the Table-3 recipe's."""
+    unknown = sorted(set(what) - {*EXPERIMENTS, "all"})
+    if unknown:
+        raise InputError(f"unknown experiment(s) {', '.join(unknown)}; choose from {', '.join(EXPERIMENTS)}, all")
+    wanted = set(EXPERIMENTS) if not what or "all" in what else set(what)
+    for flag, recipe in (("table2-recipe", table2_recipe), ("table3-recipe", table3_recipe)):
+        if not Path(recipe).is_file():
+            raise InputError(f"{recipe}: recipe not found (run from the repository, or pass --{flag})")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    lines = ["# Reproduction report: the papers' numbers beside ours", "",
+             "Every number of ours is measured (sizes are real files, times are wall-clock on this machine). "
+             "Ours run at CPU scale on offline data unless a recipe says otherwise, so absolute values differ; the "
+             "findings are checked one by one.", ""]
+    if "table2" in wanted:
+        lines += run_table2(out, Path(table2_recipe))
+    if "table3" in wanted:
+        lines += run_table3(out, Path(table3_recipe), seeds)
+    if "cascade" in wanted:
+        lines += run_cascade(out, Path(cascade_recipe), quick=not full)
+    lines.append(f"_Total time {time.perf_counter() - started:.0f}s._")
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    return out / "report.md"

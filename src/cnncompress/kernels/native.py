@@ -1,0 +1,77 @@
+"""Compile-at-first-use loader for the C kernels shipped beside this module (``kernels/<name>.c``).
+
+``load(name, argtypes)`` reads ``<name>.c`` from the installed package (``importlib.resources``; the ``.c``
+files ship as package data, ``pyproject.toml``), compiles it with ``gcc -O3 -march=native -fno-math-errno
+-shared -fPIC`` into ``$CNNCOMPRESS_CACHE`` (default ``~/.cache/cnncompress``) and opens it with ctypes. The
+compiled file is named ``<name>-<key>.so``, key = a hash of the source, the flags and the CPU's flags
+(``-march=native``: one build per CPU kind, never a stale build after an edit). No compiler, a failed build, or
+``CNNCOMPRESS_NO_NATIVE=1``: ``None`` (with one ``RuntimeWarning`` for a failure), and the caller runs its
+numpy/torch fallback. Nothing here knows what the kernels compute.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import subprocess
+import tempfile
+import warnings
+from importlib import resources
+from pathlib import Path
+
+CFLAGS = ("-O3", "-march=native", "-fno-math-errno", "-shared", "-fPIC")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("CNNCOMPRESS_CACHE") or Path.home() / ".cache" / "cnncompress")
+
+
+def cpu_key() -> str:
+    """Machine + CPU flags: a build with ``-march=native`` is only valid on a CPU of the same kind."""
+    try:
+        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    except OSError:
+        flags = ""
+    return platform.machine() + platform.processor() + flags
+
+
+def source(name: str) -> str:
+    """The C source ``kernels/<name>.c`` as installed with the package."""
+    return resources.files(__package__).joinpath(f"{name}.c").read_text()
+
+
+def library_path(name: str, flags: tuple[str, ...] = CFLAGS) -> Path:
+    key = hashlib.sha256((source(name) + " ".join(flags) + cpu_key()).encode()).hexdigest()[:16]
+    return cache_dir() / f"{name}-{key}.so"
+
+
+def compile_library(name: str, out: Path, flags: tuple[str, ...] = CFLAGS) -> None:
+    """gcc ``<name>.c`` -> ``out`` (built in a temporary file, renamed into place: concurrent builds are safe)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        src = Path(tmp) / f"{name}.c"
+        src.write_text(source(name))
+        target = Path(tmp) / out.name
+        result = subprocess.run(["gcc", *flags, str(src), "-o", str(target), "-lm"], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise OSError(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "gcc failed")
+        os.replace(target, out)
+
+
+def load(name: str, argtypes: dict[str, list], flags: tuple[str, ...] = CFLAGS) -> ctypes.CDLL | None:
+    """The compiled ``<name>.c`` with ``argtypes`` set per function, or None (one warning) when unavailable."""
+    if os.environ.get("CNNCOMPRESS_NO_NATIVE"):
+        return None
+    try:
+        path = library_path(name, flags)
+        if not path.exists():
+            compile_library(name, path, flags)
+        lib = ctypes.CDLL(str(path))
+    except OSError as error:  # FileNotFoundError (no gcc) is an OSError
+        warnings.warn(f"cnncompress: C kernel {name}.c unavailable ({error}); using the numpy fallback",
+                      RuntimeWarning, stacklevel=3)
+        return None
+    for function, types in argtypes.items():
+        getattr(lib, function).argtypes = types
+    return lib
