@@ -21,19 +21,27 @@ from tqdm import tqdm
 
 from cnncompress import models, storage
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "storage"))  # the mutation helpers
-from ccz_mutations import KINDS, load_outcome, mutate  # noqa: E402
+from ccz_mutations import KINDS, flip_outcomes, load_outcome, mutate  # noqa: E402
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--cases", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--flips", type=int, default=0,
+                        help="instead: N random single-bit flips, each loaded and compared with the original model")
     args = parser.parse_args()
     torch.set_num_threads(1)
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         seed_file = storage.save(models.build("cascade_cnn", 10, 1, 28, width=0.125), Path(tmp) / "seed.ccz")
         data = seed_file.read_bytes()
+        if args.flips:
+            started = time.perf_counter()
+            outcomes = flip_outcomes(data, Path(tmp) / "case.ccz", args.flips, args.seed)
+            print(f"{args.flips} single-bit flips of a {len(data)}-byte file in {time.perf_counter() - started:.0f}s: "
+                  f"{outcomes}")
+            return 1 if outcomes["different"] else 0
         target = Path(tmp) / "case.ccz"
         outcomes, failures = Counter(), []
         start_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

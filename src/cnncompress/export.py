@@ -82,3 +82,40 @@ def compare_with_onnxruntime(model: nn.Module, onnx_path: str | Path, images: to
         worst = max(worst, float((ours - theirs).abs().max()))
         total += len(x)
     return {"top1_agreement": 100.0 * agree / max(1, total), "max_abs_logit_diff": worst, "images": total}
+
+
+def deployed(model: nn.Module) -> nn.Module:
+    """The model that really runs: a copy with every method's fast kernel swapped in (``methods.to_inference``)."""
+    import copy
+
+    from . import methods
+    return methods.to_inference(copy.deepcopy(model)).eval()
+
+
+def check_images(model: nn.Module, data: str | None, count: int = 64) -> tuple[torch.Tensor, str]:
+    """Images for a parity check: the test split of ``data`` (default: the dataset the model records), else
+    ``count`` seeded random inputs (said so in the returned description)."""
+    from .data import build_dataset
+    spec = model.spec
+    data = data or (getattr(model, "metadata", {}) or {}).get("dataset")
+    if data:
+        return build_dataset(data, "test", input_size=spec["input_size"], channels=spec["in_channels"]).images, data
+    images = torch.randn(count, spec["in_channels"], spec["input_size"], spec["input_size"],
+                         generator=torch.Generator().manual_seed(0))
+    return images, f"{count} random inputs (no dataset recorded; pass --data)"
+
+
+def export_model(model: nn.Module, fmt: str, out: str | Path, data: str | None = None,
+                 fp16: bool = False) -> dict:
+    """``cnncompress export``: write ``model`` as ``.ccz`` or ONNX; an ONNX file is checked in onnxruntime
+    against the model that really runs (``to_inference``: int8 with quantised activations, XNOR bit-packed)."""
+    from . import storage
+    if fmt == "ccz":
+        path = storage.save(model, out, float_codec="fp16" if fp16 else None)
+        return {"file": str(path), "bytes": path.stat().st_size}
+    path, note = export_onnx_file(model, out)
+    images, source = check_images(model, data)
+    check = compare_with_onnxruntime(deployed(model), path, images)
+    return {"file": str(path), "bytes": path.stat().st_size, "exported": note, "checked_on": source,
+            "checked_against": "the deployed model (methods.to_inference)",
+            **{k: round(v, 6) if isinstance(v, float) else v for k, v in check.items()}}

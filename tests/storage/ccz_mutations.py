@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from cnncompress.errors import InputError
-from cnncompress.storage.ccz import HEADER, load
+from cnncompress.storage.ccz import HEADER, header_size, load, pack_header
 
 KINDS = ("truncate", "flip", "overwrite", "header_length", "shape", "offset", "length", "codec", "dtype", "meta",
          "architecture", "spec")
@@ -27,12 +27,14 @@ HOSTILE_LAYERS = [{"type": "os.system"}, {"type": "Conv2d", "config": {"in_chann
 
 def _split(data: bytes):
     magic, version, length = HEADER.unpack(data[:HEADER.size])
-    return magic, version, json.loads(data[HEADER.size:HEADER.size + length]), data[HEADER.size + length:]
+    start = header_size(version)
+    return magic, version, json.loads(data[start:start + length]), data[start + length:]
 
 
 def _join(magic, version, manifest, blobs) -> bytes:
+    """The file with ``manifest`` re-encoded and re-hashed (a hostile writer recomputes the digest)."""
     encoded = json.dumps(manifest).encode()
-    return HEADER.pack(magic, version, len(encoded)) + encoded + blobs
+    return pack_header(encoded, version) + encoded + blobs
 
 
 def mutate(data: bytes, kind: str, position: int, value: int) -> bytes:
@@ -49,7 +51,7 @@ def mutate(data: bytes, kind: str, position: int, value: int) -> bytes:
         out[position] = value % 256
         return bytes(out)
     if kind == "header_length":
-        return data[:8] + HEADER.pack(b"CCZ\x00", 1, abs(HOSTILE_INTS[value % len(HOSTILE_INTS)]) % 2**64)[8:] + \
+        return data[:8] + HEADER.pack(b"CCZ\x00", 2, abs(HOSTILE_INTS[value % len(HOSTILE_INTS)]) % 2**64)[8:] + \
             data[HEADER.size:]
     magic, version, manifest, blobs = _split(data)
     tensors = manifest["tensors"]
@@ -79,3 +81,28 @@ def load_outcome(data: bytes, path: Path) -> str:
     held = sum(t.numel() * t.element_size() for t in model.state_dict().values() if isinstance(t, torch.Tensor))
     assert held <= 64 * len(data) + 4096, f"{held} bytes of tensors from a {len(data)}-byte file"
     return "ok"
+
+
+def flip_outcomes(data: bytes, path: Path, count: int, seed: int = 0) -> dict[str, int]:
+    """Flip one random bit of ``data`` ``count`` times; load each: "refused" (InputError), "same" (the same
+    outputs as the original on a fixed input) or "different" (a changed model that loaded: what must never be)."""
+    import random
+    path.write_bytes(data)
+    original = load(path)
+    spec = original.spec
+    x = torch.randn(2, spec["in_channels"], spec["input_size"], spec["input_size"],
+                    generator=torch.Generator().manual_seed(seed))
+    reference = original(x)
+    rng = random.Random(seed)
+    outcomes = {"refused": 0, "same": 0, "different": 0}
+    for _ in range(count):
+        flipped = bytearray(data)
+        flipped[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+        path.write_bytes(bytes(flipped))
+        try:
+            loaded = load(path)
+        except InputError:
+            outcomes["refused"] += 1
+            continue
+        outcomes["same" if torch.equal(loaded(x), reference) else "different"] += 1
+    return outcomes

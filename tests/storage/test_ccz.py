@@ -8,7 +8,7 @@ from torch import nn
 
 from cnncompress import models, storage
 from cnncompress.errors import InputError
-from cnncompress.storage.ccz import HEADER
+from cnncompress.storage.ccz import HEADER, header_size, pack_header
 
 
 @pytest.fixture
@@ -48,13 +48,22 @@ def test_changed_architecture_is_rebuilt(tmp_path, model):
     assert torch.equal(model(x), loaded(x))
 
 
-def _rewrite_manifest(path, edit):
+def _rewrite_raw_manifest(path, edit):
+    """Replace the manifest bytes by ``edit(bytes)`` and re-hash them, as a hostile writer would: what the
+    digest cannot catch must still be refused by the validation behind it."""
     raw = path.read_bytes()
     magic, version, length = HEADER.unpack(raw[:HEADER.size])
-    manifest = json.loads(raw[HEADER.size:HEADER.size + length])
-    edit(manifest)
-    encoded = json.dumps(manifest).encode()
-    path.write_bytes(HEADER.pack(magic, version, len(encoded)) + encoded + raw[HEADER.size + length:])
+    start = header_size(version)
+    encoded = edit(raw[start:start + length])
+    path.write_bytes(pack_header(encoded, version) + encoded + raw[start + length:])
+
+
+def _rewrite_manifest(path, edit):
+    def change(raw: bytes) -> bytes:
+        manifest = json.loads(raw)
+        edit(manifest)
+        return json.dumps(manifest).encode()
+    _rewrite_raw_manifest(path, change)
 
 
 def _first_tensor(key, value):
@@ -76,7 +85,9 @@ def _first_tensor(key, value):
     (lambda p: _rewrite_manifest(p, lambda m: m["spec"].update(width=1e9)), "cannot rebuild"),
     (lambda p: _rewrite_manifest(p, lambda m: m.update(architecture={"features": {"type": "os.system"}})),
      "cannot rebuild"),
-    (lambda p: p.write_bytes(p.read_bytes()[:HEADER.size] + b"[" + p.read_bytes()[HEADER.size + 1:]), "corrupt manifest"),
+    (lambda p: _rewrite_raw_manifest(p, lambda raw: b"[" + raw[1:]), "corrupt manifest"),
+    (lambda p: p.write_bytes(p.read_bytes()[:header_size(2)] + b"[" + p.read_bytes()[header_size(2) + 1:]),
+     "manifest sha256"),
 ])
 def test_corrupt_files_give_one_clear_error(tmp_path, model, corrupt, problem):
     path = storage.save(model, tmp_path / "m.ccz")
@@ -110,3 +121,50 @@ def test_size_is_os_stat(tmp_path, model):
                                               if t.is_floating_point()) + sum(
         8 * t.numel() for t in model.state_dict().values() if t.dtype == torch.int64)
     assert struct.unpack("<4s", path.read_bytes()[:4])[0] == b"CCZ\x00"
+
+
+def test_a_file_cannot_make_the_reader_allocate_more_than_it_justifies(tmp_path):
+    """A memory bomb: a fully pruned 1x1 classifier of 100,000 classes is ~1.1 MB of CSR and fp32 bias but ~120 MiB of
+    tensors once loaded: refused, one line, before anything is allocated."""
+    from cnncompress import methods
+    net = models.build("squeezenet1_1", num_classes=100_000, in_channels=1, input_size=48, width=0.5)
+    pruned = methods.apply(net, "prune-magnitude", layers="classifier.conv10", sparsity=0.5)
+    with torch.no_grad():
+        pruned.classifier.conv10.weight.zero_()
+        pruned.classifier.conv10.bias.zero_()
+    path = storage.save(pruned, tmp_path / "bomb.ccz")
+    assert path.stat().st_size < 1_500_000  # the bias and the CSR row pointers
+    with pytest.raises(InputError, match="bomb.ccz: the model it describes needs [0-9.]+ MiB") as info:
+        storage.load(path)
+    assert "\n" not in str(info.value)
+
+
+def test_the_expansion_bound_is_configurable(tmp_path, model, monkeypatch):
+    path = storage.save(model, tmp_path / "m.ccz")
+    monkeypatch.setattr("cnncompress.storage.ccz.EXPANSION_ALLOWANCE", 0)
+    monkeypatch.setenv("CNNCOMPRESS_MAX_EXPANSION", "0.5")
+    with pytest.raises(InputError, match="CNNCOMPRESS_MAX_EXPANSION"):
+        storage.load(path)
+    monkeypatch.setenv("CNNCOMPRESS_MAX_EXPANSION", "64")
+    storage.load(path)
+
+
+def test_version_1_files_without_a_manifest_digest_still_load(tmp_path, model):
+    path = storage.save(model, tmp_path / "m.ccz")
+    raw = path.read_bytes()
+    _, _, length = HEADER.unpack(raw[:HEADER.size])
+    manifest = raw[header_size(2):header_size(2) + length]
+    path.write_bytes(pack_header(manifest, 1) + manifest + raw[header_size(2) + length:])
+    x = torch.randn(1, 1, 48, 48)
+    assert torch.equal(storage.load(path)(x), model.eval()(x))
+
+
+def test_no_single_bit_flip_loads_as_a_different_model(tmp_path):
+    """Every byte that changes the model is covered by a hash: a flipped bit anywhere either is refused or (in
+    bytes that change nothing) loads the same model. 1,000 random flips here; ``fuzz/fuzz_ccz.py --flips N``
+    runs more."""
+    from ccz_mutations import flip_outcomes
+    torch.manual_seed(0)
+    data = storage.save(models.build("cascade_cnn", 10, 1, 28, width=0.125), tmp_path / "seed.ccz").read_bytes()
+    outcomes = flip_outcomes(data, tmp_path / "case.ccz", 1000)
+    assert outcomes["different"] == 0 and outcomes["refused"] > 950, outcomes

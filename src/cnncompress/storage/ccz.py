@@ -1,8 +1,11 @@
 """The ``.ccz`` compressed-model file.
 
-Layout (little-endian)::
+Layout (little-endian), format version 2::
 
-    b"CCZ\\x00"  | u32 format version | u64 manifest length | manifest (UTF-8 JSON) | tensor blobs
+    b"CCZ\\x00" | u32 version | u64 manifest length | sha256 of the manifest (32 bytes) | manifest (UTF-8 JSON) | blobs
+
+Version 1 files (no manifest digest) are still read. Every byte that changes the model is covered by a hash: the
+manifest by the header's digest, each tensor blob by its sha256 in the manifest.
 
 The manifest holds the model spec (``models.build`` arguments), the architecture diff against that float
 skeleton (only registered layer types), the compression history (method + config), free metadata (classes,
@@ -28,9 +31,15 @@ from . import architecture
 from .codecs import MAX_ELEMENTS, TORCH_DTYPES, dtype_name, get_codec, numel
 
 MAGIC = b"CCZ\x00"
-VERSION = 1
-HEADER = struct.Struct("<4sIQ")
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
+HEADER = struct.Struct("<4sIQ")  # magic, version, manifest length (then, from version 2, the manifest digest)
+DIGEST_BYTES = 32
 MAX_MANIFEST = 64 << 20
+# A file may not make the reader allocate more than MAX_EXPANSION x its size + EXPANSION_ALLOWANCE bytes of
+# tensors (1-bit codecs expand 32x into fp32; Deep Compression ~35-50x); CNNCOMPRESS_MAX_EXPANSION overrides.
+MAX_EXPANSION = 64
+EXPANSION_ALLOWANCE = 16 << 20
 
 # What storage needs from the layers above it is handed in (``configure``), so that it imports neither models nor
 # methods: the builder of a model's float skeleton from its spec, and the hooks that register layer types and
@@ -98,13 +107,26 @@ def save(model: nn.Module, path: str | Path, *, float_codec: str | None = None, 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(HEADER.pack(MAGIC, VERSION, len(encoded)))
-        handle.write(encoded)
-        for blob in blobs:
-            handle.write(blob)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(pack_header(encoded))
+            handle.write(encoded)
+            for blob in blobs:
+                handle.write(blob)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
+
+
+def pack_header(manifest: bytes, version: int = VERSION) -> bytes:
+    """The header that goes before ``manifest`` (the encoded JSON) in a file of format ``version``."""
+    digest = hashlib.sha256(manifest).digest() if version >= 2 else b""
+    return HEADER.pack(MAGIC, version, len(manifest)) + digest
+
+
+def header_size(version: int) -> int:
+    return HEADER.size + (DIGEST_BYTES if version >= 2 else 0)
 
 
 def read_manifest(path: str | Path) -> tuple[dict, int]:
@@ -121,11 +143,17 @@ def read_manifest(path: str | Path) -> tuple[dict, int]:
             magic, version, manifest_length = HEADER.unpack(head)
             if magic != MAGIC:
                 raise input_error(path, "not a .ccz file (bad magic bytes)")
-            if version != VERSION:
-                raise input_error(path, f".ccz format version {version}, this cnncompress reads version {VERSION}")
-            if manifest_length > MAX_MANIFEST or HEADER.size + manifest_length > size:
+            if version not in READABLE_VERSIONS:
+                raise input_error(path, f".ccz format version {version}, this cnncompress reads versions "
+                                        f"{', '.join(map(str, READABLE_VERSIONS))}")
+            start = header_size(version)
+            if manifest_length > MAX_MANIFEST or start + manifest_length > size:
                 raise input_error(path, f"manifest length {manifest_length} runs past the end of the file ({size} bytes)")
-            manifest = json.loads(handle.read(manifest_length).decode("utf-8"))
+            digest = handle.read(start - HEADER.size)
+            raw = handle.read(manifest_length)
+            if version >= 2 and hashlib.sha256(raw).digest() != digest:
+                raise input_error(path, "manifest sha256 does not match the header (corrupted file)")
+            manifest = json.loads(raw.decode("utf-8"))
     except FileNotFoundError as error:
         raise input_error(path, "no such file") from error
     except IsADirectoryError as error:
@@ -134,8 +162,8 @@ def read_manifest(path: str | Path) -> tuple[dict, int]:
         raise input_error(path, f"corrupt manifest ({error})") from error
     if not isinstance(manifest, dict) or not isinstance(manifest.get("tensors"), list):
         raise input_error(path, "corrupt manifest (no tensor list)")
-    _check_tensor_entries(path, manifest["tensors"], size - HEADER.size - manifest_length)
-    return manifest, HEADER.size + manifest_length
+    _check_tensor_entries(path, manifest["tensors"], size - start - manifest_length)
+    return manifest, start + manifest_length
 
 
 def _check_tensor_entries(path: Path, entries: list, blob_bytes: int) -> None:
@@ -192,6 +220,22 @@ def _rebuild(path: Path, manifest: dict, device: str) -> nn.Module:
     return model
 
 
+def model_bytes(model: nn.Module) -> int:
+    """Bytes that materialising ``model`` (built on the meta device) would allocate: parameters and buffers."""
+    tensors = list(model.parameters()) + [b for b in model.buffers() if b is not None]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def check_expansion(path, model: nn.Module, file_size: int) -> None:
+    """Refuse a file whose model would allocate more than ``MAX_EXPANSION`` x its size (+ an allowance): the bound
+    on what a hostile spec can make the reader allocate. ``model`` is on the meta device (nothing allocated)."""
+    factor = float(os.environ.get("CNNCOMPRESS_MAX_EXPANSION", MAX_EXPANSION))
+    needed, allowed = model_bytes(model), factor * file_size + EXPANSION_ALLOWANCE
+    if needed > allowed:
+        raise input_error(path, f"the model it describes needs {needed / 2**20:.1f} MiB of tensors, more than "
+                                f"{factor:g}x the file's {file_size} bytes allow (CNNCOMPRESS_MAX_EXPANSION)")
+
+
 def _materialize(model: nn.Module) -> None:
     """Allocate (uninitialised, on the CPU) every parameter and buffer still on the meta device."""
     for module in model.modules():
@@ -217,6 +261,7 @@ def load(path: str | Path) -> nn.Module:
         wrong = sorted(n for n in set(expected) & set(declared) if expected[n] != declared[n])[:3]
         raise input_error(path, f"tensors do not match the architecture (missing {missing}, unexpected {extra}, "
                                 f"wrong shape {wrong})")
+    check_expansion(path, probe, path.stat().st_size)
     state = {}
     with open(path, "rb") as handle:
         for entry in manifest["tensors"]:
