@@ -53,3 +53,19 @@ def test_huge_image_exit_2(run_cli, tmp_path, monkeypatch):
 def test_missing_model_exit_2(run_cli, astronaut, tmp_path):
     code, _, err = run_cli("predict", tmp_path / "none.ccz", astronaut)
     assert code == 2 and "none.ccz" in err
+
+
+def test_detector_scales_to_the_image(run_cli, tmp_path):
+    """A face larger than a fixed 400 px window (the astronaut's head at 6x: a ~560 px face) and a small face crop
+    are both found: the detector's window range follows the image size."""
+    from skimage import data
+    big = tmp_path / "big.png"
+    Image.fromarray(data.astronaut()[0:250, 100:350]).resize((1500, 1500)).save(big)
+    code, out, err = run_cli("predict", "fer-minixception", big, "--json")
+    assert code == 0, err
+    faces = json.loads(out.strip().splitlines()[-1])["faces"]
+    assert faces and faces[0]["box"][2] > 400 and faces[0]["emotion"] == "happy"
+    small = tmp_path / "small.png"
+    Image.fromarray(data.astronaut()[30:230, 120:300]).resize((90, 100)).save(small)
+    code, out, err = run_cli("predict", "fer-minixception", small, "--json")
+    assert code == 0 and len(json.loads(out.strip().splitlines()[-1])["faces"]) == 1, (out, err)

@@ -29,7 +29,8 @@ def predict_image(model: nn.Module, path: str | Path, whole_image: bool = False,
     from .loading import input_format
     image = read_image(path)
     fmt = input_format(model)
-    boxes = detect_faces(image)
+    side = min(image.shape[:2])  # the detector looks for faces from 1/8 of the image (at least 24 px) up to all of it
+    boxes = detect_faces(image, min_size=max(24, min(60, side // 8)), max_size=max(24, side))
     if not boxes and whole_image:
         boxes = [{"r": 0, "c": 0, "height": image.shape[0], "width": image.shape[1]}]
     if not boxes:

@@ -168,3 +168,11 @@ def test_no_single_bit_flip_loads_as_a_different_model(tmp_path):
     data = storage.save(models.build("cascade_cnn", 10, 1, 28, width=0.125), tmp_path / "seed.ccz").read_bytes()
     outcomes = flip_outcomes(data, tmp_path / "case.ccz", 1000)
     assert outcomes["different"] == 0 and outcomes["refused"] > 950, outcomes
+
+
+def test_a_fifo_is_refused_not_read(tmp_path):
+    import os
+    fifo = tmp_path / "pipe.ccz"
+    os.mkfifo(fifo)
+    with pytest.raises(InputError, match="pipe.ccz: not a regular file"):
+        storage.load(fifo)

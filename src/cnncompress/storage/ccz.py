@@ -134,6 +134,8 @@ def read_manifest(path: str | Path) -> tuple[dict, int]:
     for hook in _HOOKS["before_read"]:
         hook()  # e.g. method modules register their codecs and layer types
     path = Path(path)
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise input_error(path, "not a regular file (a FIFO or device is never read)")
     try:
         size = path.stat().st_size
         with open(path, "rb") as handle:
