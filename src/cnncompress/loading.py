@@ -33,6 +33,8 @@ def model_file(spec: str | Path) -> Path | None:
         if not found:
             raise input_error(path, f"folder holds neither {' nor '.join(RUN_FOLDER_FILES)}")
         return found[0]
+    if path.exists() and not path.is_file():
+        raise input_error(spec, "not a regular file (a FIFO or device is never read)")
     if not path.is_file():
         raise input_error(spec, f"no such model file or folder (pretrained names: {', '.join(sorted(PRETRAINED))})")
     return path

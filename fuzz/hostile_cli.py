@@ -1,0 +1,122 @@
+"""Hostile-input sweep of the command line: every case must exit 2 with one line on stderr naming the file or flag,
+leave no new file behind and overwrite nothing.
+
+    .venv/bin/python fuzz/hostile_cli.py            # prints cases / clean / wrong exit / lost and each failure
+
+A case is *clean* when it exits 2, stderr's last line starts with ``cnncompress: error:`` (or is argparse's usage
+error) and names what it should, and the working folder holds the same files with the same bytes afterwards. *Wrong
+exit*: any other exit code or message. *Lost*: a file that existed before was changed or removed, or a new file
+appeared (a half-written output).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from cnncompress import methods, models, storage
+from cnncompress.train import save_weights
+
+CLI = [sys.executable, "-m", "cnncompress.cli"]
+
+
+def _fixtures(root: Path) -> None:
+    """Valid and hostile files the cases refer to (made once; their bytes are checked after every case)."""
+    torch.manual_seed(0)
+    net = models.build("squeezenet1_1", 10, 1, 48, width=0.25)
+    net.metadata = {"dataset": "mnist5k"}
+    save_weights(net, root / "model.safetensors")
+    good = storage.save(methods.apply(net, "bwn"), root / "bwn.ccz")
+    data = good.read_bytes()
+    (root / "truncated.ccz").write_bytes(data[: len(data) // 2])
+    (root / "empty.ccz").write_bytes(b"")
+    (root / "text.ccz").write_text("not a model\n")
+    (root / "junk.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
+    (root / "notimage.jpg").write_bytes(b"GIF89a junk")
+    (root / "bad_recipe.yaml").write_text("data: mnist5k\ncolour: blue\nrows: auto\n")
+    (root / "bad_value.yaml").write_text("data: mnist5k\nbaselines:\n  vgg_s: {width: 0.25, epochs: 1}\n"
+                                         "finetune: {epochs: 1, lr: 0.001}\nrows:\n  - {model: vgg_s, method: "
+                                         "prune-magnitude, config: {sparsity: 1.5}}\n")
+    (root / "published").mkdir()
+    (root / "published" / "table.md").write_text("| the published table |\n")
+    os.mkfifo(root / "pipe.ccz")
+    bomb = models.build("squeezenet1_1", num_classes=100_000, in_channels=1, input_size=48, width=0.5)
+    bomb = methods.apply(bomb, "prune-magnitude", layers="classifier.conv10", sparsity=0.5)
+    with torch.no_grad():
+        bomb.classifier.conv10.weight.zero_()
+    storage.save(bomb, root / "bomb.ccz")
+
+
+# (name, argv, text the one-line error must contain)
+CASES = [
+    ("missing model file", ["compress", "nope.ccz", "--method", "bwn", "--out", "o1"], "nope.ccz"),
+    ("truncated .ccz", ["export", "truncated.ccz"], "truncated.ccz"),
+    ("empty .ccz", ["export", "empty.ccz"], "empty.ccz"),
+    ("text as .ccz", ["export", "text.ccz"], "text.ccz"),
+    ("FIFO as .ccz", ["export", "pipe.ccz"], "pipe.ccz"),
+    ("memory bomb .ccz", ["export", "bomb.ccz"], "bomb.ccz"),
+    ("corrupt safetensors", ["compress", "junk.safetensors", "--method", "bwn", "--out", "o2"], "junk.safetensors"),
+    ("unknown method", ["compress", "model.safetensors", "--method", "bwnn", "--out", "o3"], "bwnn"),
+    ("bad method value", ["compress", "model.safetensors", "--method", "prune-magnitude", "--config",
+                          "sparsity=1.5", "--out", "o4"], "sparsity"),
+    ("unknown method option", ["compress", "model.safetensors", "--method", "bwn", "--config", "colour=1",
+                               "--out", "o5"], "colour"),
+    ("unknown layer", ["compress", "model.safetensors", "--method", "hashed", "--config", "layers=fc99",
+                       "--out", "o6"], "fc99"),
+    ("not an image", ["predict", "fer-minixception", "notimage.jpg"], "notimage.jpg"),
+    ("unknown teacher", ["predict", "fer-nope", "notimage.jpg"], "fer-nope"),
+    ("unknown dataset", ["train", "--model", "vgg_s", "--data", "cifar99", "--out", "o7"], "cifar99"),
+    ("unknown model", ["train", "--model", "resnet", "--data", "mnist5k", "--out", "o8"], "resnet"),
+    ("bad val fraction", ["train", "--model", "vgg_s", "--data", "mnist5k", "--val-fraction", "0.7",
+                          "--out", "o9"], "0.7"),
+    ("unknown schedule", ["train", "--model", "vgg_s", "--data", "mnist5k", "--schedule", "warp",
+                          "--out", "o10"], "warp"),
+    ("unknown recipe key", ["bench", "--recipe", "bad_recipe.yaml", "--out", "o11"], "colour"),
+    ("bad recipe value", ["bench", "--recipe", "bad_value.yaml", "--out", "o12"], "sparsity"),
+    ("missing recipe", ["bench", "--recipe", "nope.yaml", "--out", "o13"], "nope.yaml"),
+    ("--only typo", ["bench", "--only", "bwnn", "--out", "published"], "bwnn"),
+    ("export to a folder", ["export", "bwn.ccz", "--out", "published"], "published"),
+    ("unknown export format", ["export", "bwn.ccz", "--format", "tflite"], "tflite"),
+]
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir")
+            for p in sorted(root.rglob("*")) if not p.is_fifo()}
+
+
+def run_case(root: Path, argv: list[str], expect: str) -> tuple[str, str]:
+    before = _snapshot(root)
+    done = subprocess.run(CLI + argv, cwd=root, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    after = _snapshot(root)
+    last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ""
+    if before != after:
+        changed = sorted(set(before.items()) ^ set(after.items()))[:3]
+        return "lost", f"files changed: {changed}"
+    if done.returncode != 2 or expect not in last or not (last.startswith("cnncompress: error:")
+                                                         or "usage:" in done.stderr):
+        return "wrong exit", f"rc={done.returncode} last line: {last[:200]}"
+    return "clean", last[:200]
+
+
+def main() -> int:
+    counts = {"clean": 0, "wrong exit": 0, "lost": 0}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        _fixtures(root)
+        for name, argv, expect in CASES:
+            outcome, detail = run_case(root, argv, expect)
+            counts[outcome] += 1
+            print(f"{outcome:10s} {name}: {detail}", flush=True)
+    print(f"{len(CASES)} cases: {counts['clean']} clean, {counts['wrong exit']} wrong exit, {counts['lost']} lost")
+    return 0 if counts["clean"] == len(CASES) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
