@@ -169,13 +169,13 @@ def test_bad_inputs(tmp_path):
     manifest, _ = storage.read_manifest(path)
     raw = path.read_bytes()
     import json
-    import struct
     entry = next(e for e in manifest["tensors"] if e["codec"] == "bitpack")
     entry["shape"][1] += 64  # the blob no longer matches the declared shape
     encoded = json.dumps(manifest).encode()
-    head = struct.Struct("<4sIQ")
-    _, version, length = head.unpack(raw[:head.size])
-    path.write_bytes(head.pack(b"CCZ\x00", version, len(encoded)) + encoded + raw[head.size + length:])
+    from cnncompress.storage.ccz import HEADER, header_size, pack_header
+    _, version, length = HEADER.unpack(raw[:HEADER.size])
+    start = header_size(version)  # re-hashed, as a hostile writer would: the validation behind it must hold
+    path.write_bytes(pack_header(encoded, version) + encoded + raw[start + length:])
     with pytest.raises(InputError, match="bit-packed blob"):
         storage.load(path)
     with pytest.raises(ValueError):

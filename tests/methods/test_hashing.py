@@ -1,6 +1,5 @@
 """HashedNets method: layers vs a pure reference, gradients, modes, .ccz round trip and real size saving."""
 import json
-import struct
 
 import pytest
 import torch
@@ -168,12 +167,15 @@ def test_on_the_fly_mode_survives_the_file(tmp_path):
 
 
 def _rewrite_manifest(path, edit):
+    """Edit the manifest and re-hash it (a hostile writer would): the validation behind the digest must hold."""
+    from cnncompress.storage.ccz import HEADER, header_size, pack_header
     data = path.read_bytes()
-    magic, version, length = struct.unpack("<4sIQ", data[:16])
-    manifest = json.loads(data[16:16 + length])
+    magic, version, length = HEADER.unpack(data[:HEADER.size])
+    start = header_size(version)
+    manifest = json.loads(data[start:start + length])
     edit(manifest)
     encoded = json.dumps(manifest).encode()
-    path.write_bytes(struct.pack("<4sIQ", magic, version, len(encoded)) + encoded + data[16 + length:])
+    path.write_bytes(pack_header(encoded, version) + encoded + data[start + length:])
 
 
 def test_wrong_bucket_count_is_a_clear_error(tmp_path):
