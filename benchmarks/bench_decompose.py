@@ -168,6 +168,7 @@ def accuracy_rows(quick: dict, out_dir: Path, cache: Path) -> list:
     from cnncompress.data import build_dataset
     from cnncompress.train import Trainer, TrainConfig, error_rate, load_weights, save_weights
     train, test = build_dataset("mnist5k", "train", input_size=48), build_dataset("mnist5k", "test", input_size=48)
+    val = build_dataset("mnist5k", "val", input_size=48)  # the Trainer's choices; test is reported
     baselines, rows = {}, []
     for name, preset in quick.items():
         weights = cache / f"{name}.safetensors"
@@ -179,7 +180,7 @@ def accuracy_rows(quick: dict, out_dir: Path, cache: Path) -> list:
             if name == "squeezenet1_1":
                 _adam_fit(model, train, BASELINE_EPOCHS[name], models.DEFAULT_BATCH_SIZE[name])
             else:
-                Trainer(model, train, test, TrainConfig(epochs=BASELINE_EPOCHS[name], lr=0.01, momentum=0.9,
+                Trainer(model, train, val, TrainConfig(epochs=BASELINE_EPOCHS[name], lr=0.01, momentum=0.9,
                                                         batch_size=models.DEFAULT_BATCH_SIZE[name], seed=0),
                         progress=False).fit()
             save_weights(model, weights)
@@ -199,7 +200,7 @@ def accuracy_rows(quick: dict, out_dir: Path, cache: Path) -> list:
         errors = {n: D.reconstruction_error(base.get_submodule(n), small.get_submodule(n)) for n in names}
         before = 100 * (1 - error_rate(small.eval(), test))
         t0 = time.perf_counter()
-        Trainer(small.train(), train, test, TrainConfig(epochs=1, lr=0.001, momentum=0.9,
+        Trainer(small.train(), train, val, TrainConfig(epochs=1, lr=0.001, momentum=0.9,
                                                         batch_size=models.DEFAULT_BATCH_SIZE[name], seed=0),
                 progress=False).fit()
         finetune_s = time.perf_counter() - t0

@@ -56,15 +56,16 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     train_set, test_set = build_dataset("mnist5k", "train"), build_dataset("mnist5k", "test")
+    val_set = build_dataset("mnist5k", "val")  # the Trainer's choices; test_set is measured
     base = models.build("cascade_cnn", 10, 1, 28, args.width)
     config = TrainConfig(epochs=args.epochs, lr=0.01, momentum=0.9, batch_size=64)
-    Trainer(base, train_set, None, config, progress=False).fit()
+    Trainer(base, train_set, val_set, config, progress=False).fit()
     base.eval()
     images = test_set.images[:args.samples]
     results, ok = [], True
     for position in ("p1", "p2"):
         net = attach_exit(base, position, loss="sum", threshold=args.threshold)
-        Trainer(net, train_set, None, TrainConfig(epochs=1, lr=0.01, momentum=0.9, batch_size=64),
+        Trainer(net, train_set, val_set, TrainConfig(epochs=1, lr=0.01, momentum=0.9, batch_size=64),
                 loss_fn=cascade_finetune_loss, progress=False).fit()
         net.eval()
         with torch.no_grad():

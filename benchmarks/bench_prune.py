@@ -101,9 +101,10 @@ def accuracy_check(threads: int) -> bool:
     torch.set_num_threads(threads)
     train_set = build_dataset("mnist5k", "train", input_size=48)
     test_set = build_dataset("mnist5k", "test", input_size=48)
+    val_set = build_dataset("mnist5k", "val", input_size=48)  # the Trainer's choices; test_set is reported
     torch.manual_seed(0)
     base = models.build("vgg_s", 10, 1, 48, 0.25)
-    Trainer(base, train_set, test_set, TrainConfig(epochs=3, lr=0.01, momentum=0.9, batch_size=20, seed=0),
+    Trainer(base, train_set, val_set, TrainConfig(epochs=3, lr=0.01, momentum=0.9, batch_size=20, seed=0),
             progress=False).fit()
     base_acc = 100 * (1 - error_rate(base.eval(), test_set))
     fp32 = len(_bytes(base))
@@ -114,7 +115,7 @@ def accuracy_check(threads: int) -> bool:
                          ("prune-l1", {"flops": 0.5}), ("prune-taylor", {"flops": 0.5})):
         model = methods.apply(base, name, **config)
         before = 100 * (1 - error_rate(model, test_set))
-        Trainer(model, train_set, test_set, TrainConfig(epochs=1, lr=0.001, momentum=0.9, batch_size=20, seed=0),
+        Trainer(model, train_set, val_set, TrainConfig(epochs=1, lr=0.001, momentum=0.9, batch_size=20, seed=0),
                 progress=False).fit()
         model = methods.to_inference(model)
         acc, size = 100 * (1 - error_rate(model, test_set)), len(_bytes(model))

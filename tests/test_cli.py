@@ -48,6 +48,35 @@ def test_train_then_compress_cli(run_cli, tmp_path):
         assert code == 2 and "no option(s) nope" in err
     finally:
         METHODS.pop("test-identity")
+    # int8 calibrates on the run's data (the model's own dataset here), and says so in its row
+    code, out, err = run_cli("compress", tmp_path / "run", "--method", "int8", "--out", tmp_path / "q")
+    assert code == 0, err
+    row = json.loads(out.strip().splitlines()[-1])
+    assert row["data_given"] == {"int8.calibration": "the run's mnist5k train split (3600 images)"}
+    assert row["accuracy_split"] == "test" and row["accuracy"] > 40
+    # data that does not fit the model: one line, exit 2
+    folder = tmp_path / "three"
+    for cls in ("a", "b", "c"):
+        (folder / cls).mkdir(parents=True)
+        for i in range(5):
+            _png(folder / cls / f"{i}.png")
+    code, _, err = run_cli("compress", tmp_path / "run", "--method", "int8", "--data", f"folder:{folder}",
+                           "--out", tmp_path / "q2")
+    assert code == 2 and "has 3 classes; the model has 10" in err and len(err.strip().splitlines()) == 1
+
+
+def _png(path):
+    import numpy as np
+    from PIL import Image
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (28, 28), dtype=np.uint8)).save(path)
+
+
+def test_bench_only_unknown_name_exit_2_keeps_the_table(run_cli, tmp_path):
+    (tmp_path / "table.md").write_text("published")
+    code, _, err = run_cli("bench", "--out", tmp_path, "--only", "xnor", "no-such")
+    assert code == 2 and "'no-such'" in err and "methods: " in err and "xnor" in err
+    assert len(err.strip().splitlines()) == 1
+    assert (tmp_path / "table.md").read_text() == "published" and not (tmp_path / "baselines").exists()
 
 
 def test_data_list(run_cli):

@@ -91,6 +91,24 @@ def test_distill_learns_the_teacher_and_caches(tmp_path):
     assert teacher.calls == calls  # second run: no teacher forward pass at all
 
 
+def test_validation_images_choose_the_epoch_and_held_out_ones_do_not(tmp_path):
+    teacher, data = _linear(scale=3.0), _data()
+    val, held = _data(40, seed=3), _data(64, seed=1)
+    runs = {}
+    for name, heldout in (("a", held), ("b", _data(64, seed=7))):
+        student = _linear(seed=5)
+        runs[name] = (distill(teacher, student, data, targets="softmax", epochs=4, lr=0.2, batch_size=16, val=val,
+                              heldout=heldout, heldout_copies=2, cache_dir=tmp_path), student)
+    result, student = runs["a"]
+    assert result.best_epoch is not None and 1 <= result.best_epoch <= 4
+    best = min(result.history, key=lambda h: (h["val_error"], -h["epoch"]))
+    assert result.best_epoch == best["epoch"] and result.agreement_val == pytest.approx(1 - best["val_error"])
+    assert all(torch.equal(a, b) for a, b in zip(student.parameters(), runs["b"][1].parameters()))  # held-out unused
+    assert result.config["lr"] == 0.2 and result.config["epochs"] == 4
+    plain = distill(teacher, _linear(seed=5), data, epochs=2, lr=0.2, batch_size=16, cache_dir=tmp_path)
+    assert plain.best_epoch is None and "val_error" not in plain.history[-1]
+
+
 def test_hinton_mixes_true_labels(tmp_path):
     teacher, data, labelled = _linear(scale=3.0), _data(), _data(80, labelled=True, seed=2)
     r = distill(teacher, _linear(seed=5), data, targets="hinton", alpha=0.5, labeled=labelled, test=labelled,
@@ -154,7 +172,10 @@ def test_cli_single_run_writes_a_ccz_and_reports_agreement(tmp_path, capsys):
     assert "agreement with fer-minixception on 25 held-out images" in text
     student = storage.load(out / "model.ccz")
     assert student.metadata["classes"][3] == "happy" and student(torch.zeros(1, 1, 64, 64)).shape == (1, 7)
-    assert json.loads((out / "distill.json").read_text())["n_unlabeled"] == 75
+    row = json.loads((out / "distill.json").read_text())
+    # the 75 training faces are now 67 to distil on + 8 validation faces that choose the epoch (split sizes changed)
+    assert (row["n_unlabeled"], row["n_val"], row["n_heldout"]) == (67, 8, 25)
+    assert row["best_epoch"] == 1 and row["config"]["optimizer"] == "adamw"  # the student's preset
 
 
 def test_cli_errors_exit_2(tmp_path, capsys):

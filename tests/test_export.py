@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from cnncompress import methods, models, storage
+from cnncompress.engines import openvino
 from cnncompress.export import compare_with_onnxruntime, export_onnx_file
 
 
@@ -101,3 +102,67 @@ def test_export_asks_each_methods_onnx_graph_hook(tmp_path, monkeypatch, base):
     path, note = export_onnx_file(history("toy-float"), tmp_path / "float.onnx")
     assert note == "toy-float model: float form of toy"
     assert compare_with_onnxruntime(base, path, torch.randn(4, 1, 48, 48))["top1_agreement"] == 100
+
+
+needs_openvino = pytest.mark.skipif(openvino.missing() is not None, reason="openvino is not installed")
+
+
+@pytest.fixture(scope="module")
+def vgg():
+    """A VGG-S whose logits are not all alike (an untrained SqueezeNet's final ReLU zeroes most of them)."""
+    torch.manual_seed(0)
+    model = models.build("vgg_s", 10, 1, 48, width=0.125).eval()
+    model.metadata = {"dataset": "mnist5k"}
+    return model
+
+
+@needs_openvino
+def test_export_openvino_writes_xml_and_bin_and_reports_agreement(run_cli, tmp_path, vgg):
+    path = storage.save(vgg, tmp_path / "model.ccz")
+    code, out, err = run_cli("export", path, "--format", "openvino")
+    assert code == 0, err
+    report = json.loads(out.strip().splitlines()[-1])
+    xml, weights = tmp_path / "model.xml", tmp_path / "model.bin"
+    assert report["file"] == str(xml) and report["weights"] == str(weights) and xml.exists() and weights.exists()
+    assert report["bytes"] == xml.stat().st_size + weights.stat().st_size
+    assert weights.stat().st_size > 4 * 0.9 * sum(p.numel() for p in vgg.parameters())  # fp32, not fp16
+    assert report["top1_agreement"] == 100.0 and report["max_abs_logit_diff"] < 1e-3, report
+    assert report["checked_on"] == "mnist5k" and report["openvino_precision"] == "f32"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.bin", "model.ccz", "model.xml"]  # no temp left
+
+
+@needs_openvino
+def test_export_openvino_of_int8_and_bf16_models(tmp_path, vgg, images):
+    from cnncompress.export import export_model
+    report = export_model(methods.apply(vgg, "int8", calibration=images[:64]), "openvino", tmp_path / "q.xml",
+                          data="mnist5k")
+    assert "int8" in report["exported"] and report["top1_agreement"] >= 99.0, report
+    assert (tmp_path / "q.bin").stat().st_size < (tmp_path / "q.xml").stat().st_size + \
+        sum(p.numel() for p in vgg.parameters()) * 2  # int8 weights stay int8 in the IR
+    report = export_model(methods.apply(vgg, "bf16"), "openvino", tmp_path / "b.xml")
+    assert "float graph" in report["exported"] and report["top1_agreement"] >= 99.0, report
+
+
+def test_a_failing_export_leaves_no_file(run_cli, tmp_path, vgg, monkeypatch):
+    from cnncompress import export
+    path = storage.save(vgg, tmp_path / "model.ccz")
+
+    def garbage(model, target):
+        target.write_bytes(b"not an onnx graph")
+        return target, "float graph"
+    monkeypatch.setattr(export, "export_onnx_file", garbage)
+    code, out, err = run_cli("export", path, "--format", "openvino", "--out", tmp_path / "sub" / "m.xml")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "m.xml" in err and ("OpenVINO cannot" in err or "not installed" in err)
+    code, out, err = run_cli("export", path, "--format", "onnx")
+    assert code == 1 and len(err.strip().splitlines()) == 1, err  # onnxruntime cannot load it: internal error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.ccz"]  # nothing half-written, no folder made
+
+
+def test_export_openvino_without_openvino_is_one_line_exit_2(run_cli, tmp_path, vgg, monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    path = storage.save(vgg, tmp_path / "model.ccz")
+    code, out, err = run_cli("export", path, "--format", "openvino")
+    assert code == 2 and "openvino is not installed" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.ccz"]

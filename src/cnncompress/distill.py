@@ -11,8 +11,10 @@ and the exact images), then a student of any architecture learns from those outp
 The paper's finding: the student learns the teacher better from softmax posteriors than from labels alone
 (RaFD test accuracy 46.9% vs 40.9%). Augmentation is done before the teacher sees the data: ``copies`` seeded
 random flips / small rotations / scalings / shifts of every image, each labelled by the teacher once, so the
-cache stays valid and training needs no teacher forward pass. Training uses ``cnncompress.train.Trainer``, so
-``out_dir`` gets per-epoch checkpoints and ``resume=True`` continues an interrupted run bit-exactly.
+cache stays valid and training needs no teacher forward pass. Training uses ``cnncompress.train.Trainer`` with the
+student's recommended settings (``train.preset``), so ``out_dir`` gets per-epoch checkpoints and ``resume=True``
+continues an interrupted run bit-exactly; validation images (``val``) choose the epoch the student ends on, the
+held-out images and the labelled test set are only reported.
 
 Teachers and students are loaded by ``cnncompress.loading.load_model``; the CLI's single run and the Table-3
 recipe runner live in ``cnncompress.experiments.distill_table``.
@@ -34,7 +36,7 @@ from torch import nn
 
 from . import measure
 from .errors import InputError, input_error
-from .train import TrainConfig, Trainer
+from .train import Trainer, preset
 
 TARGETS = ("labels", "softmax", "hinton")
 LOSSES: dict[str, Callable[..., torch.Tensor]] = {}
@@ -194,6 +196,9 @@ class DistillResult:
     accuracy: float | None = None               # on a labelled test set, when one is given
     teacher_cached: bool = False
     seconds: float = 0.0
+    agreement_val: float = float("nan")         # on the validation images (+ copies) that chose the epoch
+    best_epoch: int | None = None               # the epoch the student ends on (None: no validation images)
+    config: dict = field(default_factory=dict)  # the TrainConfig the student trained with
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -222,18 +227,23 @@ def _check_compatible(teacher_out: torch.Tensor, student: nn.Module, images: tor
 
 
 def distill(teacher: nn.Module, student: nn.Module, unlabeled, targets: str = "softmax",
-            temperature: float | None = None, alpha: float = 0.9, labeled=None, epochs: int = 10,
-            lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 0.0, batch_size: int = 32, seed: int = 0,
-            copies: int = 1, heldout=None, heldout_copies: int = 4, test=None,
-            cache_dir: str | Path | None = None,
+            temperature: float | None = None, alpha: float = 0.9, labeled=None, epochs: int | None = None,
+            lr: float | None = None, momentum: float | None = None, weight_decay: float | None = None,
+            batch_size: int | None = None, seed: int = 0, copies: int = 1, heldout=None, heldout_copies: int = 4,
+            test=None, val=None, cache_dir: str | Path | None = None,
             out_dir: str | Path | None = None, resume: bool = False, device: str = "cpu",
-            progress: bool = False) -> DistillResult:
+            progress: bool = False, optimizer: str | None = None, schedule: str | None = None) -> DistillResult:
     """Train ``student`` (in place) to mimic ``teacher`` on ``unlabeled`` images (a dataset with ``.images``).
 
     ``targets``: labels | softmax | hinton (formulas in the module docstring). ``temperature`` defaults to 1
     (4 for hinton). ``labeled``: a labelled set mixed in (its images also get teacher outputs; CE on true labels
-    in ``hinton``). ``copies``: augmented copies per unlabelled image. ``heldout``: images never trained on,
-    for agreement; ``test``: a labelled set for accuracy. Teacher outputs are cached in ``cache_dir``.
+    in ``hinton``). ``copies``: augmented copies per unlabelled image. ``val``: held-out unlabelled images that
+    choose the epoch the student ends on (the highest agreement with the teacher there; they and
+    ``heldout_copies - 1`` augmented copies of each); ``heldout``: images never trained on nor chosen with, for
+    the reported agreement; ``test``: a labelled set for accuracy. Training settings left None come from the
+    student's recommended preset (``train.preset(student.spec["name"])``: its optimiser, schedule, learning
+    rate, epochs ...), so a registered student trains as its baseline does. Teacher outputs are cached in
+    ``cache_dir``.
     """
     if targets not in LOSSES:
         raise InputError(f"targets must be one of {', '.join(LOSSES)}, got {targets!r}")
@@ -250,8 +260,13 @@ def distill(teacher: nn.Module, student: nn.Module, unlabeled, targets: str = "s
         true = torch.cat([true, labeled.labels.to(torch.int64)])
     t_out, cached = teacher_logits(teacher, images, cache_dir, device=device)
     _check_compatible(t_out, student, images, labeled)
+    val_images = val_out = None
+    if val is not None and len(val):  # model selection: agreement with the teacher on the validation images
+        val_images = augment_copies(val.images, max(1, heldout_copies), seed=20_000 + seed)
+        val_out, _ = teacher_logits(teacher, val_images, cache_dir, device=device)
     settings = {"targets": targets, "temperature": temperature, "alpha": alpha, "copies": copies,
-                "teacher": model_hash(teacher)[:16], "data": tensor_hash(images)[:16]}
+                "teacher": model_hash(teacher)[:16], "data": tensor_hash(images)[:16],
+                "val": tensor_hash(val_images)[:16] if val_images is not None else None}
     if out_dir:
         _check_settings(Path(out_dir), settings, resume)
     loss = LOSSES[targets]
@@ -266,19 +281,22 @@ def distill(teacher: nn.Module, student: nn.Module, unlabeled, targets: str = "s
         ho_out, _ = teacher_logits(teacher, ho_images, cache_dir, device=device)
 
     def evaluate(model):
-        if ho_images is None:
-            return float("nan")
-        return 1.0 - agreement(model, ho_images[:len(heldout)], ho_out[:len(heldout)], device=device)
+        return 1.0 - agreement(model, val_images, val_out, device=device)
 
-    config = TrainConfig(epochs=epochs, lr=lr, momentum=momentum, batch_size=batch_size, seed=seed, device=device,
-                         weight_decay=weight_decay)
+    given = {"epochs": epochs, "lr": lr, "momentum": momentum, "weight_decay": weight_decay,
+             "batch_size": batch_size, "optimizer": optimizer, "schedule": schedule}
+    config = preset(getattr(student, "spec", {}).get("name", ""), seed=seed, device=device,
+                    **{k: v for k, v in given.items() if v is not None})
     trainer = Trainer(student, _IndexedSet(images, getattr(unlabeled, "name", "unlabeled")),
-                      test_set=ho_images, config=config, out_dir=out_dir, loss_fn=loss_fn, progress=progress,
+                      val_set=val_images, config=config, out_dir=out_dir, loss_fn=loss_fn, progress=progress,
                       evaluate=evaluate)
     history = trainer.fit(resume=resume)
     n = len(unlabeled)
     result = DistillResult(targets, temperature, alpha, history, teacher_cached=cached,
-                           agreement_train=agreement(student, images[:n], t_out[:n], device=device))
+                           agreement_train=agreement(student, images[:n], t_out[:n], device=device),
+                           best_epoch=trainer.best_epoch, config=asdict(config))
+    if val_images is not None:
+        result.agreement_val = agreement(student, val_images, val_out, device=device)
     if ho_images is not None:
         result.agreement_heldout = agreement(student, ho_images[:len(heldout)], ho_out[:len(heldout)], device=device)
         result.agreement_heldout_aug = agreement(student, ho_images, ho_out, device=device)

@@ -1,6 +1,10 @@
 """Measurements every bench row carries (Rassadin & Savchenko Table 2 + memory), each usable on its own.
 
-- ``accuracy``: top-1 in percent.
+- ``accuracy``: top-1 in percent; ``correct``: per-image top-1 correctness (what intervals are bootstrapped from).
+- ``per_sample_latency``: batch-1 latency averaged over every image of a split (data-dependent models such as
+  early exits, whose cost depends on the image).
+- ``dense_macs``: multiply-accumulates one forward runs in PyTorch's dense conv/matmul kernels (what a fast path
+  removes: sparse, onnxruntime and bit-packed kernels are not counted).
 - ``train_step_time``: median ms of one SGD mini-batch step (forward, backward, update).
 - ``latency``: batch-1 inference, median and mean ms over ``runs`` after ``warmup``, threads fixed; PyTorch in
   NCHW and channels_last (the faster is reported, and which it was).
@@ -50,6 +54,50 @@ def accuracy(model: nn.Module, dataset, batch_size: int = 256) -> float:
     """Top-1 accuracy (%) on an in-memory labelled dataset."""
     from .train import error_rate
     return 100.0 * (1.0 - error_rate(model, dataset, batch_size))
+
+
+@torch.no_grad()
+def correct(model: nn.Module, dataset, batch_size: int = 256) -> torch.Tensor:
+    """Per-image top-1 correctness (bool, one per image of ``dataset``, in order)."""
+    was_training = model.training
+    model.eval()
+    hits = [model(dataset.images[i:i + batch_size]).argmax(1) == dataset.labels[i:i + batch_size]
+            for i in range(0, len(dataset), batch_size)]
+    model.train(was_training)
+    return torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool)
+
+
+@torch.no_grad()
+def per_sample_latency(model: nn.Module, images: torch.Tensor, num_threads: int | None = DEFAULT_THREADS,
+                       warmup: int = 10, after=None) -> dict:
+    """Batch-1 latency over every image of ``images`` (each run once, in order, after ``warmup`` untimed calls):
+    ``{mean_ms, median_ms, runs}``; ``after()`` is called after each timed call (untimed), e.g. to read which exit
+    a sample took."""
+    model.eval()
+    samples = []
+    with threads(num_threads):
+        for i in range(min(warmup, len(images))):
+            model(images[i:i + 1])
+        for i in range(len(images)):
+            x = images[i:i + 1]
+            start = time.perf_counter()
+            model(x)
+            samples.append(time.perf_counter() - start)
+            if after is not None:
+                after()
+    return summary(samples)
+
+
+@torch.no_grad()
+def dense_macs(model: nn.Module, x: torch.Tensor) -> int:
+    """Multiply-accumulates of one forward of ``x`` in PyTorch's dense convolution and matrix-multiply kernels
+    (``torch.utils.flop_counter``). Work done elsewhere is not counted: sparse CSR products, onnxruntime sessions,
+    the bit-packed XNOR kernel, and rows an early exit skipped."""
+    from torch.utils.flop_counter import FlopCounterMode
+    model.eval()
+    with FlopCounterMode(display=False) as counter:
+        model(x)
+    return counter.get_total_flops() // 2
 
 
 def param_count(model: nn.Module) -> int:

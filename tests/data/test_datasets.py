@@ -2,19 +2,73 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
-from cnncompress.data import assets, build_dataset, stratified_split
+from cnncompress.data import assets, build_dataset, split_validation, stratified_split
 from cnncompress.errors import InputError
 
 
 def test_mnist5k_split_is_fixed_and_stratified():
+    # split sizes changed with the validation split: train is now 3,600 (4,000 minus 400 for validation)
     train = build_dataset("mnist5k", "train")
     test = build_dataset("mnist5k", "test")
-    assert len(train) == 4000 and len(test) == 1000
+    assert len(train) == 3600 and len(test) == 1000
     assert np.bincount(test.labels.numpy()).tolist() == [100] * 10
     again = build_dataset("mnist5k", "test")
     assert (again.images == test.images).all()
-    assert train.images.shape == (4000, 1, 28, 28) and -1.0 <= float(train.images.min()) < float(train.images.max()) <= 1.0
+    assert train.images.shape == (3600, 1, 28, 28) and -1.0 <= float(train.images.min()) < float(train.images.max()) <= 1.0
+
+
+def _rows(dataset) -> set:
+    return {row.tobytes() for row in dataset.images.flatten(1).numpy()}
+
+
+def test_train_val_test_are_disjoint_and_train_val_is_their_union():
+    train, val, test, both = (build_dataset("mnist5k", split) for split in ("train", "val", "test", "train+val"))
+    assert (len(train), len(val), len(both)) == (3600, 400, 4000)
+    rows = [_rows(d) for d in (train, val, test)]
+    assert all(len(r) == len(d) for r, d in zip(rows, (train, val, test)))  # no duplicate images in mnist5k
+    assert rows[0].isdisjoint(rows[1]) and rows[0].isdisjoint(rows[2]) and rows[1].isdisjoint(rows[2])
+    assert _rows(both) == rows[0] | rows[1]
+    assert sorted(both.labels.tolist()) == sorted(train.labels.tolist() + val.labels.tolist())
+    assert [d.split for d in (train, val, test, both)] == ["train", "val", "test", "train+val"]
+
+
+def test_val_split_is_stratified_and_fixed():
+    val = build_dataset("mnist5k", "val")
+    both = build_dataset("mnist5k", "train+val")
+    per_class, whole = np.bincount(val.labels.numpy()), np.bincount(both.labels.numpy())
+    assert per_class.sum() == 400 and np.abs(per_class - 0.1 * whole).max() <= 0.5  # 10 % of every class
+    again = build_dataset("mnist5k", "val", input_size=48)
+    assert torch.equal(again.labels, val.labels)
+    assert torch.equal(build_dataset("mnist5k", "val").images, val.images)
+    small = build_dataset("mnist5k", "val", val_fraction=0.05)
+    assert len(small) == 200 and _rows(small) <= _rows(both)
+
+
+def test_val_of_tiny_classes_keeps_one_of_each():
+    labels = np.repeat(np.arange(3), [2, 3, 20])
+    train, val = stratified_split(labels, 0.1, seed=1, at_least_one=True)
+    assert np.bincount(labels[val]).tolist() == [1, 1, 2] and set(train).isdisjoint(val)
+
+
+@pytest.mark.parametrize("bad", [0, 0.0, -0.1, 0.51, 1, "0.1", None, True, float("nan")])
+def test_bad_val_fraction_is_an_input_error(bad):
+    with pytest.raises(InputError, match="validation fraction"):
+        build_dataset("mnist5k", "val", val_fraction=bad)
+
+
+def test_bad_split_name():
+    with pytest.raises(InputError, match="split must be one of"):
+        build_dataset("mnist5k", "validation")
+
+
+def test_split_validation_matches_build_dataset():
+    both = build_dataset("mnist5k", "train+val")
+    train, val = split_validation(both)
+    assert torch.equal(train.images, build_dataset("mnist5k", "train").images)
+    assert torch.equal(val.labels, build_dataset("mnist5k", "val").labels)
+    assert (train.split, val.split) == ("train", "val")
 
 
 def test_noisy_mnist_is_noisy_and_seeded():

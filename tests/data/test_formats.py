@@ -59,7 +59,7 @@ def test_rafd_classes_and_angles(tmp_path):
     for i, (angle, emotion) in enumerate([("090", "angry"), ("045", "happy"), ("135", "sad"), ("000", "happy"),
                                           ("090", "contemptuous"), ("090", "neutral")] * 5):
         _save(tmp_path / f"Rafd{angle}_{i:02d}_Caucasian_female_{emotion}_frontal.jpg", value=20 * i)
-    train = build_dataset(f"rafd:{tmp_path}", "train", input_size=32)
+    train = build_dataset(f"rafd:{tmp_path}", "train+val", input_size=32)
     test = build_dataset(f"rafd:{tmp_path}", "test", input_size=32)
     assert len(train) + len(test) == 25  # the five 000-angle images are skipped
     assert train.num_classes == 8 and train.images.shape[1:] == (3, 32, 32)
@@ -77,10 +77,14 @@ def test_folder_and_faces(tmp_path):
     for cls in ("cat", "dog"):
         for i in range(5):
             _save(tmp_path / "imgs" / cls / f"{i}.png", value=50 if cls == "cat" else 200)
-    train = build_dataset(f"folder:{tmp_path / 'imgs'}", "train", input_size=16)
+    train = build_dataset(f"folder:{tmp_path / 'imgs'}", "train+val", input_size=16)
     assert train.classes == ["cat", "dog"] and len(train) == 8
-    faces = build_dataset(f"faces:{tmp_path / 'imgs'}", "train", input_size=16)
+    # the validation split keeps at least one image of every class: 8 -> 6 train + 2 val
+    assert len(build_dataset(f"folder:{tmp_path / 'imgs'}", "train", input_size=16)) == 6
+    assert sorted(build_dataset(f"folder:{tmp_path / 'imgs'}", "val", input_size=16).labels.tolist()) == [0, 1]
+    faces = build_dataset(f"faces:{tmp_path / 'imgs'}", "train+val", input_size=16)
     assert len(faces) == 10 and (faces.labels == -1).all() and faces.channels == 1
+    assert len(build_dataset(f"faces:{tmp_path / 'imgs'}", "train", input_size=16)) == 9
 
 
 @pytest.mark.parametrize("content, problem", [(b"", "empty file"), (b"not an image at all", "not a readable image")])

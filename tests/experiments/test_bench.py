@@ -3,12 +3,14 @@ import json
 import pytest
 import torch
 
-from cnncompress import methods
-from cnncompress.experiments.bench import Bench
+from cnncompress import methods, models
+from cnncompress.errors import InputError
+from cnncompress.experiments import stats
+from cnncompress.experiments.bench import Bench, run_bench
+from cnncompress.experiments.recipe import parse_recipe
+from cnncompress.experiments.report import add_ratios, group_seeds, text_table
 from cnncompress.methods import MethodInfo
 from cnncompress.methods.registry import METHODS
-from cnncompress.experiments.recipe import parse_recipe
-from cnncompress.experiments.report import add_ratios, text_table
 
 
 def _halve_classifier(model, scale: float = 0.5):
@@ -18,11 +20,34 @@ def _halve_classifier(model, scale: float = 0.5):
     return model
 
 
+class _Negated(torch.nn.Module):
+    """The deployed form of ``test-deploy``: a different model from the trained one (logits negated)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return -self.model(x)
+
+
 @pytest.fixture
 def test_method():
     methods.register(MethodInfo("test-scale", "none", size="real", speed="none"), _halve_classifier)
     yield "test-scale"
     METHODS.pop("test-scale")
+
+
+@pytest.fixture
+def deploy_method():
+    seen = []
+
+    def apply(model, data=None):
+        seen.append(data)
+        return model
+    methods.register(MethodInfo("test-deploy", "none", data_option="data"), apply, to_inference=_Negated)
+    yield seen
+    METHODS.pop("test-deploy")
 
 
 RECIPE = {"data": "mnist5k", "input_size": 28, "latency_runs": 10, "threads": 1,
@@ -64,3 +89,77 @@ def test_bench_rows_resume_after_kill(tmp_path, test_method, monkeypatch):
     assert "speed-up" in text_table(rows)
     stored = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
     assert stored[1]["config"] == {} and stored[1]["ccz"].endswith("model.ccz")
+
+
+FAST = {"data": "mnist5k", "input_size": 28, "latency_runs": 10, "threads": 1, "memory": False,
+        "baselines": {"cascade_cnn": {"width": 0.25, "epochs": 1, "lr": 0.05, "batch_size": 128, "schedule": "paper"}},
+        "finetune": {"epochs": 1, "lr": 0.001}}
+
+
+def test_rows_get_matched_controls_deployed_accuracy_and_intervals(tmp_path, deploy_method):
+    recipe = parse_recipe({**FAST, "rows": [{"model": "cascade_cnn", "method": "baseline"},
+                                            {"model": "cascade_cnn", "method": "fp16", "finetune": 1},
+                                            {"model": "cascade_cnn", "method": "test-deploy", "finetune": 0}]})
+    rows = Bench(recipe, tmp_path, progress=False).run()
+    base, scaled, deployed = rows
+    assert base["accuracy"] > 50
+    # the run's training split was handed to the data-dependent method (no hidden dataset)
+    assert deploy_method[0].split == "train" and deploy_method[0].name == "mnist5k"
+    given = f"the run's mnist5k train split ({len(deploy_method[0])} images)"
+    assert deployed["data_given"] == {"test-deploy.data": given}
+    # matched budget: the fine-tuned row is compared with the baseline fine-tuned as long, trained once, on disk
+    assert scaled["total_finetune"] == 1 and scaled["control"]["epochs"] == 1
+    assert len(scaled["control"]["history"]) == len(scaled["history"]) == 1
+    assert (tmp_path / "controls" / "cascade_cnn-seed0-ft1" / "result.json").is_file()
+    assert deployed["control"]["epochs"] == 0 and deployed["control"]["accuracy"] == pytest.approx(base["accuracy"])
+    # the accuracy column is the deployed model's (here: a different model from the trained one)
+    assert deployed["accuracy"] < 20 < deployed["accuracy_training_form"]
+    assert deployed["accuracy_training_form"] == pytest.approx(base["accuracy"])
+    correct = stats.unpack(deployed["correct"], deployed["images"])
+    assert deployed["images"] == 1000 and 100 * correct.mean() == pytest.approx(deployed["accuracy"])
+    assert base["accuracy_split"] == "test" and base["selection_split"] == "val"
+    assert all("train_error" in h and "val_error" in h for h in base["history"])
+    add_ratios(rows)
+    line = group_seeds(rows)[2]
+    assert line["ci_low"] <= line["delta"] <= line["ci_high"]
+    assert line["delta"] == pytest.approx(deployed["accuracy"] - base["accuracy"])
+    table = text_table(rows)
+    assert "control %" in table and "Δ acc [95% CI]" in table and f"{line['delta']:+.2f} [" in table
+    # a re-run trains nothing and gives the same controls
+    again = Bench(recipe, tmp_path, progress=False).run()
+    assert again[1]["control"]["accuracy"] == scaled["control"]["accuracy"]
+
+
+def test_early_exit_latency_is_the_mean_over_the_test_split(tmp_path):
+    class Split:
+        def __init__(self, n):
+            self.images, self.labels = torch.randn(n, 1, 48, 48), torch.randint(0, 10, (n,))
+            self.channels, self.num_classes, self.classes = 1, 10, [str(i) for i in range(10)]
+            self.mean = self.std = 0.5
+
+        def __len__(self):
+            return len(self.labels)
+    recipe = parse_recipe({**RECIPE, "input_size": 48, "rows": [{"model": "squeezenet1_1", "method": "baseline"}]})
+    bench = Bench(recipe, tmp_path, progress=False, datasets=(Split(8), Split(4), Split(24)))
+    torch.manual_seed(0)
+    net = models.build("vgg_s", 10, 1, 48, 0.125).eval()
+    for threshold, rate in ((0.0, 1.0), (1.0, 0.0)):
+        exits = methods.apply(net, "early-exit", position="features.pool2", threshold=threshold).eval()
+        timing, exit_rate = bench._torch_latency(exits, (1, 1, 48, 48), bench.test_set.images[:1])
+        assert timing["runs"] == 24 and timing["protocol"] == "mean over the 24 test images at batch 1"
+        assert exit_rate == rate
+    assert bench._torch_latency(net, (1, 1, 48, 48), bench.test_set.images[:1])[1] is None
+
+
+def test_only_with_an_unknown_name_fails_before_anything_is_written(tmp_path, test_method):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(json.dumps({**RECIPE, "rows": [{"model": "squeezenet1_1", "method": "baseline"},
+                                                     {"model": "squeezenet1_1", "method": test_method,
+                                                      "label": "scaled"}]}))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "table.md").write_text("published")
+    with pytest.raises(InputError, match="--only 'bwn', 'nope': no row of .* has that method or label "
+                                         "\\(methods: test-scale; labels: 'scaled'\\)"):
+        run_bench(recipe, tmp_path / "out", only=["bwn", "scaled", "nope"], progress=False)
+    assert (tmp_path / "out" / "table.md").read_text() == "published"
+    assert not (tmp_path / "out" / "baselines").exists()

@@ -49,3 +49,42 @@ def test_row_keys_are_safe_folder_names():
     recipe = parse_recipe({**BASE, "rows": [{"model": "squeezenet1_1", "method": "fp16", "label": "a/b c w/o ../x"}]})
     key = recipe.rows[0].key
     assert "/" not in key and "\\" not in key and key.startswith("squeezenet1_1-a_b")
+
+
+def test_rows_fine_tune_the_recipes_epochs_and_count_every_stage():
+    two = {"model": "squeezenet1_1", "label": "two", "stages": [{"method": "fp16"}, {"method": "fp16"}]}
+    recipe = parse_recipe({**BASE, "finetune": {"epochs": 3, "schedule": "cosine"},
+                           "rows": [{"model": "squeezenet1_1", "method": "baseline"},
+                                    {"model": "squeezenet1_1", "method": "fp16"},
+                                    {"model": "squeezenet1_1", "method": "fp16", "finetune": 0, "label": "f0"}, two]})
+    assert [(r.finetune, r.total_finetune) for r in recipe.rows] == [(0, 0), (3, 3), (0, 0), (3, 6)]
+
+
+def test_training_settings_of_baselines_and_finetuning():
+    from cnncompress.experiments.recipe import train_settings
+    settings = {"width": 0.5, "epochs": 20, "lr": 0.01, "schedule": "onecycle", "patience": 4, "weight_decay": 5e-4}
+    recipe = parse_recipe({"baselines": {"squeezenet1_1": settings}})
+    assert train_settings(recipe.baselines["squeezenet1_1"]) == {"epochs": 20, "lr": 0.01, "schedule": "onecycle",
+                                                                 "patience": 4, "weight_decay": 5e-4}
+    from cnncompress.experiments.recipe import finetune_settings
+    tuned = parse_recipe({"baselines": {"squeezenet1_1": {**settings, "optimizer": "adamw"}},
+                          "finetune": {"epochs": 2, "warmup": 0.0}})
+    assert finetune_settings(tuned, "squeezenet1_1") == {"optimizer": "adamw", "weight_decay": 5e-4, "epochs": 2,
+                                                         "batch_size": 32,
+                                                         "warmup": 0.0, "lr": pytest.approx(0.001), "patience": 0}
+    with pytest.raises(InputError, match="optimizer="):
+        parse_recipe({"baselines": {"vgg_s": {"optimizer": "rmsprop"}}})
+    with pytest.raises(InputError, match="unknown key 'patience'"):  # a row and its control train equally long
+        parse_recipe({**BASE, "finetune": {"epochs": 1, "patience": 2}})
+    with pytest.raises(InputError, match="schedule must be"):
+        parse_recipe({"baselines": {"vgg_s": {"schedule": "fast"}}})
+
+
+def test_the_default_recipe_runs_one_row_per_family_and_every_baseline():
+    from cnncompress import methods
+    from cnncompress.commands.bench import DEFAULT_RECIPE
+    recipe = load_recipe(DEFAULT_RECIPE)
+    rows = [r for r in recipe.rows if r.method != "baseline"]
+    assert {r.method for r in recipe.rows if r.method == "baseline"} and len(rows) == 7
+    assert len({methods.info(r.method).family for r in rows}) == 7
+    assert {r.model for r in recipe.rows} == set(recipe.baselines)

@@ -1,14 +1,19 @@
-from cnncompress.experiments.reproduce import (PAPER_TABLE2, cascade_findings, table2_findings, table2_report,
-                                               table3_findings)
+import numpy as np
+
+from cnncompress.experiments import stats
+from cnncompress.experiments.reproduce import (PAPER_TABLE2, cascade_findings, paper_rows, table2_findings,
+                                               table2_report, table3_findings)
 
 
-def _row(label, acc, mb, ms, train=10.0):
-    return {"label": label, "accuracy": acc, "file_bytes": int(mb * 1e6), "torch_ms": ms, "ort_ms": ms * 2,
-            "train_ms_step": train}
+def _row(label, acc, mb, ms, train=10.0, model="vgg_s", config=None):
+    method = "baseline" if "baseline" in label else label
+    return {"label": label, "model": model, "method": method, "config": config or {}, "accuracy": acc,
+            "file_bytes": int(mb * 1e6), "torch_ms": ms, "ort_ms": ms * 2, "train_ms_step": train}
 
 
-PAPER_LIKE = [_row("VGG-S (baseline)", 97, 372, 33), _row("SqueezeNet-1.1 (baseline)", 89, 2.8, 5),
-              _row("SqueezeNet-1.1, CP-Decomposition", 87.5, 2.1, 7.7), _row("HashedNets", 96, 68, 158, train=295),
+PAPER_LIKE = [_row("VGG-S (baseline)", 97, 372, 33), _row("SqueezeNet-1.1 (baseline)", 89, 2.8, 5, model="sq"),
+              _row("SqueezeNet-1.1, CP-Decomposition", 87.5, 2.1, 7.7, model="sq", config={"rank": 192}),
+              _row("HashedNets", 96, 68, 158, train=295),
               _row("Binary-Weight-Network (BWN)", 98.5, 11.6, 33), _row("XNOR-Net", 58, 11.6, 34),
               _row("XNOR-Net w/o weights binarization", 88, 11.6, 34)]
 
@@ -28,6 +33,32 @@ def test_findings_can_fail_and_missing_rows_are_not_checked():
     report = "\n".join(table2_report(list(rows.values()), "r.yaml"))
     assert "did not hold" in report and "not checked" in report
     assert all(label in report for label, *_ in PAPER_TABLE2)
+
+
+def test_cp_row_at_another_rank_is_not_compared_with_the_paper():
+    rows = [dict(r) for r in PAPER_LIKE]
+    rows[2]["config"] = {"rank": 48}
+    assert "SqueezeNet-1.1, CP-Decomposition" not in paper_rows(rows)
+    verdicts = {f.claim: f.held for f in table2_findings(paper_rows(rows))}
+    assert verdicts["CP decomposition shrinks SqueezeNet"] is None  # not checked
+    report = "\n".join(table2_report(rows, "r.yaml"))
+    assert "not the paper's setting: rank=48 (paper: 192)" in report
+
+
+def test_seeds_are_averaged_and_changes_get_an_interval():
+    rng = np.random.default_rng(0)
+    control = rng.random(200) < 0.9
+    rows = [dict(r) for r in PAPER_LIKE if r["label"] != "Binary-Weight-Network (BWN)"]
+    for seed, acc in ((0, 98.0), (1, 99.0)):
+        correct = control.copy()
+        correct[:seed + 3] = True
+        rows.append({**_row("Binary-Weight-Network (BWN)", acc, 11.6, 33), "seed": seed,
+                     "correct": stats.pack(correct), "images": 200,
+                     "control": {"accuracy": 97.0, "correct": stats.pack(control), "images": 200, "epochs": 1}})
+    bwn = paper_rows(rows)["Binary-Weight-Network (BWN)"]
+    assert bwn["accuracy"] == 98.5 and bwn["seeds"] == 2 and bwn["ci_low"] <= bwn["delta"] <= bwn["ci_high"]
+    report = "\n".join(table2_report(rows, "r.yaml"))
+    assert "98.50 ± 0.71" in report and f"{bwn['delta']:+.2f} [" in report
 
 
 def test_table3_softmax_vs_labels():

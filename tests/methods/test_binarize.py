@@ -182,14 +182,6 @@ def test_bad_inputs(tmp_path):
         CODEC.check(10, {"scale": "filter"}, (4, 8))
 
 
-def test_registered_with_honest_labels():
-    assert methods.info("xnor").speed == "real" and methods.info("xnor").size == "real"
-    assert methods.info("bwn").size == "real" and methods.info("bwn").speed == "none"
-    assert methods.info("binact").size == "simulated"
-    for name in ("binaryconnect", "bwn", "xnor", "binact"):
-        assert methods.info(name).bench
-
-
 # ---------------------------------------------------------------- the shared layer rule and contract
 def _binarized(net: nn.Module) -> list[str]:
     """Paths of the float layers that became binary (the ``.binary`` of an inserted block counts as its layer)."""

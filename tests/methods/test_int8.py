@@ -70,15 +70,36 @@ def test_int8_agrees_with_fp32_and_ccz_is_4x_smaller(trained, tmp_path):
     assert torch.allclose(methods.to_inference(loaded)(images[:64]), inference(images[:64]), atol=1e-5)
 
 
-def test_int8_without_calibration_warns_and_bad_options_fail():
+def test_int8_needs_the_runs_data_noise_only_when_asked_and_bad_options_fail():
     model = models.build("squeezenet1_1", 10, 1, 48, 0.25)
-    with pytest.warns(UserWarning, match="synthetic"):
-        quantized = methods.apply(model, "int8", num_calibration=8)
+    with pytest.raises(InputError, match="int8 needs calibration images"):  # no silent fallback to noise
+        methods.apply(model, "int8", num_calibration=8)
+    quantized = methods.apply(model, "int8", num_calibration=8, calibration="noise")
+    assert quantized.compression_history[-1]["config"]["calibration"] == "noise"  # the row says so
     assert methods.to_inference(quantized)(torch.randn(2, 1, 48, 48)).shape == (2, 10)
     with pytest.raises(InputError, match="num_calibration"):
         methods.apply(model, "int8", num_calibration=0)
     with pytest.raises(ValueError, match="no int8 calibration"):
         methods.get("int8").to_inference(model)
+
+
+@pytest.mark.parametrize("calibration, problem", [
+    (torch.randn(8, 3, 48, 48), "has 3 channel"),
+    (torch.randn(8, 1, 32, 32), "32x32; the model takes 48x48"),
+    ((torch.randn(8, 1, 48, 48), torch.full((8,), 12)), "labels in \\[12, 12\\]"),
+    ("no-such-dataset", "unknown dataset"),
+])
+def test_int8_calibration_that_does_not_fit_the_model_is_one_line(calibration, problem):
+    model = models.build("squeezenet1_1", 10, 1, 48, 0.25)
+    with pytest.raises(InputError, match=problem) as error:
+        methods.apply(model, "int8", num_calibration=8, calibration=calibration)
+    assert "\n" not in str(error.value)
+
+
+def test_int8_calibration_class_count_must_match():
+    model = models.build("squeezenet1_1", 7, 1, 48, 0.25)  # a 7-class model calibrated on 10 digit classes
+    with pytest.raises(InputError, match="has 10 classes; the model has 7"):
+        methods.apply(model, "int8", num_calibration=8, calibration="mnist5k")
 
 
 def test_int8_graph_exporters_agree_and_old_files_rebuild():

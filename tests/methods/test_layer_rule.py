@@ -22,7 +22,7 @@ LAYER_METHODS = {
     "deep-compression": {"measure_stages": False, "conv_bits": 2, "fc_bits": 2},
     "fixed-point": {},
     "fp16": {},
-    "int8": {"num_calibration": 8},
+    "int8": {"num_calibration": 8, "calibration": "noise"},
 }
 CONV_ONLY = {"cp": {"rank": 2, "n_iter_max": 2}, "tucker": {"rank": 2}, "prune-l1": {"flops": 0.3}}
 LINEAR_ONLY = {"tt": {"rank": 2}}

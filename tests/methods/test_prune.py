@@ -146,6 +146,19 @@ def test_bad_config_is_a_clean_error(vgg, name, config):
         methods.apply(vgg, name, **config)
 
 
+def test_taylor_needs_the_runs_labelled_data(vgg, random_images):
+    with pytest.raises(InputError, match="no data given"):  # no hidden default dataset
+        methods.apply(vgg, "prune-taylor", flops=0.3)
+    with pytest.raises(InputError, match="labelled images are needed"):
+        methods.apply(vgg, "prune-taylor", flops=0.3, data=random_images(8).images)
+    with pytest.raises(InputError, match="has 3 channel"):
+        methods.apply(vgg, "prune-taylor", flops=0.3, data=random_images(8, channels=3).images)
+    data = random_images(16)
+    pruned = methods.apply(vgg, "prune-taylor", flops=0.3, samples=16, steps=1, data=(data.images, data.labels))
+    assert pruned.compression_history[-1]["config"]["data"] == ["tensor [16, 1, 48, 48]", "tensor [16]"]
+    assert methods.info("prune-taylor").data_option == "data" and methods.info("int8").data_option == "calibration"
+
+
 def test_unsupported_architecture_is_a_clean_error():
     model = models.build("cascade_cnn", num_classes=10, in_channels=1, input_size=48)
     with pytest.raises(InputError):

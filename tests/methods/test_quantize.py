@@ -116,7 +116,6 @@ def test_fixed_point_model_trains_and_round_trips(tmp_path):
     torch.manual_seed(0)
     model = models.build("vgg_s", 10, 1, 48, 0.25)
     fixed = methods.apply(model, "fixed-point", il=6, fl=10, rounding="stochastic", dynamic=True)
-    assert methods.info("fixed-point").size == "simulated" and methods.info("fixed-point").speed == "simulated"
     fixed.train()
     x, y = torch.randn(4, 1, 48, 48), torch.tensor([0, 1, 2, 3])
     nn.functional.cross_entropy(fixed(x), y).backward()

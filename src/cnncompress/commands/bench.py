@@ -11,10 +11,12 @@ DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "experiments" / "recip
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("bench", help="benchmark methods -> table, CSV/JSON, plots (resumable)")
     parser.add_argument("--recipe", default=str(DEFAULT_RECIPE), help="YAML recipe (default: the quick recipe)")
-    parser.add_argument("--data", help="override the recipe's dataset spec")
+    parser.add_argument("--data", help="override the recipe's dataset spec (its train split also calibrates int8 "
+                        "and scores Taylor pruning)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="training device")
     parser.add_argument("--out", help="output folder (default results/<recipe name>)")
-    parser.add_argument("--only", nargs="*", help="only rows whose method or label is listed")
+    parser.add_argument("--only", nargs="*", help="run only the rows whose method or label is listed (and the "
+                        "baselines); the table keeps every finished row; an unknown name is an error (exit 2)")
     parser.add_argument("--no-progress", action="store_true")
     scale = parser.add_argument_group("scale out (docs/scale_out.md)")
     scale.add_argument("--executor", default="local", choices=["local", "ray"],

@@ -12,7 +12,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE",
                         help="method options; values are parsed as YAML (1/8 -> use 0.125, [a, b] lists)")
     parser.add_argument("--finetune", type=int, default=0, help="fine-tuning epochs (needs --data)")
-    parser.add_argument("--data", help="dataset spec for fine-tuning and measuring (default: the model's own)")
+    parser.add_argument("--data", help="dataset spec for fine-tuning, measuring and data-dependent methods (int8 "
+                        "calibration, Taylor importance: its train split); default: the model's own dataset")
     parser.add_argument("--lr", type=float, default=0.001)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", required=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 SINGLE_RUN_OPTIONS = ("teacher", "student", "width", "unlabeled", "heldout", "targets", "temperature", "alpha",
                       "labeled", "copies", "epochs", "lr", "momentum", "weight_decay", "batch_size", "seed", "device",
-                      "cache", "resume")
+                      "cache", "resume", "optimizer", "schedule")
 
 
 def add_parser(subparsers) -> None:
@@ -27,11 +27,14 @@ def add_parser(subparsers) -> None:
     p.add_argument("--labeled", help="labelled data (e.g. fer2013:<csv>): test split -> accuracy; "
                                      "train split mixed in with true labels for --targets hinton")
     p.add_argument("--copies", type=int, default=8, help="augmented copies per unlabelled image (1 = none)")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--epochs", type=int, help="training settings left out come from the student's preset "
+                                              "(cnncompress.train.preset: optimiser, schedule, lr, epochs, ...)")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--momentum", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--optimizer", help="sgd | adamw (default: the student's preset)")
+    p.add_argument("--schedule", help="cosine | onecycle | paper (default: the student's preset)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--cache", help="teacher-output cache folder (default ~/.cache/cnncompress/teacher-outputs)")

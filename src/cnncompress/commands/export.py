@@ -1,4 +1,5 @@
-"""``cnncompress export MODEL --format onnx|ccz``: write ONNX (checked against onnxruntime) or a ``.ccz``."""
+"""``cnncompress export MODEL --format onnx|ccz|openvino``: write ONNX (checked in onnxruntime), OpenVINO IR
+(``.xml`` + ``.bin``, checked in OpenVINO at fp32) or a ``.ccz``."""
 from __future__ import annotations
 
 import json
@@ -6,10 +7,12 @@ from pathlib import Path
 
 
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser("export", help="export a model to ONNX (verified in onnxruntime) or .ccz")
+    parser = subparsers.add_parser("export", help="export a model to ONNX (verified in onnxruntime), OpenVINO IR "
+                                                  "(verified in OpenVINO) or .ccz")
     parser.add_argument("model", help="a .ccz, a model.safetensors, a run folder, or fer-minixception")
-    parser.add_argument("--format", choices=["onnx", "ccz"], default="onnx")
-    parser.add_argument("--out", help="output file (default: next to the model, model.onnx / model.ccz)")
+    parser.add_argument("--format", choices=["onnx", "ccz", "openvino"], default="onnx")
+    parser.add_argument("--out", help="output file (default: next to the model, model.onnx / model.ccz / "
+                                      "model.xml + model.bin)")
     parser.add_argument("--data", help="dataset spec for the agreement check (default: the model's own dataset)")
     parser.add_argument("--fp16", action="store_true", help="ccz: store float tensors as fp16")
     parser.set_defaults(func=run)
@@ -19,6 +22,7 @@ def run(args) -> int:
     from ..export import export_model
     from ..loading import load_model, model_file
     model = load_model(args.model)
-    out = Path(args.out) if args.out else (model_file(args.model) or Path(args.model)).with_suffix(f".{args.format}")
+    suffix = {"openvino": ".xml"}.get(args.format, f".{args.format}")
+    out = Path(args.out) if args.out else (model_file(args.model) or Path(args.model)).with_suffix(suffix)
     print(json.dumps(export_model(model, args.format, out, args.data, args.fp16)))
     return 0

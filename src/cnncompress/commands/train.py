@@ -1,5 +1,9 @@
 """``cnncompress train``: train a reference model on a dataset, with checkpoints, resume and error curves.
 
+Settings default to the model's preset (``train.preset``, ``models.DEFAULT_TRAINING``); flags override it. Model
+selection (``--patience``, the best epoch kept) uses the validation split (``--val-fraction`` of the training
+split); the test split is evaluated once, at the end, for the printed accuracy (also in ``summary.json``).
+
 Data-parallel: ``--ddp N`` starts N processes on this machine (DistributedDataParallel, gloo on CPU, nccl on one
 GPU per process); the same command under torchrun (``torchrun --nproc-per-node N --no-python cnncompress train
 ...``, also across machines with ``--nnodes``/``--rdzv-endpoint``) joins the group torchrun describes. Rank 0
@@ -9,22 +13,34 @@ process (see cnncompress.distributed).
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
+
+FLAGS = ("epochs", "lr", "momentum", "batch_size", "weight_decay", "schedule", "patience", "optimizer", "augment")
 
 
 def add_parser(subparsers) -> None:
+    from ..train import OPTIMIZERS, SCHEDULES
     parser = subparsers.add_parser("train", help="train a model (checkpoint every epoch, --resume)")
     parser.add_argument("--model", required=True, help="vgg_s | squeezenet1_1 | cascade_cnn | ...")
     parser.add_argument("--data", default="mnist5k", help="dataset spec name[:path] (default mnist5k)")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--lr", type=float, default=0.001)
-    parser.add_argument("--momentum", type=float, default=0.9)
-    parser.add_argument("--batch-size", type=int, default=None, help="default: 20 for vgg_s, 32 for squeezenet")
+    parser.add_argument("--epochs", type=int, help="most epochs (default: the model's preset)")
+    parser.add_argument("--lr", type=float, help="peak learning rate (default: the model's preset)")
+    parser.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
+    parser.add_argument("--batch-size", type=int, help="default: the model's preset (20 vgg_s, 32 squeezenet)")
+    parser.add_argument("--weight-decay", type=float, help="default: the model's preset")
+    parser.add_argument("--schedule", help=f"learning-rate schedule: {' | '.join(SCHEDULES)} (paper = fixed lr)")
+    parser.add_argument("--optimizer", help=f"{' | '.join(OPTIMIZERS)} (default: the model's preset)")
+    parser.add_argument("--patience", type=int, help="stop after N epochs without a better validation error "
+                                                     "(0 = never; default: the model's preset)")
+    parser.add_argument("--val-fraction", type=float, default=0.1,
+                        help="validation split carved from the training split, in (0, 0.5] (default 0.1)")
     parser.add_argument("--width", type=float, default=1.0)
     parser.add_argument("--input-size", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--augment", action="store_true")
+    parser.add_argument("--augment", nargs="?", const=True, default=None, choices=[True, "shift", "flip+shift"],
+                        help="random shifts (+ flips unless 'shift'; digits want 'shift')")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--resume", action="store_true", help="continue after the last finished epoch")
     parser.add_argument("--ddp", type=int, default=0, metavar="N",
@@ -34,9 +50,13 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from .. import distributed
+    from ..data.datasets import check_val_fraction
+    from ..errors import InputError
+    from ..train import preset
     if args.ddp < 0 or args.ddp > 256:
-        from ..errors import InputError
         raise InputError(f"--ddp {args.ddp}: give a number of processes in 1..256")
+    check_val_fraction(args.val_fraction)
+    preset(args.model, **_overrides(args))  # bad settings fail here, before any process starts
     if args.ddp > 1:
         distributed.spawn(train, args.ddp, (args,), device=args.device)
         return 0
@@ -49,32 +69,40 @@ def run(args) -> int:
     return train(args)
 
 
+def _overrides(args) -> dict:
+    given = {name: getattr(args, name) for name in FLAGS if getattr(args, name) is not None}
+    return {**given, "seed": args.seed, "device": args.device}
+
+
 def train(args) -> int:
     """One process's training (rank 0 of a group, or the only one, writes the outputs)."""
+    import torch
+
     from .. import distributed, models
     from ..data import build_dataset
-    from ..train import Trainer, TrainConfig, plot_history, save_weights
-    train_set = build_dataset(args.data, "train", input_size=args.input_size)
-    test_set = build_dataset(args.data, "test", input_size=args.input_size)
-    import torch
+    from ..train import Trainer, error_rate, plot_history, preset, save_weights
+    train_set, val_set, test_set = (build_dataset(args.data, split, input_size=args.input_size,
+                                                  val_fraction=args.val_fraction) for split in ("train", "val", "test"))
     torch.manual_seed(args.seed)  # the same initial weights for the same seed (and on every DDP rank)
     model = models.build(args.model, num_classes=train_set.num_classes, in_channels=train_set.channels,
                          input_size=train_set.input_size, width=args.width)
-    config = TrainConfig(epochs=args.epochs, lr=args.lr, momentum=args.momentum, seed=args.seed,
-                         batch_size=args.batch_size or models.DEFAULT_BATCH_SIZE[args.model],
-                         device=args.device, augment=args.augment)
     out = Path(args.out)
-    history = Trainer(model, train_set, test_set, config, out_dir=out).fit(resume=args.resume)
+    trainer = Trainer(model, train_set, val_set, preset(args.model, **_overrides(args)), out_dir=out,
+                      train_probe=len(val_set))
+    history = trainer.fit(resume=args.resume)
     rank, world = distributed.world()
     if rank != 0:
         return 0
     model.metadata = {"classes": train_set.classes, "mean": train_set.mean, "std": train_set.std,
                       "dataset": args.data}
     save_weights(model.cpu(), out / "model.safetensors", {"cnncompress.metadata": json.dumps(model.metadata)})
+    accuracy, best = 1 - error_rate(model, test_set), trainer.best_epoch  # the test split, once
     (out / "history.json").write_text(json.dumps(history, indent=1))
+    (out / "summary.json").write_text(json.dumps({"test_accuracy": accuracy, "best_epoch": best, "epochs_run":
+                                                  len(history), "config": asdict(trainer.config)}, indent=1))
     plot_history(history, out / "error_curve.png", f"{args.model} on {args.data}")
-    final = history[-1] if history else {}
-    where = f" on {world} DDP processes" if world > 1 else ""
-    print(f"{args.model} on {args.data}: test accuracy {100 * (1 - final.get('test_error', 1)):.2f}% "
-          f"after {len(history)} epochs{where}; wrote {out / 'model.safetensors'}, {out / 'error_curve.png'}")
+    chosen = f"best validation epoch {best} of {len(history)}" if best else f"{len(history)} epochs"
+    print(f"{args.model} on {args.data}: test accuracy {100 * accuracy:.2f}% ({chosen}"
+          f"{f' on {world} DDP processes' if world > 1 else ''}); wrote {out / 'model.safetensors'}, "
+          f"{out / 'error_curve.png'}")
     return 0

@@ -1,5 +1,7 @@
 """Datasets (offline assets and user formats) and transforms."""
-from .datasets import ImageDataset, available, build_dataset, register_dataset, stratified_split
+from .datasets import (ImageDataset, available, build_dataset, register_dataset,
+                       split_validation, stratified_split)
 from . import lfw  # noqa: F401,E402 - registers "lfw-faces" and "faces-detect"
 
-__all__ = ["ImageDataset", "available", "build_dataset", "register_dataset", "stratified_split"]
+__all__ = ["ImageDataset", "available", "build_dataset", "register_dataset", "split_validation",
+           "stratified_split"]

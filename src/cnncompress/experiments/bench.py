@@ -1,22 +1,41 @@
-"""``cnncompress bench``: recipe -> baselines -> one measured row per (model, method) -> table + plots.
+"""``cnncompress bench``: recipe -> baselines and matched controls -> one measured row per (model, method) ->
+table + plots.
 
-Resumable: baselines train with per-epoch checkpoints under ``OUT/baselines/<model>`` (``<model>-seed<k>`` for
-other seeds); every finished row is appended to ``OUT/rows.jsonl`` and skipped on re-run, so a kill loses at most
-the row in progress (and even its finished fine-tuning epochs are kept in ``OUT/rows/<key>/train``).
+What each row's numbers mean (DESIGN §5):
+
+* Accuracy is the **deployed** model's: the row's ``.ccz`` loaded back and ``methods.to_inference``d (int8 runs
+  its QDQ graph in onnxruntime, XNOR its bit-packed kernel), scored once on the **test** split; which test images
+  it got right is stored (``correct``, packed bits) so the report can bootstrap intervals. The training-form
+  model's test accuracy is kept as ``accuracy_training_form``. Every choice (early stopping, which epoch's
+  weights a training run ends with) is made on the **val** split carved from train.
+* Δaccuracy is against a **matched control**: the baseline fine-tuned for the same number of epochs as the row
+  (``Row.total_finetune``) with the same fine-tuning config and seed, uncompressed. One control per (model, seed,
+  epochs), trained by the driver before any row runs, resumable, under ``OUT/controls/``. A method is never
+  credited with an extra epoch of training.
+* Data-dependent methods (``MethodInfo.data_option``: int8 calibration, Taylor importance) get the run's
+  training split unless the recipe row sets the option; the row says what they got (``data_given``).
+* Models whose cost depends on the image (early exits) are timed at batch 1 over the whole test split (mean),
+  their baseline the same way, and the row carries the exit rate.
+
+Resumable: baselines and controls train with per-epoch checkpoints under ``OUT/baselines/<model>`` (``-seed<k>``
+for other seeds) and ``OUT/controls/``; every finished row is appended to ``OUT/rows.jsonl`` and skipped on re-run,
+so a kill loses at most the row in progress (and even its finished fine-tuning epochs are kept).
 
 Rows run in this process, in order, or through an executor (``experiments.executors``: Ray tasks on a cluster)
-handed to ``Bench.run``: the driver trains the baselines first (``prepare``), every row then runs
+handed to ``Bench.run``: the driver trains the baselines and controls first (``prepare``), every row then runs
 ``safe_run_row`` wherever the executor puts it (writing its ``.ccz`` and ``result.json`` atomically into its own
-folder) and only the driver appends to ``rows.jsonl``. The executors import this module, never the reverse.
+folder) and only the driver appends to ``rows.jsonl`` and attaches the controls. The executors import this
+module, never the reverse.
 
 ``run_bench`` is the whole job behind ``cnncompress bench``: recipe file -> rows -> tables and plots.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import platform
-import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,28 +45,18 @@ from tqdm import tqdm
 
 from .. import measure, methods, models, storage
 from ..data import build_dataset
+from ..early_exit import EarlyExitNet
 from ..errors import InputError
-from ..train import Trainer, TrainConfig, atomic_write, checkpoint_info, load_weights, save_weights
+from ..train import (Trainer, TrainConfig, atomic_write, checkpoint_info, error_rate, load_weights,
+                     save_weights)
+from . import stats
+from .environment import environment
 from .compress_one import apply_pipeline, load_for_inference
-from .recipe import BASELINE, Recipe, Row, load_recipe
-from .report import write_outputs
+from .recipe import BASELINE, Recipe, Row, baseline_settings, finetune_settings, load_recipe, select_rows
+from .report import row_line, write_outputs
 
-
-def environment() -> dict:
-    """What the numbers were measured on: device, threads, library versions, git commit."""
-    import onnxruntime
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent).stdout.strip()
-    except OSError:
-        commit = ""
-    cpu = ""
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "python": platform.python_version(),
-            "cpu": cpu, "cores": os.cpu_count(), "git_commit": commit, "node": platform.node()}
+SPLITS = {"accuracy": "test", "selection": "val", "training": "train"}
+"""Which split each number comes from: accuracies (once), choices made during training, training itself."""
 
 
 def _realness(labels: list[str], default: str) -> str:
@@ -58,9 +67,44 @@ def _realness(labels: list[str], default: str) -> str:
     return default if not labels else "none"
 
 
-def _history(meta: Path, config: TrainConfig) -> list[dict]:
-    """A finished baseline's per-epoch history (checked against the recipe's training config, epochs included)."""
-    return checkpoint_info(meta, config).get("history", []) if meta.exists() else []
+def _history(meta: Path, config: TrainConfig) -> tuple[list[dict], bool]:
+    """A finished run's per-epoch history and whether it stopped on a validation plateau (checked against the
+    recipe's training config, epochs included)."""
+    if not meta.exists():
+        return [], False
+    info = checkpoint_info(meta, config)
+    return info.get("history", []), bool(info.get("stopped", False))
+
+
+def best_epoch(history: list[dict]) -> int | None:
+    scored = [h for h in history if "val_error" in h]
+    return min(scored, key=lambda h: (h["val_error"], -h["epoch"]))["epoch"] if scored else None
+
+
+class _Probe:
+    """A fixed, seeded subset of the training split (the size of the validation split): its error after every
+    epoch is the ``train_error`` of the error-curve figures (Rassadin & Savchenko Figs. 1-6)."""
+
+    def __init__(self, train_set, size: int, seed: int = 0):
+        index = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed))[:max(1, size)]
+        self.images, self.labels = train_set.images[index], train_set.labels[index]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+class ProbedTrainer(Trainer):
+    """``Trainer`` whose epoch records also carry ``train_error`` on a ``_Probe`` of the training split."""
+
+    def __init__(self, *args, probe: _Probe | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.probe = probe
+
+    def _epoch(self, epoch: int) -> dict:
+        record = super()._epoch(epoch)
+        if self.probe is not None and self.rank == 0:
+            record["train_error"] = error_rate(self.model, self.probe, device=self.config.device)
+        return record
 
 
 class Bench:
@@ -69,11 +113,17 @@ class Bench:
         self.recipe, self.out, self.device, self.progress = recipe, Path(out_dir), device, progress
         self.out.mkdir(parents=True, exist_ok=True)
         self.rows_path = self.out / "rows.jsonl"
-        self.train_set, self.test_set = datasets or (
-            build_dataset(recipe.data, "train", input_size=recipe.input_size),
-            build_dataset(recipe.data, "test", input_size=recipe.input_size))
+        self.train_set, self.val_set, self.test_set = datasets or tuple(
+            build_dataset(recipe.data, split, input_size=recipe.input_size) for split in ("train", "val", "test"))
+        self.probe = _Probe(self.train_set, len(self.val_set) if self.val_set is not None else 500)
         self._baselines: dict[tuple[str, int], torch.nn.Module] = {}
         self._baseline_history: dict[tuple[str, int], list] = {}
+        self._baseline_stopped: dict[tuple[str, int], bool] = {}
+        self._controls: dict[tuple[str, int, int], dict] = {}
+
+    def say(self, line: str) -> None:
+        if self.progress:
+            tqdm.write(line)
 
     # --- state -------------------------------------------------------------------------------------------
     def finished(self) -> dict[str, dict]:
@@ -97,16 +147,33 @@ class Bench:
     def row_folder(self, row: Row) -> Path:
         return self.out / "rows" / row.key
 
+    def _trainer(self, model, config: TrainConfig, folder: Path, loss_fn=None) -> ProbedTrainer:
+        return ProbedTrainer(model, self.train_set, self.val_set, config, out_dir=folder, progress=self.progress,
+                             probe=self.probe, **({"loss_fn": loss_fn} if loss_fn else {}))
+
     # --- baselines -----------------------------------------------------------------------------------------
     def baseline_folder(self, name: str, seed: int | None = None) -> Path:
         """``OUT/baselines/<model>`` for the recipe's first seed, ``<model>-seed<k>`` for the others."""
         seed = self.recipe.baseline_seed(name, self.recipe.seed if seed is None else seed)
         return self.out / "baselines" / (name if seed == self.recipe.seed else f"{name}-seed{seed}")
 
+    def baseline_config(self, name: str, seed: int) -> TrainConfig:
+        """How ``name``'s baseline trains: the recipe's ``baselines.<name>`` (``recipe.baseline_settings``)."""
+        return TrainConfig(**baseline_settings(self.recipe, name), seed=seed, device=self.device)
+
+    def finetune_config(self, name: str, seed: int, epochs: int) -> TrainConfig:
+        """How ``name``'s rows AND their matched controls fine-tune (``recipe.finetune_settings``)."""
+        return TrainConfig(**{**finetune_settings(self.recipe, name), "epochs": epochs}, seed=seed,
+                           device=self.device)
+
     def prepare(self, rows: list[Row]) -> None:
-        """Train (or load) every baseline these rows start from: done once, by the driver, before dispatch."""
+        """Train (or load) every baseline these rows start from and every matched control they are compared
+        with: done once, by the driver, before dispatch."""
         for row in rows:
             self.baseline(row.model, row.seed)
+        for row in rows:
+            if row.method != BASELINE:
+                self.control(row.model, row.seed, row.total_finetune)
 
     def baseline(self, name: str, seed: int | None = None) -> torch.nn.Module:
         seed = self.recipe.baseline_seed(name, self.recipe.seed if seed is None else seed)
@@ -118,53 +185,100 @@ class Bench:
         torch.manual_seed(seed)  # the initialisation depends on the seed only, not on what ran before
         model = models.build(name, self.train_set.num_classes, self.train_set.channels, self.recipe.input_size,
                              settings.get("width", 1.0))
-        config = TrainConfig(epochs=settings.get("epochs", 3), lr=settings.get("lr", 0.001),
-                             momentum=settings.get("momentum", 0.9), seed=seed,
-                             batch_size=settings.get("batch_size", models.DEFAULT_BATCH_SIZE.get(name, 32)),
-                             device=self.device)
-        trainer = Trainer(model, self.train_set, self.test_set, config, out_dir=folder, progress=self.progress)
+        config = self.baseline_config(name, seed)
         if weights.exists():
             model = load_weights(weights)
-            trainer.history = _history(folder / "checkpoint.json", config)
+            history, stopped = _history(folder / "checkpoint.json", config)
         else:
-            trainer.fit(resume=True)
+            started = time.perf_counter()
+            trainer = self._trainer(model, config, folder)
+            history, stopped = trainer.fit(resume=True), trainer.stopped
             save_weights(model.cpu(), weights)
+            self.say(f"baseline {name} seed {seed}: best val error {100 * min(h['val_error'] for h in history):.2f}% "
+                     f"at epoch {best_epoch(history)} of {len(history)} "
+                     f"({'validation plateau' if stopped else 'epoch cap'}), {time.perf_counter() - started:.0f}s")
         model.metadata = {"classes": self.train_set.classes, "mean": self.train_set.mean, "std": self.train_set.std,
                           "dataset": self.recipe.data, "input_size": self.recipe.input_size}
-        self._baselines[(name, seed)], self._baseline_history[(name, seed)] = model.cpu().eval(), trainer.history
+        self._baselines[(name, seed)] = model.cpu().eval()
+        self._baseline_history[(name, seed)], self._baseline_stopped[(name, seed)] = history, stopped
         return self._baselines[(name, seed)]
+
+    # --- matched controls ----------------------------------------------------------------------------------
+    def control_folder(self, name: str, seed: int, epochs: int) -> Path:
+        return self.out / "controls" / f"{name}-seed{seed}-ft{epochs}"
+
+    def control(self, name: str, seed: int, epochs: int) -> dict:
+        """The matched control of rows of ``name`` and ``seed`` fine-tuned ``epochs`` epochs in all: the
+        uncompressed baseline fine-tuned as long, with the same config and seed (``epochs`` 0: the baseline).
+        ``{model, seed, epochs, accuracy, correct, history}``; trained once, then read from its folder."""
+        key = (name, seed, epochs)
+        if key in self._controls:
+            return self._controls[key]
+        folder = self.control_folder(name, seed, epochs)
+        done = folder / "result.json"
+        if epochs and done.exists():
+            self._controls[key] = json.loads(done.read_text())
+            return self._controls[key]
+        model, history, started = copy.deepcopy(self.baseline(name, seed)), [], time.perf_counter()
+        if epochs:
+            torch.manual_seed(seed)
+            history = self._trainer(model, self.finetune_config(name, seed, epochs), folder / "train").fit(resume=True)
+        model = model.cpu().eval()
+        correct = measure.correct(model, self.test_set)
+        result = {"model": name, "seed": seed, "epochs": epochs, "split": "test",
+                  "accuracy": 100.0 * float(correct.float().mean()), "correct": stats.pack(correct.numpy()),
+                  "images": len(correct), "history": history}
+        if epochs:
+            atomic_write(done, json.dumps(result).encode())
+            self.say(f"control {name} seed {seed} +{epochs} ep: test accuracy {result['accuracy']:.2f}% "
+                     f"({time.perf_counter() - started:.0f}s)")
+        self._controls[key] = result
+        return result
+
+    def attach_control(self, result: dict) -> dict:
+        """Add the matched control's accuracy and per-image correctness (``control``) to a finished row."""
+        if "error" in result or result.get("method") == BASELINE or "correct" not in result:
+            return result
+        control = self.control(result["model"], result["seed"], result.get("total_finetune", 0))
+        result["control"] = {k: control[k] for k in ("epochs", "accuracy", "correct", "images", "split", "history")}
+        result["delta"] = result["accuracy"] - control["accuracy"]
+        return result
 
     # --- one row -------------------------------------------------------------------------------------------
     def run_row(self, row: Row) -> dict:
         started = time.perf_counter()
         folder = self.row_folder(row)
         base = self.baseline(row.model, row.seed)
-        history = list(self._baseline_history[(row.model, self.recipe.baseline_seed(row.model, row.seed))])
+        key = (row.model, self.recipe.baseline_seed(row.model, row.seed))
         torch.manual_seed(row.seed)  # a method's random choices depend on the row's seed only
         if row.method == BASELINE:
-            return self.measure_row(row, base, history, folder, None, started)
+            return self.measure_row(row, base, list(self._baseline_history[key]), folder, None, started)
+        history: list[dict] = []
 
         def fine_tune(index: int, model, loss_fn):
-            nonlocal history
-            history = self.finetune(row, model, folder / f"train{index if index else ''}", loss_fn)
+            config = self.finetune_config(row.model, row.seed, row.finetune)
+            stage = self._trainer(model, config, folder / f"train{index if index else ''}", loss_fn).fit(resume=True)
+            offset = len(history)  # a pipeline's stages count on: epochs 1..k, k+1..2k, ...
+            history.extend({**h, "epoch": offset + h["epoch"]} for h in stage)
             return model.cpu().eval()
-        model, loss_fn = apply_pipeline(base, row.pipeline, fine_tune if row.finetune > 0 else None)
-        return self.measure_row(row, model, history, folder, loss_fn, started)
+        model, loss_fn, given = apply_pipeline(base, row.pipeline, fine_tune if row.finetune > 0 else None,
+                                               data=self.train_set)
+        result = self.measure_row(row, model, history, folder, loss_fn, started)
+        if given:
+            result["data_given"] = given
+        result["start_epoch"] = len(self._baseline_history[key])
+        return result
 
-    def finetune(self, row: Row, model, folder: Path, loss_fn) -> list[dict]:
-        config = TrainConfig(epochs=row.finetune, lr=self.recipe.finetune["lr"],
-                             momentum=self.recipe.finetune.get("momentum", 0.9), seed=row.seed,
-                             batch_size=models.DEFAULT_BATCH_SIZE.get(row.model, 32), device=self.device)
-        trainer = Trainer(model, self.train_set, self.test_set, config, out_dir=folder, progress=self.progress,
-                          **({"loss_fn": loss_fn} if loss_fn else {}))
-        return trainer.fit(resume=True)
-
-    def baseline_latency(self, row: Row, shape: tuple, example) -> tuple[float, float | None]:
+    def baseline_latency(self, row: Row, shape: tuple, example, per_sample: bool) -> tuple[float, float | None]:
         """The fp32 baseline's batch-1 latency (PyTorch, onnxruntime) re-measured right after this row, so the
-        row's speed-up compares two timings taken in the same minute (minutes apart, load drift dominated)."""
+        row's speed-up compares two timings taken in the same minute (minutes apart, load drift dominated);
+        ``per_sample``: PyTorch timed like the row, once per test image (mean)."""
         recipe, base = self.recipe, self.baseline(row.model, row.seed)
-        torch_ms = measure.latency(base, shape, runs=recipe.latency_runs, num_threads=recipe.threads,
-                                   example=example)["median_ms"]
+        if per_sample:
+            torch_ms = measure.per_sample_latency(base, self.test_set.images, recipe.threads)["mean_ms"]
+        else:
+            torch_ms = measure.latency(base, shape, runs=recipe.latency_runs, num_threads=recipe.threads,
+                                       example=example)["median_ms"]
         try:
             ort_ms = measure.onnx_latency(base, shape, runs=recipe.latency_runs, num_threads=recipe.threads,
                                           fallback=False, example=example)["median_ms"]
@@ -172,55 +286,79 @@ class Bench:
             ort_ms = None
         return torch_ms, ort_ms
 
-    def measure_row(self, row: Row, model, history, folder: Path, loss_fn, started: float) -> dict:
-        recipe = self.recipe
-        shape = (1, self.train_set.channels, recipe.input_size, recipe.input_size)
-        folder.mkdir(parents=True, exist_ok=True)
-        ccz = storage.save(model, folder / "model.ccz")
-        infos = [methods.info(stage["method"]) for stage in row.pipeline] if row.method != BASELINE else []
-        accuracy = measure.accuracy(model, self.test_set)
-        train_ms = measure.train_step_time(model, self.train_set, models.DEFAULT_BATCH_SIZE.get(row.model, 32),
-                                           loss_fn=loss_fn, num_threads=recipe.threads)
-        fast = load_for_inference(ccz)
-        example = self.test_set.images[:1]  # a real test image: data-dependent models (early exits) need one
-        # onnxruntime column: the model's own ONNX graph where the inference model is one (int8 QDQ), else the
-        # exported float model
+    def _ort_latency(self, model, fast, shape, example) -> tuple[float | None, str]:
+        """onnxruntime column: the model's own ONNX graph where the inference model is one (int8 QDQ), else the
+        exported float model; ``(None, reason)`` when it cannot be exported."""
         source = getattr(fast, "onnx_model", None) or model
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 if isinstance(source, bytes):
                     (Path(tmp) / "m.onnx").write_bytes(source)
                     source = Path(tmp) / "m.onnx"
-                ort = measure.onnx_latency(source, shape, runs=recipe.latency_runs, num_threads=recipe.threads,
-                                           fallback=False, example=example)["median_ms"]
+                return measure.onnx_latency(source, shape, runs=self.recipe.latency_runs,
+                                            num_threads=self.recipe.threads, fallback=False,
+                                            example=example)["median_ms"], ""
         except Exception as error:  # noqa: BLE001 - a model that cannot export gets n/a and the reason
-            ort, ort_error = None, f"{type(error).__name__}: {str(error).splitlines()[0][:120] if str(error) else ''}"
-        else:
-            ort_error = ""
-        torch_stats = measure.latency(fast, shape, runs=recipe.latency_runs, num_threads=recipe.threads,
-                                      example=example)
+            return None, f"{type(error).__name__}: {str(error).splitlines()[0][:120] if str(error) else ''}"
+
+    def _torch_latency(self, fast, shape, example) -> tuple[dict, float | None]:
+        """PyTorch batch-1 latency of the deployed model and its early-exit rate (None without exits). A model
+        whose cost depends on the image (an early exit) is timed once per test image, mean."""
+        exits = [m for m in fast.modules() if isinstance(m, EarlyExitNet)]
+        if not exits:
+            stats_ = measure.latency(fast, shape, runs=self.recipe.latency_runs, num_threads=self.recipe.threads,
+                                     example=example)
+            return {**stats_, "protocol": f"median of {stats_['runs']} runs on one test image"}, None
+        taken: list[int] = []
+        stats_ = measure.per_sample_latency(fast, self.test_set.images, self.recipe.threads,
+                                            after=lambda: taken.append(int(exits[0].last_exit[0])))
+        return ({**stats_, "median_ms": stats_["mean_ms"], "layout": "nchw",
+                 "protocol": f"mean over the {len(taken)} test images at batch 1"},
+                taken.count(0) / max(1, len(taken)))
+
+    def measure_row(self, row: Row, model, history, folder: Path, loss_fn, started: float) -> dict:
+        recipe = self.recipe
+        shape = (1, self.train_set.channels, recipe.input_size, recipe.input_size)
+        folder.mkdir(parents=True, exist_ok=True)
+        ccz = storage.save(model, folder / "model.ccz")
+        infos = [methods.info(stage["method"]) for stage in row.pipeline] if row.method != BASELINE else []
+        fast = load_for_inference(ccz)  # the deployed model: what is scored and timed
+        correct = measure.correct(fast, self.test_set)
+        trained_form = measure.accuracy(model, self.test_set)
+        train_ms = measure.train_step_time(model, self.train_set, models.DEFAULT_BATCH_SIZE.get(row.model, 32),
+                                           loss_fn=loss_fn, num_threads=recipe.threads)
+        example = self.test_set.images[:1]  # a real test image
+        ort, ort_error = self._ort_latency(model, fast, shape, example)
+        torch_stats, exit_rate = self._torch_latency(fast, shape, example)
         throughput = measure.throughput(fast, shape, num_threads=recipe.threads, example=self.test_set.images[:32])
-        fast_acc = measure.accuracy(fast, self.test_set)
-        epoch_s = history[-1]["seconds"] if history else None
-        base_torch, base_ort = self.baseline_latency(row, shape, example)
+        base_torch, base_ort = self.baseline_latency(row, shape, example, per_sample=exit_rate is not None)
         memory = measure.peak_memories(ccz, [("train", models.DEFAULT_BATCH_SIZE.get(row.model, 32)), ("infer", 1)],
                                        recipe.threads) if recipe.memory else [None, None]
-        return {
+        baseline_key = (row.model, recipe.baseline_seed(row.model, row.seed))
+        result = {
             "key": row.key, "model": row.model, "method": row.method, "label": row.label, "config": row.config,
-            "seed": row.seed, "finetune_epochs": row.finetune, "accuracy": accuracy,
-            "accuracy_inference_model": fast_acc,
-            "train_ms_step": train_ms, "epoch_s": epoch_s,
+            "seed": row.seed, "finetune_epochs": row.finetune, "total_finetune": row.total_finetune,
+            "accuracy": 100.0 * float(correct.float().mean()), "accuracy_split": SPLITS["accuracy"],
+            "accuracy_form": "deployed (.ccz loaded back, methods.to_inference)",
+            "accuracy_training_form": trained_form, "correct": stats.pack(correct.numpy()),
+            "images": len(correct), "selection_split": SPLITS["selection"],
+            "train_ms_step": train_ms, "epoch_s": history[-1]["seconds"] if history else None,
             "torch_ms": torch_stats["median_ms"], "torch_mean_ms": torch_stats["mean_ms"],
-            "torch_layout": torch_stats["layout"], "ort_ms": ort, "ort_error": ort_error,
+            "torch_layout": torch_stats["layout"], "latency_protocol": torch_stats["protocol"],
+            "exit_rate": exit_rate, "ort_ms": ort, "ort_error": ort_error,
             "baseline_torch_ms": base_torch, "baseline_ort_ms": base_ort,
             "throughput_b32": throughput, "params": measure.param_count(model),
-            "file_bytes": measure.file_bytes(ccz), "payload_bytes": storage.payload_bytes(ccz),
-            "mem_train_mb": memory[0], "mem_infer_mb": memory[1],
+            "dense_macs": measure.dense_macs(fast, example), "file_bytes": measure.file_bytes(ccz),
+            "payload_bytes": storage.payload_bytes(ccz), "mem_train_mb": memory[0], "mem_infer_mb": memory[1],
             "size_real": _realness([i.size for i in infos], "real"),
             "speed_real": _realness([i.speed for i in infos], "none"),
             "ccz": str(ccz), "history": history, "threads": recipe.threads,
             "node": platform.node(), "row_seconds": time.perf_counter() - started,
         }
+        if row.method == BASELINE:
+            result.update(best_epoch=best_epoch(history), epochs_run=len(history),
+                          stopped_on_plateau=self._baseline_stopped.get(baseline_key, False))
+        return result
 
     def safe_run_row(self, row: Row) -> dict:
         """``run_row`` with a failing method turned into an error row; the result is also written atomically to
@@ -236,37 +374,42 @@ class Bench:
         atomic_write(self.row_folder(row) / "result.json", json.dumps(result).encode())
         return result
 
-    def run(self, executor=None) -> list[dict]:
-        """Run every unfinished row through ``executor`` (``map(bench, rows)``; default: here, in order)."""
+    def run(self, executor=None, only: list[Row] | None = None) -> list[dict]:
+        """Run every unfinished row (of ``only``, else of the recipe) through ``executor`` (``map(bench, rows)``;
+        default: here, in order). Returns every finished row of the recipe, matched controls attached."""
         done = self.finished()
-        todo = [row for row in self.recipe.rows if row.key not in done]
+        todo = [row for row in (self.recipe.rows if only is None else only) if row.key not in done]
         if todo:
             if hasattr(executor, "connect"):
                 executor.connect()  # a cluster that cannot be reached fails before any training
             self.prepare(todo)
         results = executor.map(self, todo) if executor else (self.safe_run_row(row) for row in todo)
-        bar = tqdm(total=len(todo), desc="bench rows", disable=not self.progress, unit="row")
-        for result in results:
-            if "error" in result:
-                tqdm.write(f"row {result['model']}/{result['label']} failed: {result['error']}")
+        interactive = self.progress and sys.stdout.isatty() and sys.stderr.isatty()
+        bar = tqdm(total=len(todo), desc="bench rows", disable=not interactive, unit="row")
+        for count, result in enumerate(results, start=1):
             done[result["key"]] = result
             if not result.get("lost"):  # a row whose workers all died is not recorded: a re-run retries it
                 self._append(result)
-            bar.set_postfix_str(f"{result['model']}/{result['label']}")
-            bar.update()
+            line = f"[{count}/{len(todo)}] {row_line(self.attach_control(dict(result)))}"
+            if interactive:
+                bar.set_postfix_str(f"{result['model']}/{result['label']}")
+                bar.update()
+                tqdm.write(line)
+            elif self.progress:
+                print(line, flush=True)  # not a terminal: one line per finished row, no redraws
         bar.close()
-        return [done[row.key] for row in self.recipe.rows if row.key in done]
+        return [self.attach_control(done[row.key]) for row in self.recipe.rows if row.key in done]
 
 
 def run_bench(recipe_path: str | Path, out: str | Path, data: str | None = None, only: list[str] | None = None,
               device: str = "cpu", executor=None, progress: bool = True) -> list[dict]:
-    """The bench job: load the recipe (``data`` overrides its dataset; ``only`` keeps the rows whose method or
-    label is listed, and the baselines), run its unfinished rows, write tables, CSV/JSON and plots into ``out``."""
+    """The bench job: load the recipe (``data`` overrides its dataset; ``only`` runs only the rows whose method
+    or label is listed, and the baselines), run its unfinished rows, write tables, CSV/JSON and plots into
+    ``out`` (every finished row of the recipe is in them, not only the rows just run)."""
     recipe = load_recipe(recipe_path)
     if data:
         recipe.data = data
-    if only:
-        recipe.rows = [r for r in recipe.rows if r.method in only or r.label in only or r.method == BASELINE]
-    rows = Bench(recipe, out, device=device, progress=progress).run(executor)
-    write_outputs(rows, out, environment(), str(recipe_path))
+    chosen = select_rows(recipe, only, str(recipe_path)) if only else None
+    rows = Bench(recipe, out, device=device, progress=progress).run(executor, only=chosen)
+    write_outputs(rows, out, environment(), str(recipe_path), splits=SPLITS)
     return rows

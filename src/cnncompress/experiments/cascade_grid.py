@@ -2,7 +2,10 @@
 datasets x seeds x losses x exit positions (x firm penalties), sweep the exit threshold, write tables and plots.
 
 Each run trains the base model (cross-entropy, no exit; the paper's "Base"), then the cascade with the chosen
-loss, then sweeps the threshold 0..1 (accuracy, early-exit rate, measured ms/sample, MACs/sample).
+loss, then sweeps the threshold 0..1 (accuracy, early-exit rate, measured ms/sample, MACs/sample). Training is the
+paper's (fixed lr, ``schedule="paper"``); every choice uses the validation split (the epoch each model ends on,
+and a threshold: the lowest within ``VAL_TOLERANCE`` of the base model's validation accuracy); the reported
+accuracies are on the test split.
 ``run_study(config, out)`` writes ``results.json``, ``table.md``, ``sweep.csv``, ``model.ccz`` (the first run)
 and PNG plots into ``out``; ``load_config(recipe, overrides)`` builds a checked ``config`` from ``DEFAULTS``, a
 YAML recipe (``experiments/cascade.yaml``; keys: ``schema.CASCADE_RECIPE``) and command-line overrides.
@@ -47,11 +50,25 @@ def run_study(config: dict, out: str | Path, log=print) -> tuple[dict, list[Path
     return results, plot_results(results, out)
 
 
-def _train(model, train_set, test_set, config, seed, loss_fn=None, epochs=None):
+VAL_TOLERANCE = 0.005
+"""The chosen threshold: the lowest (most early exits) whose validation accuracy is within this of the base
+model's validation accuracy."""
+
+
+def _train(model, train_set, val_set, config, seed, loss_fn=None, epochs=None):
+    """The paper's training (fixed lr, SGD with the recipe's momentum and batch); ends on the epoch with the lowest
+    validation error (at the model's exit threshold for cascades)."""
     from ..train import Trainer, TrainConfig, cross_entropy_loss
     cfg = TrainConfig(epochs=config["epochs"] if epochs is None else epochs, lr=config["lr"],
-                      momentum=config["momentum"], batch_size=config["batch_size"], seed=seed)
-    return Trainer(model, train_set, test_set, cfg, loss_fn=loss_fn or cross_entropy_loss, progress=False).fit()
+                      momentum=config["momentum"], batch_size=config["batch_size"], seed=seed, schedule="paper")
+    return Trainer(model, train_set, val_set, cfg, loss_fn=loss_fn or cross_entropy_loss, progress=False).fit()
+
+
+def choose_threshold(val_sweep: list[dict], base_val_accuracy: float) -> dict:
+    """The validation-sweep row of the lowest threshold within ``VAL_TOLERANCE`` of the base model's validation
+    accuracy (the highest threshold's row when none is)."""
+    good = [r for r in val_sweep if r["accuracy"] >= base_val_accuracy - VAL_TOLERANCE]
+    return min(good, key=lambda r: r["threshold"]) if good else max(val_sweep, key=lambda r: r["threshold"])
 
 
 def run_grid(config: dict, out: Path, log=print) -> dict:
@@ -61,9 +78,10 @@ def run_grid(config: dict, out: Path, log=print) -> dict:
     from .. import models
     from ..data import build_dataset
     from ..early_exit import attach_exit, cascade_finetune_loss, threshold_sweep
+    from ..train import error_rate
     results = {"config": config, "base": [], "runs": []}
     for data in config["datasets"]:
-        train_set, test_set = build_dataset(data, "train"), build_dataset(data, "test")
+        train_set, val_set, test_set = (build_dataset(data, split) for split in ("train", "val", "test"))
         if config["limit"]:
             train_set.images, train_set.labels = train_set.images[:config["limit"]], train_set.labels[:config["limit"]]
         for seed in config["seeds"]:
@@ -71,9 +89,11 @@ def run_grid(config: dict, out: Path, log=print) -> dict:
             base = models.build("cascade_cnn", train_set.num_classes, train_set.channels, train_set.input_size,
                                 config["width"])
             init = copy.deepcopy(base)  # sum/soft cascades start from the same initialisation as the base
-            history = _train(base, train_set, test_set, config, seed, epochs=config["pretrain_epochs"])
-            base_accuracy = 1 - history[-1]["test_error"] if history else None
-            results["base"].append({"data": data, "seed": seed, "accuracy": base_accuracy, "history": history})
+            history = _train(base, train_set, val_set, config, seed, epochs=config["pretrain_epochs"])
+            base_accuracy = 1 - error_rate(base, test_set)
+            base_val = 1 - error_rate(base, val_set)
+            results["base"].append({"data": data, "seed": seed, "accuracy": base_accuracy, "val_accuracy": base_val,
+                                    "history": history})
             log(f"{data} seed {seed}: base accuracy {100 * (base_accuracy or 0):.2f}%")
             jobs = [(loss, pos, config["penalty"]) for loss in config["losses"] for pos in config["positions"]]
             if seed == config["seeds"][0]:
@@ -85,7 +105,7 @@ def run_grid(config: dict, out: Path, log=print) -> dict:
                 if firm and position not in pretrained:
                     pre = attach_exit(init, position, loss="sum", threshold=config["threshold"], alpha=config["alpha"])
                     torch.manual_seed(seed)
-                    _train(pre, train_set, None, config, seed, loss_fn=cascade_finetune_loss,
+                    _train(pre, train_set, val_set, config, seed, loss_fn=cascade_finetune_loss,
                            epochs=config["pretrain_epochs"])
                     pretrained[position] = pre
                 if firm:
@@ -97,20 +117,26 @@ def run_grid(config: dict, out: Path, log=print) -> dict:
                 torch.manual_seed(seed)
                 tuned = {"lr": config["firm_lr"] or config["lr"], "momentum": config["firm_momentum"] or
                          config["momentum"]} if firm else {}
-                history = _train(net, train_set, test_set, {**config, **tuned}, seed, loss_fn=cascade_finetune_loss)
+                history = _train(net, train_set, val_set, {**config, **tuned}, seed, loss_fn=cascade_finetune_loss)
                 if loss == "sum" and config["pretrain_epochs"] in (None, config["epochs"]):
                     pretrained.setdefault(position, copy.deepcopy(net))
                 sweep = threshold_sweep(net, test_set.images, test_set.labels, sorted(set(config["thresholds"])
                                                                                       | {config["threshold"]}))
                 at = next(r for r in sweep if r["threshold"] == config["threshold"])
+                chosen = choose_threshold(threshold_sweep(net, val_set.images, val_set.labels,
+                                                          sorted(set(config["thresholds"]))), base_val)
+                on_test = next(r for r in sweep if r["threshold"] == chosen["threshold"])
                 run = {"data": data, "seed": seed, "loss": loss, "position": position, "penalty": penalty,
                        "threshold": config["threshold"], "accuracy": at["accuracy"], "exit_rate": at["exit_rate"],
-                       "base_accuracy": base_accuracy, "history": history, "sweep": sweep}
+                       "base_accuracy": base_accuracy, "history": history, "sweep": sweep,
+                       "chosen_threshold": chosen["threshold"], "chosen_accuracy": on_test["accuracy"],
+                       "chosen_exit_rate": on_test["exit_rate"]}
                 results["runs"].append(run)
                 log(f"{data} seed {seed} {loss} {position} λ={penalty}: accuracy {100 * at['accuracy']:.2f}%, "
                     f"early exits {100 * at['exit_rate']:.1f}% at threshold {config['threshold']} "
                     f"({at['ms_per_sample']:.3f} ms/sample, {at['macs_per_sample'] / 1e6:.2f}M MACs vs "
-                    f"{at['macs_full'] / 1e6:.2f}M)")
+                    f"{at['macs_full'] / 1e6:.2f}M); threshold {chosen['threshold']} chosen on validation: "
+                    f"{100 * on_test['accuracy']:.2f}%, early exits {100 * on_test['exit_rate']:.1f}%")
                 if len(results["runs"]) == 1:
                     _save_model(net, out / "model.ccz", log)
     return results
@@ -143,7 +169,8 @@ def write_tables(results: dict, out: Path) -> None:
     threshold = results["config"]["threshold"]
     lines = [f"# Cascade CNN at threshold {threshold}", "",
              "| data | loss | position | penalty | seeds | accuracy % (mean ± sd) | early exits % (mean ± sd) | "
-             "base accuracy % |", "|---|---|---|---|---|---|---|---|"]
+             "base accuracy % | threshold chosen on validation | accuracy % there | early exits % there |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     groups: dict[tuple, list] = {}
     for run in results["runs"]:
         groups.setdefault((run["data"], run["loss"], run["position"], run["penalty"]), []).append(run)
@@ -151,8 +178,11 @@ def write_tables(results: dict, out: Path) -> None:
         acc = [100 * r["accuracy"] for r in runs]
         rate = [100 * r["exit_rate"] for r in runs]
         sd = lambda v: statistics.stdev(v) if len(v) > 1 else 0.0  # noqa: E731
+        chosen = " / ".join(f"{r.get('chosen_threshold', float('nan')):g}" for r in runs)
         lines.append(f"| {data} | {loss} | {position} | {penalty} | {len(runs)} | {_mean(acc):.2f} ± {sd(acc):.2f} "
-                     f"| {_mean(rate):.1f} ± {sd(rate):.1f} | {100 * _mean([r['base_accuracy'] for r in runs]):.2f} |")
+                     f"| {_mean(rate):.1f} ± {sd(rate):.1f} | {100 * _mean([r['base_accuracy'] for r in runs]):.2f} "
+                     f"| {chosen} | {100 * _mean([r.get('chosen_accuracy') for r in runs]):.2f} "
+                     f"| {100 * _mean([r.get('chosen_exit_rate') for r in runs]):.1f} |")
     (out / "table.md").write_text("\n".join(lines) + "\n")
     (out / "results.json").write_text(json.dumps(results, indent=1))
 
@@ -172,7 +202,7 @@ def plot_results(results: dict, out: Path) -> list[Path]:
             label = f"{run['loss']} {run['position']}"
             epochs = [h["epoch"] for h in run["history"]]
             axes[0, 0].plot(epochs, [h["train_loss"] for h in run["history"]], marker=".", label=label)
-            axes[0, 1].plot(epochs, [100 * (1 - h["test_error"]) for h in run["history"]], marker=".", label=label)
+            axes[0, 1].plot(epochs, [100 * (1 - h["val_error"]) for h in run["history"]], marker=".", label=label)
             thresholds = [r["threshold"] for r in run["sweep"]]
             axes[1, 0].plot(thresholds, [100 * r["accuracy"] for r in run["sweep"]], marker=".", label=label)
             axes[1, 1].plot(thresholds, [100 * r["exit_rate"] for r in run["sweep"]], marker=".", label=label)
@@ -181,9 +211,9 @@ def plot_results(results: dict, out: Path) -> list[Path]:
         base = [b for b in results["base"] if b["data"] == data and b["seed"] == config["seeds"][0]]
         if base and base[0]["history"]:
             history = base[0]["history"]
-            axes[0, 1].plot([h["epoch"] for h in history], [100 * (1 - h["test_error"]) for h in history], "k--",
+            axes[0, 1].plot([h["epoch"] for h in history], [100 * (1 - h["val_error"]) for h in history], "k--",
                             label="base")
-        titles = [("training loss per epoch", "epoch"), ("test accuracy % per epoch (threshold "
+        titles = [("training loss per epoch", "epoch"), ("validation accuracy % per epoch (threshold "
                                                          f"{config['threshold']})", "epoch"),
                   ("MACs per sample (M) vs threshold", "threshold"), ("accuracy % vs threshold", "threshold"),
                   ("early exits % vs threshold", "threshold"), ("measured ms per sample vs threshold", "threshold")]

@@ -34,21 +34,24 @@ def _held_out(unlabeled, heldout):
 
 
 RECORDED = ("teacher", "student", "width", "unlabeled", "targets", "copies", "epochs", "lr", "seed", "labeled")
+TRAINING = ("epochs", "lr", "momentum", "weight_decay", "batch_size", "optimizer", "schedule")
+"""Training settings a run may give; the ones it leaves out come from the student's preset (``train.preset``)."""
 
 
 def distill_once(cfg: dict, out: Path | None, progress: bool = False) -> dict:
     """One distillation from a dict of the CLI options; returns the result row (also written to out/)."""
     from .. import models, storage
-    from ..data import build_dataset
+    from ..data import build_dataset, split_validation
     from ..distill import distill, size_report
     teacher = load_model(cfg["teacher"])
     fmt = input_format(teacher)
     kw = {"input_size": fmt["input_size"], "channels": fmt["channels"], "mean": fmt["mean"], "std": fmt["std"]}
-    unlabeled = build_dataset(cfg["unlabeled"], "train", **kw)
+    pool = build_dataset(cfg["unlabeled"], "train+val", **kw)
     heldout = build_dataset(cfg.get("heldout") or cfg["unlabeled"], "test", **kw)
-    unlabeled, heldout = _held_out(unlabeled, heldout)
-    if len(unlabeled) == 0:
+    pool, heldout = _held_out(pool, heldout)
+    if len(pool) == 0:
         raise input_error(cfg["unlabeled"], "no unlabelled images")
+    unlabeled, val = split_validation(pool) if len(pool) > 1 else (pool, None)  # val: chooses the epoch
     labeled_train = test = None
     if cfg.get("labeled"):
         test = build_dataset(cfg["labeled"], "test", **kw)
@@ -60,17 +63,15 @@ def distill_once(cfg: dict, out: Path | None, progress: bool = False) -> dict:
     student = models.build(cfg["student"], num_classes=len(fmt["classes"]), in_channels=fmt["channels"],
                            input_size=fmt["input_size"], width=float(cfg.get("width", 1.0)))
     result = distill(teacher, student, unlabeled, targets=cfg["targets"], temperature=cfg.get("temperature"),
-                     alpha=float(cfg.get("alpha", 0.9)), labeled=labeled_train, epochs=int(cfg["epochs"]),
-                     lr=float(cfg["lr"]), momentum=float(cfg.get("momentum", 0.9)),
-                     weight_decay=float(cfg.get("weight_decay", 0.0)),
-                     batch_size=int(cfg.get("batch_size", 32)), seed=int(cfg.get("seed", 0)),
-                     copies=int(cfg.get("copies", 1)), heldout=heldout, test=test, cache_dir=cfg.get("cache"),
+                     alpha=float(cfg.get("alpha", 0.9)), labeled=labeled_train, seed=int(cfg.get("seed", 0)),
+                     copies=int(cfg.get("copies", 1)), heldout=heldout, val=val, test=test, cache_dir=cfg.get("cache"),
                      out_dir=out, resume=bool(cfg.get("resume")), device=cfg.get("device", "cpu"),
-                     progress=progress)
+                     progress=progress, **{k: cfg[k] for k in TRAINING if cfg.get(k) is not None})
     shape = (1, fmt["channels"], fmt["input_size"], fmt["input_size"])
     row = {**{k: cfg.get(k) for k in RECORDED},
            **{k: v for k, v in result.to_dict().items() if k != "history"},
            "n_unlabeled": len(unlabeled), "n_heldout": len(heldout) if heldout is not None else 0,
+           "n_val": len(val) if val is not None else 0,
            "teacher_size": size_report(teacher, shape), "student_size": size_report(student.cpu(), shape)}
     if out:
         student.metadata = {"classes": fmt["classes"], "mean": fmt["mean"], "std": fmt["std"],
@@ -92,9 +93,18 @@ def describe(row: dict) -> str:
             f"{row['teacher']} on {row['n_heldout']} held-out images {_pct(row['agreement_heldout'])} "
             f"(with augmented copies {_pct(row['agreement_heldout_aug'])}; majority-class reference "
             f"{_pct(row['heldout_majority'])}; on the {row['n_unlabeled']} distillation "
-            f"images {_pct(row['agreement_train'])}){acc}; student {s['params']:,} params "
+            f"images {_pct(row['agreement_train'])}){acc}; {_chosen(row)}; student {s['params']:,} params "
             f"{s['latency_ms']:.2f} ms vs teacher {t['params']:,} params {t['latency_ms']:.2f} ms; "
             f"teacher outputs {'from cache' if row['teacher_cached'] else 'computed'}; {row['seconds']:.0f}s")
+
+
+def _chosen(row: dict) -> str:
+    config = row.get("config") or {}
+    trained = f"{config.get('optimizer', '?')} lr {config.get('lr', 0):g}, {config.get('schedule', '?')}"
+    if not row.get("n_val"):
+        return f"{trained}, last epoch kept (no validation images)"
+    return (f"{trained}, epoch {row.get('best_epoch')} of {config.get('epochs', '?')} kept "
+            f"(validation agreement {_pct(row.get('agreement_val'))} on {row['n_val']} images)")
 
 
 def _mean_std(values: list[float]) -> str:
@@ -111,6 +121,7 @@ def table(rows: list[dict]) -> str:
     lines = ["| metric (%, mean ± std over seeds) | " + " | ".join(targets) + " |",
              "|---|" + "---|" * len(targets)]
     metrics = [("agreement, distillation images", "agreement_train"),
+               ("agreement, validation images (chose the epoch)", "agreement_val"),
                ("agreement, held-out images", "agreement_heldout"),
                ("agreement, held-out + augmented copies", "agreement_heldout_aug"),
                ("reference: teacher's majority class, held-out", "heldout_majority"),
@@ -130,13 +141,16 @@ def table(rows: list[dict]) -> str:
 
 def train_teacher(spec: dict, out: Path | None) -> str:
     """A recipe teacher given as ``{train: {model, data, width, input_size, epochs, lr, ...}}``: trained once with
-    the Trainer (reused when ``model.safetensors`` exists) and returned as a file path."""
+    the Trainer and the model's preset for what the recipe leaves out (validation split for the epoch kept; reused
+    when ``model.safetensors`` exists), returned as a file path."""
     import hashlib
+
+    import torch
 
     from .. import models
     from ..data import build_dataset
     from ..data.assets import cache_dir
-    from ..train import TrainConfig, Trainer, save_weights
+    from ..train import Trainer, error_rate, preset, save_weights
     cfg = dict(spec["train"])
     key = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
     folder = (out / "teacher") if out else cache_dir() / "teachers" / key
@@ -144,17 +158,17 @@ def train_teacher(spec: dict, out: Path | None) -> str:
     if path.exists():
         return str(path)
     data, size = cfg.get("data", "mnist5k"), cfg.get("input_size")
-    train_set, test_set = build_dataset(data, "train", input_size=size), build_dataset(data, "test", input_size=size)
+    train_set, val_set, test_set = (build_dataset(data, split, input_size=size) for split in ("train", "val", "test"))
+    torch.manual_seed(int(cfg.get("seed", 0)))
     model = models.build(cfg["model"], num_classes=train_set.num_classes, in_channels=train_set.channels,
                          input_size=train_set.input_size, width=float(cfg.get("width", 1.0)))
-    config = TrainConfig(epochs=int(cfg.get("epochs", 3)), lr=float(cfg.get("lr", 0.01)),
-                         batch_size=int(cfg.get("batch_size", models.DEFAULT_BATCH_SIZE[cfg["model"]])),
-                         seed=int(cfg.get("seed", 0)))
-    history = Trainer(model, train_set, test_set, config, out_dir=folder, progress=False).fit(resume=True)
+    given = {k: cfg[k] for k in ("epochs", "lr", "batch_size", "seed") if cfg.get(k) is not None}
+    trainer = Trainer(model, train_set, val_set, preset(cfg["model"], **given), out_dir=folder, progress=False)
+    trainer.fit(resume=True)
     meta = {"classes": train_set.classes, "mean": train_set.mean, "std": train_set.std, "dataset": data}
     save_weights(model.cpu(), path, {"cnncompress.metadata": json.dumps(meta)})
-    print(f"teacher {cfg['model']} trained on {data}: test accuracy "
-          f"{100 * (1 - history[-1]['test_error']):.2f}% -> {path}", flush=True)
+    print(f"teacher {cfg['model']} trained on {data}: test accuracy {100 * (1 - error_rate(model, test_set)):.2f}% "
+          f"(validation epoch {trainer.best_epoch} of {len(trainer.history)}) -> {path}", flush=True)
     return str(path)
 
 

@@ -1,9 +1,10 @@
 """Where bench rows run: in this process (``LocalExecutor``) or as Ray tasks on a cluster (``RayExecutor``).
 
 An executor has one method, ``map(bench, rows) -> iterator of result dicts`` (in completion order); the driver
-hands it to ``Bench.run(executor)``, which has already trained every baseline the rows need (``Bench.prepare``)
-and alone appends results to ``rows.jsonl``; each row runs ``Bench.safe_run_row`` where the executor puts it,
-which writes the row's ``.ccz`` and ``result.json`` atomically into ``OUT/rows/<key>/``. This module imports
+hands it to ``Bench.run(executor)``, which has already trained every baseline and matched control the rows need
+(``Bench.prepare``), alone appends results to ``rows.jsonl`` and attaches the controls to them; each row runs
+``Bench.safe_run_row`` where the executor puts it, which writes the row's ``.ccz`` and ``result.json`` atomically
+into ``OUT/rows/<key>/``. This module imports
 ``experiments.bench`` (a Ray worker builds its own ``Bench``); the bench never imports the executors.
 
 Ray (https://docs.ray.io, ``pip install ray``; optional): every row is one task with ``num_cpus=cpus_per_row``,
@@ -31,7 +32,7 @@ from .bench import Bench
 from .recipe import Recipe, Row
 
 BASELINE_FILES = ("model.safetensors", "checkpoint.json")  # weights + training history
-_DATASETS: dict[tuple, tuple] = {}  # per worker process: (data, input_size) -> (train, test), loaded once
+_DATASETS: dict[tuple, tuple] = {}  # per worker process: (data, input_size) -> (train, val, test), loaded once
 
 
 class LocalExecutor:
@@ -57,8 +58,8 @@ def _datasets(recipe: Recipe) -> tuple:
     from ..data import build_dataset
     key = (recipe.data, recipe.input_size)
     if key not in _DATASETS:
-        _DATASETS[key] = (build_dataset(recipe.data, "train", input_size=recipe.input_size),
-                          build_dataset(recipe.data, "test", input_size=recipe.input_size))
+        _DATASETS[key] = tuple(build_dataset(recipe.data, split, input_size=recipe.input_size)
+                               for split in ("train", "val", "test"))
     return _DATASETS[key]
 
 

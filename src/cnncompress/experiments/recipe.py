@@ -5,17 +5,17 @@ cascade recipes); this module then checks what needs the registries (model names
 and expands grids and seeds into rows.
 
 ```yaml
-data: mnist5k            # dataset spec
+data: mnist5k            # dataset spec: train (minus a seeded 10 % val split) trains, val chooses, test scores
 input_size: 48
 threads: 2
 latency_runs: 100
 memory: true             # peak-memory probes: two fresh processes per row (false: n/a, a faster sweep)
-baselines:               # model -> build and training settings
-  vgg_s: {width: 0.25, epochs: 3, lr: 0.01}
-finetune: {epochs: 1, lr: 0.001}
+baselines:               # model -> width + training settings (schema.TRAINING: epochs is the cap; schedule,
+  vgg_s: {width: 0.25, epochs: 12, lr: 0.01, schedule: cosine, patience: 3}   # patience, ...)
+finetune: {epochs: 1, lr: 0.001}   # rows AND their matched controls fine-tune with this (a row's finetune: epochs)
 rows: auto               # baselines + every registered method's MethodInfo.bench rows, or a list:
 # rows:
-#   - {model: vgg_s, method: bwn, config: {}, finetune: 1, label: bwn}
+#   - {model: vgg_s, method: bwn, config: {}, finetune: 1, label: bwn}   # finetune default: finetune.epochs
 #   - model: squeezenet1_1          # a combined pipeline: stages applied in order, fine-tuned after each
 #     label: prune+kmeans
 #     stages: [{method: prune-magnitude, config: {sparsity: 0.8}}, {method: kmeans, config: {bits: 5}}]
@@ -68,6 +68,12 @@ class Row:
         return self.stages or [{"method": self.method, "config": self.config}]
 
     @property
+    def total_finetune(self) -> int:
+        """Fine-tuning epochs the row gets in all (after each stage of a pipeline): its matched control is the
+        baseline fine-tuned this long."""
+        return 0 if self.method == BASELINE else self.finetune * len(self.pipeline)
+
+    @property
     def key(self) -> str:
         """Stable id of the row: label + hash of everything that defines it."""
         blob = json.dumps([self.model, self.method, self.config, self.finetune] + ([self.stages] if self.stages else [])
@@ -86,12 +92,51 @@ class Recipe:
     seed: int = 0                                   # the first (default) seed
     seeds: list[int] = field(default_factory=lambda: [0])
     baselines: dict = field(default_factory=dict)
-    finetune: dict = field(default_factory=lambda: {"epochs": 1, "lr": 0.001})
+    finetune: dict = field(default_factory=lambda: {"epochs": 1})
     rows: list[Row] = field(default_factory=list)
 
     def baseline_seed(self, model: str, seed: int) -> int:
         """The seed of the baseline a row with ``seed`` starts from (``baselines.<model>.seed`` wins)."""
         return int(self.baselines.get(model, {}).get("seed", seed))
+
+
+def train_settings(settings: dict) -> dict:
+    """The ``TrainConfig`` fields among a recipe's ``baselines.<model>`` or ``finetune`` settings."""
+    return {key: settings[key] for key in schema.TRAINING if key in settings}
+
+
+INHERITED = ("optimizer", "momentum", "weight_decay", "batch_size", "augment", "grad_clip")
+"""What fine-tuning takes from the model's baseline settings unless ``finetune`` sets it (the same optimiser)."""
+
+
+def baseline_settings(recipe: "Recipe", model: str) -> dict:
+    """``TrainConfig`` keywords of ``model``'s baseline: its ``baselines.<model>`` settings over the defaults
+    (epochs 3, lr 0.001, the papers' batch size). The place where converged training settings go."""
+    return {"epochs": 3, "lr": 0.001, "batch_size": models.DEFAULT_BATCH_SIZE.get(model, 32),
+            **train_settings(recipe.baselines[model])}
+
+
+def finetune_settings(recipe: "Recipe", model: str) -> dict:
+    """``TrainConfig`` keywords for fine-tuning ``model`` (its rows and their matched controls alike): the
+    baseline's optimiser settings (``INHERITED``), then the recipe's ``finetune`` block; the learning rate is
+    ``finetune.lr``, else ``finetune.lr_scale`` (default 0.1) x the baseline's; no early stopping."""
+    base = baseline_settings(recipe, model)
+    tune = dict(recipe.finetune)
+    scale = tune.pop("lr_scale", 0.1)
+    return {**{k: base[k] for k in INHERITED if k in base}, **train_settings(tune),
+            "lr": tune.get("lr", base["lr"] * scale), "patience": 0}
+
+
+def _check_training(source, recipe: "Recipe") -> None:
+    """Every model's baseline and fine-tuning settings make a valid ``TrainConfig`` (checked before training)."""
+    from ..train import TrainConfig
+    for model in recipe.baselines:
+        for what, settings in (("baselines." + model, baseline_settings(recipe, model)),
+                               ("finetune", finetune_settings(recipe, model))):
+            try:
+                TrainConfig(**settings).validate()
+            except (TypeError, InputError) as error:
+                raise input_error(source, f"{what}: {error}") from error
 
 
 def _check_baseline(source, name, settings) -> dict:
@@ -145,14 +190,15 @@ def _expand(source, index, entry, seeds) -> list[dict]:
     return out
 
 
-def _rows(source, raw, baselines, seeds: list[int]) -> list[Row]:
+def _rows(source, raw, baselines, seeds: list[int], finetune: int) -> list[Row]:
+    """Recipe rows -> ``Row``s (``finetune``: the recipe's ``finetune.epochs``, for rows that do not say)."""
     if raw == "auto":
         rows = [Row(name, BASELINE, {}, 0, BASELINE, seed=seed) for name in baselines for seed in seeds]
         for method_name in methods.available():
             for entry in methods.info(method_name).bench:
                 if entry.get("model") in baselines:
                     rows.extend(Row(entry["model"], method_name, dict(entry.get("config", {})),
-                                    int(entry.get("finetune", 1)), entry.get("label", method_name), seed=seed)
+                                    int(entry.get("finetune", finetune)), entry.get("label", method_name), seed=seed)
                                 for seed in seeds)
         return _unique(source, rows, baselines)
     rows = []
@@ -163,11 +209,11 @@ def _rows(source, raw, baselines, seeds: list[int]) -> list[Row]:
             raise input_error(source, f"rows[{index}]: put grid inside a stage of a pipeline row")
         if entry["model"] not in baselines:
             raise input_error(source, f"rows[{index}]: model {entry['model']!r} has no entry in baselines")
-        finetune = entry.get("finetune", 1)
+        epochs = entry.get("finetune", 0 if entry.get("method") == BASELINE else finetune)
         for point in _expand(source, index, entry, seeds):
             stages = point.get("stages") or []
             method = point["method"] if "method" in point else "+".join(st["method"] for st in stages)
-            rows.append(Row(point["model"], method, point.get("config") or {}, finetune, point["label"], stages,
+            rows.append(Row(point["model"], method, point.get("config") or {}, epochs, point["label"], stages,
                             point["seed"]))
     if len(rows) > MAX_ROWS:
         raise input_error(source, f"the recipe expands to {len(rows)} rows (more than {MAX_ROWS})")
@@ -220,7 +266,20 @@ def parse_recipe(raw, source: str = "<recipe>") -> Recipe:
     if not raw["baselines"]:
         raise input_error(source, "baselines must map at least one model name to its settings")
     recipe.baselines = {name: _check_baseline(source, name, settings) for name, settings in raw["baselines"].items()}
-    recipe.finetune = {**recipe.finetune, **raw.get("finetune", {})}
-    recipe.rows = _rows(source, raw.get("rows", "auto"), recipe.baselines, recipe.seeds)
+    recipe.finetune = {"epochs": 1, **raw.get("finetune", {})}
+    _check_training(source, recipe)
+    recipe.rows = _rows(source, raw.get("rows", "auto"), recipe.baselines, recipe.seeds, recipe.finetune["epochs"])
     validate_rows(source, recipe.rows)
     return recipe
+
+
+def select_rows(recipe: Recipe, only: list[str], source: str) -> list[Row]:
+    """The rows ``--only`` names (by method or label) and the baselines; an unknown name is an InputError that
+    lists the valid ones (nothing runs, nothing is written)."""
+    names = sorted({r.method for r in recipe.rows if r.method != BASELINE})
+    labels = sorted({r.label for r in recipe.rows if r.method != BASELINE})
+    unknown = [name for name in only if name not in names and name not in labels and name != BASELINE]
+    if unknown:
+        raise InputError(f"--only {', '.join(map(repr, unknown))}: no row of {source} has that method or label "
+                         f"(methods: {', '.join(names)}; labels: {', '.join(map(repr, labels))})")
+    return [r for r in recipe.rows if r.method in only or r.label in only or r.method == BASELINE]

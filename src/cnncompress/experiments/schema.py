@@ -269,12 +269,19 @@ BENCH_STAGE = Mapping({"method": Text(), "config": MapOf(nullable=True), "grid":
 BENCH_ROW = Mapping({"model": Text(), "method": Text(), "config": MapOf(nullable=True), "finetune": EPOCHS,
                      "label": Text(), "stages": ListOf(BENCH_STAGE, non_empty=True), "grid": Grid(), "seed": SEEDS},
                     required=("model",))
-BENCH_BASELINE = Mapping({"width": WIDTH, "epochs": EPOCHS, "lr": LR, "momentum": MOMENTUM, "batch_size": BATCH,
-                          "seed": SEED}, nullable=True)
+TRAINING = {  # train.TrainConfig fields a recipe may set (baselines.<model>: epochs is the cap with patience);
+    # names (optimizer, augment) are checked by TrainConfig.validate when the recipe is read
+    "epochs": EPOCHS, "lr": LR, "momentum": MOMENTUM, "batch_size": BATCH, "weight_decay": Number(float, 0, 1),
+    "schedule": Choice(("cosine", "onecycle", "paper")), "warmup": Number(float, 0, 0.99),
+    "patience": Number(int, 0, 10000), "augment": Either((Flag(), Text())), "grad_clip": Number(float, 0),
+    "optimizer": Text()}
+BENCH_BASELINE = Mapping({"width": WIDTH, "seed": SEED, **TRAINING}, nullable=True)
+BENCH_FINETUNE = Mapping({  # no patience: a row and its control train equally long
+    **{key: value for key, value in TRAINING.items() if key != "patience"}, "lr_scale": Number(float, 1e-6, 10)})
 BENCH_RECIPE = Mapping({
     "data": Text(), "input_size": Number(int, 8, 1024), "threads": Number(int, 1, 256),
     "latency_runs": Number(int, 10, 100000), "memory": Flag(), "seed": SEEDS,
-    "baselines": MapOf(BENCH_BASELINE), "finetune": Mapping({"epochs": EPOCHS, "lr": LR, "momentum": MOMENTUM}),
+    "baselines": MapOf(BENCH_BASELINE), "finetune": BENCH_FINETUNE,
     "rows": Either(("auto", ListOf(BENCH_ROW)))}, required=("baselines",))
 
 # ``cnncompress distill --recipe``: one experiment, or ``experiments: [...]``; see experiments.distill_table

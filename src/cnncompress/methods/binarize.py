@@ -118,20 +118,18 @@ def onnx_graph(model: nn.Module) -> tuple[None, str]:
 
 
 PAPER = "Courbariaux 2015; Rastegari 2016 (XNOR-Net); Rassadin & Savchenko 2017 §3"
-_ROW = {"model": "vgg_s", "finetune": 1}
+FAMILY = "binarize"
 register(MethodInfo("binaryconnect", "Courbariaux et al. 2015, BinaryConnect", size="real", speed="none",
-                    description="weights H*sign(W), 1 bit/weight on disk; inference runs fp32 BLAS",
-                    bench=({**_ROW, "config": {}, "label": "BinaryConnect"},)),
+                    family=FAMILY, description="weights H*sign(W), 1 bit/weight on disk; inference runs fp32 BLAS"),
          apply_binaryconnect, to_inference, onnx_graph=onnx_graph)
-register(MethodInfo("bwn", "Rastegari et al. 2016, Binary-Weight-Networks", size="real", speed="none",
-                    description="weights alpha_o*sign(W), 1 bit/weight + fp32 alpha per filter; inference fp32 BLAS",
-                    bench=({**_ROW, "config": {}, "label": "BWN"},)),
+register(MethodInfo("bwn", "Rastegari et al. 2016, Binary-Weight-Networks", size="real", speed="none", family=FAMILY,
+                    description="weights alpha_o*sign(W), 1 bit/weight + fp32 alpha per filter; inference fp32 BLAS"),
          apply_bwn, to_inference, onnx_graph=onnx_graph)
-register(MethodInfo("xnor", "Rastegari et al. 2016, XNOR-Net", size="real", speed="real",
+register(MethodInfo("xnor", "Rastegari et al. 2016, XNOR-Net", size="real", speed="real", family=FAMILY,
                     description="binary weights and inputs; bit-packed XNOR-popcount C kernel at inference",
-                    bench=({**_ROW, "config": {}, "label": "XNOR-Net"},)),
+                    bench=({"model": "vgg_s", "config": {}, "finetune": 3, "label": "XNOR-Net"},)),
          apply_xnor, to_inference, onnx_graph=onnx_graph)
 register(MethodInfo("binact", "Rassadin & Savchenko 2017 (XNOR-Net w/o weight binarization)", size="simulated",
-                    speed="none", description="binary activations, real weights: no file saving, no fast kernel",
-                    bench=({**_ROW, "config": {}, "label": "Binary activations"},)),
+                    speed="none", family=FAMILY,
+                    description="binary activations, real weights: no file saving, no fast kernel"),
          apply_binact, to_inference, onnx_graph=onnx_graph)

@@ -137,28 +137,20 @@ def reconstruction_error(original: nn.Module, layer: nn.Module) -> float:
 
 # ----------------------------------------------------------------------------------------------- registry
 register(MethodInfo(
-    "cp", PAPERS["cp"], size="real", speed="real",
+    "cp", PAPERS["cp"], size="real", speed="real", family="decompose",
     description="CP-ALS (tensorly parafac) per conv: 1x1 -> kx1 dw -> 1xk dw -> 1x1; inference merges the two "
                 "depthwise convs (exact)",
     bench=({"model": "squeezenet1_1", "config": {"layers": ["features.fire8.expand3x3", "features.fire9.expand3x3"],
                                                   "rank": 192, "n_iter_max": 10},
-            "finetune": 1, "label": "cp r192 fire8-9 (paper)"},
-           {"model": "squeezenet1_1", "config": {"layers": ["features.fire8.expand3x3", "features.fire9.expand3x3"],
-                                                  "rank": 48, "n_iter_max": 50},
-            "finetune": 1, "label": "cp r48 fire8-9"})),
+            "finetune": 1, "label": "cp r192 fire8-9 (paper)"},)),
     apply_cp, to_inference=cp_to_inference)
 
 register(MethodInfo(
-    "tucker", PAPERS["tucker"], size="real", speed="real",
-    description="Tucker-2 (tensorly partial_tucker) per conv: 1x1 -> kxk core -> 1x1",
-    bench=({"model": "vgg_s", "config": {"layers": ["features.conv3", "features.conv4", "features.conv5"],
-                                          "rank": 0.25},
-            "finetune": 1, "label": "tucker 1/4 conv3-5"},)),
+    "tucker", PAPERS["tucker"], size="real", speed="real", family="decompose",
+    description="Tucker-2 (tensorly partial_tucker) per conv: 1x1 -> kxk core -> 1x1"),
     apply_tucker)
 
 register(MethodInfo(
-    "tt", PAPERS["tt"], size="real", speed="real",
-    description="Tensor-Train matrix (tensorly tensor_train_matrix) for Linear layers, 2 cores by default",
-    bench=({"model": "vgg_s", "config": {"layers": ["classifier.fc6", "classifier.fc7"], "rank": 8},
-            "finetune": 1, "label": "tt r8 fc6-7"},)),
+    "tt", PAPERS["tt"], size="real", speed="real", family="decompose",
+    description="Tensor-Train matrix (tensorly tensor_train_matrix) for Linear layers, 2 cores by default"),
     apply_tt)

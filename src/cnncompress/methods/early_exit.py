@@ -2,8 +2,9 @@
 
 ``apply`` attaches the exit head (``cnncompress.early_exit.attach_exit``); fine-tuning uses the chosen cascade
 loss (sum / soft / firm); the eval forward is the hard-mode cascade, so the bench's latency is the real,
-data-dependent cost of the samples that stop early. The saving is real compute (speed="real"); the file grows
-by the head (size="real": the head is stored, nothing is simulated). ``EarlyExitNet`` registers itself with
+data-dependent cost of the samples that stop early: the bench times it at batch 1 over the whole test split and
+reports the exit rate beside it. The saving is real compute (speed="real": samples that exit skip the rest of the
+network); the file grows by the head, so no size saving is claimed (size="none"). ``EarlyExitNet`` registers itself with
 ``layers.register_layer`` in ``cnncompress.early_exit``. It chooses no layers to replace (``position`` names where
 the exit goes), so it takes no ``layers=`` option.
 """
@@ -30,7 +31,7 @@ def apply_early_exit(model: nn.Module, position: str = "p2", threshold: float = 
 
 
 register(
-    MethodInfo("early-exit", PAPER, size="real", speed="real",
+    MethodInfo("early-exit", PAPER, size="none", speed="real", family="early exit",
                description="intermediate [FC->softmax] exit; samples with max(V1) > threshold skip the rest",
                bench=({"model": "vgg_s", "config": {"position": "features.pool2", "threshold": 0.6, "loss": "sum",
                                                     "head_pool": 2},

@@ -322,12 +322,10 @@ def to_inference(model: nn.Module) -> nn.Module:
 register(MethodInfo(
     name="hashed",
     paper="Chen et al. 2015 (HashedNets), as in Rassadin & Savchenko 2017 §3",
-    size="real", speed="none",
+    size="real", speed="none", family="hashing",
     description="hashing trick: each Linear/Conv2d weight (and bias) shares compression x n buckets chosen by a "
                 "fixed 32-bit hash with a sign hash; the file stores only buckets + seed; inference expands the "
                 "dense weights once (baseline speed, no speed-up claimed)",
     bench=({"model": "vgg_s", "config": {"compression": 0.125, "hash_bias": True}, "finetune": 3,
-            "label": "hashed"},
-           {"model": "vgg_s", "config": {"compression": 0.125, "layers": ["fc6", "fc7", "fc8"]}, "finetune": 1,
-            "label": "hashed fc"}),
+            "label": "hashed 1/8"},),  # 1 epoch: 60 % (control 98.5 %); the buckets need longer
 ), apply_hashing, to_inference=to_inference)

@@ -18,7 +18,6 @@ import json
 import math
 import os
 import tempfile
-import warnings
 
 import numpy as np
 import torch
@@ -28,6 +27,7 @@ from .. import onnx_export, surgery
 from ..layers import CompressedLayer, base_config, register_layer
 from ..onnx_export import EXPORTERS, OPSET, quiet
 from ..storage.codec_int8 import dequantize_per_channel, quantize_per_channel
+from .calibration import model_shape, take
 from .registry import MethodInfo, register
 
 QUANTIZED_OPS = ["Conv", "Gemm", "MatMul", "Relu", "MaxPool", "Concat", "GlobalAveragePool", "AveragePool", "Flatten"]
@@ -111,36 +111,22 @@ class Int8Calibration(nn.Module):
 
 
 
+NOISE = "noise"
+"""``calibration="noise"``: calibrate on seeded N(0,1) images, for speed tests only (accuracy suffers); it must be
+asked for by name, and the row's configuration then says so."""
+
+
 def _calibration_images(model: nn.Module, calibration, count: int, seed: int) -> torch.Tensor:
-    spec = getattr(model, "spec", None) or {}
-    if calibration is None:
-        warnings.warn("int8: no calibration data given; calibrating on synthetic N(0,1) inputs (fit for speed tests "
-                      "only, accuracy will suffer)", stacklevel=3)
+    """The images the activation ranges are measured on: the run's data (see ``methods.calibration``), or seeded
+    N(0,1) noise when ``calibration="noise"`` asks for it explicitly."""
+    if isinstance(calibration, str) and calibration == NOISE:
+        channels, size, _ = model_shape(model)
         generator = torch.Generator().manual_seed(seed)
-        size = spec.get("input_size", 224)
-        return torch.randn(min(count, 64), spec.get("in_channels", 3), size, size, generator=generator)
-    if isinstance(calibration, str):  # a dataset spec such as "mnist5k": its training split
-        from ..data import build_dataset
-        calibration = build_dataset(calibration, "train", input_size=spec.get("input_size", 48),
-                                    channels=spec.get("in_channels"))
-    if hasattr(calibration, "images"):
-        images = torch.as_tensor(calibration.images)
-        if len(images) > count:
-            index = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:count]
-            images = images[index.sort().values]
-        return images.float()
-    if isinstance(calibration, torch.Tensor):
-        return calibration[:count].float()
-    batches, total = [], 0
-    for batch in calibration:  # a DataLoader or any iterable of tensors / (images, labels)
-        images = batch[0] if isinstance(batch, (list, tuple)) else batch
-        batches.append(torch.as_tensor(images).float())
-        total += len(batches[-1])
-        if total >= count:
-            break
-    if not batches:
-        raise ValueError("int8: calibration data is empty")
-    return torch.cat(batches)[:count]
+        return torch.randn(min(count, 64), channels or 3, size or 224, size or 224, generator=generator)
+    if calibration is None:
+        raise ValueError("int8 needs calibration images (calibration=: the run's data, a dataset spec, an "
+                         "ImageDataset or images; calibration='noise' for speed tests only)")
+    return take(model, calibration, count, seed, what="int8 calibration data")[0]
 
 
 def _quantize_static(float_proto, cache_path: str, reader=None):
@@ -177,7 +163,9 @@ def apply_int8(model: nn.Module, calibration=None, num_calibration: int = 256, s
                layers="all") -> nn.Module:
     """Snap conv/linear weights to per-channel int8 and calibrate activation ranges (min/max) for the int8 runtime.
 
-    ``calibration``: a dataset spec (``"mnist5k"``: its training split), an ``ImageDataset``, a tensor of images, or an iterable of batches (``(images, labels)``).
+    ``calibration``: the images the ranges are measured on (required): the run's data as handed over by the bench
+    or ``cnncompress compress`` (``MethodInfo.data_option``), a dataset spec (its training split), an
+    ``ImageDataset``, a tensor of images, an iterable of batches; or ``"noise"`` (seeded N(0,1), speed tests only).
     ``layers``: which Conv2d/Linear layers to quantise (``surgery.select``: ``"all"``, ``"conv"``, ``"linear"``, a
     path, a glob or a list); the others stay fp32 in the int8 graph.
     """
@@ -248,10 +236,36 @@ def int8_onnx(model: nn.Module) -> bytes:
         return _quantize_static(proto, cache)
 
 
+OPENVINO_RUNTIME = "openvino-int8"
+
+
 def int8_graph(model: nn.Module) -> tuple[bytes, str]:
-    """The ``onnx_graph`` hook: the int8 QDQ graph (of the stored weights and ranges, or of an ``OrtInt8Model``)."""
-    graph = model.onnx_model if isinstance(model, OrtInt8Model) else int8_onnx(model)
+    """The ``onnx_graph`` hook: the int8 QDQ graph (of the stored weights and ranges, or of an ``OrtInt8Model``
+    or OpenVINO int8 model)."""
+    graph = model.onnx_model if _runs_graph(model) else int8_onnx(model)
     return graph, GRAPH_NOTE
+
+
+def _runs_graph(model: nn.Module) -> bool:
+    return isinstance(model, OrtInt8Model) or getattr(model, "runtime", "") == OPENVINO_RUNTIME
+
+
+def to_openvino_int8(model: nn.Module) -> nn.Module:
+    """The same int8 QDQ graph run by OpenVINO instead of onnxruntime (``engines.OpenVinoModel``, precision int8:
+    the QDQ ops become OpenVINO's int8 convolutions / matmuls, VNNI or AMX-INT8; the float remainder stays f32).
+    At 224x224 it measured 1.1-1.3x faster than onnxruntime's int8 at 1 thread (``benchmarks/bench_engines.py``);
+    at 48x48 onnxruntime is faster (OpenVINO's fixed cost per call). Raises ``engines.OpenVinoUnavailable``
+    when OpenVINO is not installed or cannot compile the graph."""
+    from ..engines.openvino import OpenVinoModel
+    if getattr(model, "runtime", "") == OPENVINO_RUNTIME:
+        return model
+    graph = model.onnx_model if isinstance(model, OrtInt8Model) else int8_onnx(model)
+    inference = OpenVinoModel(graph, "int8")
+    inference.run()  # compile now: a graph OpenVINO cannot run fails here, not at the first call
+    for attribute in ("spec", "metadata", "compression_history"):
+        if hasattr(model, attribute):
+            setattr(inference, attribute, getattr(model, attribute))
+    return inference.eval()
 
 
 def to_inference_int8(model: nn.Module) -> nn.Module:
@@ -267,9 +281,8 @@ def to_inference_int8(model: nn.Module) -> nn.Module:
 
 register(MethodInfo(
     name="int8", paper="Berthelier 2018 §2.5; Rassadin & Savchenko 2017 §1 (8-bit inference)",
-    size="real", speed="real",
-    description="post-training static int8: per-channel symmetric weights, uint8 activations calibrated by min/max; "
-                "onnxruntime QDQ int8 kernels; .ccz stores int8 weights + per-channel scales",
-    bench=({"model": "vgg_s", "config": {"calibration": "mnist5k"}, "finetune": 0, "label": "int8 (ORT QDQ)"},
-           {"model": "squeezenet1_1", "config": {"calibration": "mnist5k"}, "finetune": 0, "label": "int8 (ORT QDQ)"})),
+    size="real", speed="real", family="reduced precision", data_option="calibration",
+    description="post-training static int8: per-channel symmetric weights, uint8 activations calibrated by min/max "
+                "on the run's training images; onnxruntime QDQ int8 kernels; .ccz stores int8 weights + scales",
+    bench=({"model": "vgg_s", "config": {}, "finetune": 0, "label": "int8 (ORT QDQ)"},)),
     apply_int8, to_inference=to_inference_int8, onnx_graph=int8_graph)

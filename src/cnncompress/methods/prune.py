@@ -255,9 +255,7 @@ def prune_to_inference(model: nn.Module) -> nn.Module:
 
 register(MethodInfo(
     name="prune-magnitude", paper="Han et al. 2015, Learning both weights and connections (survey §2.3)",
-    size="real", speed="real",
+    size="real", speed="real", family="prune",
     description="unstructured magnitude pruning, masks kept through fine-tuning; CSR storage with relative "
-                "indices; fc layers run torch CSR at batch 1 only where timing shows it wins",
-    bench=({"model": "vgg_s", "config": {"sparsity": 0.95, "layers": "fc"}, "finetune": 1,
-            "label": "magnitude 95% fc"},)),
+                "indices; fc layers run torch CSR at batch 1 only where timing shows it wins"),
     prune_magnitude, to_inference=prune_to_inference)

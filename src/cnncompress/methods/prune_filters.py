@@ -29,6 +29,7 @@ from torch import nn
 
 from .. import surgery
 from ..layers import BranchConcat, SequentialForward, conv_config
+from .calibration import take
 from .prune import check_fraction
 from .registry import MethodInfo, register
 
@@ -286,18 +287,6 @@ def greedy_counts(graph: Graph, scores: dict, costs: dict, target: float, min_ke
     return kept
 
 
-def _calibration(model: nn.Module, data, samples: int) -> tuple[torch.Tensor, torch.Tensor]:
-    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
-        return data[0][:samples], data[1][:samples]
-    if not isinstance(data, str):
-        raise ValueError("data must be a dataset spec such as 'mnist5k' or an (images, labels) pair")
-    from ..data import build_dataset
-    spec = getattr(model, "spec", {}) or {}
-    dataset = build_dataset(data, "train", input_size=spec.get("input_size"), channels=spec.get("in_channels"))
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:samples]
-    return dataset.images[order], dataset.labels[order]
-
-
 def prune_filters(model: nn.Module, importance: Importance, flops: float = 0.5, layers="all",
                   min_keep: float = 0.1, round_to: int = 8, exclude=()) -> nn.Module:
     """Remove whole filters until the conv MACs drop by the fraction ``flops`` (see the module docstring); which
@@ -337,26 +326,28 @@ def prune_l1(model: nn.Module, flops: float = 0.5, layers="all", min_keep: float
     return prune_filters(model, L1Importance(), flops, layers, min_keep, round_to, exclude)
 
 
-def prune_taylor(model: nn.Module, flops: float = 0.5, layers="all", min_keep: float = 0.1, data="mnist5k",
+def prune_taylor(model: nn.Module, flops: float = 0.5, layers="all", min_keep: float = 0.1, data=None,
                  samples: int = 256, steps: int = 4, round_to: int = 8, exclude=()) -> nn.Module:
-    """Molchanov et al. 2016: globally lowest Taylor-criterion filters off until conv MACs drop by ``flops``."""
+    """Molchanov et al. 2016: globally lowest Taylor-criterion filters off until conv MACs drop by ``flops``.
+
+    ``data``: the labelled images the criterion is measured on (required; ``samples`` of them, a seeded subset):
+    the run's training split as handed over by the bench or ``cnncompress compress`` (``MethodInfo.data_option``),
+    a dataset spec, an ``ImageDataset`` or an ``(images, labels)`` pair (see ``methods.calibration``)."""
     if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (steps, samples)):
         raise ValueError("steps and samples must be integers >= 1")
-    images, labels = _calibration(model, data, samples)
+    images, labels = take(model, data, samples, what="prune-taylor data", labelled=True)
     return prune_filters(model, TaylorImportance(images, labels, steps), flops, layers, min_keep, round_to, exclude)
 
 
 register(MethodInfo(
     name="prune-l1", paper="Li et al. 2017, Pruning filters for efficient ConvNets (survey §2.3)", size="real",
-    speed="real", description="L1-norm filter pruning; filters and the next layer's input channels physically "
-                              "removed, result is a smaller dense model",
-    bench=({"model": "vgg_s", "config": {"flops": 0.5}, "finetune": 1, "label": "L1 filters -50% FLOPs"},
-           # SqueezeNet w0.5 keeps 43.7 % after 1 fine-tune epoch, 88.5 % after 4 (baseline 91.7 %): 4 epochs
-           {"model": "squeezenet1_1", "config": {"flops": 0.5}, "finetune": 4, "label": "L1 filters -50% FLOPs, 4 ep"})),
+    speed="real", family="prune",
+    description="L1-norm filter pruning; filters and the next layer's input channels physically removed, result is "
+                "a smaller dense model",
+    bench=({"model": "vgg_s", "config": {"flops": 0.5}, "finetune": 1, "label": "L1 filters -50% FLOPs"},)),
     prune_l1)
 register(MethodInfo(
     name="prune-taylor", paper="Molchanov et al. 2016, Pruning CNNs for resource efficient inference (survey §2.3)",
-    size="real", speed="real", description="Taylor-criterion filter pruning (global ranking, physical removal)",
-    bench=({"model": "vgg_s", "config": {"flops": 0.5, "samples": 128, "steps": 2}, "finetune": 1,
-            "label": "Taylor filters -50% FLOPs"},)),
+    size="real", speed="real", family="prune", data_option="data",
+    description="Taylor-criterion filter pruning on the run's training images (global ranking, physical removal)"),
     prune_taylor)

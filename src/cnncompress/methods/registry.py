@@ -2,8 +2,15 @@
 
 ``apply(model, name, **cfg)`` deep-copies the model, so the input is never touched, validates the config keys
 against ``apply_fn``'s signature, and appends ``{"method", "config"}`` to ``model.compression_history`` (saved in
-``.ccz`` files). ``MethodInfo.size`` / ``.speed`` say whether the method's saving is real or only simulated; the
-bench table prints them. ``MethodInfo.bench`` lists the rows the default quick recipe runs for this method.
+``.ccz`` files). ``MethodInfo.size`` / ``.speed`` say whether the method's saving is real, only simulated or not
+there at all; the bench table prints them and ``tests/methods/test_labels.py`` derives them from measurements for
+every registered method. ``MethodInfo.bench`` lists the rows the default quick recipe runs for this method (one
+representative row per ``family``; the whole grid lives in ``experiments/table2.yaml``).
+
+Data: a method that looks at data (int8 calibration, Taylor importance) names the option that takes it in
+``MethodInfo.data_option``. Whoever runs the method hands it the data of the run (the bench: the recipe's training
+split; ``cnncompress compress``: ``--data``'s training split) unless the configuration sets that option itself;
+a method never picks a dataset of its own (``methods.calibration`` checks that the data fits the model).
 """
 from __future__ import annotations
 
@@ -23,11 +30,16 @@ REALNESS = ("real", "simulated", "none")
 class MethodInfo:
     """What a method is and what of its saving is real.
 
-    size: ``real`` when the ``.ccz`` file really shrinks, ``simulated`` when only a theoretical count does.
-    speed: ``real`` when a faster kernel really runs, ``simulated`` when the speed-up is only counted
-    (e.g. FLOPs), ``none`` when no speed-up is claimed.
-    bench: rows for the quick recipe: dicts with ``model`` (``vgg_s``/``squeezenet1_1``/...), ``config``
-    (apply kwargs), optional ``finetune`` epochs and ``label``.
+    size: ``real`` when the ``.ccz`` file really is smaller than the float model's, ``simulated`` when only a
+    count says it would be (the file is not smaller), ``none`` when no saving is claimed (the file may grow).
+    speed: ``real`` when the deployed model (``to_inference`` of the loaded file) really does less dense float
+    arithmetic than the float model (a faster kernel swapped in, smaller or fewer layers, samples that stop
+    early), ``simulated`` when a speed-up is only counted, ``none`` when no speed-up is claimed.
+    family: the group of methods the default bench shows one representative row of (``binarize``, ``hashing``,
+    ``decompose``, ``prune``, ``deep compression``, ``reduced precision``, ``early exit``).
+    data_option: the apply option that takes the run's data (``calibration``, ``data``), or ``""``.
+    bench: rows for the quick recipe (``rows: auto``): dicts with ``model`` (``vgg_s``/``squeezenet1_1``/...),
+    ``config`` (apply kwargs), optional ``finetune`` epochs and ``label``. One method per family has one.
     """
 
     name: str
@@ -36,10 +48,12 @@ class MethodInfo:
     speed: str = "none"
     description: str = ""
     bench: tuple = field(default_factory=tuple)
+    family: str = ""
+    data_option: str = ""
 
     def __post_init__(self):
-        if self.size not in REALNESS[:2] or self.speed not in REALNESS:
-            raise ValueError(f"method {self.name}: size must be real|simulated, speed real|simulated|none")
+        if self.size not in REALNESS or self.speed not in REALNESS:
+            raise ValueError(f"method {self.name}: size and speed must be real|simulated|none")
 
 
 @dataclass
@@ -129,6 +143,10 @@ def apply(model: nn.Module, name: str, **config) -> nn.Module:
 def _jsonable(value):
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
+    if hasattr(value, "images") and hasattr(value, "name"):  # an ImageDataset handed over as data
+        return f"{value.name} ({getattr(value, 'split', '') or 'given'} split, {len(value.images)} images)"
+    if hasattr(value, "shape") and hasattr(value, "dtype"):  # a tensor of images
+        return f"tensor {list(value.shape)}"
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     if isinstance(value, dict):
@@ -147,3 +165,14 @@ def to_inference(model: nn.Module) -> nn.Module:
         if method is not None and method.to_inference is not None:
             model = method.to_inference(model)
     return model
+
+
+def with_data(name: str, config: dict, data) -> dict:
+    """``config`` for method ``name`` with the run's ``data`` in the method's ``data_option`` (unless ``config``
+    sets that option itself). A method that needs data when the run has none is a one-line InputError."""
+    option = info(name).data_option
+    if not option or option in config:
+        return dict(config)
+    if data is None:
+        raise InputError(f"method {name} looks at data: give the run's data (--data SPEC) or set {option}=...")
+    return {**config, option: data}

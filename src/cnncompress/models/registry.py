@@ -13,12 +13,25 @@ from ..errors import InputError
 
 BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 DEFAULT_BATCH_SIZE: dict[str, int] = {}
+DEFAULT_TRAINING: dict[str, dict] = {}
+"""Per model, the recommended baseline training settings (``TrainConfig`` keys; ``train.preset(name)`` turns them
+into a config). Chosen on the validation split of mnist5k at the CPU presets; the measurements are in README."""
+DEFAULT_FINETUNE: dict[str, dict] = {}
+"""Per model, what fine-tuning after compression changes in ``DEFAULT_TRAINING`` (``train.preset(name,
+"finetune")``; on top of ``train.FINETUNE``)."""
 MAX_WIDTH = 8.0
 
 
-def register_model(name: str, builder: Callable[..., nn.Module], batch_size: int = 32) -> None:
+def register_model(name: str, builder: Callable[..., nn.Module], batch_size: int = 32,
+                   training: dict | None = None, finetune: dict | None = None) -> None:
+    """Register ``builder`` as ``name``; ``batch_size``: the papers' batch (``DEFAULT_BATCH_SIZE``: train-step
+    timings, fine-tuning); ``training``: the recommended baseline ``TrainConfig`` settings (``DEFAULT_TRAINING``;
+    its batch size defaults to ``batch_size``); ``finetune``: what fine-tuning a compressed model changes in it
+    (``DEFAULT_FINETUNE``)."""
     BUILDERS[name] = builder
     DEFAULT_BATCH_SIZE[name] = batch_size
+    DEFAULT_TRAINING[name] = {"batch_size": batch_size, **(training or {})}
+    DEFAULT_FINETUNE[name] = dict(finetune or {})
 
 
 def build(name: str, num_classes: int = 8, in_channels: int = 3, input_size: int = 224, width: float = 1.0,

@@ -85,6 +85,10 @@ class RawCodec:
 register_codec(RawCodec("raw", None))
 register_codec(RawCodec("fp32", "float32"))
 register_codec(RawCodec("fp16", "float16"))
+register_codec(RawCodec("bf16", "bfloat16"))
+"""``bf16``: float tensors as bfloat16 (1 sign, 8 exponent, 7 mantissa bits: fp32's range, 2 bytes per element),
+rounded to nearest, ties to even (``torch.Tensor.to(torch.bfloat16)``); values already representable in bf16
+(the ``bf16`` method's weights) round-trip exactly, as do infinities and NaN. Decodes to the recorded dtype."""
 
 
 def bits_to_bytes(bits: np.ndarray) -> bytes:

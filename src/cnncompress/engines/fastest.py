@@ -1,0 +1,96 @@
+"""Which engine runs a model fastest here, timed interleaved in one process, and the facts a result needs.
+
+``fastest`` prepares every engine asked for (those that cannot run are skipped with a one-line note), then times
+them taking turns (``measure.alternating``: turns of ``block`` calls, the first not counted, order rotating), so
+that load drift on a shared machine hits all of them alike. ``fastest_fp32`` restricts the race to fp32 engines:
+the baseline a speed-up is measured against never changes precision silently.
+"""
+from __future__ import annotations
+
+import platform
+
+import torch
+from torch import nn
+
+from ..errors import InputError
+from ..measure import DEFAULT_THREADS, alternating
+from . import cpu, openvino
+from .registry import ENGINES, EngineUnavailable, get, names
+
+
+def _engine_list(engines) -> list[str]:
+    if engines is None:
+        return list(ENGINES)
+    if isinstance(engines, str):
+        engines = [engines]
+    chosen = [get(name).name for name in engines]  # unknown name: InputError
+    if not chosen:
+        raise InputError("no engine named; engines: " + ", ".join(ENGINES))
+    return list(dict.fromkeys(chosen))
+
+
+def prepared(model, input_shape: tuple[int, ...], engines=None,
+             threads: int | None = DEFAULT_THREADS) -> tuple[dict, dict]:
+    """``({engine: run}, {engine: why skipped})`` for the engines asked for (default: all)."""
+    runs, skipped = {}, {}
+    for name in _engine_list(engines):
+        try:
+            runs[name] = get(name).prepare(model, input_shape, threads)
+        except EngineUnavailable as error:
+            skipped[name] = str(error).removeprefix(f"engine {name}: ")
+        except Exception as error:  # noqa: BLE001 - an engine that fails on this model is skipped, said so
+            lines = str(error).strip().splitlines()
+            skipped[name] = f"failed: {type(error).__name__}: {lines[0] if lines else ''}"
+    return runs, skipped
+
+
+def fastest(model: nn.Module | bytes, input_shape: tuple[int, ...], engines=None,
+            threads: int | None = DEFAULT_THREADS, runs: int = 20, block: int = 3,
+            example: torch.Tensor | None = None) -> dict:
+    """Median ms per call of every engine that can run ``model`` on ``input_shape`` at ``threads``, timed
+    interleaved; returns ``{engine: median_ms, ..., "fastest": name, "skipped": {engine: one-line reason}}``.
+
+    ``engines``: names (default: all; an unknown one is an ``InputError``). ``runs`` turns of ``block`` calls
+    each; ``example``: the input (default: seeded N(0,1) noise). No engine able to run it: ``InputError``.
+    """
+    if not isinstance(runs, int) or runs < 1 or not isinstance(block, int) or block < 1:
+        raise InputError(f"runs and block must be positive integers, got {runs!r}, {block!r}")
+    calls, skipped = prepared(model, input_shape, engines, threads)
+    if not calls:
+        raise InputError("no engine can run the model: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+    x = example if example is not None else torch.randn(*input_shape, generator=torch.Generator().manual_seed(0))
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            times = alternating({name: (lambda run=run: run(x)) for name, run in calls.items()}, runs,
+                                block=block, warmup=2)
+    finally:
+        torch.set_num_threads(previous)
+    return {**times, "fastest": min(times, key=times.get), "skipped": skipped}
+
+
+def fastest_fp32(model: nn.Module | bytes, input_shape: tuple[int, ...], threads: int | None = DEFAULT_THREADS,
+                 runs: int = 20, block: int = 3, engines=None) -> dict:
+    """``fastest`` over the fp32 engines only (default: every fp32 engine): the strongest fp32 baseline."""
+    chosen = names("fp32") if engines is None else [e for e in _engine_list(engines) if get(e).precision == "fp32"]
+    if not chosen:
+        raise InputError(f"no fp32 engine among {engines}; fp32 engines: {', '.join(names('fp32'))}")
+    return fastest(model, input_shape, chosen, threads, runs, block)
+
+
+def engine_environment() -> dict:
+    """What a result file records about the engines: CPU model and ISA flags (AMX, AVX512-BF16, VNNI,
+    VPOPCNTDQ), what bf16 runs on, OpenVINO (version, device, capabilities, precision hints or why it is
+    missing), onnxruntime and torch versions, and which engines can run here."""
+    try:
+        import onnxruntime
+        ort_version = onnxruntime.__version__
+    except ImportError:
+        ort_version = None
+    return {"cpu": cpu.cpu_name(), "machine": platform.machine(), "isa": cpu.isa_flags(), "amx": cpu.has_amx(),
+            "bf16": cpu.bf16_note(), "openvino": openvino.environment(), "onnxruntime": ort_version,
+            "torch": torch.__version__,
+            "engines": {name: (engine.precision, engine.available().reason or "available")
+                        for name, engine in ENGINES.items()}}

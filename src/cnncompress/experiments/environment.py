@@ -1,0 +1,26 @@
+"""What a results file records about where its numbers were measured: device, library versions, git commit."""
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+
+def environment() -> dict:
+    """What the numbers were measured on: device, threads, library versions, git commit."""
+    import onnxruntime
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent).stdout.strip()
+    except OSError:
+        commit = ""
+    cpu = ""
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "python": platform.python_version(),
+            "cpu": cpu, "cores": os.cpu_count(), "git_commit": commit, "node": platform.node()}
