@@ -361,9 +361,10 @@ def _error_curves(numbered, model: str, path: Path) -> None:
         control = row.get("control") or {}
         if control.get("history") and control["epochs"] not in controls:
             controls[control["epochs"]] = control
-    for epochs, control in sorted(controls.items()):
-        ys += _curve(ax, control["history"], start, "grey", "x", 1.0, origin)
-        handles.append(Line2D([], [], color="grey", marker="x", label=f"control: baseline +{epochs} ep"))
+    for index, (epochs, control) in enumerate(sorted(controls.items())):
+        shade, marker = ("grey", "dimgrey", "darkgrey")[index % 3], ("x", "+", "1")[index % 3]
+        ys += _curve(ax, control["history"], start, shade, marker, 1.0, origin)
+        handles.append(Line2D([], [], color=shade, marker=marker, label=f"control: baseline +{epochs} ep"))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     handles += [Line2D([], [], color="black", linestyle="-", label="solid: validation error"),
                 Line2D([], [], color="black", linestyle="--", label="dashed: training error (fixed train subset)")]
