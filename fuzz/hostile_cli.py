@@ -11,6 +11,7 @@ appeared (a half-written output).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -50,6 +51,12 @@ def _fixtures(root: Path) -> None:
     with torch.no_grad():
         bomb.classifier.conv10.weight.zero_()
     storage.save(bomb, root / "bomb.ccz")
+    from safetensors.torch import load_file, save_file  # a 4,000,000-class spec beside 10-class weights
+    save_file(load_file(str(root / "model.safetensors")), str(root / "bomb.safetensors"), metadata={
+        "cnncompress.spec": json.dumps({**net.spec, "num_classes": 4_000_000})})
+    header, row = "emotion,pixels,Usage\n", "3," + " ".join(["7"] * 2304)
+    (root / "short.csv").write_text(header + row + ",Training\n" + row + "\n")
+    (root / "latin.csv").write_bytes((header + "3,caf\xe9,Training\n").encode("latin-1"))
 
 
 # (name, argv, text the one-line error must contain)
@@ -82,6 +89,10 @@ CASES = [
     ("--only typo", ["bench", "--only", "bwnn", "--out", "published"], "bwnn"),
     ("export to a folder", ["export", "bwn.ccz", "--out", "published"], "published"),
     ("unknown export format", ["export", "bwn.ccz", "--format", "tflite"], "tflite"),
+    ("memory bomb safetensors", ["compress", "bomb.safetensors", "--method", "bwn", "--out", "o14"],
+     "bomb.safetensors"),
+    ("short FER row", ["train", "--model", "vgg_s", "--data", "fer2013:short.csv", "--out", "o15"], "line 3"),
+    ("latin-1 FER CSV", ["train", "--model", "vgg_s", "--data", "fer2013:latin.csv", "--out", "o16"], "UTF-8"),
 ]
 
 

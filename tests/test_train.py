@@ -1,10 +1,12 @@
 import json
+import os
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from cnncompress import models
+from cnncompress import checkpoint_io, models
+from cnncompress.checkpoint_io import read_checkpoint, write_checkpoint
 from cnncompress.data import build_dataset
 from cnncompress.errors import InputError
 from cnncompress.train import Trainer, TrainConfig, error_rate, learning_rate, load_weights, preset, save_weights
@@ -88,13 +90,58 @@ def test_load_weights_rejects_garbage(tmp_path):
 def test_resume_accepts_checkpoint_without_later_fields(tmp_path, tiny_data):
     train, test = tiny_data
     Trainer(_model(), train, test, TrainConfig(epochs=1, batch_size=64), out_dir=tmp_path, progress=False).fit()
-    meta = tmp_path / "checkpoint.json"
-    info = json.loads(meta.read_text())
+    weights = tmp_path / "checkpoint.safetensors"
+    tensors, info = read_checkpoint(weights)
     del info["config"]["grad_clip"]  # a checkpoint written before grad_clip existed
-    meta.write_text(json.dumps(info))
+    write_checkpoint(weights, tensors, info)
     history = Trainer(_model(), train, test, TrainConfig(epochs=2, batch_size=64), out_dir=tmp_path,
                       progress=False).fit(resume=True)
     assert [h["epoch"] for h in history] == [1, 2]
+
+
+@pytest.mark.parametrize("kill_at", ["epoch2_before_weights", "epoch2_before_record_copy", "epoch3_before_weights"])
+def test_kill_between_any_two_file_operations_of_a_save_resumes_to_the_same_weights(tmp_path, tiny_data,
+                                                                                     monkeypatch, kill_at):
+    """The save of epoch 2 is cut after each of its file operations (weights file renamed into place, readable
+    record copy renamed into place); the resumed run ends on the uninterrupted run's weights, bit for bit."""
+    train, test = tiny_data
+    config = TrainConfig(epochs=3, lr=0.01, batch_size=32, seed=5)
+    full = _model()
+    Trainer(full, train, test, config, out_dir=tmp_path / "full", progress=False).fit()
+
+    real_replace, calls = os.replace, []
+    cut = {"epoch2_before_weights": 3, "epoch2_before_record_copy": 4, "epoch3_before_weights": 5}[kill_at]
+
+    def replace(src, dst):
+        calls.append(dst)
+        if len(calls) == cut:
+            raise KeyboardInterrupt  # the process dies here: this rename never happens
+        real_replace(src, dst)
+    monkeypatch.setattr(checkpoint_io.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(_model(), train, test, config, out_dir=tmp_path / "cut", progress=False).fit()
+    monkeypatch.setattr(checkpoint_io.os, "replace", real_replace)
+
+    resumed = _model()
+    history = Trainer(resumed, train, test, config, out_dir=tmp_path / "cut", progress=False).fit(resume=True)
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    for (name, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_resume_refuses_a_damaged_or_altered_checkpoint(tmp_path, tiny_data):
+    train, test = tiny_data
+    config = TrainConfig(epochs=1, batch_size=64)
+    Trainer(_model(), train, test, config, out_dir=tmp_path, progress=False).fit()
+    weights = tmp_path / "checkpoint.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-7] ^= 0x10  # one bit of the last tensor's bytes
+    weights.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="checkpoint.safetensors: checkpoint digest does not match"):
+        Trainer(_model(), train, test, config, out_dir=tmp_path, progress=False).fit(resume=True)
+    weights.write_bytes(bytes(data[: len(data) // 2]))
+    with pytest.raises(InputError, match="checkpoint.safetensors: unreadable checkpoint"):
+        Trainer(_model(), train, test, config, out_dir=tmp_path, progress=False).fit(resume=True)
 
 
 # ---------------------------------------------------------------- schedules, early stopping, best epoch

@@ -1,12 +1,26 @@
-"""Checkpoint files written whole or not at all, and the optimiser state as flat tensors (safetensors, no pickle)."""
+"""Checkpoint files written whole or not at all, and the optimiser state as flat tensors (safetensors, no pickle).
+
+A training checkpoint is ONE file, ``checkpoint.safetensors``: the tensors (model, optimiser, best epoch) and, in
+its metadata, the JSON record (epoch, config, history) with a SHA-256 over the record and every tensor's name,
+dtype, shape and bytes. It is replaced in one ``os.replace``, so a process killed at any point leaves either the
+previous checkpoint or the new one, never weights of one epoch beside the record of another; a flipped byte is
+refused on resume. ``checkpoint.json`` beside it is a readable copy of the record (written after it; resume does
+not trust it).
+"""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .errors import input_error
+
+RECORD_KEY, DIGEST_KEY = "cnncompress.checkpoint", "cnncompress.sha256"
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -44,3 +58,45 @@ def load_optimizer_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, 
         state.setdefault(int(index), {})[key] = value
     state_dict["state"] = state
     optimizer.load_state_dict(state_dict)
+
+
+def checkpoint_digest(record_json: str, tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the record's text and, in name order, each tensor's name, dtype, shape and raw bytes."""
+    digest = hashlib.sha256(record_json.encode())
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().contiguous().cpu()
+        digest.update(f"\0{name}\0{tensor.dtype}\0{list(tensor.shape)}\0".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def write_checkpoint(path: Path, tensors: dict[str, torch.Tensor], record: dict) -> None:
+    """Write tensors + record (+ their digest) as one safetensors file, atomically."""
+    record_json = json.dumps(record, sort_keys=True)
+    metadata = {RECORD_KEY: record_json, DIGEST_KEY: checkpoint_digest(record_json, tensors)}
+    atomic_safetensors(path, tensors, metadata)
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors and the record of a checkpoint written by ``write_checkpoint``, verified by its digest.
+    A damaged, truncated or altered file is an ``InputError`` naming it."""
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        tensors = load_file(str(path))
+    except (OSError, SafetensorError, ValueError, RuntimeError) as error:
+        raise input_error(path, f"unreadable checkpoint ({type(error).__name__}: {error})") from error
+    record_json, digest = metadata.get(RECORD_KEY), metadata.get(DIGEST_KEY)
+    if record_json is None or digest is None:
+        raise input_error(path, "not a cnncompress checkpoint (no record or digest in its metadata)")
+    if checkpoint_digest(record_json, tensors) != digest:
+        raise input_error(path, "checkpoint digest does not match its contents (damaged or altered file)")
+    try:
+        record = json.loads(record_json)
+    except ValueError as error:
+        raise input_error(path, f"unreadable checkpoint record: {error}") from error
+    if not isinstance(record, dict) or not isinstance(record.get("epoch"), int) or \
+            not isinstance(record.get("history"), list) or not isinstance(record.get("config", {}), dict):
+        raise input_error(path, "checkpoint record lacks an integer epoch, a history list or a config mapping")
+    return tensors, record

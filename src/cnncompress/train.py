@@ -28,7 +28,6 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import nn
 from tqdm import tqdm
 
@@ -36,10 +35,11 @@ from . import distributed
 from .errors import InputError, input_error
 from .checkpoint_io import atomic_json as _atomic_json
 from .checkpoint_io import atomic_safetensors as _atomic_safetensors
-from .checkpoint_io import atomic_write
+from .checkpoint_io import atomic_write, read_checkpoint, write_checkpoint  # noqa: F401 (atomic_write: re-export)
 from .checkpoint_io import load_optimizer_tensors as _load_optimizer_tensors
 from .checkpoint_io import optimizer_tensors as _optimizer_tensors
 from .layers import after_step
+from .weights_file import load_weights, save_weights  # noqa: F401 (re-exported: the public place)
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -171,16 +171,25 @@ def error_rate(model: nn.Module, dataset, batch_size: int = 256, device: str = "
 
 
 def checkpoint_info(meta: Path, config: TrainConfig, any_epochs: bool = False) -> dict:
-    """The JSON record (epoch, config, history) of a checkpoint, checked against ``config``: a ``TrainConfig``
-    field added since the file was written counts as its default; ``any_epochs`` ignores the epoch count."""
+    """The JSON record (epoch, config, history) of a finished run's ``checkpoint.json``, checked against
+    ``config`` (``check_checkpoint_config``)."""
     try:
         info = json.loads(meta.read_text())
     except (OSError, ValueError) as error:
         raise input_error(meta, f"unreadable checkpoint: {error}") from error
+    if not isinstance(info, dict) or not isinstance(info.get("history"), list):
+        raise input_error(meta, "unreadable checkpoint: not a record with a history list")
+    return check_checkpoint_config(meta, info, config, any_epochs)
+
+
+def check_checkpoint_config(path: Path, info: dict, config: TrainConfig, any_epochs: bool = False) -> dict:
+    """``info`` if its config is ``config``: a ``TrainConfig`` field added since the file was written counts as
+    its default; ``any_epochs`` ignores the epoch count."""
     saved, defaults = info.get("config") or {}, asdict(TrainConfig())
     ignored = {"epochs": 0} if any_epochs else {}
-    if set(saved) - set(defaults) or {**defaults, **saved, **ignored} != {**asdict(config), **ignored}:
-        raise input_error(meta, f"checkpoint was made with a different config {info.get('config')}")
+    if not isinstance(saved, dict) or set(saved) - set(defaults) or \
+            {**defaults, **saved, **ignored} != {**asdict(config), **ignored}:
+        raise input_error(path, f"checkpoint was made with a different config {info.get('config')}")
     return info
 
 
@@ -230,30 +239,34 @@ class Trainer:
         return self.out_dir / "checkpoint.safetensors", self.out_dir / "checkpoint.json"
 
     def resume(self) -> int:
-        """Load the last checkpoint if there is one; returns the number of finished epochs."""
+        """Load the last checkpoint if there is one (verified by its digest, checked against this config);
+        returns the number of finished epochs."""
         weights, meta = self.checkpoint_paths
-        if not meta.exists():
+        if not weights.exists():
+            if meta.exists():
+                raise input_error(weights, "missing: checkpoint.json has no checkpoint weights beside it")
             return 0
-        info = checkpoint_info(meta, self.config, any_epochs=True)  # more epochs may be asked for
-        try:
-            tensors = load_file(str(weights))
-        except (OSError, ValueError) as error:
-            raise input_error(meta, f"unreadable checkpoint: {error}") from error
+        tensors, info = read_checkpoint(weights)
+        check_checkpoint_config(weights, info, self.config, any_epochs=True)  # more epochs may be asked for
         model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
-        self.model.load_state_dict(model_state)
+        try:
+            self.model.load_state_dict(model_state)
+        except RuntimeError as error:
+            raise input_error(weights, f"checkpoint does not fit this model: {str(error).splitlines()[0]}") from error
         _load_optimizer_tensors(self.optimizer, {k[6:]: v for k, v in tensors.items() if k.startswith("optim.")})
         self.best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None
         self.history, self.stopped = info["history"], bool(info.get("stopped", False))
         return int(info["epoch"])
 
     def _save_checkpoint(self, epoch: int) -> None:
+        """One atomic file holds weights and record (checkpoint_io); checkpoint.json is its readable copy."""
         weights, meta = self.checkpoint_paths
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         tensors.update({f"optim.{k}": v for k, v in _optimizer_tensors(self.optimizer).items()})
         tensors.update({f"best.{k}": v for k, v in (self.best or {}).items()})
-        _atomic_safetensors(weights, tensors)
-        _atomic_json(meta, {"epoch": epoch, "config": asdict(self.config), "history": self.history,
-                            "stopped": self.stopped})
+        record = {"epoch": epoch, "config": asdict(self.config), "history": self.history, "stopped": self.stopped}
+        write_checkpoint(weights, tensors, record)
+        _atomic_json(meta, record)
 
     def _epoch(self, epoch: int) -> dict:
         cfg = self.config
@@ -357,39 +370,6 @@ class Trainer:
         """The epoch whose weights the model ends with (the lowest validation error), if any was measured."""
         scored = [h for h in self.history if "val_error" in h]
         return min(scored, key=lambda h: (h["val_error"], -h["epoch"]))["epoch"] if scored else None
-
-
-def save_weights(model: nn.Module, path: str | Path, extra: dict | None = None) -> Path:
-    """Save a float model's weights with safetensors; its build spec goes into the metadata."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    metadata = {"cnncompress.spec": json.dumps(getattr(model, "spec", {})), **(extra or {})}
-    _atomic_safetensors(path, model.state_dict(), metadata)
-    return path
-
-
-def load_weights(path: str | Path) -> nn.Module:
-    """Rebuild a float model saved by ``save_weights`` (safetensors only; nothing is unpickled)."""
-    from safetensors import safe_open
-
-    from .models import build_from_spec
-    path = Path(path)
-    if not path.is_file():
-        raise input_error(path, "no such model file")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            spec = json.loads((handle.metadata() or {}).get("cnncompress.spec", "{}"))
-            state = {key: handle.get_tensor(key) for key in handle.keys()}
-    except Exception as error:  # safetensors raises its own error types for corrupt headers
-        raise input_error(path, f"not a valid safetensors model ({type(error).__name__}: {error})") from error
-    if not spec:
-        raise input_error(path, "no cnncompress.spec in the metadata; not saved by cnncompress")
-    model = build_from_spec(spec)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
-        raise input_error(path, f"weights do not fit {spec.get('name')}: {str(error).splitlines()[0]}") from error
-    return model.eval()
 
 
 def plot_history(history: list[dict], path: str | Path, title: str = "") -> Path:

@@ -50,6 +50,46 @@ def test_fer2013_missing_column(tmp_path):
         build_dataset(f"fer2013:{path}", "train")
 
 
+def test_fer2013_with_a_byte_order_mark_reads(tmp_path):
+    csv = _fer_csv(tmp_path / "bom.csv", [(3, _pixels(10), "Training")])
+    csv.write_bytes(b"\xef\xbb\xbf" + csv.read_bytes())  # what Excel writes for "CSV UTF-8"
+    assert build_dataset(f"fer2013:{csv}", "train").labels.tolist() == [3]
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("emotion,pixels,Usage\n3,{p},Training\n4,{p}\n", "line 3: a short row"),
+    ("emotion,pixels,Usage\n3,{p},Training,extra\n", "line 2: expected 3 fields"),
+    ("emotion,pixels,Usage\n3,{p},Training\n99999999999999999999999,{p},Training\n", "line 3: emotion"),
+])
+def test_fer2013_short_long_and_huge_rows_name_the_line(tmp_path, text, problem):
+    path = tmp_path / "rows.csv"
+    path.write_text(text.format(p=_pixels(1)))
+    with pytest.raises(InputError, match=problem) as info:
+        build_dataset(f"fer2013:{path}", "train")
+    assert str(info.value).startswith(str(path))
+
+
+def test_fer2013_that_is_not_utf8_is_named(tmp_path):
+    path = tmp_path / "latin.csv"
+    path.write_bytes("emotion,pixels,Usage\n3,caf\xe9,Training\n".encode("latin-1"))
+    with pytest.raises(InputError, match="latin.csv: not UTF-8 text"):
+        build_dataset(f"fer2013:{path}", "train")
+
+
+def test_16_bit_and_float_images_keep_their_range(tmp_path):
+    ramp = np.linspace(0, 1, 64 * 64).reshape(64, 64)
+    Image.fromarray((ramp * 65535).astype(np.uint16)).save(tmp_path / "deep.png")
+    Image.fromarray(ramp.astype(np.float32)).save(tmp_path / "unit.tif")
+    Image.fromarray((ramp * 1000 - 500).astype(np.float32)).save(tmp_path / "wide.tif")
+    for name in ("deep.png", "unit.tif", "wide.tif"):
+        pixels = read_image(tmp_path / name)
+        assert pixels.dtype == np.uint8 and pixels.min() == 0 and pixels.max() == 255, name
+        assert abs(float(pixels.mean()) - 127.5) < 1.0, name  # the ramp stays a ramp, not all 255 or all 0
+    Image.fromarray(np.full((8, 8), np.nan, np.float32)).save(tmp_path / "nan.tif")
+    with pytest.raises(InputError, match="nan.tif: .*NaN"):
+        read_image(tmp_path / "nan.tif")
+
+
 def _save(path, value=128, size=(30, 30), mode="RGB"):
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new(mode, size, (value, value, value) if mode == "RGB" else value).save(path)

@@ -27,6 +27,32 @@ def test_bad_recipes_fail_before_training(raw, problem):
         parse_recipe(raw, "r.yaml")
 
 
+@pytest.mark.parametrize("config, problem", [
+    ({"method": "prune-magnitude", "config": {"sparsity": 1.5}}, r"sparsity must be in \[0, 1\), got 1.5"),
+    ({"method": "hashed", "config": {"compression": "an eighth"}}, "compression must be a number"),
+    ({"method": "kmeans", "config": {"fc_bits": 2.5}}, "fc_bits must be an integer"),
+    ({"method": "fixed-point", "config": {"rounding": "up"}}, "rounding must be one of nearest, stochastic"),
+    ({"method": "bwn", "config": {"keep_first": "yes"}}, "keep_first must be true or false"),
+    ({"method": "cp", "config": {"layers": ["features.conv_nope"], "rank": 8}}, "no layer matches"),
+    ({"method": "cp", "config": {"layers": ["features.conv2"], "rank": 0}}, "rank must be"),
+    ({"method": "early-exit", "config": {"threshold": float("nan")}}, "threshold must be in"),
+])
+def test_recipe_values_are_checked_before_any_row_trains(config, problem):
+    """Values (type, range, choice) and layer names, named with the recipe file and the row."""
+    raw = {"baselines": {"vgg_s": {"width": 0.25, "epochs": 1}},
+           "rows": [{"model": "vgg_s", "label": "the row", **config}]}
+    with pytest.raises(InputError, match=problem) as info:
+        parse_recipe(raw, "r.yaml")
+    assert str(info.value).startswith("r.yaml: row the row: ")
+
+
+def test_good_values_and_layer_names_pass():
+    raw = {"baselines": {"vgg_s": {"width": 0.25, "epochs": 1}},
+           "rows": [{"model": "vgg_s", "method": "cp", "config": {"layers": ["features.conv2"], "rank": 8}},
+                    {"model": "vgg_s", "method": "hashed", "config": {"compression": 1, "layers": "fc"}}]}
+    assert [row.method for row in parse_recipe(raw).rows] == ["cp", "hashed"]
+
+
 def test_bad_yaml_file(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("baselines: [unclosed\n")

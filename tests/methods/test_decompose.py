@@ -147,7 +147,7 @@ def test_tt_layer_exports_to_onnx(tmp_path):
     ("tt", {"layers": ["features.conv1"]}, "not a Linear"),
     ("tucker", {"layers": []}, "non-empty"),
     ("tucker", {"layers": ["features.conv3"], "rank": 0}, "rank"),
-    ("tucker", {"layers": ["features.conv3"], "rank": 1.5}, "fractional rank"),
+    ("tucker", {"layers": ["features.conv3"], "rank": 1.5}, "fraction"),
     ("cp", {"layers": ["features.conv3"], "rank": "big"}, "rank"),
     ("cp", {"layers": ["features.conv3"], "rank": [2, 3]}, "single rank"),
     ("tt", {"layers": ["classifier.fc7"], "rank": [2, 3, 4]}, "inner ranks"),

@@ -113,6 +113,20 @@ def test_wrong_weight_file_is_a_clean_error(hdf5_bytes):
         models.load_teacher("no-such-teacher")
 
 
+def test_keras_weight_of_a_claimed_huge_shape_is_refused_before_it_is_read(hdf5_bytes, tmp_path):
+    """A 2e9-element gzip dataset (a few KB on disk) in place of conv2d_1's kernel: refused by its shape alone."""
+    import h5py
+    path = tmp_path / "bomb.hdf5"
+    path.write_bytes(hdf5_bytes)
+    with h5py.File(path, "r+") as handle:
+        del handle["model_weights/conv2d_1/conv2d_1_1/kernel:0"]
+        handle["model_weights/conv2d_1/conv2d_1_1"].create_dataset(
+            "kernel:0", shape=(3, 3, 1, 2 ** 31), dtype="float32", chunks=(3, 3, 1, 2 ** 16), compression="gzip")
+    assert path.stat().st_size < 2 * len(hdf5_bytes)
+    with pytest.raises(InputError, match=r"conv2d_1 has shape \(3, 3, 1, 2147483648\)"):
+        load_keras_weights(models.build("mini_xception", 7, 1, 64), path.read_bytes(), str(path))
+
+
 def test_builds_at_other_sizes_and_trains():
     net = models.build("mini_xception", num_classes=3, in_channels=3, input_size=48, width=0.5)
     out = net(torch.randn(4, 3, 48, 48))

@@ -39,10 +39,30 @@ def read_image(path: Path | str, data: bytes | None = None) -> np.ndarray:
             if width * height > MAX_IMAGE_PIXELS:
                 raise input_error(path, f"image too large ({width}x{height} pixels, limit {MAX_IMAGE_PIXELS})")
             image.load()
-            mode = "L" if image.mode in ("1", "L", "I", "I;16", "F") else "RGB"
-            return np.asarray(image.convert(mode))
+            if image.mode.startswith("I") or image.mode == "F":
+                return _wide_to_uint8(path, np.asarray(image), image.mode)
+            return np.asarray(image.convert("L" if image.mode in ("1", "L") else "RGB"))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise input_error(path, f"not a readable image ({type(error).__name__}: {error})") from error
+
+
+def _wide_to_uint8(path: Path, pixels: np.ndarray, mode: str) -> np.ndarray:
+    """A 16/32-bit integer or float grey image to uint8, keeping its range: integers that fit 8 bits as they are,
+    16-bit values by the format's range (x / 257), wider integers and floats outside [0, 1] by the image's own
+    min..max; floats in [0, 1] as x * 255. NaN or infinite pixels are refused."""
+    values = pixels.astype(np.float64)
+    if not np.isfinite(values).all():
+        raise input_error(path, f"image ({mode}) has NaN or infinite pixels")
+    low, high = float(values.min()), float(values.max())
+    if mode == "F" and low >= 0.0 and high <= 1.0:
+        scaled = values * 255.0
+    elif mode != "F" and low >= 0 and high <= 255:
+        scaled = values
+    elif mode != "F" and low >= 0 and high <= 65535:
+        scaled = values / 257.0
+    else:
+        scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
 def read_mnist5k_csv(data: bytes, source: str) -> tuple[np.ndarray, np.ndarray]:
@@ -95,35 +115,49 @@ def read_mnist_dir(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 def read_fer2013(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     """FER2013 CSV: columns emotion (0-6), pixels (2304 space-separated values), Usage
-    (Training / PublicTest / PrivateTest). ``train`` = Training, ``test`` = PublicTest + PrivateTest."""
+    (Training / PublicTest / PrivateTest). ``train`` = Training, ``test`` = PublicTest + PrivateTest.
+    A UTF-8 byte-order mark is accepted; a row with missing or extra fields is an error naming its line."""
     wanted = {"train": {"Training"}, "test": {"PublicTest", "PrivateTest"}}[split]
     try:
-        handle = open(path, newline="", encoding="utf-8")
+        handle = open(path, newline="", encoding="utf-8-sig")
     except OSError as error:
         raise input_error(path, f"cannot open: {error.strerror}") from error
     images, labels = [], []
     with handle:
-        reader = csv.DictReader(handle)
-        missing = {"emotion", "pixels", "Usage"} - set(reader.fieldnames or [])
-        if missing:
-            raise input_error(path, f"missing column(s) {', '.join(sorted(missing))}")
-        for line, row in enumerate(reader, start=2):
-            if row["Usage"] not in wanted:
-                continue
-            try:
-                label = int(row["emotion"])
-                pixels = np.array(row["pixels"].split(), dtype=np.int64)
-            except (ValueError, AttributeError) as error:
-                raise input_error(path, f"line {line}: bad value ({error})") from error
-            if not 0 <= label < len(FER2013_CLASSES):
-                raise input_error(path, f"line {line}: emotion {label} not in 0..6")
-            if pixels.size != 48 * 48 or pixels.min() < 0 or pixels.max() > 255:
-                raise input_error(path, f"line {line}: expected 2304 pixel values in 0..255, got {pixels.size}")
-            images.append(pixels.reshape(48, 48).astype(np.uint8))
-            labels.append(label)
+        try:
+            _read_fer_rows(path, csv.DictReader(handle), wanted, images, labels)
+        except UnicodeDecodeError as error:
+            raise input_error(path, f"not UTF-8 text (byte {error.start} of a chunk: {error.reason})") from error
+        except csv.Error as error:
+            raise input_error(path, f"not a readable CSV ({error})") from error
     if not images:
         raise input_error(path, f"no rows with Usage in {sorted(wanted)}")
     return np.stack(images), np.array(labels, dtype=np.int64)
+
+
+def _read_fer_rows(path: Path, reader: csv.DictReader, wanted: set, images: list, labels: list) -> None:
+    missing = {"emotion", "pixels", "Usage"} - set(reader.fieldnames or [])
+    if missing:
+        raise input_error(path, f"missing column(s) {', '.join(sorted(missing))}")
+    for row in reader:
+        line = reader.line_num
+        if None in row or None in row.values():
+            raise input_error(path, f"line {line}: expected {len(reader.fieldnames)} fields "
+                                    f"({', '.join(reader.fieldnames)}), got {len(row) - 1 + len(row.get(None) or [])}"
+                                    if None in row else f"line {line}: a short row (missing fields)")
+        if row["Usage"] not in wanted:
+            continue
+        try:
+            label = int(row["emotion"])
+            pixels = np.array(row["pixels"].split(), dtype=np.int64)
+        except (ValueError, AttributeError, OverflowError) as error:
+            raise input_error(path, f"line {line}: bad value ({error})") from error
+        if not 0 <= label < len(FER2013_CLASSES):
+            raise input_error(path, f"line {line}: emotion {label} not in 0..6")
+        if pixels.size != 48 * 48 or pixels.min() < 0 or pixels.max() > 255:
+            raise input_error(path, f"line {line}: expected 2304 pixel values in 0..255, got {pixels.size}")
+        images.append(pixels.reshape(48, 48).astype(np.uint8))
+        labels.append(label)
 
 
 def list_images(root: Path) -> list[Path]:

