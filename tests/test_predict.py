@@ -69,3 +69,27 @@ def test_detector_scales_to_the_image(run_cli, tmp_path):
     Image.fromarray(data.astronaut()[30:230, 120:300]).resize((90, 100)).save(small)
     code, out, err = run_cli("predict", "fer-minixception", small, "--json")
     assert code == 0 and len(json.loads(out.strip().splitlines()[-1])["faces"]) == 1, (out, err)
+
+
+def test_classifier_races_the_engines_of_the_models_precision():
+    """auto: a float model runs on an fp32 engine, its int8 copy on an int8 engine; both give probabilities."""
+    import torch
+
+    from cnncompress import engines, methods, models
+    from cnncompress.errors import InputError
+    from cnncompress.predict import Classifier, model_precision
+    torch.manual_seed(0)
+    net = models.build("squeezenet1_1", 7, 1, 48, width=0.25).eval()
+    net.metadata = {"classes": [str(i) for i in range(7)], "mean": 0.5, "std": 0.5}
+    crops = [np.full((60, 60), 90, np.uint8), np.full((50, 50), 200, np.uint8)]
+    int8 = methods.to_inference(methods.apply(net, "int8", calibration=torch.randn(16, 1, 48, 48)))
+    int8.metadata = net.metadata
+    for model, precision in ((net, "fp32"), (int8, "int8")):
+        classifier = Classifier(model)
+        assert model_precision(model) == precision and classifier.engine in engines.names(precision)
+        probabilities = classifier(crops)
+        assert probabilities.shape == (2, 7) and np.allclose(probabilities.sum(1), 1, atol=1e-5)
+    torch_probabilities = Classifier(net, "torch")(crops)
+    assert np.allclose(Classifier(net, "onnxruntime")(crops), torch_probabilities, atol=1e-4)
+    with pytest.raises(InputError, match="unknown engine 'tpu'"):
+        Classifier(net, "tpu")

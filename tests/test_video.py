@@ -116,7 +116,7 @@ def test_summary_json_and_every_frame_scan(run_cli, clip):
     assert summary["frames"] == 12 and summary["faces"] == 12 and summary["fps"] > 0
     assert summary["detector"]["full_scans"] == 12 and summary["detector"]["window_searches"] == 0
     assert set(summary["stages_s"]) == {"decode", "detect", "classify", "other"}
-    assert abs(sum(summary["shares"].values()) - 1) < 0.05 and summary["models"][0]["engine"] == "pytorch"
+    assert abs(sum(summary["shares"].values()) - 1) < 0.05 and summary["models"][0]["engine"] == "torch"
 
 
 def test_compare_prints_agreement_and_both_fps(run_cli, clip, fp16_model):

@@ -8,7 +8,7 @@ Works with the pretrained ``fer-minixception`` teacher and any ``.ccz`` / ``.saf
 Video (``predict_video``): a full-frame scan every ``detect_every`` frames; on the frames between, each tracked
 face is searched for again only in a window around its last box (``FaceFinder``; the full scan is ~100x the cost
 of a window search); boxes keep their identity through ``tracking.Tracker``; the faces of a frame are classified
-in one batch on the engine ``classifier(model, engine)`` picks; ``--smooth`` averages each track's probabilities
+on the engine ``Classifier`` picks (the fastest of the model's precision, raced at start-up); ``--smooth`` averages each track's probabilities
 over time. ``stream.run`` drives it over a source and keeps the per-stage times.
 """
 from __future__ import annotations
@@ -20,11 +20,11 @@ import torch
 from torch import nn
 
 from .data.formats import read_image
+from .errors import InputError
 from .data.transforms import prepare
 from .measure import threads as measure_threads
 from .tracking import Box, Tracker
 
-ENGINES = ("auto", "onnxruntime", "torch")
 DETECT_EVERY = 10
 VIDEO_SCALE_FACTOR = 1.25  # full scans of video frames: 1.27x faster than photos' 1.2 (223 vs 284 ms at 640x480 on
 # 2 loaded cores), the same faces found in every 3rd frame of the test clip (16/16 frames exact)
@@ -110,18 +110,18 @@ def _duplicate(box: Box, boxes: list[Box]) -> bool:
 class Classifier:
     """Face crops -> class probabilities ``(N, classes)`` for one model on one engine (``engine`` says which).
 
-    ``threads``: intra-op threads of the engine (default 1). The faces of one frame are a batch too small to share
-    out, and a second onnxruntime thread spins between calls, taking a core from decoding and detection: measured
-    in the pipeline on 2 cores, 1 thread gave 44-52 FPS where 2 gave 26-30 (classify 1.6-2.7 vs 3.3-4.7 ms/frame)."""
+    ``engine="auto"``: the engines of the model's precision (fp32 for a float model, int8 for an int8 one, bf16
+    for a bf16 one; ``engines``) race on one face at start-up and the fastest runs every face; or name one engine
+    (``engines.names()``). ``threads``: intra-op threads of the engine (default 1). The faces of one frame are a
+    batch too small to share out, and a second onnxruntime thread spins between calls, taking a core from
+    decoding and detection: measured in the pipeline on 2 cores, 1 thread gave 44-52 FPS where 2 gave 26-30."""
 
     def __init__(self, model: nn.Module, engine: str = "auto", threads: int = 1):
         from .loading import input_format
-        if engine not in ENGINES:
-            raise ValueError(f"unknown engine {engine!r} (choose from {', '.join(ENGINES)})")
         self.model, self.threads = model.eval(), threads
         self.format = input_format(model)
         self.classes = self.format["classes"]
-        self.engine, self._session = _engine(self.model, self.format, engine, threads)
+        self.engine, self.engine_ms, self._run = _engine(self.model, self.format, engine, threads)
 
     def prepare(self, crops: list[np.ndarray]) -> torch.Tensor:
         fmt = self.format
@@ -132,36 +132,34 @@ class Classifier:
         if not crops:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
         batch = self.prepare(crops)
-        if self._session is None:
-            with measure_threads(self.threads):
-                return torch.softmax(self.model(batch).float(), dim=1).numpy()
-        logits = self._session.run(None, {"input": batch.numpy()})[0].astype(np.float64)
-        logits -= logits.max(axis=1, keepdims=True)
-        exp = np.exp(logits)
-        return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
+        with measure_threads(self.threads):  # engines prepared for batch 1: one call per face
+            logits = torch.cat([self._run(batch[i:i + 1]).float() for i in range(len(batch))])
+        return torch.softmax(logits.double(), dim=1).float().numpy()
+
+
+def model_precision(model: nn.Module) -> str:
+    """The precision the model is meant to run at: int8 (an int8 QDQ graph), bf16 (the bf16 method) or fp32."""
+    history = [step.get("method") for step in getattr(model, "compression_history", []) or []]
+    if getattr(model, "int8_calibration", None) is not None or isinstance(getattr(model, "onnx_model", None), bytes) \
+            or "int8" in history:
+        return "int8"
+    return "bf16" if "bf16" in history else "fp32"
 
 
 def _engine(model: nn.Module, fmt: dict, engine: str, threads: int):
-    """``(engine name, onnxruntime session or None)``. This is the seam for the engines module: "auto" runs the
-    model's own runtime when it has one (an int8 model's QDQ graph in onnxruntime), else onnxruntime, which
-    measured 6x faster than PyTorch for mini-Xception at batch 1 on 2 loaded cores (0.5 vs 3 ms per face),
-    falling back to PyTorch for a model that does not export."""
-    from . import onnx_export
-    runtime = getattr(model, "runtime", None)
-    if engine == "torch" or (engine == "auto" and runtime):
-        graph = getattr(model, "onnx_model", None)  # OrtInt8Model: its graph in a session of our thread count
-        if isinstance(graph, bytes):
-            return runtime, onnx_export.session(graph, threads)
-        return (runtime or "pytorch"), None
-    example = torch.zeros(1, fmt["channels"], fmt["input_size"], fmt["input_size"])
+    """``(engine name, its ms per face or None, run)``: ``auto`` races the engines of the model's precision on
+    one face (``engines.fastest``) and keeps the fastest; a named engine is prepared as it is."""
+    from . import engines
+    shape = (1, fmt["channels"], fmt["input_size"], fmt["input_size"])
+    if engine == "auto":
+        times = engines.fastest(model, shape, engines.names(model_precision(model)), threads=threads, runs=10)
+        engine, engine_ms = times["fastest"], times[times["fastest"]]
+    else:
+        engine_ms = None
     try:
-        proto = onnx_export.export_proto(model, example)
-        session = onnx_export.session(proto.SerializeToString(), threads)
-    except Exception as error:  # noqa: BLE001 - any exporter failure means "not exportable"
-        if engine == "onnxruntime":
-            raise ValueError(f"the model does not run in onnxruntime ({type(error).__name__}: {error})") from error
-        return "pytorch", None
-    return "onnxruntime", session
+        return engine, engine_ms, engines.prepare(engine, model, shape, threads)
+    except engines.EngineUnavailable as error:
+        raise InputError(f"--engine {engine}: {error}") from error
 
 
 def face_record(box: Box, probabilities: np.ndarray, classes: list[str], top: int = 1) -> dict:

@@ -163,3 +163,18 @@ def test_only_with_an_unknown_name_fails_before_anything_is_written(tmp_path, te
         run_bench(recipe, tmp_path / "out", only=["bwn", "scaled", "nope"], progress=False)
     assert (tmp_path / "out" / "table.md").read_text() == "published"
     assert not (tmp_path / "out" / "baselines").exists()
+
+
+def test_speed_up_is_against_the_baseline_on_its_fastest_fp32_engine_and_the_label_follows_it():
+    """The race's figures decide the speed-up; a method claiming real speed that measured slower says so."""
+    from cnncompress.experiments.report import add_ratios
+    base = {"model": "m", "method": "baseline", "seed": 0, "file_bytes": 100, "torch_ms": 2.0, "ort_ms": 1.0,
+            "engine": "onnxruntime", "engine_ms": 1.0, "baseline_engine": "onnxruntime", "baseline_engine_ms": 1.0,
+            "speed_real": "none"}
+    fast = {**base, "method": "xnor", "file_bytes": 10, "torch_ms": 0.5, "engine": "torch", "engine_ms": 0.5,
+            "baseline_engine": "openvino-fp32", "baseline_engine_ms": 0.8, "speed_real": "real"}
+    slow = {**fast, "method": "cp", "engine": "onnxruntime", "engine_ms": 1.6}
+    _, fast_row, slow_row = add_ratios([base, fast, slow])
+    assert fast_row["speedup"] == pytest.approx(0.8 / 0.5) and fast_row["baseline_runtime"] == "openvino-fp32"
+    assert fast_row["speed_here"] == "real"
+    assert slow_row["speedup"] == pytest.approx(0.8 / 1.6) and slow_row["speed_here"] == "none here (slower)"

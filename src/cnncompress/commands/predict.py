@@ -34,8 +34,10 @@ def add_parser(subparsers) -> None:
     video.add_argument("--smooth", type=float, metavar="ALPHA",
                        help="exponential moving average of each tracked face's probabilities, weight ALPHA on "
                             "the current frame (off by default)")
-    video.add_argument("--engine", default="auto", choices=["auto", "onnxruntime", "torch"],
-                       help="classifier engine for video (auto: the model's own runtime, else onnxruntime)")
+    video.add_argument("--engine", default="auto",
+                       help="classifier engine for video: auto (the fastest engine of the model's precision, raced "
+                            "at start-up) or one of cnncompress.engines (torch, onnxruntime, openvino-fp32, "
+                            "onnxruntime-int8, openvino-int8, ...)")
     video.add_argument("--fps", type=float, default=30.0, help="frame rate of a folder of frames (default 30)")
     video.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
     parser.set_defaults(func=run)

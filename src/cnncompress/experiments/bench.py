@@ -49,7 +49,7 @@ from ..early_exit import EarlyExitNet
 from ..errors import InputError
 from ..train import (Trainer, TrainConfig, atomic_write, checkpoint_info, error_rate, load_weights,
                      save_weights)
-from . import stats
+from . import engine_race, stats
 from .environment import environment
 from .compress_one import apply_pipeline, load_for_inference
 from .recipe import BASELINE, Recipe, Row, baseline_settings, finetune_settings, load_recipe, select_rows
@@ -330,6 +330,9 @@ class Bench:
         example = self.test_set.images[:1]  # a real test image
         ort, ort_error = self._ort_latency(model, fast, shape, example)
         torch_stats, exit_rate = self._torch_latency(fast, shape, example)
+        race = {} if exit_rate is not None else engine_race.race(  # early exits: timed per image, in PyTorch
+            fast, self.baseline(row.model, row.seed), shape, example, engine_race.precision([i.name for i in infos]),
+            recipe.threads)
         throughput = measure.throughput(fast, shape, num_threads=recipe.threads, example=self.test_set.images[:32])
         base_torch, base_ort = self.baseline_latency(row, shape, example, per_sample=exit_rate is not None)
         memory = measure.peak_memories(ccz, [("train", models.DEFAULT_BATCH_SIZE.get(row.model, 32)), ("infer", 1)],
@@ -353,7 +356,7 @@ class Bench:
             "size_real": _realness([i.size for i in infos], "real"),
             "speed_real": _realness([i.speed for i in infos], "none"),
             "ccz": str(ccz), "history": history, "threads": recipe.threads,
-            "node": platform.node(), "row_seconds": time.perf_counter() - started,
+            "node": platform.node(), "row_seconds": time.perf_counter() - started, **race,
         }
         if row.method == BASELINE:
             result.update(best_epoch=best_epoch(history), epochs_run=len(history),

@@ -4,8 +4,8 @@ latency).
 Accuracy is the deployed model's (the ``.ccz`` loaded back and ``to_inference``d) on the test split; ``Δ acc``
 is against the row's matched control (the baseline trained as many epochs in all), with a 95 % paired bootstrap
 interval over test images and seeds (``stats.delta_interval``); "within noise" when the interval covers 0.
-Speed-ups are quoted against the *faster* fp32 baseline runtime of the same model (PyTorch or onnxruntime), and
-each row's own best runtime; ``x smaller`` is baseline ``.ccz`` bytes / row ``.ccz`` bytes (the baseline of the same
+Speed-ups are quoted against the baseline on its fastest fp32 engine (``engine_race``: PyTorch, onnxruntime,
+OpenVINO f32), and each row on its fastest engine at its own precision; ``x smaller`` is baseline ``.ccz`` bytes / row ``.ccz`` bytes (the baseline of the same
 seed when the sweep has several). Rows that differ only in their seed are shown as one line, ``mean ± std``
 (sample std over the seeds, column ``seeds``); ``results.csv``/``results.json`` keep every seed's row, and
 ``results.json`` also the grouped lines (``summary``). When rows ran on more than one machine (or through Ray)
@@ -23,10 +23,11 @@ from . import stats
 
 COLUMNS = [
     ("model", "model"), ("label", "method"), ("total_finetune", "ft ep"), ("train_ms_step", "train ms/step"),
-    ("epoch_s", "s/epoch"), ("torch_ms", "torch ms"), ("ort_ms", "ort ms"), ("speedup", "speed-up"),
+    ("epoch_s", "s/epoch"), ("torch_ms", "torch ms"), ("ort_ms", "ort ms"), ("engine", "fastest engine"),
+    ("speedup", "speed-up"),
     ("size_mb", "size MB"), ("x_smaller", "x smaller"), ("mem_train_mb", "mem train MB"),
     ("mem_infer_mb", "mem infer MB"), ("accuracy", "acc % (test)"), ("control_accuracy", "control %"),
-    ("delta_ci", "Δ acc [95% CI]"), ("noise", "noise"), ("size_real", "size"), ("speed_real", "speed"),
+    ("delta_ci", "Δ acc [95% CI]"), ("noise", "noise"), ("size_real", "size"), ("speed_here", "speed"),
 ]
 BULKY = ("correct", "history", "control")  # per-image bits and curves: in rows, not in the summary
 
@@ -35,6 +36,14 @@ def best_ms(row: dict) -> float | None:
     """A row's faster batch-1 latency (PyTorch or onnxruntime), ms; None when neither was measured."""
     values = [v for v in (row.get("torch_ms"), row.get("ort_ms")) if v]
     return min(values) if values else None
+
+
+def speed_here(claimed: str | None, speedup: float | None) -> str | None:
+    """The speed label a row earns at the size it ran: a method that claims a real speed-up (a faster kernel,
+    less arithmetic) but measured slower than the fastest fp32 engine here says so."""
+    if claimed == "real" and speedup is not None and speedup < 1.0:
+        return "none here (slower)"
+    return claimed
 
 
 def add_ratios(rows: list[dict]) -> list[dict]:
@@ -51,12 +60,21 @@ def add_ratios(rows: list[dict]) -> list[dict]:
         if "control" in row:
             row["control_accuracy"] = row["control"]["accuracy"]
         if base:
-            # the baseline timed right after this row (same minute) where available, else the baseline row
+            # the engine race (row on every engine of its precision, baseline on every fp32 engine, interleaved
+            # right after the row); rows without one (early exits, timed per image): PyTorch / onnxruntime
             paired = {"torch_ms": row.get("baseline_torch_ms"), "ort_ms": row.get("baseline_ort_ms")}
-            best, base_best = best_ms(row), best_ms(paired) or best_ms(base)
+            if row.get("engine_ms") and row.get("baseline_engine_ms"):
+                best, base_best = row["engine_ms"], row["baseline_engine_ms"]
+                row["baseline_runtime"] = row["baseline_engine"]
+            else:
+                best, base_best = best_ms(row), best_ms(paired) or best_ms(base)
+                row["engine"] = row.get("engine") or ("onnxruntime" if row.get("ort_ms") and row.get("torch_ms")
+                                                      and row["ort_ms"] < row["torch_ms"] else "torch")
+                row["baseline_runtime"] = ("onnxruntime" if base.get("ort_ms") and base["ort_ms"] < base["torch_ms"]
+                                           else "torch")
             row["speedup"] = base_best / best if best and base_best and row is not base else None
             row["x_smaller"] = base["file_bytes"] / row["file_bytes"]
-            row["baseline_runtime"] = "onnxruntime" if base.get("ort_ms") and base["ort_ms"] < base["torch_ms"] else "torch"
+            row["speed_here"] = speed_here(row.get("speed_real"), row["speedup"])
     return rows
 
 
@@ -172,11 +190,14 @@ NOTES = ("acc %: the deployed model (.ccz loaded back, methods.to_inference: int
          "of the val split (carved from train). control %: the baseline trained as many epochs in all as the row "
          "(baseline + `ft ep` fine-tuning epochs, same fine-tuning config and seed), uncompressed. Δ acc: row - "
          "control, 95% paired bootstrap interval over test images and seeds; \"within noise\" when it covers 0. "
-         "Speed-up: the faster fp32 baseline runtime (PyTorch or onnxruntime), re-timed right after the row, / "
-         "this row's faster runtime, batch 1, median (early exits: mean over every test image at batch 1, baseline "
-         "timed the same way; exit %: samples that stopped at the early exit). Size: bytes of the real .ccz file "
-         "on disk. `size`/`speed` = real: the .ccz is smaller / the deployed model does less dense arithmetic "
-         "(a faster kernel, smaller layers, early exits); simulated: only counted; none: no saving claimed.")
+         "Speed-up: the baseline on the fastest fp32 engine (PyTorch NCHW/channels_last, onnxruntime, OpenVINO "
+         "f32) / the row on its fastest engine at its own precision (`fastest engine`; int8 rows on the int8 "
+         "engines), batch 1, medians of one interleaved race right after the row (early exits: PyTorch, mean over "
+         "every test image at batch 1, baseline timed the same way; exit %: samples that stopped at the early "
+         "exit). Size: bytes of the real .ccz file on disk. `size`/`speed` = real: the .ccz is smaller / the "
+         "deployed model does less dense arithmetic (a faster kernel, smaller layers, early exits); simulated: "
+         "only counted; none: no saving claimed; \"none here (slower)\": the method's kernel is real but measured "
+         "slower than the fastest fp32 engine at this input size.")
 
 
 def summary(rows: list[dict]) -> list[dict]:

@@ -1,0 +1,48 @@
+"""The bench's speed figure: a row's deployed model on every engine of its precision, raced against the fp32
+baseline on every fp32 engine (PyTorch NCHW and channels_last, onnxruntime, OpenVINO f32), all in one
+interleaved timing right after the row (``measure.alternating``: turns of ``block`` calls, order rotating), so
+load drift on a shared CPU hits both sides alike.
+
+``speed-up = baseline on its fastest fp32 engine / row on its fastest engine`` (DESIGN: speed claims are made
+against the fastest fp32 engine a user could pick; the baseline never changes precision silently). A row runs at
+its method's precision: int8 rows on the int8 engines (onnxruntime, OpenVINO), bf16 rows on the bf16 engines,
+every other row on the fp32 engines (the XNOR kernel runs inside the PyTorch engines). Engines that cannot run a
+model (OpenVINO missing, no bf16 on this CPU, a graph that does not export) are skipped and the reason kept.
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import engines
+from ..measure import alternating
+from ..measure import threads as measure_threads
+
+PRECISION_OF_METHOD = {"int8": "int8", "bf16": "bf16"}  # every other method runs at fp32
+
+
+def precision(method_names: list[str]) -> str:
+    """The precision a row's deployed model runs at: the lowest its pipeline asks for."""
+    found = {PRECISION_OF_METHOD.get(name, "fp32") for name in method_names}
+    return "int8" if "int8" in found else "bf16" if "bf16" in found else "fp32"
+
+
+def race(row_model, baseline, shape: tuple[int, ...], example: torch.Tensor, row_precision: str = "fp32",
+         threads: int | None = 1, runs: int = 20, block: int = 3) -> dict:
+    """``{"engine", "engine_ms", "engines_ms", "baseline_engine", "baseline_engine_ms", "baseline_engines_ms",
+    "engines_skipped"}``; the ``engine`` keys are None when no engine of the row's precision can run it."""
+    row_runs, row_skipped = engines.prepared(row_model, shape, engines.names(row_precision), threads)
+    base_runs, base_skipped = engines.prepared(baseline, shape, engines.names("fp32"), threads)
+    calls = {**{("row", name): run for name, run in row_runs.items()},
+             **{("base", name): run for name, run in base_runs.items()}}
+    x = example[:1].to(torch.float32)
+    with torch.inference_mode(), measure_threads(threads):
+        times = alternating({key: (lambda run=run: run(x)) for key, run in calls.items()}, runs, block=block)
+    row_ms = {name: ms for (side, name), ms in times.items() if side == "row"}
+    base_ms = {name: ms for (side, name), ms in times.items() if side == "base"}
+    row_best = min(row_ms, key=row_ms.get) if row_ms else None
+    base_best = min(base_ms, key=base_ms.get) if base_ms else None
+    return {"engine": row_best, "engine_ms": row_ms.get(row_best), "engines_ms": row_ms,
+            "baseline_engine": base_best, "baseline_engine_ms": base_ms.get(base_best),
+            "baseline_engines_ms": base_ms, "engine_precision": row_precision,
+            "engines_skipped": {**{f"row {k}": v for k, v in row_skipped.items()},
+                                **{f"baseline {k}": v for k, v in base_skipped.items()}}}
