@@ -6,7 +6,8 @@ leave no new file behind and overwrite nothing.
 A case is *clean* when it exits 2, stderr's last line starts with ``cnncompress: error:`` (or is argparse's usage
 error) and names what it should, and the working folder holds the same files with the same bytes afterwards. *Wrong
 exit*: any other exit code or message. *Lost*: a file that existed before was changed or removed, or a new file
-appeared (a half-written output).
+appeared (a half-written output). *Memory*: the call's peak RSS grew more than 64x its largest input file +
+200 MiB over an idle call (``IDLE``: Python with torch, onnxruntime and the CLI imported).
 """
 from __future__ import annotations
 
@@ -101,31 +102,56 @@ def _snapshot(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if not p.is_fifo()}
 
 
-def run_case(root: Path, argv: list[str], expect: str) -> tuple[str, str]:
+IDLE = [sys.executable, "-c", "import torch, onnx, onnxruntime, cnncompress.cli, cnncompress.loading, "
+                              "cnncompress.train, cnncompress.data"]  # what a CLI call imports, doing nothing
+
+
+def _run(root: Path, argv: list[str], command: list[str] | None = None) -> tuple[int, str, int]:
+    """(exit status, stderr, the child's peak RSS in bytes) of one CLI call (or ``command``)."""
+    with tempfile.TemporaryFile("w+") as err:
+        child = subprocess.Popen(command or CLI + argv, cwd=root, stdout=subprocess.DEVNULL, stderr=err,
+                                 env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        return child.returncode, err.read(), usage.ru_maxrss * 1024
+
+
+def _file_size(root: Path, argv: list[str]) -> int:
+    """The largest regular input file named on the command line (the memory bound is stated against it)."""
+    sizes = [(root / a).stat().st_size for a in argv if (root / a).is_file()]
+    return max(sizes, default=0)
+
+
+def run_case(root: Path, argv: list[str], expect: str, idle_rss: int = 0) -> tuple[str, str]:
     before = _snapshot(root)
-    done = subprocess.run(CLI + argv, cwd=root, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    returncode, stderr, peak = _run(root, argv)
     after = _snapshot(root)
-    last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ""
+    last = stderr.strip().splitlines()[-1] if stderr.strip() else ""
+    grown, bound = peak - idle_rss, 64 * _file_size(root, argv) + 200 * 2**20
+    if grown > bound:
+        return "memory", f"peak RSS {peak / 2**20:.0f} MiB ({grown / 2**20:.0f} MiB over an idle CLI call), over " \
+                         f"64x the file + 200 MiB ({bound / 2**20:.0f} MiB)"
     if before != after:
         changed = sorted(set(before.items()) ^ set(after.items()))[:3]
         return "lost", f"files changed: {changed}"
-    if done.returncode != 2 or expect not in last or not (last.startswith("cnncompress: error:")
-                                                         or "usage:" in done.stderr):
-        return "wrong exit", f"rc={done.returncode} last line: {last[:200]}"
-    return "clean", last[:200]
+    if returncode != 2 or expect not in last or not (last.startswith("cnncompress: error:") or "usage:" in stderr):
+        return "wrong exit", f"rc={returncode} last line: {last[:200]}"
+    return "clean", f"{last[:160]} [peak RSS {peak / 2**20:.0f} MiB, idle {idle_rss / 2**20:.0f}]"
 
 
 def main() -> int:
-    counts = {"clean": 0, "wrong exit": 0, "lost": 0}
+    counts = {"clean": 0, "wrong exit": 0, "lost": 0, "memory": 0}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         _fixtures(root)
+        idle_rss = _run(root, [], IDLE)[2]
         for name, argv, expect in CASES:
-            outcome, detail = run_case(root, argv, expect)
+            outcome, detail = run_case(root, argv, expect, idle_rss)
             counts[outcome] += 1
             print(f"{outcome:10s} {name}: {detail}", flush=True)
-    print(f"{len(CASES)} cases: {counts['clean']} clean, {counts['wrong exit']} wrong exit, {counts['lost']} lost")
+    print(f"{len(CASES)} cases: {counts['clean']} clean, {counts['wrong exit']} wrong exit, {counts['lost']} lost, "
+          f"{counts['memory']} over the memory bound (peak RSS > idle CLI + 64x the file + 200 MiB)")
     return 0 if counts["clean"] == len(CASES) else 1
 
 

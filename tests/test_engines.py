@@ -181,3 +181,14 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path, monkeypatch):
         assert "AMX" in cpu.bf16_note()
     finally:
         cpu._cpuinfo.cache_clear()
+
+
+def test_an_engine_that_computes_something_else_is_skipped_not_timed(vgg, monkeypatch):
+    """An ONNX export that froze a native kernel's output into a constant runs fast and wrong: the output check
+    against the model's own forward skips it, with the error in the note."""
+    import dataclasses
+    registry = sys.modules["cnncompress.engines.registry"]
+    wrong = dataclasses.replace(engines.get("onnxruntime"), _prepare=lambda s, shape, t: (lambda x: torch.zeros(1, 10)))
+    monkeypatch.setitem(registry.ENGINES, "onnxruntime", wrong)
+    runs, skipped = engines.prepared(vgg, (1, 1, 48, 48), ["torch", "onnxruntime"], threads=1)
+    assert list(runs) == ["torch"] and skipped["onnxruntime"].startswith("output differs from the model")

@@ -16,3 +16,11 @@ def _wire_storage() -> None:
 
 
 _wire_storage()
+
+
+def optimize(model, train_set, val_set, max_bytes, max_ms=None, engine=None, finetune: int = 2, seed: int = 0,
+             work=None, progress=None):
+    """``cnncompress.optimizer.optimize``: the most accurate copy of ``model`` within ``max_bytes`` (bytes,
+    "400KB", or "1/16" of the original), chosen by measured per-layer sensitivity; returns (model, report)."""
+    from .optimizer import optimize as run
+    return run(model, train_set, val_set, max_bytes, max_ms, engine, finetune, seed, work, progress)

@@ -29,13 +29,33 @@ def _engine_list(engines) -> list[str]:
     return list(dict.fromkeys(chosen))
 
 
+TOLERANCE = {"fp32": 1e-3, "bf16": 5e-2, "int8": 1e-1}  # max |engine - model| / (1 + max |model|)
+
+
 def prepared(model, input_shape: tuple[int, ...], engines=None,
-             threads: int | None = DEFAULT_THREADS) -> tuple[dict, dict]:
-    """``({engine: run}, {engine: why skipped})`` for the engines asked for (default: all)."""
+             threads: int | None = DEFAULT_THREADS, check: bool = True) -> tuple[dict, dict]:
+    """``({engine: run}, {engine: why skipped})`` for the engines asked for (default: all).
+
+    ``check`` (a module ``model``): each engine's output on a seeded probe input is compared with the model's own
+    forward; an engine that computes something else (e.g. an ONNX export that froze a native kernel's output into
+    a constant) is skipped, never timed: max |Δ| must be within ``TOLERANCE[precision]`` x (1 + max |output|)."""
     runs, skipped = {}, {}
+    probe = torch.randn(*input_shape, generator=torch.Generator().manual_seed(1))
+    reference = None
+    if check and isinstance(model, nn.Module):
+        with torch.inference_mode():
+            reference = model(probe).float()
     for name in _engine_list(engines):
         try:
-            runs[name] = get(name).prepare(model, input_shape, threads)
+            run = get(name).prepare(model, input_shape, threads)
+            if reference is not None:
+                with torch.inference_mode():
+                    error = float((run(probe).float() - reference).abs().max())
+                allowed = TOLERANCE[get(name).precision] * (1 + float(reference.abs().max()))
+                if not error <= allowed:
+                    skipped[name] = f"output differs from the model (max |Δ| {error:.3g} > {allowed:.3g})"
+                    continue
+            runs[name] = run
         except EngineUnavailable as error:
             skipped[name] = str(error).removeprefix(f"engine {name}: ")
         except Exception as error:  # noqa: BLE001 - an engine that fails on this model is skipped, said so

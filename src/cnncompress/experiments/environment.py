@@ -10,7 +10,9 @@ import torch
 
 
 def environment() -> dict:
-    """What the numbers were measured on: device, threads, library versions, git commit."""
+    """What the numbers were measured on: device, threads, library versions, git commit, which XNOR kernel
+    ran (``bitpack.kernel_path``: AVX-512 VPOPCNTDQ, scalar popcount or numpy), torch's CPU capability, and the
+    engines' facts (``engines.engine_environment``: ISA flags, AMX, bf16, OpenVINO version and precisions)."""
     import onnxruntime
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -22,5 +24,9 @@ def environment() -> dict:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
+    from ..engines import engine_environment
+    from ..kernels import bitpack
     return {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "python": platform.python_version(),
-            "cpu": cpu, "cores": os.cpu_count(), "git_commit": commit, "node": platform.node()}
+            "cpu": cpu, "cores": os.cpu_count(), "git_commit": commit, "node": platform.node(),
+            "xnor_kernel": bitpack.kernel_path(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "engines": engine_environment()}

@@ -251,7 +251,10 @@ def row_line(row: dict) -> str:
         parts.append(f"exit rate {100 * row['exit_rate']:.0f}%")
     times = [t for t in (row.get("torch_ms"), row.get("ort_ms")) if t]
     base = [t for t in (row.get("baseline_torch_ms"), row.get("baseline_ort_ms")) if t]
-    if times and base and row.get("method") != "baseline":
+    if row.get("engine_ms") and row.get("baseline_engine_ms") and row.get("method") != "baseline":
+        parts.append(f"{row['baseline_engine_ms'] / row['engine_ms']:.2f}x speed ({row['engine']} vs "
+                     f"{row['baseline_engine']})")
+    elif times and base and row.get("method") != "baseline":
         parts.append(f"{min(base) / min(times):.2f}x speed")
     parts.append(f"{row['file_bytes'] / 1e6:.2f} MB, {row.get('row_seconds', 0):.0f}s")
     return f"{name}: " + ", ".join(parts)

@@ -1,0 +1,221 @@
+"""``optimize``: the most accurate copy of a model within a byte budget (and, when given, a latency budget),
+chosen from measured per-layer sensitivity and accepted only on measured bytes and latency.
+
+1. ``sensitivity.measure``: each layer's accuracy drop (validation split) and exact bytes for every setting.
+2. ``search``: one setting per layer maximising the predicted accuracy, Σ cost minimal (``_cost``: the drop
+   plus a small charge per halving of the layer's bytes), under
+   Σ bytes ≤ budget (a multiple-choice knapsack by dynamic programming over the exact byte totals, partial
+   solutions merged in ``STATES`` buckets of the budget; the cost model is additive).
+3. The chosen settings are applied, the model fine-tuned with the model's fine-tuning preset (``train.preset``,
+   ``finetune`` epochs; the validation split picks the epoch), saved, and the real ``.ccz`` bytes measured. When
+   the file is over the budget (the additive model erred), the search is re-run with the budget lowered by the
+   overshoot, up to ``ATTEMPTS`` times. The latency of the deployed model is measured on the fastest engine of
+   its precision (``engines``) at batch 1; over ``max_ms`` is reported as not met.
+
+Every candidate built is kept in ``report["candidates"]`` (predicted vs measured bytes and accuracy).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import engines, methods, storage
+from .errors import InputError
+from .measure import accuracy
+from .sensitivity import Setting, apply_settings
+from .sensitivity import measure as measure_sensitivity
+
+STATES = 20_000  # the knapsack keeps at most this many partial solutions per layer
+GRAD_CLIP = 1.0
+AGGRESSION = 0.1  # points of predicted accuracy charged per halving of a layer's bytes (``_cost``)
+ATTEMPTS = 3
+
+
+def parse_bytes(text: str | int | float, original: int | None = None) -> int:
+    """``400000``, ``400KB``/``0.4MB`` (10^3 units), ``300KiB``, or ``1/16`` (of ``original``'s bytes)."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        value = float(text)
+    else:
+        raw = str(text).strip().replace(" ", "")
+        units = {"KIB": 2**10, "MIB": 2**20, "KB": 1e3, "MB": 1e6, "B": 1}
+        try:
+            if "/" in raw:
+                top, bottom = raw.split("/", 1)
+                if original is None:
+                    raise InputError(f"--max-bytes {text}: a fraction needs the original's size")
+                value = float(top) / float(bottom) * original
+            else:
+                unit = next((u for u in units if raw.upper().endswith(u)), "B")
+                value = float(raw[: len(raw) - len(unit)] if raw.upper().endswith(unit) else raw) * units[unit]
+        except (ValueError, ZeroDivisionError) as error:
+            raise InputError(f"--max-bytes {text!r}: expected bytes (400000, 400KB, 0.4MB) or a fraction (1/16)") \
+                from error
+    if not math.isfinite(value) or value <= 0:
+        raise InputError(f"--max-bytes {text!r}: must be a positive size")
+    return int(value)
+
+
+def check_arguments(max_bytes, max_ms=None, engine: str | None = None, finetune: int = 2) -> None:
+    """Every budget and option checked before any work (one-line ``InputError``)."""
+    parse_bytes(max_bytes, 1)
+    if not isinstance(finetune, int) or isinstance(finetune, bool) or finetune < 0:
+        raise InputError(f"--finetune {finetune!r}: must be a whole number of epochs, 0 or more")
+    if engine is not None:
+        engines.get(engine)  # an unknown engine name fails before any work
+    if max_ms is not None and not (isinstance(max_ms, (int, float)) and math.isfinite(max_ms) and max_ms > 0):
+        raise InputError(f"--max-ms {max_ms!r}: must be a positive number of milliseconds")
+
+
+def search(table: dict, max_bytes: int) -> tuple[dict[str, Setting], dict]:
+    """One setting per layer with the least total accuracy drop whose predicted file size fits ``max_bytes``.
+    Returns ``(settings, prediction)``; ``InputError`` naming the smallest reachable size when none fits."""
+    fixed = table["base_bytes"] - sum(e["fp32_bytes"] for e in table["layers"].values())  # header, BN, ...
+    paths = list(table["layers"])
+    smallest = fixed + sum(min(o["bytes"] for o in table["layers"][p]["options"]) for p in paths)
+    if smallest > max_bytes:
+        raise InputError(f"--max-bytes {max_bytes:,}: no setting reaches it; the smallest reachable file is about "
+                         f"{smallest:,} bytes")
+    step = max(1, (max_bytes - fixed) // STATES)  # states merge per `step` bytes; sizes themselves stay exact
+    best = {0: (0.0, 0, [])}  # bucket -> (total drop, exact layer bytes, choices): the least drop per bucket
+    for path in paths:
+        nxt: dict[int, tuple[float, int, list]] = {}
+        for drop, used, choices in best.values():
+            for option in table["layers"][path]["options"]:
+                total = used + option["bytes"]
+                if fixed + total > max_bytes:
+                    continue
+                state = (drop + _cost(option, table["layers"][path]["fp32_bytes"]), total, choices + [option])
+                key = total // step
+                if key not in nxt or state[:2] < nxt[key][:2]:
+                    nxt[key] = state
+        best = _pareto(nxt)
+    _, used, choices = min(best.values(), key=lambda state: state[:2])
+    settings = {p: Setting(o["sparsity"], o["bits"]) for p, o in zip(paths, choices)}
+    drop = sum(max(0.0, o["drop"]) for o in choices)
+    return settings, {"bytes": fixed + used, "accuracy": table["base_accuracy"] - drop}
+
+
+def _cost(option: dict, fp32_bytes: int) -> float:
+    """What the search minimises per layer: the measured drop (points), plus ``AGGRESSION`` points per halving
+    of the layer's bytes. One layer's drop measured alone under-states what many compressed layers cost together
+    (the additive model is optimistic), and measured drops of 0 would otherwise tie: the term spends the budget
+    on mild settings spread over the layers that save the most, rather than on the most extreme ones."""
+    return max(0.0, option["drop"]) + AGGRESSION * math.log2(max(1.0, fp32_bytes / max(1, option["bytes"])))
+
+
+def _pareto(states: dict[int, tuple]) -> dict[int, tuple]:
+    """Keep a state only if no smaller one has a drop as low (it can never be the better choice)."""
+    kept, lowest = {}, math.inf
+    for key in sorted(states):
+        if states[key][0] < lowest:
+            kept[key], lowest = states[key], states[key][0]
+    return kept
+
+
+def _fine_tune(model: nn.Module, train_set, val_set, epochs: int, seed: int) -> nn.Module:
+    """The model's fine-tuning preset with the global gradient norm clipped at ``GRAD_CLIP`` (a shared codebook's
+    gradient sums over every weight that uses a centroid: 2-bit fc layers diverged at the preset's lr without
+    it); the untuned model is kept when fine-tuning did not raise the validation accuracy."""
+    from .train import Trainer, TrainConfig, preset
+    if epochs <= 0:
+        return model.eval()
+    name = (getattr(model, "spec", None) or {}).get("name", "")
+    config = preset(name, "finetune", epochs=epochs, seed=seed, grad_clip=GRAD_CLIP) if name else \
+        TrainConfig(epochs=epochs, seed=seed, grad_clip=GRAD_CLIP)
+    before, untuned = accuracy(methods.to_inference(model), val_set), copy.deepcopy(model.state_dict())
+    torch.manual_seed(seed)
+    Trainer(model, train_set, val_set, config, progress=False).fit()
+    if accuracy(methods.to_inference(model), val_set) < before:
+        model.load_state_dict(untuned)
+    return model.eval()
+
+
+def latency_ms(model: nn.Module, shape: tuple[int, ...], engine: str | None, threads: int = 1) -> tuple[str, float]:
+    """(engine, median ms) of the deployed model at batch 1: ``engine`` or the fastest of its precision."""
+    from .predict import model_precision
+    names = [engine] if engine else engines.names(model_precision(model))
+    times = engines.fastest(model, shape, names, threads=threads, runs=15)
+    return times["fastest"], times[times["fastest"]]
+
+
+def optimize(model: nn.Module, train_set, val_set, max_bytes: int | str, max_ms: float | None = None,
+             engine: str | None = None, finetune: int = 2, seed: int = 0, work: str | Path | None = None,
+             progress=None) -> tuple[nn.Module, dict]:
+    """The most accurate compressed copy of ``model`` whose real ``.ccz`` fits ``max_bytes`` (see the module
+    docstring). Returns ``(model, report)``; a budget the original already meets returns the original."""
+    say = progress or (lambda line: None)
+    check_arguments(max_bytes, max_ms, engine, finetune)
+    model = model.eval()
+    base_bytes = _size(model)
+    budget = parse_bytes(max_bytes, base_bytes)
+    shape = (1, *val_set.images.shape[1:])
+    report = {"budget_bytes": budget, "budget_ms": max_ms, "original_bytes": base_bytes, "candidates": []}
+    if base_bytes <= budget:
+        report.update(chosen="original", reason="the original already fits the byte budget")
+        return model, report
+    cache = Path(work) / "sensitivity.json" if work else None
+    table = measure_sensitivity(model, val_set, cache, progress=say)
+    report["sensitivity"] = {"base_accuracy": table["base_accuracy"], "base_bytes": table["base_bytes"]}
+    target, final = budget, None
+    for attempt in range(1, ATTEMPTS + 1):
+        settings, predicted = search(table, target)
+        candidate = _fine_tune(apply_settings(copy.deepcopy(model), settings, seed), train_set, val_set, finetune,
+                               seed)
+        measured = {"bytes": _size(candidate), "accuracy": accuracy(methods.to_inference(candidate), val_set)}
+        entry = {"attempt": attempt, "target_bytes": target, "predicted": predicted, "measured": measured,
+                 "settings": {p: s.label() for p, s in settings.items()}}
+        report["candidates"].append(entry)
+        say(f"candidate {attempt}: predicted {predicted['bytes']:,} B / {predicted['accuracy']:.2f}%, measured "
+            f"{measured['bytes']:,} B / {measured['accuracy']:.2f}% (val)")
+        if measured["bytes"] <= budget:
+            final = (candidate, entry)
+            break
+        target = int(target * budget / measured["bytes"]) - 64  # shrink by the overshoot and retry
+    if final is None:
+        raise InputError(f"--max-bytes {budget:,}: after {ATTEMPTS} attempts the smallest model measured "
+                         f"{min(c['measured']['bytes'] for c in report['candidates']):,} bytes; give a larger budget")
+    candidate, entry = final
+    deployed = methods.to_inference(candidate)
+    chosen_engine, ms = latency_ms(deployed, shape, engine)
+    entry.update(engine=chosen_engine, latency_ms=ms, latency_met=max_ms is None or ms <= max_ms)
+    report.update(chosen=entry, settings=entry["settings"])
+    if max_ms is not None and ms > max_ms:
+        raise InputError(f"--max-ms {max_ms:g}: the model that fits {budget:,} bytes runs in {ms:.3f} ms on "
+                         f"{chosen_engine}; this search changes bytes, not latency: give a larger --max-ms")
+    return candidate, report
+
+
+def _size(model: nn.Module) -> int:
+    with tempfile.TemporaryDirectory(prefix="cnncompress-opt-") as tmp:
+        return storage.save(model, Path(tmp) / "m.ccz").stat().st_size
+
+
+def write_report(report: dict, path: str | Path) -> Path:
+    """Markdown: budget, chosen per-layer settings, predicted vs measured bytes and accuracy, every candidate."""
+    path = Path(path)
+    lines = [f"# optimize: budget {report['budget_bytes']:,} bytes"
+             + (f", {report['budget_ms']:g} ms" if report.get("budget_ms") else ""),
+             "", f"original: {report['original_bytes']:,} bytes", ""]
+    if report.get("chosen") == "original":
+        lines.append(report["reason"])
+    else:
+        chosen = report["chosen"]
+        lines += [f"chosen: {chosen['measured']['bytes']:,} bytes (predicted {chosen['predicted']['bytes']:,}), "
+                  f"validation accuracy {chosen['measured']['accuracy']:.2f}% (predicted before fine-tuning "
+                  f"{chosen['predicted']['accuracy']:.2f}%), {chosen['latency_ms']:.3f} ms on {chosen['engine']}",
+                  "", "| layer | setting |", "|---|---|"]
+        lines += [f"| {p} | {s} |" for p, s in chosen["settings"].items()]
+        lines += ["", "| attempt | target bytes | predicted bytes | measured bytes | predicted acc | measured acc |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {c['attempt']} | {c['target_bytes']:,} | {c['predicted']['bytes']:,} | "
+                  f"{c['measured']['bytes']:,} | {c['predicted']['accuracy']:.2f} | {c['measured']['accuracy']:.2f} |"
+                  for c in report["candidates"]]
+    path.write_text("\n".join(lines) + "\n")
+    path.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str))
+    return path

@@ -1,0 +1,117 @@
+import itertools
+
+import pytest
+import torch
+
+from cnncompress import engines, models, sensitivity
+from cnncompress.data import build_dataset
+from cnncompress.errors import InputError
+from cnncompress.optimizer import optimize, parse_bytes, search
+from cnncompress.sensitivity import Setting
+
+
+def _table():
+    """A synthetic sensitivity table: 3 layers, 3 options each (bytes, drop)."""
+    options = {"a": [(4000, 0.0), (1000, 0.5), (300, 4.0)], "b": [(8000, 0.0), (2000, 1.0), (500, 2.0)],
+               "c": [(2000, 0.0), (600, 0.1), (200, 3.0)]}
+    layers = {name: {"fp32_bytes": opts[0][0], "options": [
+        {"sparsity": 0.5 * i, "bits": None, "bytes": b, "drop": d, "accuracy": 99 - d} for i, (b, d) in enumerate(opts)]}
+        for name, opts in options.items()}
+    return {"base_accuracy": 99.0, "base_bytes": 14000 + 100, "layers": layers}
+
+
+@pytest.mark.parametrize("budget", [14100, 8000, 4000, 2500, 1200])
+def test_search_finds_the_least_drop_that_fits(budget):
+    table = _table()
+    settings, predicted = search(table, budget)
+    assert predicted["bytes"] <= budget
+    choices = [table["layers"][n]["options"] for n in "abc"]
+    fits = [combo for combo in itertools.product(*choices) if 100 + sum(o["bytes"] for o in combo) <= budget]
+    best = min(sum(o["drop"] for o in combo) for combo in fits)
+    assert table["base_accuracy"] - predicted["accuracy"] == pytest.approx(best, abs=1e-9)
+
+
+def test_search_names_the_smallest_reachable_size():
+    with pytest.raises(InputError, match="smallest reachable file is about 1,100 bytes"):
+        search(_table(), 900)
+
+
+@pytest.mark.parametrize("text, expected", [("400000", 400000), ("400KB", 400000), ("0.5MB", 500000),
+                                            ("2KiB", 2048), ("1/16", 1000), (1600, 1600)])
+def test_parse_bytes(text, expected):
+    assert parse_bytes(text, 16000) == expected
+
+
+@pytest.mark.parametrize("text", ["-3", "0", "lots", "1/0", "nan"])
+def test_parse_bytes_refuses(text):
+    with pytest.raises(InputError, match="--max-bytes"):
+        parse_bytes(text, 16000)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    train, val = build_dataset("mnist5k", "train"), build_dataset("mnist5k", "val")
+    train.images, train.labels = train.images[:512], train.labels[:512]
+    val.images, val.labels = val.images[:200], val.labels[:200]
+    return train, val
+
+
+@pytest.fixture(scope="module")
+def trained(digits):
+    """cascade_cnn x0.5 after two epochs on 512 digits: well above chance, so accuracy drops can show."""
+    from cnncompress.train import Trainer, TrainConfig
+    torch.manual_seed(0)
+    model = models.build("cascade_cnn", 10, 1, 28, width=0.5)
+    Trainer(model, digits[0], digits[1], TrainConfig(epochs=2, lr=0.05, batch_size=32), progress=False).fit()
+    return model.eval()
+
+
+def test_sensitivity_measures_real_bytes_and_resumes(tmp_path, digits, trained, monkeypatch):
+    _, val = digits
+    model = trained
+    grid = [Setting(), Setting(0.9, None), Setting(0.0, 4)]
+    table = sensitivity.measure(model, val, tmp_path / "s.json", settings=grid)
+    assert 10 < table["base_accuracy"] <= 100  # percent, on the validation split
+    for entry in table["layers"].values():
+        by = {(o["sparsity"], o["bits"]): o for o in entry["options"]}
+        assert by[(0.0, None)]["drop"] == 0 and by[(0.0, None)]["bytes"] == entry["fp32_bytes"]
+    largest = max(table["layers"].values(), key=lambda e: e["fp32_bytes"])  # small layers: manifest overhead
+    by = {(o["sparsity"], o["bits"]): o for o in largest["options"]}
+    assert by[(0.0, 4)]["bytes"] < largest["fp32_bytes"] / 4  # 4-bit indices + a codebook, Huffman coded
+    assert by[(0.9, None)]["bytes"] < largest["fp32_bytes"] / 2  # CSR: a tenth of the values + their indices
+    monkeypatch.setattr(sensitivity, "apply_settings", lambda *a, **k: pytest.fail("recomputed a cached entry"))
+    assert sensitivity.measure(model, val, tmp_path / "s.json", settings=grid) == table
+
+
+def test_optimize_meets_the_byte_budget_in_the_real_file(tmp_path, digits, trained):
+    train, val = digits
+    model = trained
+    original = sensitivity.file_size(model)
+    best, report = optimize(model, train, val, "1/8", finetune=1, work=tmp_path)
+    assert sensitivity.file_size(best) <= original / 8 and report["chosen"]["measured"]["bytes"] <= original / 8
+    assert report["chosen"]["engine"] in engines.names() and report["chosen"]["latency_ms"] > 0
+    assert 0 <= report["chosen"]["measured"]["accuracy"] <= 100
+    same, report = optimize(model, train, val, original * 2, work=tmp_path)
+    assert same is model and report["chosen"] == "original"
+    with pytest.raises(InputError, match="unknown engine"):
+        optimize(model, train, val, "1/8", engine="tpu")
+    with pytest.raises(InputError, match="smallest reachable"):
+        optimize(model, train, val, 100, work=tmp_path)
+
+
+def test_cli_bad_budgets_engines_and_models_exit_2(run_cli, tmp_path, trained):
+    from cnncompress import methods, storage
+    from cnncompress.train import save_weights
+    trained.metadata = {"dataset": "mnist5k"}
+    path = save_weights(trained, tmp_path / "m.safetensors")
+    packed = storage.save(methods.apply(trained, "bwn"), tmp_path / "bwn.ccz")
+    for argv, problem in (
+            (["--max-bytes", "lots"], "--max-bytes 'lots'"),
+            (["--max-bytes", "1/4", "--engine", "tpu"], "unknown engine 'tpu'"),
+            (["--max-bytes", "1/4", "--max-ms", "-1"], "--max-ms"),
+            (["--max-bytes", "1/4", "--finetune", "-1"], "--finetune")):
+        code, _, err = run_cli("optimize", path, "--data", "mnist5k", "--out", tmp_path / "o", *argv)
+        assert code == 2 and problem in err.strip().splitlines()[-1], (argv, err)
+    code, _, err = run_cli("optimize", packed, "--data", "mnist5k", "--out", tmp_path / "o", "--max-bytes", "1/4")
+    assert code == 2 and "already compressed (bwn)" in err
+    assert not (tmp_path / "o" / "model.ccz").exists()
