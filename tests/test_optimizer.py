@@ -15,8 +15,8 @@ def _table():
     options = {"a": [(4000, 0.0), (1000, 0.5), (300, 4.0)], "b": [(8000, 0.0), (2000, 1.0), (500, 2.0)],
                "c": [(2000, 0.0), (600, 0.1), (200, 3.0)]}
     layers = {name: {"fp32_bytes": opts[0][0], "options": [
-        {"sparsity": 0.5 * i, "bits": None, "bytes": b, "drop": d, "accuracy": 99 - d} for i, (b, d) in enumerate(opts)]}
-        for name, opts in options.items()}
+        {"sparsity": 0.5 * i, "bits": None, "bytes": b, "drop": d, "accuracy": 99 - d}
+        for i, (b, d) in enumerate(opts)]} for name, opts in options.items()}
     return {"base_accuracy": 99.0, "base_bytes": 14000 + 100, "layers": layers}
 
 

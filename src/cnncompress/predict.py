@@ -8,8 +8,9 @@ Works with the pretrained ``fer-minixception`` teacher and any ``.ccz`` / ``.saf
 Video (``predict_video``): a full-frame scan every ``detect_every`` frames; on the frames between, each tracked
 face is searched for again only in a window around its last box (``FaceFinder``; the full scan is ~100x the cost
 of a window search); boxes keep their identity through ``tracking.Tracker``; the faces of a frame are classified
-on the engine ``Classifier`` picks (the fastest of the model's precision, raced at start-up); ``--smooth`` averages each track's probabilities
-over time. ``stream.run`` drives it over a source and keeps the per-stage times.
+on the engine ``Classifier`` picks (the fastest of the model's precision, raced at start-up); ``--smooth``
+averages each track's probabilities over time. ``stream.run`` drives it over a source and keeps the per-stage
+times.
 """
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ import torch
 from torch import nn
 
 from .data.formats import read_image
-from .errors import InputError
 from .data.transforms import prepare
+from .errors import InputError
 from .measure import threads as measure_threads
 from .tracking import Box, Tracker
 

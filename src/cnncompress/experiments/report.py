@@ -5,11 +5,12 @@ Accuracy is the deployed model's (the ``.ccz`` loaded back and ``to_inference``d
 is against the row's matched control (the baseline trained as many epochs in all), with a 95 % paired bootstrap
 interval over test images and seeds (``stats.delta_interval``); "within noise" when the interval covers 0.
 Speed-ups are quoted against the baseline on its fastest fp32 engine (``engine_race``: PyTorch, onnxruntime,
-OpenVINO f32), and each row on its fastest engine at its own precision; ``x smaller`` is baseline ``.ccz`` bytes / row ``.ccz`` bytes (the baseline of the same
-seed when the sweep has several). Rows that differ only in their seed are shown as one line, ``mean ± std``
-(sample std over the seeds, column ``seeds``); ``results.csv``/``results.json`` keep every seed's row, and
-``results.json`` also the grouped lines (``summary``). When rows ran on more than one machine (or through Ray)
-the table has a ``node`` column: where the timings were measured.
+OpenVINO f32), and each row on its fastest engine at its own precision; ``x smaller`` is baseline ``.ccz``
+bytes / row ``.ccz`` bytes (the baseline of the same seed when the sweep has several). Rows that differ only in
+their seed are shown as one line, ``mean ± std`` (sample std over the seeds, column ``seeds``);
+``results.csv``/``results.json`` keep every seed's row, and ``results.json`` also the grouped lines (``summary``).
+When rows ran on more than one machine (or through Ray) the table has a ``node`` column: where the timings were
+measured.
 """
 from __future__ import annotations
 
