@@ -90,3 +90,15 @@ def test_reproduce_cli_rejects_missing_recipe(run_cli, tmp_path):
     assert code == 2 and "none.yaml" in err
     code, _, err = run_cli("reproduce", "table9")
     assert code == 2
+
+
+def test_quick_and_full_together_are_refused(run_cli, tmp_path):
+    code, _, err = run_cli("reproduce", "--quick", "--full", "--out", tmp_path / "r")
+    assert code == 2 and "--quick and --full" in err and not (tmp_path / "r").exists()
+
+
+def test_quick_recipes_are_the_paper_rows_with_one_seed():
+    from cnncompress.commands.reproduce import RECIPES
+    from cnncompress.experiments.recipe import load_recipe
+    quick = load_recipe(RECIPES / "quick" / "table2.yaml")
+    assert quick.seeds == [0] and {r.label for r in quick.rows} == {label for label, *_ in PAPER_TABLE2}
