@@ -1,3 +1,4 @@
+import copy
 import itertools
 
 import pytest
@@ -81,6 +82,11 @@ def test_sensitivity_measures_real_bytes_and_resumes(tmp_path, digits, trained, 
     assert by[(0.9, None)]["bytes"] < largest["fp32_bytes"] / 2  # CSR: a tenth of the values + their indices
     monkeypatch.setattr(sensitivity, "apply_settings", lambda *a, **k: pytest.fail("recomputed a cached entry"))
     assert sensitivity.measure(model, val, tmp_path / "s.json", settings=grid) == table
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        next(other.parameters()).add_(1.0)
+    with pytest.raises(InputError, match="s.json: holds the sensitivity of another model"):
+        sensitivity.measure(other, val, tmp_path / "s.json", settings=grid)
 
 
 def test_optimize_meets_the_byte_budget_in_the_real_file(tmp_path, digits, trained):

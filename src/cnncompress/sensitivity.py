@@ -11,11 +11,13 @@ model is compressed with only that layer changed, no fine-tuning, and measured:
 A setting is Deep Compression's per-layer pair (Han et al. 2016; Berthelier et al. 2018 §3): magnitude
 pruning to ``sparsity`` (0 = none) then k-means weight sharing with ``bits`` (None = fp32 values), Huffman-coded
 when shared. ``optimizer.search`` picks one setting per layer from this table (Distiller-style sensitivity
-analysis feeding a knapsack). Results are cached in ``cache`` (JSON, one entry per finished measurement), so a
-killed run resumes without redoing finished layers.
+analysis feeding a knapsack). Results are cached in ``cache`` (JSON, one entry per finished measurement, with a
+fingerprint of the model and the validation images), so a killed run resumes without redoing finished layers, and
+a cache made for another model or data is refused.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -87,6 +89,16 @@ def layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return found
 
 
+def fingerprint(model: nn.Module, val_set) -> str:
+    """SHA-256 of the model's tensors and the validation images: a cache made for anything else is refused."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    digest.update(val_set.images.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _load_cache(path: Path | None) -> dict:
     if path is None or not path.exists():
         return {}
@@ -111,9 +123,12 @@ def measure(model: nn.Module, val_set, cache: str | Path | None = None, settings
     "accuracy", "drop", "bytes"}, ...]}}}`` (accuracy in %, bytes of the layer in the file)."""
     model = model.eval()
     cache_path = Path(cache) if cache else None
-    table = _load_cache(cache_path)
+    table, digest = _load_cache(cache_path), fingerprint(model, val_set)
+    if table and table.get("fingerprint") != digest:
+        raise InputError(f"{cache_path}: holds the sensitivity of another model or data; use another --out")
     if "base_accuracy" not in table:
-        table = {"base_accuracy": accuracy(model, val_set), "base_bytes": file_size(model), "layers": {}}
+        table = {"fingerprint": digest, "base_accuracy": accuracy(model, val_set), "base_bytes": file_size(model),
+                 "layers": {}}
         _save_cache(cache_path, table)
     for path, layer in layers(model):
         entry = table["layers"].setdefault(path, {"fp32_bytes": sum(p.numel() * 4 for p in layer.parameters()),
