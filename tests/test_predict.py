@@ -77,7 +77,8 @@ def test_classifier_races_the_engines_of_the_models_precision():
 
     from cnncompress import engines, methods, models
     from cnncompress.errors import InputError
-    from cnncompress.predict import Classifier, model_precision
+    from cnncompress.engines import model_precision
+    from cnncompress.predict import Classifier
     torch.manual_seed(0)
     net = models.build("squeezenet1_1", 7, 1, 48, width=0.25).eval()
     net.metadata = {"classes": [str(i) for i in range(7)], "mean": 0.5, "std": 0.5}

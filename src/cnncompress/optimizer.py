@@ -138,8 +138,7 @@ def _fine_tune(model: nn.Module, train_set, val_set, epochs: int, seed: int) -> 
 
 def latency_ms(model: nn.Module, shape: tuple[int, ...], engine: str | None, threads: int = 1) -> tuple[str, float]:
     """(engine, median ms) of the deployed model at batch 1: ``engine`` or the fastest of its precision."""
-    from .predict import model_precision
-    names = [engine] if engine else engines.names(model_precision(model))
+    names = [engine] if engine else engines.names(engines.model_precision(model))
     times = engines.fastest(model, shape, names, threads=threads, runs=15)
     return times["fastest"], times[times["fastest"]]
 

@@ -138,22 +138,13 @@ class Classifier:
         return torch.softmax(logits.double(), dim=1).float().numpy()
 
 
-def model_precision(model: nn.Module) -> str:
-    """The precision the model is meant to run at: int8 (an int8 QDQ graph), bf16 (the bf16 method) or fp32."""
-    history = [step.get("method") for step in getattr(model, "compression_history", []) or []]
-    if getattr(model, "int8_calibration", None) is not None or isinstance(getattr(model, "onnx_model", None), bytes) \
-            or "int8" in history:
-        return "int8"
-    return "bf16" if "bf16" in history else "fp32"
-
-
 def _engine(model: nn.Module, fmt: dict, engine: str, threads: int):
     """``(engine name, its ms per face or None, run)``: ``auto`` races the engines of the model's precision on
     one face (``engines.fastest``) and keeps the fastest; a named engine is prepared as it is."""
     from . import engines
     shape = (1, fmt["channels"], fmt["input_size"], fmt["input_size"])
     if engine == "auto":
-        times = engines.fastest(model, shape, engines.names(model_precision(model)), threads=threads, runs=10)
+        times = engines.fastest(model, shape, engines.names(engines.model_precision(model)), threads=threads, runs=10)
         engine, engine_ms = times["fastest"], times[times["fastest"]]
     else:
         engine_ms = None

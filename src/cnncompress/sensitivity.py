@@ -17,7 +17,6 @@ a cache made for another model or data is refused.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -28,6 +27,7 @@ import torch
 from torch import nn
 
 from . import methods, storage, surgery
+from .checkpoint_io import checkpoint_digest
 from .errors import InputError
 from .measure import accuracy
 
@@ -90,13 +90,9 @@ def layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def fingerprint(model: nn.Module, val_set) -> str:
-    """SHA-256 of the model's tensors and the validation images: a cache made for anything else is refused."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
-    digest.update(val_set.images.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    """SHA-256 of the model's tensors and the validation images (``checkpoint_io.checkpoint_digest``): a cache
+    made for anything else is refused."""
+    return checkpoint_digest("", {**model.state_dict(), "validation images": val_set.images})
 
 
 def _load_cache(path: Path | None) -> dict:

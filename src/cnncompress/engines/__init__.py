@@ -25,7 +25,9 @@ An unknown engine name is an ``InputError``; an engine that cannot run is skippe
 """
 from .fastest import engine_environment, fastest, fastest_fp32, prepared
 from .openvino import OpenVinoModel, OpenVinoUnavailable
-from .registry import ENGINES, Availability, Engine, EngineUnavailable, get, names, prepare
+from .registry import (ENGINES, Availability, Engine, EngineUnavailable, get, model_precision, names,
+                       precision_of, prepare)
 
 __all__ = ["ENGINES", "Availability", "Engine", "EngineUnavailable", "OpenVinoModel", "OpenVinoUnavailable",
-           "engine_environment", "fastest", "fastest_fp32", "get", "names", "prepare", "prepared"]
+           "engine_environment", "fastest", "fastest_fp32", "get", "model_precision", "names", "precision_of", "prepare",
+           "prepared"]

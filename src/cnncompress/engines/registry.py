@@ -189,6 +189,23 @@ ENGINES: dict[str, Engine] = {engine.name: engine for engine in (
 )}
 
 
+PRECISION_OF_METHOD = {"int8": "int8", "bf16": "bf16"}  # every other method's model runs at fp32
+
+
+def precision_of(method_names) -> str:
+    """The precision a model made by these methods runs at: the lowest its pipeline asks for."""
+    found = {PRECISION_OF_METHOD.get(name, "fp32") for name in method_names}
+    return "int8" if "int8" in found else "bf16" if "bf16" in found else "fp32"
+
+
+def model_precision(model) -> str:
+    """The precision ``model`` is meant to run at: int8 (an int8 QDQ graph or calibration), else the lowest its
+    compression history asks for (``precision_of``)."""
+    if getattr(model, "int8_calibration", None) is not None or isinstance(getattr(model, "onnx_model", None), bytes):
+        return "int8"
+    return precision_of(step.get("method") for step in getattr(model, "compression_history", []) or [])
+
+
 def names(precision: str | None = None) -> list[str]:
     """Engine names (of one ``precision`` when given), in registry order."""
     return [name for name, engine in ENGINES.items() if precision is None or engine.precision == precision]

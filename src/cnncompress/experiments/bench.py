@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .. import measure, methods, models, storage
+from .. import engines, measure, methods, models, storage
 from ..data import build_dataset
 from ..early_exit import EarlyExitNet
 from ..errors import InputError
@@ -331,7 +331,7 @@ class Bench:
         ort, ort_error = self._ort_latency(model, fast, shape, example)
         torch_stats, exit_rate = self._torch_latency(fast, shape, example)
         race = {} if exit_rate is not None else engine_race.race(  # early exits: timed per image, in PyTorch
-            fast, self.baseline(row.model, row.seed), shape, example, engine_race.precision([i.name for i in infos]),
+            fast, self.baseline(row.model, row.seed), shape, example, engines.precision_of(i.name for i in infos),
             recipe.threads)
         throughput = measure.throughput(fast, shape, num_threads=recipe.threads, example=self.test_set.images[:32])
         base_torch, base_ort = self.baseline_latency(row, shape, example, per_sample=exit_rate is not None)

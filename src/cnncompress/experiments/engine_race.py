@@ -17,15 +17,6 @@ from .. import engines
 from ..measure import alternating
 from ..measure import threads as measure_threads
 
-PRECISION_OF_METHOD = {"int8": "int8", "bf16": "bf16"}  # every other method runs at fp32
-
-
-def precision(method_names: list[str]) -> str:
-    """The precision a row's deployed model runs at: the lowest its pipeline asks for."""
-    found = {PRECISION_OF_METHOD.get(name, "fp32") for name in method_names}
-    return "int8" if "int8" in found else "bf16" if "bf16" in found else "fp32"
-
-
 def race(row_model, baseline, shape: tuple[int, ...], example: torch.Tensor, row_precision: str = "fp32",
          threads: int | None = 1, runs: int = 20, block: int = 3) -> dict:
     """``{"engine", "engine_ms", "engines_ms", "baseline_engine", "baseline_engine_ms", "baseline_engines_ms",
