@@ -102,6 +102,55 @@ def test_expand_and_gradient_is_signed_scatter_add():
     assert torch.allclose(w.grad, torch.tensor(expected, dtype=torch.float64))
 
 
+needs_c = pytest.mark.skipif(kernel.native() is None, reason="no C compiler: the reference path is the only one")
+
+
+@needs_c
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("n,buckets", [(300, 11), (70_001, 8_750), (200_000, 1)])
+def test_c_expand_and_gradient_equal_reference(n, buckets, threads):
+    """The C gather/scatter (split over threads above PARALLEL_MIN) == index_select / index_add_ of the reference."""
+    torch.manual_seed(1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        slots = kernel.slot_map(9, n, buckets)
+        w = torch.randn(buckets, requires_grad=True)
+        w_ref = w.detach().clone().requires_grad_()
+        g = torch.randn(n)
+        fast = kernel.expand(w, slots)
+        fast.backward(g)
+        ref = kernel.reference_expand(w_ref, slots)
+        ref.backward(g)
+    finally:
+        torch.set_num_threads(before)
+    assert fast.grad_fn is not None and "NativeExpand" in type(fast.grad_fn).__name__  # the C path really ran
+    assert torch.equal(fast, ref)  # a copy with a sign flip: bit-exact
+    torch.testing.assert_close(w.grad, w_ref.grad, rtol=1e-4, atol=1e-4)  # float32 sums in another order
+
+
+@needs_c
+def test_expand_buffer_is_reused_only_when_no_graph_holds_it():
+    slots = kernel.slot_map(2, 1000, 50)
+    w = torch.randn(50, requires_grad=True)
+    buffer = kernel.ExpandBuffer()
+    first = kernel.expand(w, slots, buffer)
+    held = first.detach().clone()
+    second = kernel.expand(w * 2, slots, buffer)  # ``first`` is alive: it must not be overwritten
+    assert torch.equal(first, held) and torch.equal(second, 2 * held)
+    assert second.data_ptr() != first.data_ptr()
+    memory = second.data_ptr()
+    del first, second
+    third = kernel.expand(w, slots, buffer)  # nothing holds the last buffer any more: same memory
+    assert third.data_ptr() == memory and torch.equal(third, held)
+
+
+def test_expand_falls_back_to_reference_off_the_fast_path():
+    slots = kernel.slot_map(2, 100, 7)
+    w = torch.randn(7, dtype=torch.float64, requires_grad=True)  # float64: not the C kernel's type
+    assert "IndexSelect" in type(kernel.expand(w, slots).grad_fn).__name__
+
+
 def test_bucket_means_is_mean_of_signed_weights():
     torch.manual_seed(1)
     buckets, n = 40, 257  # some buckets may be empty -> 0

@@ -11,7 +11,8 @@ import torch
 
 def environment() -> dict:
     """What the numbers were measured on: device, threads, library versions, git commit, which XNOR kernel
-    ran (``bitpack.kernel_path``: AVX-512 VPOPCNTDQ, scalar popcount or numpy), torch's CPU capability, and the
+    ran (``bitpack.kernel_path``: AVX-512 VPOPCNTDQ, scalar popcount or numpy), which HashedNets expand kernel
+    (``hashed.kernel_path``: C or torch), torch's CPU capability, and the
     engines' facts (``engines.engine_environment``: ISA flags, AMX, bf16, OpenVINO version and precisions)."""
     import onnxruntime
     try:
@@ -25,8 +26,9 @@ def environment() -> dict:
     except (OSError, StopIteration):
         pass
     from ..engines import engine_environment
-    from ..kernels import bitpack
+    from ..kernels import bitpack, hashed
     return {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "python": platform.python_version(),
             "cpu": cpu, "cores": os.cpu_count(), "git_commit": commit, "node": platform.node(),
-            "xnor_kernel": bitpack.kernel_path(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "xnor_kernel": bitpack.kernel_path(), "hashed_kernel": hashed.kernel_path(),
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "engines": engine_environment()}

@@ -21,7 +21,6 @@ formulas) live in ``kernels/bitpack_reference.py`` and are re-exported here; the
 """
 from __future__ import annotations
 
-import concurrent.futures
 import ctypes
 import functools
 
@@ -68,23 +67,7 @@ def _threads() -> int:
     return max(1, torch.get_num_threads())
 
 
-@functools.lru_cache(maxsize=4)
-def _pool(threads: int) -> concurrent.futures.ThreadPoolExecutor:
-    return concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="cnncompress-xnor")
-
-
-def _split(run, total: int, threads: int, multiple: int = 1) -> None:
-    """``run(start, stop)`` over ``range(total)`` in ``threads`` contiguous shares (multiples of ``multiple``).
-    ctypes drops the GIL, so plain threads run the C loops side by side; they sleep when idle (no OpenMP
-    spinning against torch's own pool). The calling thread takes the first share instead of waiting idle."""
-    if threads <= 1 or total < 2 * multiple:
-        run(0, total)
-        return
-    step = -(-(-(-total // threads)) // multiple) * multiple
-    jobs = [_pool(threads).submit(run, start, min(total, start + step)) for start in range(step, total, step)]
-    run(0, min(total, step))
-    for job in jobs:
-        job.result()
+_split = _native.split_range  # contiguous shares of a range over Python threads (kernels/native.py)
 
 
 # ---------------------------------------------------------------- packing

@@ -25,11 +25,22 @@ pure Python integers, one element at a time, for tests only.
 entries), so the virtual weight is one ``index_select`` and its gradient to ``w`` the scatter-add
 ``g[:K] - g[K:]`` of ``index_add`` — i.e. Σ_{e: h(e)=k} ξ(e) · ∂L/∂V[e] — with one int32 map (4 bytes per
 virtual weight) instead of an int32 index plus an int8 sign.
+
+``expand`` (the training hot path): the C kernels of ``kernels/hashed.c`` (gather; gradient = scatter-add into
+the K buckets, branch-free signs, prefetched buckets, split over ``torch.get_num_threads()`` Python threads) when
+they can be built, else ``reference_expand`` (one ``index_select`` of ``[w, -w]``, whose backward is torch's
+``index_add_``). ``ExpandBuffer`` lets a training layer write V into the same memory every step (a fresh 64 MB
+tensor costs more in page faults than the gather itself) while no autograd graph still holds the last one.
 """
 from __future__ import annotations
 
+import ctypes
+import functools
+
 import numpy as np
 import torch
+
+from . import native as _native
 
 MASK32 = 0xFFFFFFFF
 M1, M2 = 0x7FEB352D, 0x846CA68B
@@ -146,9 +157,92 @@ def slot_map(seed: int, n: int, buckets: int, bias: bool = False, device=None) -
     return _chunked(n, device, torch.int32, fill)
 
 
-def expand(buckets: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+def reference_expand(buckets: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
     """Virtual weights (flat): ``[w, -w][slots]`` — differentiable, the gradient scatter-adds into ``w``."""
     return torch.index_select(torch.cat((buckets, -buckets)), 0, slots)
+
+
+_P, _L, _I = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
+ARGTYPES = {"hashed_gather": [_P, _P, _L, _L, _I, _P], "hashed_scatter": [_P, _P, _L, _L, _I, _P]}
+PARALLEL_MIN = 1 << 16  # below this many virtual weights one thread does the whole call
+
+
+@functools.lru_cache(maxsize=1)
+def native():
+    """The compiled ``hashed.c``, or None (one warning) when it cannot be built."""
+    return _native.load("hashed", ARGTYPES)
+
+
+def kernel_path() -> str:
+    """``"c"`` (kernels/hashed.c) or ``"torch"`` (reference_expand: index_select / index_add_)."""
+    return "torch" if native() is None else "c"
+
+
+def _threads(n: int) -> int:
+    return 1 if n < PARALLEL_MIN else max(1, torch.get_num_threads())
+
+
+def native_gather(buckets: torch.Tensor, slots: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """out[e] = [w, -w][slots[e]] with the C kernel (float32, contiguous); returns ``out``."""
+    lib, k, n = native(), buckets.numel(), slots.numel()
+    w, s, o = buckets.data_ptr(), slots.data_ptr(), out.data_ptr()
+    _native.split_range(lambda start, stop: lib.hashed_gather(w, s, start, stop, k, o), n, _threads(n))
+    return out
+
+
+def native_scatter(grad: torch.Tensor, slots: torch.Tensor, k: int) -> torch.Tensor:
+    """grad_w[h] = sum over e of xi(e) * grad[e] (the gradient of ``native_gather`` w.r.t. the K buckets).
+    Each thread accumulates into its own row; the rows are summed."""
+    lib, n, threads = native(), slots.numel(), _threads(slots.numel())
+    rows = torch.zeros(threads, k, dtype=torch.float32)
+    g, s = grad.data_ptr(), slots.data_ptr()
+    share = -(-n // threads)
+
+    def run(start: int, stop: int) -> None:
+        lib.hashed_scatter(g, s, start, stop, k, rows[start // share].data_ptr())
+    _native.split_range(run, n, threads)
+    return rows.sum(0) if threads > 1 else rows[0]
+
+
+class _NativeExpand(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, buckets, slots, buffer):
+        ctx.save_for_backward(slots)
+        ctx.k = buckets.numel()
+        out = buffer.get(slots.numel()) if buffer is not None else torch.empty(slots.numel(), dtype=torch.float32)
+        return native_gather(buckets.detach().contiguous(), slots, out).view(-1)  # a view: the buffer keeps no graph
+
+    @staticmethod
+    def backward(ctx, grad):
+        (slots,) = ctx.saved_tensors
+        return native_scatter(grad.contiguous().to(torch.float32), slots, ctx.k), None, None
+
+
+class ExpandBuffer:
+    """Memory for V reused across training steps. ``get(n)`` returns the last buffer when nothing else holds
+    its storage any more (the previous step's graph is gone), else a fresh one (e.g. two forward passes before
+    one backward: the first graph still needs its V)."""
+
+    def __init__(self) -> None:
+        self.tensor: torch.Tensor | None = None
+
+    def get(self, n: int) -> torch.Tensor:
+        t = self.tensor
+        use_count = getattr(torch._C, "_storage_Use_Count", None)  # private; without it: always fresh
+        if (t is None or t.numel() != n or use_count is None
+                or use_count(t.untyped_storage()._cdata) > 2):  # 2 = our tensor + the temporary storage object
+            t = self.tensor = torch.empty(n, dtype=torch.float32)
+        return t
+
+
+def expand(buckets: torch.Tensor, slots: torch.Tensor, buffer: ExpandBuffer | None = None) -> torch.Tensor:
+    """Virtual weights (flat): ``[w, -w][slots]``, differentiable w.r.t. ``buckets``. The C kernels when built and
+    the call is plain CPU float32 (not traced or compiled: export sees ``reference_expand``), else the reference.
+    With ``buffer``, V is written into its reused memory (returned as a fresh view)."""
+    if (native() is None or buckets.dtype != torch.float32 or buckets.device.type != "cpu"
+            or slots.dtype != torch.int32 or torch.jit.is_tracing() or torch.compiler.is_compiling()):
+        return reference_expand(buckets, slots)
+    return _NativeExpand.apply(buckets, slots.contiguous(), buffer)
 
 
 def bucket_means(values: torch.Tensor, slots: torch.Tensor, buckets: int) -> torch.Tensor:

@@ -10,7 +10,9 @@ numpy/torch fallback. Nothing here knows what the kernels compute.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import ctypes
+import functools
 import hashlib
 import os
 import platform
@@ -75,3 +77,22 @@ def load(name: str, argtypes: dict[str, list], flags: tuple[str, ...] = CFLAGS) 
     for function, types in argtypes.items():
         getattr(lib, function).argtypes = types
     return lib
+
+
+@functools.lru_cache(maxsize=4)
+def _pool(threads: int) -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="cnncompress-native")
+
+
+def split_range(run, total: int, threads: int, multiple: int = 1) -> None:
+    """``run(start, stop)`` over ``range(total)`` in ``threads`` contiguous shares (multiples of ``multiple``).
+    ctypes drops the GIL, so plain threads run the C loops side by side; they sleep when idle (no OpenMP
+    spinning against torch's own pool). The calling thread takes the first share instead of waiting idle."""
+    if threads <= 1 or total < 2 * multiple:
+        run(0, total)
+        return
+    step = -(-(-(-total // threads)) // multiple) * multiple
+    jobs = [_pool(threads).submit(run, start, min(total, start + step)) for start in range(step, total, step)]
+    run(0, min(total, step))
+    for job in jobs:
+        job.result()

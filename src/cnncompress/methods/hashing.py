@@ -15,7 +15,8 @@ map is a non-persistent buffer rebuilt from ``seed`` (in ``layer_config``, hence
 
 Modes (``mode=``):
 - ``expand`` (default): the int32 slot map is cached (4 bytes per virtual weight, built once at first use);
-  training gathers the dense weight each step (one ``index_select``; backward one ``index_add_``); inference
+  training gathers the dense weight each step into reused memory (``kernels/hashed.c``: one gather; backward one
+  scatter-add into the buckets; torch's ``index_select``/``index_add_`` without a compiler); inference
   materialises the dense weights once and reuses them until the buckets change: baseline speed;
   ``to_inference`` then frees the maps, so memory = baseline dense weights + buckets.
 - ``on-the-fly``: nothing is cached; every forward rehashes the layer (~30 ns per virtual weight) and gathers its
@@ -71,6 +72,7 @@ class _Hashed(CompressedLayer, nn.Module):
         self.register_buffer("dense_weight", None, persistent=False)
         self.register_buffer("dense_bias", None, persistent=False)
         self._dense_key = None
+        self._train_buffer = kernel.ExpandBuffer()  # V's memory, reused across training steps
         self.reset_parameters()
 
     # ------------------------------------------------------------------------------------------------ maps
@@ -127,7 +129,8 @@ class _Hashed(CompressedLayer, nn.Module):
     def _virtual(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(V, bias) from one ``_maps`` call (in ``on-the-fly`` mode each call rehashes the layer)."""
         slots, bias_slots = self._maps()
-        weight = kernel.expand(self.buckets, slots).view(self.weight_shape)
+        buffer = self._train_buffer if self.training and self.mode == "expand" else None
+        weight = kernel.expand(self.buckets, slots, buffer).view(self.weight_shape)
         bias = self.bias if self.bias_buckets is None else kernel.expand(self.bias_buckets, bias_slots)
         return weight, bias
 
