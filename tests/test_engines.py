@@ -192,3 +192,13 @@ def test_an_engine_that_computes_something_else_is_skipped_not_timed(vgg, monkey
     monkeypatch.setitem(registry.ENGINES, "onnxruntime", wrong)
     runs, skipped = engines.prepared(vgg, (1, 1, 48, 48), ["torch", "onnxruntime"], threads=1)
     assert list(runs) == ["torch"] and skipped["onnxruntime"].startswith("output differs from the model")
+
+
+def test_model_precision_follows_the_compression_history():
+    """A deployed bf16 model carries its own (bf16) ONNX graph: it still runs at bf16, not on the int8 engines."""
+    from cnncompress import methods, models
+    net = models.build("vgg_s", 10, 1, 48, 0.25).eval()
+    half = methods.to_inference(methods.apply(net, "bf16"))
+    int8 = methods.to_inference(methods.apply(net, "int8", calibration=torch.randn(8, 1, 48, 48)))
+    assert isinstance(getattr(half, "onnx_model", None), bytes)
+    assert [engines.model_precision(m) for m in (net, half, int8)] == ["fp32", "bf16", "int8"]

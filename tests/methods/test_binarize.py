@@ -168,12 +168,11 @@ def test_bad_inputs(tmp_path):
     path = storage.save(methods.apply(_vgg(0.125), "bwn"), tmp_path / "bad.ccz")
     manifest, _ = storage.read_manifest(path)
     raw = path.read_bytes()
-    import json
     entry = next(e for e in manifest["tensors"] if e["codec"] == "bitpack")
     entry["shape"][1] += 64  # the blob no longer matches the declared shape
-    encoded = json.dumps(manifest).encode()
-    from cnncompress.storage.ccz import HEADER, header_size, pack_header
+    from cnncompress.storage.ccz import HEADER, encode_manifest, header_size, pack_header
     _, version, length = HEADER.unpack(raw[:HEADER.size])
+    encoded = encode_manifest(manifest, version)
     start = header_size(version)  # re-hashed, as a hostile writer would: the validation behind it must hold
     path.write_bytes(pack_header(encoded, version) + encoded + raw[start + length:])
     with pytest.raises(InputError, match="bit-packed blob"):

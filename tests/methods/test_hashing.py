@@ -168,13 +168,13 @@ def test_on_the_fly_mode_survives_the_file(tmp_path):
 
 def _rewrite_manifest(path, edit):
     """Edit the manifest and re-hash it (a hostile writer would): the validation behind the digest must hold."""
-    from cnncompress.storage.ccz import HEADER, header_size, pack_header
+    from cnncompress.storage.ccz import HEADER, decode_manifest, encode_manifest, header_size, pack_header
     data = path.read_bytes()
     magic, version, length = HEADER.unpack(data[:HEADER.size])
     start = header_size(version)
-    manifest = json.loads(data[start:start + length])
+    manifest = decode_manifest(data[start:start + length], version)
     edit(manifest)
-    encoded = json.dumps(manifest).encode()
+    encoded = encode_manifest(manifest, version)
     path.write_bytes(pack_header(encoded, version) + encoded + data[start + length:])
 
 

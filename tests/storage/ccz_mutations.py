@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from cnncompress.errors import InputError
-from cnncompress.storage.ccz import HEADER, header_size, load, pack_header
+from cnncompress.storage.ccz import HEADER, decode_manifest, encode_manifest, header_size, load, pack_header
 
 KINDS = ("truncate", "flip", "overwrite", "header_length", "shape", "offset", "length", "codec", "dtype", "meta",
          "architecture", "spec")
@@ -28,12 +28,12 @@ HOSTILE_LAYERS = [{"type": "os.system"}, {"type": "Conv2d", "config": {"in_chann
 def _split(data: bytes):
     magic, version, length = HEADER.unpack(data[:HEADER.size])
     start = header_size(version)
-    return magic, version, json.loads(data[start:start + length]), data[start + length:]
+    return magic, version, decode_manifest(data[start:start + length], version), data[start + length:]
 
 
 def _join(magic, version, manifest, blobs) -> bytes:
     """The file with ``manifest`` re-encoded and re-hashed (a hostile writer recomputes the digest)."""
-    encoded = json.dumps(manifest).encode()
+    encoded = encode_manifest(manifest, version)
     return pack_header(encoded, version) + encoded + blobs
 
 

@@ -1,6 +1,7 @@
 import json
 import os
 import struct
+import zlib
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ from torch import nn
 
 from cnncompress import models, storage
 from cnncompress.errors import InputError
-from cnncompress.storage.ccz import HEADER, header_size, pack_header
+from cnncompress.storage.ccz import VERSION, HEADER, decode_manifest, encode_manifest, header_size, pack_header
 
 
 @pytest.fixture
@@ -60,9 +61,9 @@ def _rewrite_raw_manifest(path, edit):
 
 def _rewrite_manifest(path, edit):
     def change(raw: bytes) -> bytes:
-        manifest = json.loads(raw)
+        manifest = decode_manifest(raw, VERSION)
         edit(manifest)
-        return json.dumps(manifest).encode()
+        return encode_manifest(manifest, VERSION)
     _rewrite_raw_manifest(path, change)
 
 
@@ -86,6 +87,10 @@ def _first_tensor(key, value):
     (lambda p: _rewrite_manifest(p, lambda m: m.update(architecture={"features": {"type": "os.system"}})),
      "cannot rebuild"),
     (lambda p: _rewrite_raw_manifest(p, lambda raw: b"[" + raw[1:]), "corrupt manifest"),
+    (lambda p: _rewrite_raw_manifest(p, lambda raw: zlib.compress(b"[" + zlib.decompress(raw)[1:])),
+     "corrupt manifest"),
+    (lambda p: _rewrite_raw_manifest(p, lambda raw: raw[:len(raw) // 2]), "corrupt manifest"),
+    (lambda p: _rewrite_raw_manifest(p, lambda raw: zlib.compress(b" " * (65 << 20))), "inflates past"),
     (lambda p: p.write_bytes(p.read_bytes()[:header_size(2)] + b"[" + p.read_bytes()[header_size(2) + 1:]),
      "manifest sha256"),
 ])
@@ -149,14 +154,26 @@ def test_the_expansion_bound_is_configurable(tmp_path, model, monkeypatch):
     storage.load(path)
 
 
-def test_version_1_files_without_a_manifest_digest_still_load(tmp_path, model):
+@pytest.mark.parametrize("old", [1, 2])
+def test_older_versions_still_load(tmp_path, model, old):
+    """Version 2 (plain-JSON manifest) and version 1 (no manifest digest either) files written as they were."""
     path = storage.save(model, tmp_path / "m.ccz")
     raw = path.read_bytes()
-    _, _, length = HEADER.unpack(raw[:HEADER.size])
-    manifest = raw[header_size(2):header_size(2) + length]
-    path.write_bytes(pack_header(manifest, 1) + manifest + raw[header_size(2) + length:])
+    _, version, length = HEADER.unpack(raw[:HEADER.size])
+    start = header_size(version)
+    manifest = encode_manifest(decode_manifest(raw[start:start + length], version), old)
+    assert manifest.startswith(b"{")  # plain JSON
+    path.write_bytes(pack_header(manifest, old) + manifest + raw[start + length:])
     x = torch.randn(1, 1, 48, 48)
     assert torch.equal(storage.load(path)(x), model.eval()(x))
+
+
+def test_manifest_is_compressed(tmp_path, model):
+    path = storage.save(model, tmp_path / "m.ccz")
+    raw = path.read_bytes()
+    _, version, length = HEADER.unpack(raw[:HEADER.size])
+    plain = len(encode_manifest(storage.read_manifest(path)[0], 2))
+    assert version == VERSION == 3 and length < plain / 2
 
 
 def test_no_single_bit_flip_loads_as_a_different_model(tmp_path):

@@ -199,11 +199,15 @@ def precision_of(method_names) -> str:
 
 
 def model_precision(model) -> str:
-    """The precision ``model`` is meant to run at: int8 (an int8 QDQ graph or calibration), else the lowest its
-    compression history asks for (``precision_of``)."""
+    """The precision ``model`` is meant to run at: the lowest its compression history asks for
+    (``precision_of``); without such a history, int8 when it carries int8 calibration or an ONNX graph of its own
+    (a bf16 model carries its bf16 graph too: the history decides first)."""
+    history = precision_of(step.get("method") for step in getattr(model, "compression_history", []) or [])
+    if history != "fp32":
+        return history
     if getattr(model, "int8_calibration", None) is not None or isinstance(getattr(model, "onnx_model", None), bytes):
         return "int8"
-    return precision_of(step.get("method") for step in getattr(model, "compression_history", []) or [])
+    return "fp32"
 
 
 def names(precision: str | None = None) -> list[str]:

@@ -37,3 +37,23 @@ def race(row_model, baseline, shape: tuple[int, ...], example: torch.Tensor, row
             "baseline_engines_ms": base_ms, "engine_precision": row_precision,
             "engines_skipped": {**{f"row {k}": v for k, v in row_skipped.items()},
                                 **{f"baseline {k}": v for k, v in base_skipped.items()}}}
+
+
+NOISE = 0.05  # interleaved medians on a shared 2-core CPU move by a few per cent between runs
+
+
+def preset_label(speedups: dict) -> str:
+    """The speed label a speed-"real" method earns from measurements at several presets: ``speedups`` maps a
+    preset (input size) to its speed-ups vs the fastest fp32 engine (one per thread count; None: not measured).
+    With ``worst`` the slowest of a preset's ratios: ``real`` when worst >= 1 + NOISE, ``none`` when worst < 1 -
+    NOISE, else ``same speed``; e.g. ``"none at 48 (0.72×); real at 224 (2.10×)"``, ``"not measured"`` when nothing
+    was timed."""
+    parts = []
+    for preset, ratios in speedups.items():
+        measured = [r for r in ratios if r is not None]
+        if not measured:
+            continue
+        worst = min(measured)
+        verdict = "real" if worst >= 1 + NOISE else "none" if worst < 1 - NOISE else "same speed"
+        parts.append(f"{verdict} at {preset} ({worst:.2f}×)")
+    return "; ".join(parts) if parts else "not measured"
