@@ -52,11 +52,12 @@ def speed_real_methods() -> list[str]:
 
 
 def digits(size: int, channels: int, count: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """``count`` mnist5k training digits (and labels) at ``size`` with ``channels`` (grey copied to RGB)."""
+    """``count`` mnist5k training digits at ``size`` with ``channels`` (grey copied to RGB), and their labels
+    modulo the preset's class count (the 224 preset has 8 classes; the labels only steer Taylor importance)."""
     from cnncompress.data import build_dataset
     data = build_dataset("mnist5k", "train", input_size=48)
     step = len(data.images) // count
-    images, labels = data.images[::step][:count], data.labels[::step][:count]
+    images, labels = data.images[::step][:count], data.labels[::step][:count] % PRESETS[size]["classes"]
     if size != 48:
         images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
     return (images.repeat(1, channels, 1, 1) if channels != images.shape[1] else images), labels
@@ -153,10 +154,17 @@ def main(argv=None) -> int:
     parser.add_argument("--methods", nargs="+", default=None, help="default: every speed-real method")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--block", type=int, default=3)
+    parser.add_argument("--update", action="store_true",
+                        help="keep the other presets of an existing --out/presets.json; re-measure only --sizes")
     args = parser.parse_args(argv)
     names = args.methods or speed_real_methods()
     args.out.mkdir(parents=True, exist_ok=True)
-    results, failed = {"environment": environment(), "command": " ".join(sys.argv)}, {}
+    results, failed = {}, {}
+    if args.update and (args.out / "presets.json").is_file():
+        results = json.loads((args.out / "presets.json").read_text())
+        failed = {size: results[size].get("failed", {}) for size in map(str, PRESETS) if size in results}
+    results.setdefault("commands", []).append(" ".join(sys.argv))
+    results["environment"] = environment()
     for size in args.sizes:
         bases, rows, failed[str(size)] = build(size, names)
         results[str(size)] = {"runs": [], "configs": {n: {"model": a, "config": repr(c)} for n, (a, _, c) in rows.items()},

