@@ -355,3 +355,32 @@ def test_train_command_selects_on_validation_and_reports_test_once(run_cli, tmp_
     loaded = load_weights(tmp_path / "run" / "model.safetensors")
     test = build_dataset("mnist5k", "test")
     assert 1 - error_rate(loaded, test) == pytest.approx(summary["test_accuracy"])
+
+
+def test_freeze_norm_keeps_batch_norm_statistics():
+    """freeze_norm: the batch-norm running statistics of a pretrained model survive recovery training; without it
+    they move toward the new batches."""
+    from cnncompress.data.datasets import ImageDataset
+    from cnncompress.train import Trainer, TrainConfig
+    data = ImageDataset(torch.randn(64, 1, 64, 64) * 3 + 1, torch.randint(0, 7, (64,)), list("abcdefg"), "noise")
+    moved = {}
+    for freeze in (True, False):
+        torch.manual_seed(0)
+        model = models.build("mini_xception", 7, 1, 64)
+        before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+        Trainer(model, data, None, TrainConfig(epochs=1, lr=1e-3, batch_size=16, freeze_norm=freeze),
+                progress=False).fit()
+        moved[freeze] = any(not torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert moved == {True: False, False: True}
+
+
+def test_recalibrate_batch_norm_matches_the_data_statistics():
+    from cnncompress.train import recalibrate_batch_norm
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4, momentum=0.01))
+    images = torch.randn(96, 1, 8, 8) * 2 + 3
+    recalibrate_batch_norm(net, images, batch_size=32)
+    with torch.no_grad():
+        features = net[0](images)
+    torch.testing.assert_close(net[1].running_mean, features.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-4)
+    assert not net.training and net[1].momentum == 0.01

@@ -233,7 +233,8 @@ def distill(teacher: nn.Module, student: nn.Module, unlabeled, targets: str = "s
             batch_size: int | None = None, seed: int = 0, copies: int = 1, heldout=None, heldout_copies: int = 4,
             test=None, val=None, cache_dir: str | Path | None = None,
             out_dir: str | Path | None = None, resume: bool = False, device: str = "cpu",
-            progress: bool = False, optimizer: str | None = None, schedule: str | None = None) -> DistillResult:
+            progress: bool = False, optimizer: str | None = None, schedule: str | None = None,
+            freeze_norm: bool = False) -> DistillResult:
     """Train ``student`` (in place) to mimic ``teacher`` on ``unlabeled`` images (a dataset with ``.images``).
 
     ``targets``: labels | softmax | hinton (formulas in the module docstring). ``temperature`` defaults to 1
@@ -243,7 +244,8 @@ def distill(teacher: nn.Module, student: nn.Module, unlabeled, targets: str = "s
     ``heldout_copies - 1`` augmented copies of each); ``heldout``: images never trained on nor chosen with, for
     the reported agreement; ``test``: a labelled set for accuracy. Training settings left None come from the
     student's recommended preset (``train.preset(student.spec["name"])``: its optimiser, schedule, learning
-    rate, epochs ...), so a registered student trains as its baseline does. Teacher outputs are cached in
+    rate, epochs ...), so a registered student trains as its baseline does. ``freeze_norm``: batch-norm layers keep
+    their running statistics (a pretrained student recovering on few images). Teacher outputs are cached in
     ``cache_dir``.
     """
     if targets not in LOSSES:
@@ -285,7 +287,8 @@ def distill(teacher: nn.Module, student: nn.Module, unlabeled, targets: str = "s
         return 1.0 - agreement(model, val_images, val_out, device=device)
 
     given = {"epochs": epochs, "lr": lr, "momentum": momentum, "weight_decay": weight_decay,
-             "batch_size": batch_size, "optimizer": optimizer, "schedule": schedule}
+             "batch_size": batch_size, "optimizer": optimizer, "schedule": schedule,
+             "freeze_norm": freeze_norm or None}
     config = preset(getattr(student, "spec", {}).get("name", ""), seed=seed, device=device,
                     **{k: v for k, v in given.items() if v is not None})
     trainer = Trainer(student, _IndexedSet(images, getattr(unlabeled, "name", "unlabeled")),

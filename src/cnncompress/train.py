@@ -60,6 +60,8 @@ class TrainConfig:
     patience: int = 0  # stop when the validation error has not improved for this many epochs (0 = never)
     restore_best: bool = True  # end on the epoch with the lowest validation error (when there is a validation set)
     optimizer: str = "sgd"  # OPTIMIZERS: "sgd" (the papers', with momentum) or "adamw" (betas 0.9/0.999)
+    freeze_norm: bool = False  # batch-norm layers stay in eval mode (running statistics kept): recovering a
+    # pretrained model on a few hundred images, where batch statistics would drag the learned ones
 
     def validate(self) -> "TrainConfig":
         problems = []
@@ -154,6 +156,24 @@ def preset(model: str, stage: str = "baseline", **overrides) -> TrainConfig:
 
 def cross_entropy_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(model(images), labels)
+
+
+@torch.no_grad()
+def recalibrate_batch_norm(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> nn.Module:
+    """Re-estimate every batch-norm layer's running mean and variance on ``images`` (cumulative average over the
+    batches, no gradient step): after pruning or quantising a network the stored statistics no longer describe
+    its activations. Returns ``model`` in eval mode."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: every batch counts the same
+    model.train()
+    for start in range(0, len(images), batch_size):
+        model(images[start:start + batch_size])
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    return model.eval()
 
 
 @torch.no_grad()
@@ -274,6 +294,10 @@ class Trainer:
         order = torch.randperm(len(self.train_set), generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
         augment_rng = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
         self.model.train()
+        if cfg.freeze_norm:
+            for module in self.model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         total_loss, seen, steps = 0.0, 0, 0
         started = time.perf_counter()
         batches = range(0, len(order), cfg.batch_size)

