@@ -223,3 +223,15 @@ def test_faces_detect_dataset_crops_faces(tmp_path):
     (tmp_path / "astronaut.png").unlink()
     with pytest.raises(InputError, match="no face found"):
         build_dataset(f"faces-detect:{tmp_path}", "train")
+
+
+def test_recalibrate_batch_norm_matches_the_data_statistics():
+    from cnncompress.distill import recalibrate_batch_norm
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4, momentum=0.01))
+    images = torch.randn(96, 1, 8, 8) * 2 + 3
+    recalibrate_batch_norm(net, images, batch_size=32)
+    with torch.no_grad():
+        features = net[0](images)
+    torch.testing.assert_close(net[1].running_mean, features.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-4)
+    assert not net.training and net[1].momentum == 0.01

@@ -372,15 +372,3 @@ def test_freeze_norm_keeps_batch_norm_statistics():
                 progress=False).fit()
         moved[freeze] = any(not torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     assert moved == {True: False, False: True}
-
-
-def test_recalibrate_batch_norm_matches_the_data_statistics():
-    from cnncompress.train import recalibrate_batch_norm
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4, momentum=0.01))
-    images = torch.randn(96, 1, 8, 8) * 2 + 3
-    recalibrate_batch_norm(net, images, batch_size=32)
-    with torch.no_grad():
-        features = net[0](images)
-    torch.testing.assert_close(net[1].running_mean, features.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-4)
-    assert not net.training and net[1].momentum == 0.01

@@ -131,6 +131,24 @@ def default_cache_dir() -> Path:
 
 
 @torch.no_grad()
+def recalibrate_batch_norm(model: nn.Module, images: torch.Tensor, batch_size: int = 64) -> nn.Module:
+    """Re-estimate every batch-norm layer's running mean and variance on ``images`` (cumulative average over the
+    batches, no gradient step): after pruning or quantising a network the stored statistics no longer describe
+    its activations. Returns ``model`` in eval mode."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: every batch counts the same
+    model.train()
+    for start in range(0, len(images), batch_size):
+        model(images[start:start + batch_size])
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    return model.eval()
+
+
+@torch.no_grad()
 def teacher_logits(teacher: nn.Module, images: torch.Tensor, cache_dir: str | Path | None = None,
                    batch_size: int = 256, device: str = "cpu") -> tuple[torch.Tensor, bool]:
     """The teacher's logits (N, K) for ``images``, read from ``cache_dir`` when cached (key: sha256 of the

@@ -5,7 +5,7 @@ The subject of Rassadin & Savchenko 2017 is an emotion CNN that must run on a ph
 each compressed copy then recovers by distillation from the original itself on unlabelled faces (§4 of the
 paper: softmax targets; the student is the compressed copy, the teacher the uncompressed model, ``lfw-faces`` by
 default, ``faces:<dir>`` / ``faces-detect:<dir>`` for a user's own images): the batch-norm statistics are first
-re-estimated on those faces (``train.recalibrate_batch_norm``), then the copy is distilled with them frozen, and
+re-estimated on those faces (``distill.recalibrate_batch_norm``), then the copy is distilled with them frozen, and
 the untuned copy is kept when the validation faces say recovery did not help. Post-training methods (fp16, int8)
 are not retrained. For each row:
 
@@ -117,8 +117,7 @@ def run_row(label: str, pipeline: list, recover: bool, teacher, data: dict, sett
             folder: Path, reference: dict) -> dict:
     """One compressed copy: apply, recover (distil from the original), measure. Returns the row."""
     from .. import methods, storage
-    from ..distill import augment_copies, distill
-    from ..train import recalibrate_batch_norm
+    from ..distill import augment_copies, distill, recalibrate_batch_norm
     started = time.perf_counter()
     model = copy.deepcopy(teacher).eval()
     try:
