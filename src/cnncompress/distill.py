@@ -35,7 +35,6 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import measure
-from .data.datasets import standard_layout
 from .errors import InputError, input_error
 from .train import Trainer, preset
 
@@ -196,7 +195,7 @@ class _IndexedSet:
     """Training set for the Trainer: the images, with each sample's index as its "label" (targets looked up)."""
 
     def __init__(self, images: torch.Tensor, name: str):
-        self.images, self.labels, self.name = standard_layout(images), torch.arange(len(images)), name
+        self.images, self.labels, self.name = images, torch.arange(len(images)), name
 
     def __len__(self) -> int:
         return len(self.images)

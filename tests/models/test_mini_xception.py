@@ -144,3 +144,22 @@ def test_ccz_round_trip(teacher, tmp_path):
         assert torch.allclose(again(x), teacher(x), atol=1e-6)
     assert again.metadata["classes"] == EMOTION_CLASSES
     assert isinstance(again.features.block1.pool, MaxPool2dSame)
+
+
+def test_channel_stride_one_batches_train_in_row_major_layout():
+    """A one-channel batch from HWC data has channel stride 1; oneDNN's conv backward segfaulted on it in this
+    network, so forward hands the layers NCHW strides (same values)."""
+    import torch
+    from cnncompress import models
+    from cnncompress.models.mini_xception import row_major
+    hwc = torch.randn(4, 64, 64, 1).permute(0, 3, 1, 2)
+    assert hwc.is_contiguous() and hwc.stride() == (4096, 1, 64, 1)
+    fixed = row_major(hwc)
+    assert fixed.stride() == (4096, 4096, 64, 1) and torch.equal(fixed, hwc)
+    plain = torch.randn(2, 1, 8, 8)
+    assert row_major(plain) is plain
+    model = models.build("mini_xception", 7, 1, 64).train()
+    seen = []
+    model.features.conv1.register_forward_pre_hook(lambda m, args: seen.append(args[0].stride()))
+    model(hwc).sum().backward()
+    assert seen == [(4096, 4096, 64, 1)]

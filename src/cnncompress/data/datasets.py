@@ -27,20 +27,11 @@ DEFAULT_VAL_FRACTION = 0.1
 SPLITS = ("train", "val", "test", "train+val")
 
 
-def standard_layout(images: torch.Tensor) -> torch.Tensor:
-    """``images`` with row-major (NCHW) strides. A one-channel tensor made from HWC arrays can be "contiguous"
-    with a channel stride of 1 ((H*W, 1, W, 1)); oneDNN's convolution backward crashed (segmentation fault) on such
-    batches in torch 2.13 (found distilling the mini-Xception on real faces), so every dataset is normalised."""
-    standard = torch.empty(0).new_empty(images.shape).stride() if images.dim() else ()
-    return images if images.stride() == standard else images.clone(memory_format=torch.contiguous_format)
-
-
 class ImageDataset(Dataset):
     """Prepared images (N, C, H, W) float32 and int64 labels (-1 = unlabelled), plus what a model needs to know."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes: list[str], name: str,
                  mean: float = 0.5, std: float = 0.5, split: str = ""):
-        images = standard_layout(images)
         self.images, self.labels, self.classes, self.name = images, labels, list(classes), name
         self.mean, self.std, self.split = mean, std, split
 
