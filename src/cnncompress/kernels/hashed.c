@@ -13,18 +13,17 @@
 
 #define PREFETCH 64
 
+/* the bucket a slot points at: slot - K for the negated half of the table */
+static inline uint32_t bucket(uint32_t slot, uint32_t k) { return slot - (slot >= k) * k; }
+
 void hashed_gather(const float *w, const int32_t *slots, long start, long stop, int32_t k, float *out) {
     const uint32_t *table = (const uint32_t *)w;
     uint32_t *bits = (uint32_t *)out;
     const uint32_t kk = (uint32_t)k;
     for (long e = start; e < stop; e++) {
-        if (e + PREFETCH < stop) {
-            uint32_t p = (uint32_t)slots[e + PREFETCH];
-            __builtin_prefetch(table + (p - (p >= kk) * kk), 0, 3);
-        }
+        if (e + PREFETCH < stop) __builtin_prefetch(table + bucket((uint32_t)slots[e + PREFETCH], kk), 0, 3);
         uint32_t s = (uint32_t)slots[e];
-        uint32_t negative = s >= kk;
-        bits[e] = table[s - negative * kk] ^ (negative << 31);
+        bits[e] = table[bucket(s, kk)] ^ ((uint32_t)(s >= kk) << 31);
     }
 }
 
@@ -33,14 +32,10 @@ void hashed_scatter(const float *grad, const int32_t *slots, long start, long st
     const uint32_t *bits = (const uint32_t *)grad;
     const uint32_t kk = (uint32_t)k;
     for (long e = start; e < stop; e++) {
-        if (e + PREFETCH < stop) {
-            uint32_t p = (uint32_t)slots[e + PREFETCH];
-            __builtin_prefetch(grad_w + (p - (p >= kk) * kk), 1, 3);
-        }
+        if (e + PREFETCH < stop) __builtin_prefetch(grad_w + bucket((uint32_t)slots[e + PREFETCH], kk), 1, 3);
         uint32_t s = (uint32_t)slots[e];
-        uint32_t negative = s >= kk;
         union { uint32_t u; float f; } v;
-        v.u = bits[e] ^ (negative << 31);
-        grad_w[s - negative * kk] += v.f;
+        v.u = bits[e] ^ ((uint32_t)(s >= kk) << 31);
+        grad_w[bucket(s, kk)] += v.f;
     }
 }
