@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from cnncompress import engines, measure, methods, models
+from cnncompress import engines, methods, models
 from cnncompress.experiments.engine_race import preset_label
 from cnncompress.experiments.environment import environment
 
@@ -94,19 +94,14 @@ def race(size: int, bases: dict, rows: dict, threads: int, rounds: int, block: i
     """One interleaved timing of every baseline on every fp32 engine and every method on its precision's engines."""
     preset = PRESETS[size]
     shape = (1, preset["channels"], size, size)
-    calls, skipped = {}, {}
-    for arch, base in bases.items():
-        runs, why = engines.prepared(base, shape, engines.names("fp32"), threads)
-        calls.update({("base", arch, engine): run for engine, run in runs.items()})
-        skipped.update({f"{arch} baseline {engine}": reason for engine, reason in why.items()})
-    for name, (arch, model, _) in rows.items():
-        runs, why = engines.prepared(model, shape, engines.names(engines.model_precision(model)), threads)
-        calls.update({("row", name, engine): run for engine, run in runs.items()})
-        skipped.update({f"{name} {engine}": reason for engine, reason in why.items()})
+    contenders = {("base", arch): (base, engines.names("fp32")) for arch, base in bases.items()}
+    contenders.update({("row", name): (model, engines.names(engines.model_precision(model)))
+                       for name, (arch, model, _) in rows.items()})
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
-    with torch.inference_mode(), measure.threads(threads):
-        times = measure.alternating({key: (lambda run=run: run(x)) for key, run in calls.items()}, rounds,
-                                    block=block)
+    timed, why = engines.race(contenders, shape, threads, rounds, block, x)
+    times = {(side, who, engine): ms for ((side, who), engine), ms in timed.items()}
+    skipped = {f"{who}{' baseline' if side == 'base' else ''} {engine}": reason
+               for ((side, who), engine), reason in why.items()}
     out = {"threads": threads, "skipped": skipped, "baselines": {}, "methods": {}}
     for arch in bases:
         base_ms = {e: ms for (side, who, e), ms in times.items() if side == "base" and who == arch}

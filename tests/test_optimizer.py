@@ -96,6 +96,7 @@ def test_optimize_meets_the_byte_budget_in_the_real_file(tmp_path, digits, train
     best, report = optimize(model, train, val, "1/8", finetune=1, work=tmp_path)
     assert sensitivity.file_size(best) <= original / 8 and report["chosen"]["measured"]["bytes"] <= original / 8
     assert report["chosen"]["engine"] in engines.names() and report["chosen"]["latency_ms"] > 0
+    assert report["chosen"]["predicted_ms"] > 0  # the per-layer cost model's figure, beside the measured one
     assert 0 <= report["chosen"]["measured"]["accuracy"] <= 100
     same, report = optimize(model, train, val, original * 2, work=tmp_path)
     assert same is model and report["chosen"] == "original"
@@ -130,11 +131,11 @@ def test_latency_budget_takes_the_most_accurate_pipeline_measured_within_it(tmp_
     import cnncompress.optimizer as optimizer_module
     from cnncompress import engines as engine_registry
 
-    def fake_latency(model, shape, engine, threads=1):
+    def fake_latency(latency, model, shapes, engine):
         history = [step["method"] for step in getattr(model, "compression_history", []) or []]
         ms = 1.0 - 0.5 * ("prune-l1" in history) - 0.3 * (engine_registry.model_precision(model) == "int8")
-        return ("onnxruntime", ms)
-    monkeypatch.setattr(optimizer_module, "latency_ms", fake_latency)
+        return {"engine": "onnxruntime", "latency_ms": ms, "predicted_ms": None}
+    monkeypatch.setattr(optimizer_module, "measured_latency", fake_latency)
     small_grid = [Setting(), Setting(0.5, None), Setting(0.0, 8)]  # a short sensitivity table: this test is not about it
     monkeypatch.setattr(optimizer_module, "measure_sensitivity", lambda model, val_set, cache, progress=None:
                         sensitivity.measure(model, val_set, cache, settings=small_grid, progress=progress))
@@ -155,3 +156,20 @@ def test_latency_budget_takes_the_most_accurate_pipeline_measured_within_it(tmp_
     assert sensitivity.file_size(best) == chosen["measured"]["bytes"]
     with pytest.raises(InputError, match=r"no candidate meets both; the fastest measured: .* 0\.200 ms"):
         optimize(trained, train, val, "1/2", max_ms=0.1, finetune=0, work=tmp_path)
+
+
+def test_pareto_front_keeps_only_candidates_nothing_beats(tmp_path):
+    from cnncompress.optimize_report import pareto_front, write_report
+
+    def candidate(name, size, ms, acc):
+        return {"pipeline": name, "measured": {"bytes": size, "accuracy": acc}, "latency_ms": ms, "engine": "e",
+                "predicted_ms": ms * 1.1}
+    small, fast, accurate = candidate("small", 100, 2.0, 90.0), candidate("fast", 300, 0.5, 90.0), \
+        candidate("accurate", 400, 1.0, 99.0)
+    beaten = candidate("beaten", 300, 1.0, 89.0)  # fast is as small, faster and more accurate
+    assert pareto_front([small, fast, accurate, beaten]) == [small, fast, accurate]
+    report = {"budget_bytes": 350, "budget_ms": 1.5, "original_bytes": 1000, "chosen": fast,
+              "settings": {"whole model": "fast"}, "candidates": [small, fast, accurate, beaten]}
+    write_report(report, tmp_path / "report.md")
+    text = (tmp_path / "report.md").read_text()
+    assert "(predicted 0.550 ms, +10 %)" in text and (tmp_path / "pareto.png").stat().st_size > 1000

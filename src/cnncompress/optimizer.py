@@ -10,19 +10,20 @@ chosen from measured per-layer sensitivity and accepted only on measured bytes a
    ``finetune`` epochs; the validation split picks the epoch), saved, and the real ``.ccz`` bytes measured. When
    the file is over the budget (the additive model erred), the search is re-run with the budget lowered by the
    overshoot, up to ``ATTEMPTS`` times. The latency of the deployed model is measured on the fastest engine of
-   its precision (``engines``) at batch 1.
+   its precision (``engines``) at batch 1, raced with the original, beside the latency the per-layer cost model
+   (``latency_model``) predicted for it.
 4. Per-layer pruning and weight sharing make the file smaller, not the forward faster. When that model is over
    ``max_ms``, whole-model pipelines of the methods that do make it faster (``LATENCY_LADDER``: int8 on the
    int8 engines, L1 filter pruning, both) are built from the original, fine-tuned, and measured (bytes, validation
    accuracy, latency on the engine); the most accurate one within both budgets is returned, and none within them
    is a one-line error naming the fastest and the smallest measured.
 
-Every candidate built is kept in ``report["candidates"]`` (predicted vs measured bytes and accuracy).
+Every candidate built is kept in ``report["candidates"]`` (predicted vs measured bytes, accuracy and latency);
+``optimize_report`` writes them as markdown, JSON and a Pareto figure.
 """
 from __future__ import annotations
 
 import copy
-import json
 import math
 import tempfile
 from pathlib import Path
@@ -32,6 +33,7 @@ from torch import nn
 
 from . import engines, methods, storage
 from .errors import InputError
+from .latency_model import FLOAT_TWIN, LatencyModel, layer_shapes
 from .measure import accuracy
 from .sensitivity import Setting, apply_settings
 from .sensitivity import measure as measure_sensitivity
@@ -147,11 +149,21 @@ def _fine_tune(model: nn.Module, train_set, val_set, epochs: int, seed: int) -> 
     return model.eval()
 
 
-def latency_ms(model: nn.Module, shape: tuple[int, ...], engine: str | None, threads: int = 1) -> tuple[str, float]:
-    """(engine, median ms) of the deployed model at batch 1: ``engine`` or the fastest of its precision."""
-    names = [engine] if engine else engines.names(engines.model_precision(model))
-    times = engines.fastest(model, shape, names, threads=threads, runs=15)
-    return times["fastest"], times[times["fastest"]]
+def measured_latency(latency: LatencyModel, deployed: nn.Module, shapes: dict | None, engine: str | None) -> dict:
+    """The deployed model's median ms at batch 1 on ``engine`` (default: the fastest engine of its precision),
+    raced with the original, and the latency model's prediction for that engine made before it is corrected by
+    this measurement (``latency_model``; None when ``shapes`` does not cover the original's layers)."""
+    names = [engine] if engine else engines.names(engines.model_precision(deployed))
+    measured, original = latency.race(deployed, names)
+    if not measured:
+        raise InputError(f"no engine of {', '.join(names)} can run the optimized model")
+    best = min(measured, key=measured.get)
+    twin = FLOAT_TWIN.get(best, best)
+    predicted = None
+    if shapes is not None and set(shapes) == set(latency.shapes) and twin in original:
+        predicted = latency.predict(shapes, best, original[twin])
+        latency.observe(predicted, measured[best], best)
+    return {"engine": best, "latency_ms": measured[best], "predicted_ms": predicted}
 
 
 def optimize(model: nn.Module, train_set, val_set, max_bytes: int | str, max_ms: float | None = None,
@@ -191,21 +203,22 @@ def optimize(model: nn.Module, train_set, val_set, max_bytes: int | str, max_ms:
         raise InputError(f"--max-bytes {budget:,}: after {ATTEMPTS} attempts the smallest model measured "
                          f"{min(c['measured']['bytes'] for c in report['candidates']):,} bytes; give a larger budget")
     candidate, entry = final
-    deployed = methods.to_inference(candidate)
-    chosen_engine, ms = latency_ms(deployed, shape, engine)
-    entry.update(engine=chosen_engine, latency_ms=ms, latency_met=max_ms is None or ms <= max_ms)
+    latency = LatencyModel(model, shape)
+    entry.update(measured_latency(latency, methods.to_inference(candidate), latency.shapes, engine))
+    ms = entry["latency_ms"]
+    entry["latency_met"] = max_ms is None or ms <= max_ms
     report.update(chosen=entry, settings=entry["settings"])
-    if max_ms is not None:
-        report["original_ms"] = dict(zip(("engine", "ms"), latency_ms(model, shape, engine)))
+    original = engines.fastest_deployed(model, shape, engine)
+    report["original_ms"] = {"engine": original["engine"], "ms": original["ms"]}
     if max_ms is None or ms <= max_ms:
         return candidate, report
-    say(f"candidate {entry['attempt']} fits the bytes but runs in {ms:.3f} ms on {chosen_engine} > {max_ms:g} ms: "
+    say(f"candidate {entry['attempt']} fits the bytes but runs in {ms:.3f} ms on {entry['engine']} > {max_ms:g} ms: "
         f"trying whole-model pipelines that cut latency")
-    return _latency_search(model, train_set, val_set, budget, max_ms, engine, finetune, seed, shape, say, report)
+    return _latency_search(model, train_set, val_set, budget, max_ms, engine, finetune, seed, latency, say, report)
 
 
 def _latency_search(model, train_set, val_set, budget: int, max_ms: float, engine, finetune: int, seed: int,
-                    shape, say, report: dict) -> tuple[nn.Module, dict]:
+                    latency: LatencyModel, say, report: dict) -> tuple[nn.Module, dict]:
     """Step 4 of the module docstring: every ``LATENCY_LADDER`` pipeline built, fine-tuned and measured."""
     feasible = []
     for label, pipeline in LATENCY_LADDER:
@@ -216,18 +229,21 @@ def _latency_search(model, train_set, val_set, budget: int, max_ms: float, engin
                 candidate = methods.apply(candidate, method, **methods.with_data(method, config, train_set))
             if float_stages:  # recover before int8 calibrates on the recovered model
                 candidate = _fine_tune(candidate, train_set, val_set, finetune, seed)
+            shapes = layer_shapes(candidate, latency.input_shape)  # the float stage's layers: what int8 runs
             if len(float_stages) < len(pipeline):
                 candidate = methods.apply(candidate, "int8", **methods.with_data("int8", {}, train_set))
         except InputError as error:  # a pipeline this model cannot take (e.g. no filter chain to prune)
             report["candidates"].append({"pipeline": label, "skipped": str(error)})
             continue
         deployed = methods.to_inference(candidate)
-        chosen_engine, ms = latency_ms(deployed, shape, engine)
+        timed = measured_latency(latency, deployed, shapes, engine)
         measured = {"bytes": _size(candidate), "accuracy": accuracy(deployed, val_set)}
-        entry = {"pipeline": label, "measured": measured, "engine": chosen_engine, "latency_ms": ms,
-                 "latency_met": ms <= max_ms, "bytes_met": measured["bytes"] <= budget}
+        entry = {"pipeline": label, "measured": measured, **timed, "latency_met": timed["latency_ms"] <= max_ms,
+                 "bytes_met": measured["bytes"] <= budget}
         report["candidates"].append(entry)
-        say(f"{label}: {measured['bytes']:,} B, {measured['accuracy']:.2f}% (val), {ms:.3f} ms on {chosen_engine}")
+        predicted = f" (predicted {timed['predicted_ms']:.3f})" if timed["predicted_ms"] is not None else ""
+        say(f"{label}: {measured['bytes']:,} B, {measured['accuracy']:.2f}% (val), {timed['latency_ms']:.3f} ms"
+            f"{predicted} on {timed['engine']}")
         if entry["latency_met"] and entry["bytes_met"]:
             feasible.append((measured["accuracy"], candidate, entry))
     if not feasible:
@@ -246,40 +262,3 @@ def _latency_search(model, train_set, val_set, budget: int, max_ms: float, engin
 def _size(model: nn.Module) -> int:
     with tempfile.TemporaryDirectory(prefix="cnncompress-opt-") as tmp:
         return storage.save(model, Path(tmp) / "m.ccz").stat().st_size
-
-
-def write_report(report: dict, path: str | Path) -> Path:
-    """Markdown: budget, chosen per-layer settings, predicted vs measured bytes and accuracy, every candidate."""
-    path = Path(path)
-    lines = [f"# optimize: budget {report['budget_bytes']:,} bytes"
-             + (f", {report['budget_ms']:g} ms" if report.get("budget_ms") else ""),
-             "", f"original: {report['original_bytes']:,} bytes", ""]
-    if report.get("chosen") == "original":
-        lines.append(report["reason"])
-    else:
-        chosen = report["chosen"]
-        predicted = chosen.get("predicted")
-        lines += [f"chosen: {chosen.get('pipeline', 'per-layer settings')}, {chosen['measured']['bytes']:,} bytes"
-                  + (f" (predicted {predicted['bytes']:,})" if predicted else "")
-                  + f", validation accuracy {chosen['measured']['accuracy']:.2f}%"
-                  + (f" (predicted before fine-tuning {predicted['accuracy']:.2f}%)" if predicted else "")
-                  + f", {chosen['latency_ms']:.3f} ms on {chosen['engine']}"
-                  + (f" (original: {report['original_ms']['ms']:.3f} ms on {report['original_ms']['engine']})"
-                     if report.get("original_ms") else ""),
-                  "", "| layer | setting |", "|---|---|"]
-        lines += [f"| {p} | {s} |" for p, s in report["settings"].items()]
-        lines += ["", "| candidate | target bytes | predicted bytes | measured bytes | predicted acc | measured acc | "
-                      "ms (engine) |", "|---|---|---|---|---|---|---|"]
-        for c in report["candidates"]:
-            if "skipped" in c:
-                lines.append(f"| {c['pipeline']} | skipped: {c['skipped']} | | | | | |")
-                continue
-            p, m = c.get("predicted"), c["measured"]
-            name = c.get("pipeline") or f"per-layer attempt {c['attempt']}"
-            target = f"{c['target_bytes']:,}" if "target_bytes" in c else "—"
-            p_bytes, p_acc = (f"{p['bytes']:,}", f"{p['accuracy']:.2f}") if p else ("—", "—")
-            ms = f"{c['latency_ms']:.3f} ({c['engine']})" if "latency_ms" in c else "—"
-            lines.append(f"| {name} | {target} | {p_bytes} | {m['bytes']:,} | {p_acc} | {m['accuracy']:.2f} | {ms} |")
-    path.write_text("\n".join(lines) + "\n")
-    path.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str))
-    return path

@@ -72,7 +72,8 @@ def run(args) -> int:
         print(markdown(table) + f"\nwrote {out}/sensitivity.{{json,md,png}}")
         return 0
     from .. import storage
-    from ..optimizer import optimize, write_report
+    from ..optimize_report import write_report
+    from ..optimizer import optimize
     best, report = optimize(model, sets["train"], sets["val"], args.max_bytes, args.max_ms, args.engine,
                             args.finetune, args.seed, work=out, progress=say)
     path = storage.save(best, out / "model.ccz")

@@ -15,7 +15,7 @@ from torch import nn
 from ..errors import InputError
 from ..measure import DEFAULT_THREADS, alternating
 from . import cpu, openvino
-from .registry import ENGINES, EngineUnavailable, get, names
+from .registry import ENGINES, EngineUnavailable, get, model_precision, names
 
 
 def _engine_list(engines) -> list[str]:
@@ -89,6 +89,43 @@ def fastest(model: nn.Module | bytes, input_shape: tuple[int, ...], engines=None
     finally:
         torch.set_num_threads(previous)
     return {**times, "fastest": min(times, key=times.get), "skipped": skipped}
+
+
+def race(contenders: dict, input_shape: tuple[int, ...], threads: int | None = DEFAULT_THREADS, runs: int = 20,
+         block: int = 3, example: torch.Tensor | None = None) -> tuple[dict, dict]:
+    """Several models, each on several engines, timed in one interleaved race (``measure.alternating``), so that
+    the models compared see the same load. ``contenders``: ``{key: (model, engine names)}``. Returns ``({(key,
+    engine): median ms}, {(key, engine): why skipped})``; a model no engine can run has no times, not an error."""
+    calls, skipped = {}, {}
+    for key, (model, engine_names) in contenders.items():
+        runs_of, why = prepared(model, input_shape, engine_names, threads)
+        calls.update({(key, name): run for name, run in runs_of.items()})
+        skipped.update({(key, name): reason for name, reason in why.items()})
+    if not calls:
+        return {}, skipped
+    x = example if example is not None else torch.randn(*input_shape, generator=torch.Generator().manual_seed(0))
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            times = alternating({key: (lambda run=run: run(x)) for key, run in calls.items()}, runs, block=block,
+                                warmup=2)
+    finally:
+        torch.set_num_threads(previous)
+    return times, skipped
+
+
+def fastest_deployed(model: nn.Module, input_shape: tuple[int, ...], engine: str | None = None,
+                     threads: int | None = 1, runs: int = 15) -> dict:
+    """``{"precision", "engine", "ms", "engines_ms", "skipped"}`` of a deployed model at batch 1 on ``engine``, or
+    on the fastest engine of the precision it is meant to run at (``model_precision``). ``InputError`` when no
+    such engine can run it."""
+    precision = model_precision(model)
+    timed = fastest(model, input_shape, [engine] if engine else names(precision), threads, runs)
+    best = timed["fastest"]
+    return {"precision": precision, "engine": best, "ms": timed[best], "skipped": timed["skipped"],
+            "engines_ms": {k: v for k, v in timed.items() if k not in ("fastest", "skipped")}}
 
 
 def fastest_fp32(model: nn.Module | bytes, input_shape: tuple[int, ...], threads: int | None = DEFAULT_THREADS,

@@ -76,13 +76,11 @@ def _interval(agree: np.ndarray) -> dict:
 
 def _latency(model, shape: tuple[int, ...], threads: int = 1) -> dict:
     from .. import engines
-    precision = engines.model_precision(model)
     try:
-        timed = engines.fastest(model, shape, engines.names(precision), threads=threads, runs=15, block=3)
+        timed = engines.fastest_deployed(model, shape, threads=threads)
     except InputError as error:  # no engine of its precision can run it
-        return {"precision": precision, "engine": None, "ms": None, "skipped": str(error)}
-    best = timed["fastest"]
-    return {"precision": precision, "engine": best, "ms": timed[best], "skipped": timed["skipped"]}
+        return {"precision": engines.model_precision(model), "engine": None, "ms": None, "skipped": str(error)}
+    return {key: timed[key] for key in ("precision", "engine", "ms", "skipped")}
 
 
 def faces(spec: str, teacher) -> dict:

@@ -14,20 +14,16 @@ from __future__ import annotations
 import torch
 
 from .. import engines
-from ..measure import alternating
-from ..measure import threads as measure_threads
+
+
 
 def race(row_model, baseline, shape: tuple[int, ...], example: torch.Tensor, row_precision: str = "fp32",
          threads: int | None = 1, runs: int = 20, block: int = 3) -> dict:
     """``{"engine", "engine_ms", "engines_ms", "baseline_engine", "baseline_engine_ms", "baseline_engines_ms",
     "engines_skipped"}``; the ``engine`` keys are None when no engine of the row's precision can run it."""
-    row_runs, row_skipped = engines.prepared(row_model, shape, engines.names(row_precision), threads)
-    base_runs, base_skipped = engines.prepared(baseline, shape, engines.names("fp32"), threads)
-    calls = {**{("row", name): run for name, run in row_runs.items()},
-             **{("base", name): run for name, run in base_runs.items()}}
-    x = example[:1].to(torch.float32)
-    with torch.inference_mode(), measure_threads(threads):
-        times = alternating({key: (lambda run=run: run(x)) for key, run in calls.items()}, runs, block=block)
+    times, skipped = engines.race({"row": (row_model, engines.names(row_precision)),
+                                   "base": (baseline, engines.names("fp32"))}, shape, threads, runs, block,
+                                  example[:1].to(torch.float32))
     row_ms = {name: ms for (side, name), ms in times.items() if side == "row"}
     base_ms = {name: ms for (side, name), ms in times.items() if side == "base"}
     row_best = min(row_ms, key=row_ms.get) if row_ms else None
@@ -35,8 +31,8 @@ def race(row_model, baseline, shape: tuple[int, ...], example: torch.Tensor, row
     return {"engine": row_best, "engine_ms": row_ms.get(row_best), "engines_ms": row_ms,
             "baseline_engine": base_best, "baseline_engine_ms": base_ms.get(base_best),
             "baseline_engines_ms": base_ms, "engine_precision": row_precision,
-            "engines_skipped": {**{f"row {k}": v for k, v in row_skipped.items()},
-                                **{f"baseline {k}": v for k, v in base_skipped.items()}}}
+            "engines_skipped": {f"{'row' if side == 'row' else 'baseline'} {name}": reason
+                                for (side, name), reason in skipped.items()}}
 
 
 NOISE = 0.05  # interleaved medians on a shared 2-core CPU move by a few per cent between runs
