@@ -130,6 +130,33 @@ def test_c_expand_and_gradient_equal_reference(n, buckets, threads):
 
 
 @needs_c
+@pytest.mark.parametrize("batch,out,features,buckets,threads", [(5, 7, 11, 13, 1), (20, 300, 400, 9000, 2)])
+def test_fused_linear_gradients_equal_the_dense_reference(batch, out, features, buckets, threads):
+    """The fused hashed linear (never forming dL/dV) == F.linear on reference_expand, output and all three
+    gradients; rows whose output gradient is all zero (a ReLU after the layer) still give the right answer."""
+    torch.manual_seed(2)
+    slots = kernel.slot_map(4, out * features, buckets)
+    w, b, x = torch.randn(buckets), torch.randn(out), torch.randn(batch, features)
+    grad = torch.randn(batch, out)
+    grad[:, ::3] = 0  # whole rows of G^T x are zero: skipped by the kernel
+    leaves = [[t.clone().requires_grad_() for t in (x, w, b)] for _ in range(2)]
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        fast = kernel.linear(leaves[0][0], leaves[0][1], slots, out, leaves[0][2], kernel.ExpandBuffer())
+        fast.backward(grad)
+    finally:
+        torch.set_num_threads(before)
+    ref = torch.nn.functional.linear(leaves[1][0], kernel.reference_expand(leaves[1][1], slots).view(out, -1),
+                                     leaves[1][2])
+    ref.backward(grad)
+    assert "NativeLinear" in type(fast.grad_fn).__name__  # the fused C path really ran
+    torch.testing.assert_close(fast, ref)
+    for mine, theirs in zip(leaves[0], leaves[1]):
+        torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-4, atol=1e-4)
+
+
+@needs_c
 def test_expand_buffer_is_reused_only_when_no_graph_holds_it():
     slots = kernel.slot_map(2, 1000, 50)
     w = torch.randn(50, requires_grad=True)

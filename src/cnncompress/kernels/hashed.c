@@ -5,6 +5,7 @@
 
        gather:  out[e]        = (slot < K) ? w[slot] : -w[slot - K]
        scatter: grad_w[h(e)] += xi(e) * grad_out[e]      (for e in [start, stop))
+       linear:  the scatter of G^T x for a hashed linear layer, one output row at a time (never the dense G^T x)
 
    Both work on a range so that Python threads can split one call (ctypes drops the GIL). The sign is applied by
    flipping the float's sign bit, without a branch (a random sign mispredicts half the time: 3-4x slower), and
@@ -27,15 +28,41 @@ void hashed_gather(const float *w, const int32_t *slots, long start, long stop, 
     }
 }
 
-void hashed_scatter(const float *grad, const int32_t *slots, long start, long stop, int32_t k, float *grad_w) {
-    /* grad_w (k floats) is accumulated into, not overwritten */
+/* grad_w[h(e)] += xi(e) * grad[e] for e in [0, n) (grad_w, k floats, is accumulated into) */
+static inline void scatter(const float *grad, const int32_t *slots, long n, uint32_t kk, float *grad_w) {
     const uint32_t *bits = (const uint32_t *)grad;
-    const uint32_t kk = (uint32_t)k;
-    for (long e = start; e < stop; e++) {
-        if (e + PREFETCH < stop) __builtin_prefetch(grad_w + bucket((uint32_t)slots[e + PREFETCH], kk), 1, 3);
+    for (long e = 0; e < n; e++) {
+        if (e + PREFETCH < n) __builtin_prefetch(grad_w + bucket((uint32_t)slots[e + PREFETCH], kk), 1, 3);
         uint32_t s = (uint32_t)slots[e];
         union { uint32_t u; float f; } v;
         v.u = bits[e] ^ ((uint32_t)(s >= kk) << 31);
         grad_w[bucket(s, kk)] += v.f;
+    }
+}
+
+void hashed_scatter(const float *grad, const int32_t *slots, long start, long stop, int32_t k, float *grad_w) {
+    scatter(grad + start, slots + start, stop - start, (uint32_t)k, grad_w);
+}
+
+/* The bucket gradient of a hashed linear layer y = x V^T without the dense dL/dV = G^T x (out x in floats):
+   for each output row o in [o_start, o_stop), row[i] = sum_b G[b, o] * x[b, i] is built in `row` (in floats,
+   stays in L1) and scattered into grad_w at once. G is (batch, out), x (batch, in), row-major; a row whose
+   G[:, o] is all zero (ReLU after the layer) costs nothing. */
+void hashed_linear_grad(const float *g, const float *x, long batch, long out, long in, const int32_t *slots,
+                        long o_start, long o_stop, int32_t k, float *row, float *grad_w) {
+    for (long o = o_start; o < o_stop; o++) {
+        int any = 0;
+        for (long b = 0; b < batch; b++) {
+            const float a = g[b * out + o];
+            if (a == 0.0f) continue;
+            const float *xb = x + b * in;
+            if (!any) {
+                for (long i = 0; i < in; i++) row[i] = a * xb[i];
+                any = 1;
+            } else {
+                for (long i = 0; i < in; i++) row[i] += a * xb[i];
+            }
+        }
+        if (any) scatter(row, slots + o * in, in, (uint32_t)k, grad_w);
     }
 }

@@ -29,7 +29,8 @@ virtual weight) instead of an int32 index plus an int8 sign.
 ``expand`` (the training hot path): the C kernels of ``kernels/hashed.c`` (gather; gradient = scatter-add into
 the K buckets, branch-free signs, prefetched buckets, split over ``torch.get_num_threads()`` Python threads) when
 they can be built, else ``reference_expand`` (one ``index_select`` of ``[w, -w]``, whose backward is torch's
-``index_add_``). ``ExpandBuffer`` lets a training layer write V into the same memory every step (a fresh 64 MB
+``index_add_``). ``linear`` is a hashed linear layer's forward whose backward builds the bucket gradient one
+output row of Gᵀx at a time (never the dense ∂L/∂V). ``ExpandBuffer`` lets a training layer write V into the same memory every step (a fresh 64 MB
 tensor costs more in page faults than the gather itself) while no autograd graph still holds the last one.
 """
 from __future__ import annotations
@@ -163,7 +164,8 @@ def reference_expand(buckets: torch.Tensor, slots: torch.Tensor) -> torch.Tensor
 
 
 _P, _L, _I = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
-ARGTYPES = {"hashed_gather": [_P, _P, _L, _L, _I, _P], "hashed_scatter": [_P, _P, _L, _L, _I, _P]}
+ARGTYPES = {"hashed_gather": [_P, _P, _L, _L, _I, _P], "hashed_scatter": [_P, _P, _L, _L, _I, _P],
+            "hashed_linear_grad": [_P, _P, _L, _L, _L, _P, _L, _L, _I, _P, _P]}
 PARALLEL_MIN = 1 << 16  # below this many virtual weights one thread does the whole call
 
 
@@ -216,6 +218,62 @@ class _NativeExpand(torch.autograd.Function):
     def backward(ctx, grad):
         (slots,) = ctx.saved_tensors
         return native_scatter(grad.contiguous().to(torch.float32), slots, ctx.k), None, None
+
+
+def native_linear_grad(grad_out: torch.Tensor, x: torch.Tensor, slots: torch.Tensor, k: int) -> torch.Tensor:
+    """grad_w[h] = Σ_e ξ(e) · (Gᵀx)[e] for a hashed linear layer y = x Vᵀ (G = ∂L/∂y, (B, O); x (B, I)), without
+    forming the (O, I) matrix Gᵀx: one output row at a time, built in L1 and scattered at once (``hashed.c``).
+    Threads split the output rows, each accumulating into its own bucket row; the rows are summed."""
+    lib = native()
+    batch, out = grad_out.shape
+    features = x.shape[1]
+    threads = _threads(slots.numel())
+    rows = torch.zeros(threads, k, dtype=torch.float32)
+    scratch = torch.empty(threads, features, dtype=torch.float32)
+    g, xp, s = grad_out.data_ptr(), x.data_ptr(), slots.data_ptr()
+    share = -(-out // threads)
+
+    def run(start: int, stop: int) -> None:
+        part = start // share
+        lib.hashed_linear_grad(g, xp, batch, out, features, s, start, stop, k, scratch[part].data_ptr(),
+                               rows[part].data_ptr())
+    _native.split_range(run, out, threads)
+    return rows.sum(0) if threads > 1 else rows[0]
+
+
+class _NativeLinear(torch.autograd.Function):
+    """y = x Vᵀ + b with V = [w, -w][slots] gathered by the C kernel; backward: ∂L/∂x = G V (BLAS), ∂L/∂w by
+    ``native_linear_grad`` (the dense ∂L/∂V, as large as V, is never written), ∂L/∂b = Σ_b G."""
+
+    @staticmethod
+    def forward(ctx, x, buckets, slots, bias, buffer, out_features):
+        n = slots.numel()
+        out = buffer.get(n) if buffer is not None else torch.empty(n, dtype=torch.float32)
+        weight = native_gather(buckets.detach().contiguous(), slots, out).view(out_features, -1)
+        ctx.save_for_backward(x, slots, weight)
+        ctx.k, ctx.has_bias = buckets.numel(), bias is not None
+        return torch.nn.functional.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, slots, weight = ctx.saved_tensors
+        grad = grad.contiguous().to(torch.float32)
+        grad_x = grad @ weight if ctx.needs_input_grad[0] else None
+        grad_w = native_linear_grad(grad, x.contiguous(), slots, ctx.k) if ctx.needs_input_grad[1] else None
+        grad_b = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[3] else None
+        return grad_x, grad_w, None, grad_b, None, None
+
+
+def linear(x: torch.Tensor, buckets: torch.Tensor, slots: torch.Tensor, out_features: int,
+           bias: torch.Tensor | None = None, buffer: "ExpandBuffer | None" = None) -> torch.Tensor:
+    """``F.linear(x, V, bias)`` with V = ``expand(buckets, slots)`` viewed (out_features, in): the fused C path
+    (``_NativeLinear``) for a 2-D float32 CPU batch when the kernels are built and nothing traces, else exactly
+    that expression (the reference)."""
+    if (native() is None or x.dim() != 2 or x.dtype != torch.float32 or buckets.dtype != torch.float32
+            or x.device.type != "cpu" or slots.dtype != torch.int32 or torch.jit.is_tracing()
+            or torch.compiler.is_compiling()):
+        return torch.nn.functional.linear(x, expand(buckets, slots, buffer).view(out_features, -1), bias)
+    return _NativeLinear.apply(x, buckets, slots.contiguous(), bias, buffer, out_features)
 
 
 class ExpandBuffer:

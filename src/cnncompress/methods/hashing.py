@@ -131,8 +131,7 @@ class _Hashed(CompressedLayer, nn.Module):
         slots, bias_slots = self._maps()
         buffer = self._train_buffer if self.training and self.mode == "expand" else None
         weight = kernel.expand(self.buckets, slots, buffer).view(self.weight_shape)
-        bias = self.bias if self.bias_buckets is None else kernel.expand(self.bias_buckets, bias_slots)
-        return weight, bias
+        return weight, self._virtual_bias(bias_slots)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -169,6 +168,9 @@ class _Hashed(CompressedLayer, nn.Module):
                     self.materialize()
                 return self._op(x, buffers["dense_weight"], buffers["dense_bias"])
         return self._op(x, *self._virtual())
+
+    def _virtual_bias(self, bias_slots) -> torch.Tensor | None:
+        return self.bias if self.bias_buckets is None else kernel.expand(self.bias_buckets, bias_slots)
 
     def train(self, mode: bool = True):
         if mode:
@@ -211,6 +213,13 @@ class HashedLinear(_Hashed):
 
     def _op(self, x, weight, bias):
         return F.linear(x, weight, bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and self.mode == "expand":  # the fused kernel: never the dense dL/dV (kernels/hashed.py)
+            slots, bias_slots = self._maps()
+            return kernel.linear(x, self.buckets, slots, self.out_features, self._virtual_bias(bias_slots),
+                                 self._train_buffer)
+        return super().forward(x)
 
     def layer_config(self) -> dict:
         return {**linear_config(self), "bias": self.bias is not None or self.bias_buckets is not None,
