@@ -137,8 +137,6 @@ def test_latency_budget_takes_the_most_accurate_pipeline_measured_within_it(tmp_
         return {"engine": "onnxruntime", "latency_ms": ms, "predicted_ms": None}
     monkeypatch.setattr(optimizer_module, "measured_latency", fake_latency)
     small_grid = [Setting(), Setting(0.5, None), Setting(0.0, 8)]  # a short sensitivity table: this test is not about it
-    monkeypatch.setattr(optimizer_module, "measure_sensitivity", lambda model, val_set, cache, progress=None:
-                        sensitivity.measure(model, val_set, cache, settings=small_grid, progress=progress))
     from cnncompress.train import Trainer, TrainConfig
     train, val = (build_dataset("mnist5k", split, input_size=48) for split in ("train", "val"))
     train.images, train.labels, val.images, val.labels = train.images[:256], train.labels[:256], val.images[:100], \
@@ -147,7 +145,7 @@ def test_latency_budget_takes_the_most_accurate_pipeline_measured_within_it(tmp_
     trained = models.build("vgg_s", 10, 1, 48, width=0.125)  # filter pruning needs a filter chain: VGG-S has one
     Trainer(trained, train, val, TrainConfig(epochs=1, lr=0.01, batch_size=32), progress=False).fit()
     trained.eval()
-    best, report = optimize(trained, train, val, "1/2", max_ms=0.55, finetune=1, work=tmp_path)
+    best, report = optimize(trained, train, val, "1/2", max_ms=0.55, finetune=1, work=tmp_path, grid=small_grid)
     timed = [c for c in report["candidates"] if "pipeline" in c and "latency_ms" in c]
     assert {c["pipeline"] for c in timed} >= {"int8", "L1 filters -50% MACs + int8"}
     feasible = [c for c in timed if c["latency_ms"] <= 0.55 and c["measured"]["bytes"] <= report["budget_bytes"]]
@@ -155,7 +153,7 @@ def test_latency_budget_takes_the_most_accurate_pipeline_measured_within_it(tmp_
     assert chosen in feasible and chosen["measured"]["accuracy"] == max(c["measured"]["accuracy"] for c in feasible)
     assert sensitivity.file_size(best) == chosen["measured"]["bytes"]
     with pytest.raises(InputError, match=r"no candidate meets both; the fastest measured: .* 0\.200 ms"):
-        optimize(trained, train, val, "1/2", max_ms=0.1, finetune=0, work=tmp_path)
+        optimize(trained, train, val, "1/2", max_ms=0.1, finetune=0, work=tmp_path, grid=small_grid)
 
 
 def test_pareto_front_keeps_only_candidates_nothing_beats(tmp_path):
@@ -173,3 +171,33 @@ def test_pareto_front_keeps_only_candidates_nothing_beats(tmp_path):
     write_report(report, tmp_path / "report.md")
     text = (tmp_path / "report.md").read_text()
     assert "(predicted 0.550 ms, +10 %)" in text and (tmp_path / "pareto.png").stat().st_size > 1000
+
+
+def test_fp16_rest_is_measured_in_every_file_and_cached_apart(tmp_path, digits, trained):
+    """With fp16_rest the base and every option are measured with the rest in half precision: the unchanged layer
+    costs half its fp32 bytes, the table is smaller, and a cache of the other kind is refused."""
+    _, val = digits
+    grid = [Setting(), Setting(0.0, 4)]
+    plain = sensitivity.measure(trained, val, tmp_path / "plain.json", settings=grid)
+    half = sensitivity.measure(trained, val, tmp_path / "half.json", settings=grid, fp16_rest=True)
+    assert half["base_bytes"] < 0.6 * plain["base_bytes"]
+    for path, entry in half["layers"].items():
+        assert entry["stored_bytes"] == entry["fp32_bytes"] // 2
+        unchanged = next(o for o in entry["options"] if o["bits"] is None)
+        assert unchanged["bytes"] == entry["stored_bytes"]
+    with pytest.raises(InputError, match="fp16 setting"):
+        sensitivity.measure(trained, val, tmp_path / "plain.json", settings=grid, fp16_rest=True)
+    settings, predicted = search(half, int(half["base_bytes"] * 0.7))
+    model = sensitivity.apply_settings(copy.deepcopy(trained), settings, fp16_rest=True)
+    assert abs(sensitivity.file_size(model) - predicted["bytes"]) < 0.05 * predicted["bytes"]
+
+
+def test_unlabelled_data_scores_agreement_with_the_original():
+    from cnncompress.optimizer import is_unlabelled, teacher_labelled
+    faces = build_dataset("lfw-faces", "test")
+    assert is_unlabelled(faces) and not is_unlabelled(build_dataset("mnist5k", "val"))
+    torch.manual_seed(0)
+    model = models.build("cascade_cnn", 10, 1, 64, width=0.25).eval()
+    labelled = teacher_labelled(model, faces)
+    from cnncompress.measure import accuracy
+    assert accuracy(model, labelled) == 100.0 and faces.labels.eq(-1).all()  # the original agrees with itself

@@ -18,6 +18,10 @@ chosen from measured per-layer sensitivity and accepted only on measured bytes a
    accuracy, latency on the engine); the most accurate one within both budgets is returned, and none within them
    is a one-line error naming the fastest and the smallest measured.
 
+Unlabelled data (``lfw-faces``, ``faces:DIR``: every label -1) is labelled with the original's answers, so every
+accuracy above is top-1 agreement with the original, and fine-tuning is distillation from the original (softmax
+targets on augmented copies, batch norms re-estimated then frozen: ``_fine_tune``), as ``table-emotion`` recovers.
+
 Every candidate built is kept in ``report["candidates"]`` (predicted vs measured bytes, accuracy and latency);
 ``optimize_report`` writes them as markdown, JSON and a Pareto figure.
 """
@@ -35,13 +39,14 @@ from . import engines, methods, storage
 from .errors import InputError
 from .latency_model import FLOAT_TWIN, LatencyModel, layer_shapes
 from .measure import accuracy
-from .sensitivity import Setting, apply_settings
+from .sensitivity import Setting, apply_settings, stored_bytes
 from .sensitivity import measure as measure_sensitivity
 
 STATES = 20_000  # the knapsack keeps at most this many partial solutions per layer
 GRAD_CLIP = 1.0
 AGGRESSION = 0.1  # points of predicted accuracy charged per halving of a layer's bytes (``_cost``)
 ATTEMPTS = 3
+DISTIL = {"copies": 8, "lr": 0.001, "batch_size": 32, "optimizer": "adamw", "freeze_norm": True}
 LATENCY_LADDER = (  # whole-model pipelines of speed-"real" methods, mildest first (benchmarks/bench_presets.py)
     ("int8", [("int8", {})]),
     ("L1 filters -50% MACs", [("prune-l1", {"flops": 0.5})]),
@@ -88,7 +93,7 @@ def check_arguments(max_bytes, max_ms=None, engine: str | None = None, finetune:
 def search(table: dict, max_bytes: int) -> tuple[dict[str, Setting], dict]:
     """One setting per layer with the least total accuracy drop whose predicted file size fits ``max_bytes``.
     Returns ``(settings, prediction)``; ``InputError`` naming the smallest reachable size when none fits."""
-    fixed = table["base_bytes"] - sum(e["fp32_bytes"] for e in table["layers"].values())  # header, BN, ...
+    fixed = table["base_bytes"] - sum(stored_bytes(e) for e in table["layers"].values())  # header, BN, ...
     paths = list(table["layers"])
     smallest = fixed + sum(min(o["bytes"] for o in table["layers"][p]["options"]) for p in paths)
     if smallest > max_bytes:
@@ -131,19 +136,44 @@ def _pareto(states: dict[int, tuple]) -> dict[int, tuple]:
     return kept
 
 
-def _fine_tune(model: nn.Module, train_set, val_set, epochs: int, seed: int) -> nn.Module:
+def is_unlabelled(dataset) -> bool:
+    """True for a set of images without labels (``lfw-faces``, ``faces:DIR``: every label is -1)."""
+    return bool(len(dataset.labels)) and bool((dataset.labels < 0).all())
+
+
+def teacher_labelled(original: nn.Module, dataset):
+    """A copy of ``dataset`` labelled with ``original``'s top-1 answers: its accuracy on it is the agreement with
+    the original (what an unlabelled ``--data`` can measure)."""
+    relabelled = copy.copy(dataset)
+    with torch.inference_mode():
+        original.eval()
+        relabelled.labels = torch.cat([original(dataset.images[i:i + 256]).argmax(1)
+                                       for i in range(0, len(dataset), 256)]).to(torch.int64)
+    return relabelled
+
+
+def _fine_tune(model: nn.Module, train_set, val_set, epochs: int, seed: int,
+               teacher: nn.Module | None = None) -> nn.Module:
     """The model's fine-tuning preset with the global gradient norm clipped at ``GRAD_CLIP`` (a shared codebook's
     gradient sums over every weight that uses a centroid: 2-bit fc layers diverged at the preset's lr without
-    it); the untuned model is kept when fine-tuning did not raise the validation accuracy."""
+    it); with a ``teacher`` (unlabelled data) distillation from it instead, as ``table-emotion`` recovers: batch
+    norms re-estimated on the images, then softmax targets with them frozen (``DISTIL``). The untuned model is
+    kept when fine-tuning did not raise the validation accuracy."""
     from .train import Trainer, TrainConfig, preset
     if epochs <= 0:
         return model.eval()
-    name = (getattr(model, "spec", None) or {}).get("name", "")
-    config = preset(name, "finetune", epochs=epochs, seed=seed, grad_clip=GRAD_CLIP) if name else \
-        TrainConfig(epochs=epochs, seed=seed, grad_clip=GRAD_CLIP)
     before, untuned = accuracy(methods.to_inference(model), val_set), copy.deepcopy(model.state_dict())
     torch.manual_seed(seed)
-    Trainer(model, train_set, val_set, config, progress=False).fit()
+    if teacher is not None:
+        from .distill import augment_copies, distill, recalibrate_batch_norm
+        recalibrate_batch_norm(model, augment_copies(train_set.images, DISTIL["copies"], seed=seed))
+        distill(teacher, model, train_set, targets="softmax", val=val_set, epochs=epochs, seed=seed,
+                heldout_copies=1, **DISTIL)
+    else:
+        name = (getattr(model, "spec", None) or {}).get("name", "")
+        config = preset(name, "finetune", epochs=epochs, seed=seed, grad_clip=GRAD_CLIP) if name else \
+            TrainConfig(epochs=epochs, seed=seed, grad_clip=GRAD_CLIP)
+        Trainer(model, train_set, val_set, config, progress=False).fit()
     if accuracy(methods.to_inference(model), val_set) < before:
         model.load_state_dict(untuned)
     return model.eval()
@@ -168,27 +198,36 @@ def measured_latency(latency: LatencyModel, deployed: nn.Module, shapes: dict | 
 
 def optimize(model: nn.Module, train_set, val_set, max_bytes: int | str, max_ms: float | None = None,
              engine: str | None = None, finetune: int = 2, seed: int = 0, work: str | Path | None = None,
-             progress=None) -> tuple[nn.Module, dict]:
+             progress=None, fp16_rest: bool = False, grid: list[Setting] | None = None) -> tuple[nn.Module, dict]:
     """The most accurate compressed copy of ``model`` whose real ``.ccz`` fits ``max_bytes`` (see the module
-    docstring). Returns ``(model, report)``; a budget the original already meets returns the original."""
+    docstring). Returns ``(model, report)``; a budget the original already meets returns the original.
+    ``fp16_rest``: what the per-layer settings leave (unchanged layers, biases, batch norms, codebooks) is stored
+    in half precision, in the sensitivity table and in the result alike. ``grid``: the settings tried per layer
+    (default ``sensitivity.grid()``)."""
     say = progress or (lambda line: None)
     check_arguments(max_bytes, max_ms, engine, finetune)
     model = model.eval()
     base_bytes = _size(model)
     budget = parse_bytes(max_bytes, base_bytes)
     shape = (1, *val_set.images.shape[1:])
-    report = {"budget_bytes": budget, "budget_ms": max_ms, "original_bytes": base_bytes, "candidates": []}
+    report = {"budget_bytes": budget, "budget_ms": max_ms, "original_bytes": base_bytes, "candidates": [],
+              "unlabelled": is_unlabelled(val_set)}
+    teacher = None
+    if report["unlabelled"]:  # accuracy = agreement with the original; recovery = distillation from it
+        teacher = copy.deepcopy(model).eval()
+        train_set, val_set = teacher_labelled(model, train_set), teacher_labelled(model, val_set)
+        say("unlabelled data: accuracy below is top-1 agreement with the original; fine-tuning distils from it")
     if base_bytes <= budget:
         report.update(chosen="original", reason="the original already fits the byte budget")
         return model, report
     cache = Path(work) / "sensitivity.json" if work else None
-    table = measure_sensitivity(model, val_set, cache, progress=say)
+    table = measure_sensitivity(model, val_set, cache, settings=grid, progress=say, fp16_rest=fp16_rest)
     report["sensitivity"] = {"base_accuracy": table["base_accuracy"], "base_bytes": table["base_bytes"]}
     target, final = budget, None
     for attempt in range(1, ATTEMPTS + 1):
         settings, predicted = search(table, target)
-        candidate = _fine_tune(apply_settings(copy.deepcopy(model), settings, seed), train_set, val_set, finetune,
-                               seed)
+        candidate = _fine_tune(apply_settings(copy.deepcopy(model), settings, seed, fp16_rest), train_set, val_set,
+                               finetune, seed, teacher)
         measured = {"bytes": _size(candidate), "accuracy": accuracy(methods.to_inference(candidate), val_set)}
         entry = {"attempt": attempt, "target_bytes": target, "predicted": predicted, "measured": measured,
                  "settings": {p: s.label() for p, s in settings.items()}}
@@ -214,11 +253,12 @@ def optimize(model: nn.Module, train_set, val_set, max_bytes: int | str, max_ms:
         return candidate, report
     say(f"candidate {entry['attempt']} fits the bytes but runs in {ms:.3f} ms on {entry['engine']} > {max_ms:g} ms: "
         f"trying whole-model pipelines that cut latency")
-    return _latency_search(model, train_set, val_set, budget, max_ms, engine, finetune, seed, latency, say, report)
+    return _latency_search(model, train_set, val_set, budget, max_ms, engine, finetune, seed, latency, say, report,
+                           teacher)
 
 
 def _latency_search(model, train_set, val_set, budget: int, max_ms: float, engine, finetune: int, seed: int,
-                    latency: LatencyModel, say, report: dict) -> tuple[nn.Module, dict]:
+                    latency: LatencyModel, say, report: dict, teacher=None) -> tuple[nn.Module, dict]:
     """Step 4 of the module docstring: every ``LATENCY_LADDER`` pipeline built, fine-tuned and measured."""
     feasible = []
     for label, pipeline in LATENCY_LADDER:
@@ -228,7 +268,7 @@ def _latency_search(model, train_set, val_set, budget: int, max_ms: float, engin
             for method, config in float_stages:
                 candidate = methods.apply(candidate, method, **methods.with_data(method, config, train_set))
             if float_stages:  # recover before int8 calibrates on the recovered model
-                candidate = _fine_tune(candidate, train_set, val_set, finetune, seed)
+                candidate = _fine_tune(candidate, train_set, val_set, finetune, seed, teacher)
             shapes = layer_shapes(candidate, latency.input_shape)  # the float stage's layers: what int8 runs
             if len(float_stages) < len(pipeline):
                 candidate = methods.apply(candidate, "int8", **methods.with_data("int8", {}, train_set))

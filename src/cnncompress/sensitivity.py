@@ -56,9 +56,16 @@ def grid() -> list[Setting]:
     return [Setting(s, b) for s in SPARSITIES for b in BITS]
 
 
-def apply_settings(model: nn.Module, settings: dict[str, Setting], seed: int = 0) -> nn.Module:
+def apply_settings(model: nn.Module, settings: dict[str, Setting], seed: int = 0, fp16_rest: bool = False) -> nn.Module:
     """A compressed copy of ``model``: every layer in ``settings`` pruned and shared as its setting says (one
-    ``prune-magnitude`` call with per-layer targets, then one ``kmeans`` call per bit width, Huffman coded)."""
+    ``prune-magnitude`` call with per-layer targets, then one ``kmeans`` call per bit width, Huffman coded);
+    ``fp16_rest``: then the ``fp16`` method, which stores every float tensor left (unchanged layers, biases,
+    batch norms, codebooks) in half precision."""
+    model = _apply_shared(model, settings, seed)
+    return methods.apply(model, "fp16") if fp16_rest else model
+
+
+def _apply_shared(model: nn.Module, settings: dict[str, Setting], seed: int) -> nn.Module:
     from .methods.share import HUFFMAN_INDEX_BITS, _SharedMixin
     chosen = {path: s for path, s in settings.items() if not s.unchanged}
     if not chosen:
@@ -114,21 +121,27 @@ def _save_cache(path: Path | None, cache: dict) -> None:
 
 
 def measure(model: nn.Module, val_set, cache: str | Path | None = None, settings: list[Setting] | None = None,
-            progress=None) -> dict:
-    """``{"base_accuracy", "base_bytes", "layers": {path: {"fp32_bytes", "options": [{"sparsity", "bits",
-    "accuracy", "drop", "bytes"}, ...]}}}`` (accuracy in %, bytes of the layer in the file)."""
+            progress=None, fp16_rest: bool = False) -> dict:
+    """``{"base_accuracy", "base_bytes", "fp16_rest", "layers": {path: {"fp32_bytes", "stored_bytes", "options":
+    [{"sparsity", "bits", "accuracy", "drop", "bytes"}, ...]}}}`` (accuracy in %, bytes of the layer in the file;
+    ``stored_bytes``: the unchanged layer's, half its fp32 bytes with ``fp16_rest``). With ``fp16_rest`` every
+    model measured, the base too, stores what its settings leave in half precision (``apply_settings``)."""
     model = model.eval()
     cache_path = Path(cache) if cache else None
-    table, digest = _load_cache(cache_path), fingerprint(model, val_set)
+    table = _load_cache(cache_path)
+    digest = fingerprint(model, val_set) + ("+fp16-rest" if fp16_rest else "")
     if table and table.get("fingerprint") != digest:
-        raise InputError(f"{cache_path}: holds the sensitivity of another model or data; use another --out")
+        raise InputError(f"{cache_path}: holds the sensitivity of another model, data or fp16 setting; use another "
+                         "--out")
     if "base_accuracy" not in table:
-        table = {"fingerprint": digest, "base_accuracy": accuracy(model, val_set), "base_bytes": file_size(model),
-                 "layers": {}}
+        base = apply_settings(model, {}, fp16_rest=fp16_rest)
+        table = {"fingerprint": digest, "base_accuracy": accuracy(methods.to_inference(base), val_set),
+                 "base_bytes": file_size(base), "fp16_rest": fp16_rest, "layers": {}}
         _save_cache(cache_path, table)
     for path, layer in layers(model):
-        entry = table["layers"].setdefault(path, {"fp32_bytes": sum(p.numel() * 4 for p in layer.parameters()),
-                                                  "options": []})
+        fp32_bytes = sum(p.numel() * 4 for p in layer.parameters())
+        entry = table["layers"].setdefault(path, {"fp32_bytes": fp32_bytes, "options": [],
+                                                  "stored_bytes": fp32_bytes // 2 if fp16_rest else fp32_bytes})
         done = {(o["sparsity"], o["bits"]) for o in entry["options"]}
         for setting in settings or grid():
             if (setting.sparsity, setting.bits) in done:
@@ -136,15 +149,20 @@ def measure(model: nn.Module, val_set, cache: str | Path | None = None, settings
             if setting.unchanged:
                 acc, size = table["base_accuracy"], table["base_bytes"]
             else:
-                changed = apply_settings(model, {path: setting})
+                changed = apply_settings(model, {path: setting}, fp16_rest=fp16_rest)
                 acc, size = accuracy(methods.to_inference(changed), val_set), file_size(changed)
             entry["options"].append({"sparsity": setting.sparsity, "bits": setting.bits, "accuracy": acc,
                                      "drop": table["base_accuracy"] - acc,
-                                     "bytes": entry["fp32_bytes"] + size - table["base_bytes"]})
+                                     "bytes": stored_bytes(entry) + size - table["base_bytes"]})
             _save_cache(cache_path, table)
         if progress:
             progress(f"sensitivity {path}: {len(entry['options'])} settings measured")
     return table
+
+
+def stored_bytes(entry: dict) -> int:
+    """A layer's bytes in the base file (caches written before ``fp16_rest`` existed: its fp32 bytes)."""
+    return entry.get("stored_bytes", entry["fp32_bytes"])
 
 
 def markdown(table: dict) -> str:

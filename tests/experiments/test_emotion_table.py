@@ -7,7 +7,7 @@ from cnncompress.experiments import emotion_table
 ROWS = (("fp16", [("fp16", {})], False),
         ("HashedNets 1/8", [("hashed", {"compression": 0.125})], True),
         ("Tucker on every conv", [("tucker", {"layers": "conv", "rank": 0.5})], True))
-FAST = {"copies": 1, "epochs": 1, "heldout_copies": 2}
+FAST = {"copies": 1, "epochs": 1, "heldout_copies": 2, "transfer": 20, "sparsities": [0.0], "bits": [None, 2]}
 
 
 def test_rows_are_measured_and_reused(tmp_path, monkeypatch):
@@ -68,3 +68,14 @@ def test_out_with_other_settings_is_refused_and_kept(tmp_path, run_cli):
     (empty / "x.png").write_bytes(b"\x89PNG broken")
     code, _, err = run_cli("reproduce", "table-emotion", "--faces", f"faces:{empty}", "--out", tmp_path / "r")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "no-faces" in err, err
+
+
+def test_optimize_row_meets_its_budget_in_the_real_file(tmp_path):
+    """The optimize row chooses per-layer settings for its byte budget (scored by agreement with the original),
+    then recovers like every row; its file is within the budget."""
+    row = ("optimize 1/4", [("optimize", {"max_bytes": "1/4", "fp16_rest": True})], True)
+    rows = emotion_table.run(tmp_path, rows=(row,), progress=False, **FAST)
+    original, result = rows
+    assert result["bytes"] <= original["bytes"] / 4 and result["size_ratio"] >= 4
+    assert result["recovered"].startswith("distilled") and 0 <= result["agreement_heldout_aug"]["agreement"] <= 100
+    assert (tmp_path / "optimize-1-4-s0" / "sensitivity.json").is_file()  # the per-layer table, cached for a re-run

@@ -1,3 +1,4 @@
+import hashlib
 import json
 import os
 import struct
@@ -102,12 +103,29 @@ def test_corrupt_files_give_one_clear_error(tmp_path, model, corrupt, problem):
     assert "m.ccz" in str(info.value) and "\n" not in str(info.value)
 
 
-def test_flipped_blob_byte_detected_by_sha256(tmp_path, model):
+def test_flipped_blob_byte_names_the_corrupt_tensor(tmp_path, model):
     path = storage.save(model, tmp_path / "m.ccz")
     raw = bytearray(path.read_bytes())
     raw[-5] ^= 0xFF
     path.write_bytes(bytes(raw))
-    with pytest.raises(InputError, match="sha256 mismatch"):
+    last = storage.read_manifest(path)[0]["tensors"][-1]["name"]
+    with pytest.raises(InputError, match=f"tensor {last}: checksum mismatch"):
+        storage.load(path)
+
+
+def test_a_blob_forged_to_its_crc32_is_caught_by_the_payload_sha256(tmp_path, model):
+    """CRC-32 names a corrupt tensor but is no defence against a crafted change: the manifest's CRC is rewritten
+    to the forged bytes (and the header digest with it), and the blob section's sha256 still refuses it."""
+    path = storage.save(model, tmp_path / "m.ccz")
+    manifest, start = storage.read_manifest(path)
+    raw = bytearray(path.read_bytes())
+    entry = manifest["tensors"][-1]
+    at = start + entry["offset"]
+    raw[at] ^= 0x01
+    forged = zlib.crc32(bytes(raw[at:at + entry["length"]]))
+    path.write_bytes(bytes(raw))
+    _rewrite_manifest(path, lambda m: m["tensors"][-1].update(crc32=forged))
+    with pytest.raises(InputError, match="payload sha256 mismatch"):
         storage.load(path)
 
 
@@ -154,16 +172,24 @@ def test_the_expansion_bound_is_configurable(tmp_path, model, monkeypatch):
     storage.load(path)
 
 
-@pytest.mark.parametrize("old", [1, 2])
+@pytest.mark.parametrize("old", [1, 2, 3])
 def test_older_versions_still_load(tmp_path, model, old):
-    """Version 2 (plain-JSON manifest) and version 1 (no manifest digest either) files written as they were."""
+    """Version 3 (a sha256 per tensor), 2 (plain-JSON manifest too) and 1 (no manifest digest either) files
+    written as they were."""
     path = storage.save(model, tmp_path / "m.ccz")
     raw = path.read_bytes()
     _, version, length = HEADER.unpack(raw[:HEADER.size])
     start = header_size(version)
-    manifest = encode_manifest(decode_manifest(raw[start:start + length], version), old)
-    assert manifest.startswith(b"{")  # plain JSON
-    path.write_bytes(pack_header(manifest, old) + manifest + raw[start + length:])
+    content = decode_manifest(raw[start:start + length], version)
+    blobs = raw[start + length:]
+    content.pop("payload_sha256")
+    content["version"] = old
+    for entry in content["tensors"]:
+        del entry["crc32"]
+        entry["sha256"] = hashlib.sha256(blobs[entry["offset"]:entry["offset"] + entry["length"]]).hexdigest()
+    manifest = encode_manifest(content, old)
+    assert manifest.startswith(b"{") == (old < 3)  # plain JSON before version 3
+    path.write_bytes(pack_header(manifest, old) + manifest + blobs)
     x = torch.randn(1, 1, 48, 48)
     assert torch.equal(storage.load(path)(x), model.eval()(x))
 
@@ -173,7 +199,7 @@ def test_manifest_is_compressed(tmp_path, model):
     raw = path.read_bytes()
     _, version, length = HEADER.unpack(raw[:HEADER.size])
     plain = len(encode_manifest(storage.read_manifest(path)[0], 2))
-    assert version == VERSION == 3 and length < plain / 2
+    assert version == VERSION == 4 and length < plain / 2
 
 
 def test_no_single_bit_flip_loads_as_a_different_model(tmp_path):

