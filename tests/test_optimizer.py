@@ -145,7 +145,9 @@ def test_latency_budget_takes_the_most_accurate_pipeline_measured_within_it(tmp_
     trained = models.build("vgg_s", 10, 1, 48, width=0.125)  # filter pruning needs a filter chain: VGG-S has one
     Trainer(trained, train, val, TrainConfig(epochs=1, lr=0.01, batch_size=32), progress=False).fit()
     trained.eval()
-    best, report = optimize(trained, train, val, "1/2", max_ms=0.55, finetune=1, work=tmp_path, grid=small_grid)
+    from cnncompress.experiments.executors import LocalExecutor
+    best, report = optimize(trained, train, val, "1/2", max_ms=0.55, finetune=1, work=tmp_path, grid=small_grid,
+                            executor=LocalExecutor())  # candidates built through call_all
     timed = [c for c in report["candidates"] if "pipeline" in c and "latency_ms" in c]
     assert {c["pipeline"] for c in timed} >= {"int8", "L1 filters -50% MACs + int8"}
     feasible = [c for c in timed if c["latency_ms"] <= 0.55 and c["measured"]["bytes"] <= report["budget_bytes"]]

@@ -19,8 +19,10 @@ _wire_storage()
 
 
 def optimize(model, train_set, val_set, max_bytes, max_ms=None, engine=None, finetune: int = 2, seed: int = 0,
-             work=None, progress=None):
+             work=None, progress=None, fp16_rest: bool = False, grid=None, executor=None):
     """``cnncompress.optimizer.optimize``: the most accurate copy of ``model`` within ``max_bytes`` (bytes,
-    "400KB", or "1/16" of the original), chosen by measured per-layer sensitivity; returns (model, report)."""
+    "400KB", or "1/16" of the original) and ``max_ms``, chosen by measured per-layer sensitivity; unlabelled sets
+    score agreement with the original and fine-tune by distillation; returns (model, report)."""
     from .optimizer import optimize as run
-    return run(model, train_set, val_set, max_bytes, max_ms, engine, finetune, seed, work, progress)
+    return run(model, train_set, val_set, max_bytes, max_ms, engine, finetune, seed, work, progress, fp16_rest, grid,
+               executor)

@@ -198,12 +198,14 @@ def measured_latency(latency: LatencyModel, deployed: nn.Module, shapes: dict | 
 
 def optimize(model: nn.Module, train_set, val_set, max_bytes: int | str, max_ms: float | None = None,
              engine: str | None = None, finetune: int = 2, seed: int = 0, work: str | Path | None = None,
-             progress=None, fp16_rest: bool = False, grid: list[Setting] | None = None) -> tuple[nn.Module, dict]:
+             progress=None, fp16_rest: bool = False, grid: list[Setting] | None = None,
+             executor=None) -> tuple[nn.Module, dict]:
     """The most accurate compressed copy of ``model`` whose real ``.ccz`` fits ``max_bytes`` (see the module
     docstring). Returns ``(model, report)``; a budget the original already meets returns the original.
     ``fp16_rest``: what the per-layer settings leave (unchanged layers, biases, batch norms, codebooks) is stored
     in half precision, in the sensitivity table and in the result alike. ``grid``: the settings tried per layer
-    (default ``sensitivity.grid()``)."""
+    (default ``sensitivity.grid()``). ``executor`` (``experiments.executors``: ``LocalExecutor`` / ``RayExecutor``):
+    where the latency candidates are built and fine-tuned (``call_all``); timing always happens here."""
     say = progress or (lambda line: None)
     check_arguments(max_bytes, max_ms, engine, finetune)
     model = model.eval()
@@ -214,7 +216,11 @@ def optimize(model: nn.Module, train_set, val_set, max_bytes: int | str, max_ms:
               "unlabelled": is_unlabelled(val_set)}
     teacher = None
     if report["unlabelled"]:  # accuracy = agreement with the original; recovery = distillation from it
+        from .distill import augment_copies
         teacher = copy.deepcopy(model).eval()
+        val_set = copy.copy(val_set)  # a few faces score coarsely: they and augmented copies of them
+        val_set.images = augment_copies(val_set.images, DISTIL["copies"], seed=20_000 + seed)
+        val_set.labels = torch.full((len(val_set.images),), -1, dtype=torch.int64)
         train_set, val_set = teacher_labelled(model, train_set), teacher_labelled(model, val_set)
         say("unlabelled data: accuracy below is top-1 agreement with the original; fine-tuning distils from it")
     if base_bytes <= budget:
@@ -254,26 +260,42 @@ def optimize(model: nn.Module, train_set, val_set, max_bytes: int | str, max_ms:
     say(f"candidate {entry['attempt']} fits the bytes but runs in {ms:.3f} ms on {entry['engine']} > {max_ms:g} ms: "
         f"trying whole-model pipelines that cut latency")
     return _latency_search(model, train_set, val_set, budget, max_ms, engine, finetune, seed, latency, say, report,
-                           teacher)
+                           teacher, executor)
+
+
+def build_pipeline(model: nn.Module, pipeline: list, train_set, val_set, finetune: int, seed: int, teacher=None,
+                   input_shape: tuple[int, ...] | None = None):
+    """One ``LATENCY_LADDER`` candidate: its float stages applied to a copy of ``model``, fine-tuned (or distilled
+    from ``teacher``), then int8 when the pipeline asks. Returns ``(candidate, Conv/Linear shapes of the float
+    stage)`` or ``(None, why)`` for a pipeline the model cannot take. A plain function of its arguments, so an
+    executor can run it anywhere (``executors.RayExecutor.call_all``)."""
+    candidate = copy.deepcopy(model)
+    float_stages = [(method, config) for method, config in pipeline if method != "int8"]
+    try:
+        for method, config in float_stages:
+            candidate = methods.apply(candidate, method, **methods.with_data(method, config, train_set))
+        if float_stages:  # recover before int8 calibrates on the recovered model
+            candidate = _fine_tune(candidate, train_set, val_set, finetune, seed, teacher)
+        shapes = layer_shapes(candidate, input_shape or (1, *val_set.images.shape[1:]))  # what int8 will run
+        if len(float_stages) < len(pipeline):
+            candidate = methods.apply(candidate, "int8", **methods.with_data("int8", {}, train_set))
+    except InputError as error:  # e.g. no filter chain to prune
+        return None, str(error)
+    return candidate, shapes
 
 
 def _latency_search(model, train_set, val_set, budget: int, max_ms: float, engine, finetune: int, seed: int,
-                    latency: LatencyModel, say, report: dict, teacher=None) -> tuple[nn.Module, dict]:
-    """Step 4 of the module docstring: every ``LATENCY_LADDER`` pipeline built, fine-tuned and measured."""
+                    latency: LatencyModel, say, report: dict, teacher=None, executor=None) -> tuple[nn.Module, dict]:
+    """Step 4 of the module docstring: every ``LATENCY_LADDER`` pipeline built and fine-tuned (by ``executor``,
+    e.g. Ray tasks in parallel, when given), then measured here one at a time."""
     feasible = []
-    for label, pipeline in LATENCY_LADDER:
-        candidate = copy.deepcopy(model)
-        float_stages = [(method, config) for method, config in pipeline if method != "int8"]
-        try:
-            for method, config in float_stages:
-                candidate = methods.apply(candidate, method, **methods.with_data(method, config, train_set))
-            if float_stages:  # recover before int8 calibrates on the recovered model
-                candidate = _fine_tune(candidate, train_set, val_set, finetune, seed, teacher)
-            shapes = layer_shapes(candidate, latency.input_shape)  # the float stage's layers: what int8 runs
-            if len(float_stages) < len(pipeline):
-                candidate = methods.apply(candidate, "int8", **methods.with_data("int8", {}, train_set))
-        except InputError as error:  # a pipeline this model cannot take (e.g. no filter chain to prune)
-            report["candidates"].append({"pipeline": label, "skipped": str(error)})
+    calls = [(model, pipeline, train_set, val_set, finetune, seed, teacher, latency.input_shape)
+             for _, pipeline in LATENCY_LADDER]
+    built = executor.call_all(build_pipeline, calls) if executor is not None else \
+        [build_pipeline(*arguments) for arguments in calls]
+    for (label, _), (candidate, shapes) in zip(LATENCY_LADDER, built):
+        if candidate is None:
+            report["candidates"].append({"pipeline": label, "skipped": shapes})
             continue
         deployed = methods.to_inference(candidate)
         timed = measured_latency(latency, deployed, shapes, engine)

@@ -25,6 +25,14 @@ def add_parser(subparsers) -> None:
             parser.add_argument("--engine", help="engine the latency is measured on (cnncompress.engines names)")
             parser.add_argument("--finetune", type=int, default=2, help="fine-tuning epochs (default 2)")
             parser.add_argument("--seed", type=int, default=0)
+            parser.add_argument("--executor", default="local", choices=["local", "ray"],
+                                help="where the latency candidates are built and fine-tuned (ray: in parallel, as "
+                                     "Ray tasks; they are timed here, one at a time)")
+            parser.add_argument("--address", help="Ray cluster address (with --executor ray; default: a local Ray)")
+            parser.add_argument("--cpus-per-row", type=float, default=1, help="CPUs per Ray task")
+            parser.add_argument("--export", action="append", choices=["onnx", "openvino"], default=[],
+                                help="also write the chosen model as model.onnx / model.xml+bin, checked against it "
+                                     "in onnxruntime / OpenVINO (repeatable)")
         parser.add_argument("--fp16-rest", action="store_true",
                             help="store what the per-layer settings leave (unchanged layers, biases, batch norms, "
                                  "codebooks) in half precision, in the table and the result")
@@ -62,9 +70,13 @@ def run(args) -> int:
     from ..loading import load_model
     from ..measure import accuracy
     from ..methods import to_inference
+    executor = None
     if args.command == "optimize":
         from ..optimizer import check_arguments
         check_arguments(args.max_bytes, args.max_ms, args.engine, args.finetune)
+        if args.executor != "local" or args.address:  # bad executor flags fail before any work
+            from ..experiments.executors import make_executor
+            executor = make_executor(args.executor, args.address, args.cpus_per_row)
     model = load_model(args.model)
     if getattr(model, "compression_history", None):
         raise InputError(f"{args.model}: already compressed ({model.compression_history[-1]['method']}); "
@@ -90,7 +102,8 @@ def run(args) -> int:
     from ..optimize_report import write_report
     from ..optimizer import is_unlabelled, optimize, teacher_labelled
     best, report = optimize(model, sets["train"], sets["val"], args.max_bytes, args.max_ms, args.engine,
-                            args.finetune, args.seed, work=out, progress=say, fp16_rest=args.fp16_rest)
+                            args.finetune, args.seed, work=out, progress=say, fp16_rest=args.fp16_rest,
+                            executor=executor)
     path = storage.save(best, out / "model.ccz")
     test, what = sets["test"], "test accuracy"
     if is_unlabelled(test):  # no labels: the test figure is top-1 agreement with the original
@@ -98,6 +111,12 @@ def run(args) -> int:
     report["file_bytes"] = path.stat().st_size
     report["test_accuracy"] = accuracy(to_inference(storage.load(path)), test)
     report["original_test_accuracy"] = accuracy(model, test)
+    for fmt in args.export:
+        from ..export import export_model
+        exported = export_model(storage.load(path), fmt, out / ("model.onnx" if fmt == "onnx" else "model.xml"),
+                                data=args.data)
+        report.setdefault("exports", {})[fmt] = exported
+        say(f"exported {exported['file']} ({exported.get('bytes', 0):,} bytes), checked against the model")
     write_report(report, out / "report.md")
     print(f"{path}: {report['file_bytes']:,} bytes (budget {report['budget_bytes']:,}, original "
           f"{report['original_bytes']:,}); {what} {report['test_accuracy']:.2f}% (original "

@@ -59,7 +59,7 @@ ROWS = (  # label, [(method, config)], recover by distillation
 FULL = {"copies": 16, "epochs": 12, "heldout_copies": 4, "lr": 0.001, "batch_size": 32, "temperature": 1.0,
         "freeze_norm": True, "seeds": [0], "transfer": 2000, "sparsities": [0.0, 0.5, 0.75],
         "bits": [None, 6, 5, 4, 3, 2]}
-QUICK = {**FULL, "copies": 4, "epochs": 3, "transfer": 400, "sparsities": [0.0, 0.5], "bits": [None, 4, 3, 2]}
+QUICK = {**FULL, "copies": 4, "epochs": 3, "transfer": 200, "sparsities": [0.0], "bits": [None, 4, 3]}
 SCORING_TRANSFER = 256  # natural crops (another seed than the distillation's) beside the val faces, for optimize
 
 

@@ -43,6 +43,10 @@ class LocalExecutor:
         for row in rows:
             yield bench.safe_run_row(row)
 
+    def call_all(self, function, calls: list[tuple]) -> list:
+        """``[function(*arguments) for arguments in calls]``, here, in order (``RayExecutor.call_all``'s twin)."""
+        return [function(*arguments) for arguments in calls]
+
 
 def import_ray():
     """``ray``, or a one-line InputError saying how to install it."""
@@ -196,6 +200,35 @@ class RayExecutor:
                 yield result
         finally:  # an error or an interrupted driver: rows still queued or running are not left behind
             for ref in pending:
+                ray.cancel(ref, force=True)
+            self.close()
+
+    def call_all(self, function, calls: list[tuple]) -> list:
+        """``function(*arguments)`` for every tuple of ``calls`` as Ray tasks (``cpus_per_row`` CPUs each, retried
+        ``retries`` times when a worker dies), results in the order of ``calls``; an ``InputError`` raised in a task
+        is raised here as one. What ``optimize`` uses to build and fine-tune its candidates in parallel (their
+        latency is then measured one at a time, in the driver)."""
+        ray = self.ray
+        self.connect()
+        refs = []
+        try:
+            task = ray.remote(function).options(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=self.retries,
+                                                retry_exceptions=False)
+            shared = {}  # one object-store copy of an argument passed to several calls (the model, the data)
+
+            def stored(argument):
+                if id(argument) not in shared:
+                    shared[id(argument)] = (argument, ray.put(argument))  # the object kept alive: ids stay unique
+                return shared[id(argument)][1]
+            refs = [task.remote(*[stored(a) for a in arguments]) for arguments in calls]
+            try:
+                return ray.get(refs)
+            except ray.exceptions.RayTaskError as error:
+                if isinstance(error.cause, InputError):
+                    raise InputError(str(error.cause)) from None
+                raise
+        finally:
+            for ref in refs:
                 ray.cancel(ref, force=True)
             self.close()
 
