@@ -88,10 +88,12 @@ def _shape_of(module: nn.Module, seen: tuple[int, ...]) -> LayerShape:
     bias = module.bias is not None
     if isinstance(module, nn.Linear):
         return LayerShape("linear", tuple(module.weight.shape), (1, module.in_features), bias=bias)
-    if isinstance(module.padding, str):
-        raise ValueError(f"padding={module.padding!r} convs are not modelled")
+    padding = module.padding
+    if isinstance(padding, str):  # "valid": none; "same": what keeps the size at stride 1 (odd kernels)
+        padding = tuple(0 if padding == "valid" else d * (k - 1) // 2
+                        for k, d in zip(module.kernel_size, module.dilation))
     return LayerShape("conv", tuple(module.weight.shape), (1, *seen[1:]), tuple(module.stride),
-                      tuple(module.padding), tuple(module.dilation), module.groups, bias)
+                      tuple(padding), tuple(module.dilation), module.groups, bias)
 
 
 def layer_graph(shape: LayerShape, precision: str = "fp32") -> bytes:
@@ -172,8 +174,8 @@ def _quantized(model, shape: LayerShape) -> bytes:
 
 
 class LatencyModel:
-    """``predict(candidate_shapes, engine)`` from the original's shapes and whole-model times (module docstring);
-    every one-layer time measured is kept (``layer_ms``), so a shape is timed once per engine."""
+    """``predict(shapes, engine, original_ms)`` from the original's layer shapes and per-layer times (module
+    docstring); every one-layer time measured is kept (``layer_ms``), so a shape is timed once per engine."""
 
     def __init__(self, original: nn.Module, input_shape: tuple[int, ...], threads: int | None = 1):
         self.input_shape, self.threads = tuple(input_shape), threads

@@ -31,7 +31,7 @@ def test_findings_can_fail_and_missing_rows_are_not_checked():
     assert verdicts["XNOR-Net loses much accuracy (>10 points below BWN)"] is False
     assert verdicts["HashedNets infer much slower (paper 4.7x)"] is None
     report = "\n".join(table2_report(list(rows.values()), "r.yaml"))
-    assert "did not hold" in report and "not checked" in report
+    assert "does not hold" in report and "not checked" in report
     assert all(label in report for label, *_ in PAPER_TABLE2)
 
 
@@ -102,3 +102,19 @@ def test_quick_recipes_are_the_paper_rows_with_one_seed():
     from cnncompress.experiments.recipe import load_recipe
     quick = load_recipe(RECIPES / "quick" / "table2.yaml")
     assert quick.seeds == [0] and {r.label for r in quick.rows} == {label for label, *_ in PAPER_TABLE2}
+
+
+def test_a_difference_whose_interval_covers_zero_is_within_noise():
+    from cnncompress.experiments.reproduce import NOISE, table3_findings
+    from cnncompress.experiments.stats import seed_interval
+    assert seed_interval([1.0]) is None  # one seed: no spread, no interval
+    wide, clear = seed_interval([2.0, -1.0, 0.5]), seed_interval([2.0, 2.2, 1.9])
+    assert wide["within_noise"] and wide["low"] < 0 < wide["high"]
+    assert not clear["within_noise"] and 1.9 < clear["delta"] < 2.1 and clear["low"] > 0
+    rows = [{"targets": t, "seed": s, "accuracy": a, "agreement_heldout": g}
+            for s, (la, sa) in enumerate([(0.90, 0.92), (0.91, 0.90), (0.89, 0.91)])
+            for t, a, g in (("labels", la, 0.5), ("softmax", sa, 0.6 + 0.01 * s))]
+    verdicts = {f.claim: f for f in table3_findings({"t": rows})}
+    accuracy = verdicts["[t] softmax targets beat label-only (test accuracy)"]
+    assert accuracy.held == NOISE and "within noise" in accuracy.line() and "over seeds" in accuracy.ours
+    assert verdicts["[t] softmax targets beat label-only (held-out agreement with the teacher)"].held is True

@@ -59,7 +59,7 @@ ROWS = (  # label, [(method, config)], recover by distillation
 FULL = {"copies": 16, "epochs": 12, "heldout_copies": 4, "lr": 0.001, "batch_size": 32, "temperature": 1.0,
         "freeze_norm": True, "seeds": [0], "transfer": 2000, "sparsities": [0.0, 0.5, 0.75],
         "bits": [None, 6, 5, 4, 3, 2]}
-QUICK = {**FULL, "copies": 4, "epochs": 3, "transfer": 200, "sparsities": [0.0], "bits": [None, 4, 3]}
+QUICK = {**FULL, "copies": 4, "epochs": 3, "transfer": 200, "sparsities": [0.0], "bits": [None, 4, 3, 2]}
 SCORING_TRANSFER = 256  # natural crops (another seed than the distillation's) beside the val faces, for optimize
 
 
@@ -284,7 +284,7 @@ def describe(row: dict) -> str:
     lat = row["latency"]
     ms = "—" if lat.get("ms") is None else f"{lat['ms']:.3f} ms on {lat['engine']}"
     return (f"{row['label']}: agreement {a['agreement']:.1f}% [{a['low']:.1f}, {a['high']:.1f}], "
-            f"{row['bytes']:,} bytes ({row['size_ratio']:.1f}x smaller), {ms}")
+            f"{row['bytes']:,} bytes ({row['size_ratio']:.2f}x smaller), {ms}")
 
 
 def table(rows: list[dict]) -> str:
@@ -317,7 +317,7 @@ def table(rows: list[dict]) -> str:
         lines.append(f"| {row['label']} | {row['recovered']} | "
                      f"{a['agreement']:.1f} [{a['low']:.1f}, {a['high']:.1f}] | {b['agreement']:.1f} "
                      f"[{b['low']:.1f}, {b['high']:.1f}] | {row['agreement_before']:.1f} | {row['bytes']:,} | "
-                     f"{row['size_ratio']:.1f}× | {'—' if ms is None else f'{ms:.3f}'} ({lat.get('engine')}) | "
+                     f"{row['size_ratio']:.2f}× | {'—' if ms is None else f'{ms:.3f}'} ({lat.get('engine')}) | "
                      f"{speed} | {name(row['astronaut'])}{'' if row['astronaut_same'] else ' (differs)'} |")
     return "\n".join(lines) + "\n"
 

@@ -58,3 +58,17 @@ def delta_interval(pairs: list[tuple[np.ndarray, np.ndarray]], reps: int = REPS,
     delta = float(diff.mean() * 100)
     return {"delta": delta, "low": float(low), "high": float(high), "within_noise": bool(low <= 0 <= high),
             "reps": reps, "seeds": len(pairs), "images": n}
+
+
+def seed_interval(deltas: list[float], level: float = LEVEL) -> dict | None:
+    """Mean of per-seed differences (one paired difference per seed, e.g. softmax − labels accuracy of the same
+    seed) with a Student-t interval over the seeds; None for fewer than two seeds (no spread to measure).
+    Returns ``{delta, low, high, within_noise, seeds}``."""
+    values = np.asarray([d for d in deltas if d is not None and d == d], dtype=np.float64)
+    if len(values) < 2:
+        return None
+    from scipy.stats import t
+    mean, sem = float(values.mean()), float(values.std(ddof=1) / np.sqrt(len(values)))
+    half = float(t.ppf(0.5 + level / 2, len(values) - 1)) * sem
+    return {"delta": mean, "low": mean - half, "high": mean + half,
+            "within_noise": bool(mean - half <= 0 <= mean + half), "seeds": len(values)}
