@@ -14,6 +14,8 @@ method-on-its-fastest-engine. The label per preset is derived by ``engine_race.p
 two thread counts: ``real`` at >= 1.05x, ``none`` below 0.95x, ``same speed`` between (the noise of the timing).
 
     .venv/bin/python benchmarks/bench_presets.py --out docs/results/speed-presets   # ~10 min on 2 cores
+    .venv/bin/python benchmarks/bench_presets.py --sizes 224 --methods int8 --arch squeezenet1_1 --out DIR
+                                                               # one method on the other model
 
 Writes ``presets.json`` (every time, engine and skip reason) and ``table.md`` (the README's methods-table column).
 ``early-exit`` is not in it: its saving is per sample and depends on the data's exit rate
@@ -63,13 +65,16 @@ def digits(size: int, channels: int, count: int = 32) -> tuple[torch.Tensor, tor
     return (images.repeat(1, channels, 1, 1) if channels != images.shape[1] else images), labels
 
 
-def build(size: int, names: list[str]) -> tuple[dict, dict, dict]:
-    """({model name: float baseline}, {method: (model name, deployed model, config)}, {method: why not built})."""
+def build(size: int, names: list[str], arch: str | None = None) -> tuple[dict, dict, dict]:
+    """({model name: float baseline}, {method: (model name, deployed model, config)}, {method: why not built}).
+    ``arch``: every method on this model instead of its bench row's (e.g. int8 on SqueezeNet-1.1)."""
     preset = PRESETS[size]
     data = digits(size, preset["channels"])
-    bases, rows, failed = {}, {}, {}
+    bases, rows, failed, arch_override = {}, {}, {}, arch
     for name in names:
         row = TABLE2_ROWS.get(name) or (methods.info(name).bench or ({},))[0]
+        if arch_override:
+            row = {"model": arch_override}  # its default config: a row's layer names belong to its own model
         arch = row.get("model", "vgg_s")
         if arch not in bases:
             torch.manual_seed(0)
@@ -147,6 +152,8 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=list(PRESETS), choices=list(PRESETS))
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--methods", nargs="+", default=None, help="default: every speed-real method")
+    parser.add_argument("--arch", choices=["vgg_s", "squeezenet1_1"],
+                        help="run every method on this model (default: each method's bench row's model)")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--block", type=int, default=3)
     parser.add_argument("--update", action="store_true",
@@ -161,7 +168,7 @@ def main(argv=None) -> int:
     results.setdefault("commands", []).append(" ".join(sys.argv))
     results["environment"] = environment()
     for size in args.sizes:
-        bases, rows, failed[str(size)] = build(size, names)
+        bases, rows, failed[str(size)] = build(size, names, args.arch)
         results[str(size)] = {"runs": [], "configs": {n: {"model": a, "config": repr(c)} for n, (a, _, c) in rows.items()},
                               "failed": failed[str(size)]}
         for threads in args.threads:
