@@ -22,7 +22,8 @@ engine                 precision  what runs
 name, "skipped": {engine: reason}}``, timed interleaved (``measure.alternating``); ``fastest_fp32`` races the
 fp32 engines only; ``race({key: (model, engines)}, ...)`` times several models on their engines in one interleaved
 race; ``fastest_deployed`` is a deployed model on the fastest engine of its own precision.
-``engine_environment()``: CPU flags, OpenVINO / onnxruntime versions, what each engine can do. An unknown engine name is an ``InputError``; an engine that cannot run is skipped with a note, never a crash.
+``engine_environment()``: CPU flags, OpenVINO / onnxruntime versions, what each engine can do. An unknown engine
+name is an ``InputError``; an engine that cannot run is skipped with a note, never a crash.
 """
 from .fastest import engine_environment, fastest, fastest_deployed, fastest_fp32, prepared, race
 from .openvino import OpenVinoModel, OpenVinoUnavailable
@@ -30,5 +31,5 @@ from .registry import (ENGINES, Availability, Engine, EngineUnavailable, get, mo
                        precision_of, prepare)
 
 __all__ = ["ENGINES", "Availability", "Engine", "EngineUnavailable", "OpenVinoModel", "OpenVinoUnavailable",
-           "engine_environment", "fastest", "fastest_deployed", "fastest_fp32", "get", "model_precision", "names", "precision_of", "prepare",
-           "prepared", "race"]
+           "engine_environment", "fastest", "fastest_deployed", "fastest_fp32", "get", "model_precision", "names",
+           "precision_of", "prepare", "prepared", "race"]

@@ -15,8 +15,8 @@ for each of a small model's ~100 tensors, 3.6 KB of a 33 KB emotion CNN file).
 The manifest holds the model spec (``models.build`` arguments), the architecture diff against that float
 skeleton (only registered layer types), the compression history (method + config), free metadata (classes,
 normalisation), the blob section's sha256, and per tensor: name, codec, codec meta, dtype, shape, offset and length
-in the blob section, and CRC-32. ``load`` validates all of it against the file size and the rebuilt architecture before decoding
-a single tensor; it never unpickles or executes anything from the file.
+in the blob section, and CRC-32. ``load`` validates all of it against the file size and the rebuilt architecture
+before decoding a single tensor; it never unpickles or executes anything from the file.
 """
 from __future__ import annotations
 
