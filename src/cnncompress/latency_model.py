@@ -146,31 +146,10 @@ def identity_graph(input_shape: tuple[int, ...]) -> bytes:
 
 
 def _quantized(model, shape: LayerShape) -> bytes:
-    """onnxruntime's static QDQ quantiser with the ``int8`` method's settings, calibrated on uniform noise."""
-    import os
-    import tempfile
-
-    import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    from .onnx_export import quiet
-
-    class Reader:
-        def __init__(self):
-            rng = np.random.default_rng(1)
-            self.batches = iter([{"input": rng.random(shape.input, np.float32)} for _ in range(4)])
-
-        def get_next(self):
-            return next(self.batches, None)
-
-    with tempfile.TemporaryDirectory(prefix="cnncompress-latency-") as tmp, quiet():
-        source, target = os.path.join(tmp, "float.onnx"), os.path.join(tmp, "int8.onnx")
-        onnx.save(model, source)
-        quantize_static(source, target, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        op_types_to_quantize=["Conv", "Gemm"], calibrate_method=CalibrationMethod.MinMax)
-        with open(target, "rb") as handle:
-            return handle.read()
+    """The ``int8`` method's quantiser (``methods.int8.quantize_graph``), calibrated on four uniform-noise inputs."""
+    from .methods.int8 import quantize_graph
+    noise = torch.from_numpy(np.random.default_rng(1).random((4, *shape.input[1:]), np.float32))
+    return quantize_graph(model, noise, batch=1)
 
 
 class LatencyModel:

@@ -214,6 +214,9 @@ def optimize(model: nn.Module, train_set, val_set, max_bytes: int | str, max_ms:
     shape = (1, *val_set.images.shape[1:])
     report = {"budget_bytes": budget, "budget_ms": max_ms, "original_bytes": base_bytes, "candidates": [],
               "unlabelled": is_unlabelled(val_set)}
+    if base_bytes <= budget:
+        report.update(chosen="original", reason="the original already fits the byte budget")
+        return model, report
     teacher = None
     if report["unlabelled"]:  # accuracy = agreement with the original; recovery = distillation from it
         from .distill import augment_copies
@@ -223,9 +226,6 @@ def optimize(model: nn.Module, train_set, val_set, max_bytes: int | str, max_ms:
         val_set.labels = torch.full((len(val_set.images),), -1, dtype=torch.int64)
         train_set, val_set = teacher_labelled(model, train_set), teacher_labelled(model, val_set)
         say("unlabelled data: accuracy below is top-1 agreement with the original; fine-tuning distils from it")
-    if base_bytes <= budget:
-        report.update(chosen="original", reason="the original already fits the byte budget")
-        return model, report
     cache = Path(work) / "sensitivity.json" if work else None
     table = measure_sensitivity(model, val_set, cache, settings=grid, progress=say, fp16_rest=fp16_rest)
     report["sensitivity"] = {"base_accuracy": table["base_accuracy"], "base_bytes": table["base_bytes"]}

@@ -78,17 +78,24 @@ def fastest(model: nn.Module | bytes, input_shape: tuple[int, ...], engines=None
     calls, skipped = prepared(model, input_shape, engines, threads)
     if not calls:
         raise InputError("no engine can run the model: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+    times = _interleaved(calls, input_shape, threads, runs, block, example)
+    return {**times, "fastest": min(times, key=times.get), "skipped": skipped}
+
+
+def _interleaved(calls: dict, input_shape: tuple[int, ...], threads: int | None, runs: int, block: int,
+                 example: torch.Tensor | None) -> dict:
+    """``{key: median ms}`` of prepared runs taking turns on one input (``example`` or seeded N(0,1) noise), with
+    torch's threads at ``threads`` for the race (restored after)."""
     x = example if example is not None else torch.randn(*input_shape, generator=torch.Generator().manual_seed(0))
     previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
         with torch.inference_mode():
-            times = alternating({name: (lambda run=run: run(x)) for name, run in calls.items()}, runs,
-                                block=block, warmup=2)
+            return alternating({key: (lambda run=run: run(x)) for key, run in calls.items()}, runs, block=block,
+                               warmup=2)
     finally:
         torch.set_num_threads(previous)
-    return {**times, "fastest": min(times, key=times.get), "skipped": skipped}
 
 
 def race(contenders: dict, input_shape: tuple[int, ...], threads: int | None = DEFAULT_THREADS, runs: int = 20,
@@ -103,17 +110,7 @@ def race(contenders: dict, input_shape: tuple[int, ...], threads: int | None = D
         skipped.update({(key, name): reason for name, reason in why.items()})
     if not calls:
         return {}, skipped
-    x = example if example is not None else torch.randn(*input_shape, generator=torch.Generator().manual_seed(0))
-    previous = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        with torch.inference_mode():
-            times = alternating({key: (lambda run=run: run(x)) for key, run in calls.items()}, runs, block=block,
-                                warmup=2)
-    finally:
-        torch.set_num_threads(previous)
-    return times, skipped
+    return _interleaved(calls, input_shape, threads, runs, block, example), skipped
 
 
 def fastest_deployed(model: nn.Module, input_shape: tuple[int, ...], engine: str | None = None,

@@ -110,18 +110,22 @@ def faces(spec: str, teacher) -> dict:
     return {"train": train, "val": val, "heldout": heldout, "format": fmt}
 
 
-def transfer_set(data: dict, settings: dict, seed: int = 0, count: int | None = None):
+def _transfer_inputs(fmt: dict, count: int, seed: int) -> torch.Tensor:
+    """``data.transfer.transfer_images`` decoded as the teacher's input (size, channels, normalisation)."""
+    from ..data.transfer import transfer_images
+    raw = torch.from_numpy(transfer_images(fmt["input_size"], count, seed)).float()[:, None] / 255.0
+    return ((raw - fmt["mean"]) / fmt["std"]).repeat(1, fmt["channels"], 1, 1)
+
+
+def transfer_set(data: dict, settings: dict, seed: int = 0):
     """The unlabelled images a copy distils on: the training faces and ``copies - 1`` augmented copies of each, then
     ``settings["transfer"]`` non-face images (``data.transfer``: LFW non-faces + crops of scikit-image's
     photographs), decoded as the teacher's input. One dataset (label -1)."""
     from ..data.datasets import ImageDataset
-    from ..data.transfer import transfer_images
     from ..distill import augment_copies
-    fmt, train = data["format"], data["train"]
-    raw = torch.from_numpy(transfer_images(fmt["input_size"], settings["transfer"] if count is None else count,
-                                           seed)).float()[:, None] / 255.0
-    extra = ((raw - fmt["mean"]) / fmt["std"]).repeat(1, fmt["channels"], 1, 1)
-    images = torch.cat([augment_copies(train.images, settings["copies"], seed=seed), extra])
+    train = data["train"]
+    images = torch.cat([augment_copies(train.images, settings["copies"], seed=seed),
+                        _transfer_inputs(data["format"], settings["transfer"], seed)])
     return ImageDataset(images, torch.full((len(images),), -1, dtype=torch.int64), train.classes, "faces+transfer",
                         train.mean, train.std, "train")
 
@@ -136,8 +140,7 @@ def _optimized(model, config: dict, teacher, data: dict, settings: dict, seed: i
     from ..sensitivity import Setting
     val = data["val"]
     images = torch.cat([augment_copies(val.images, settings["copies"], seed=20_000 + seed),
-                        transfer_set(data, {**settings, "copies": 1}, seed=1, count=SCORING_TRANSFER).images[
-                            len(data["train"]):]])
+                        _transfer_inputs(data["format"], SCORING_TRANSFER, seed=1)])
     scoring = teacher_labelled(teacher, ImageDataset(images, torch.full((len(images),), -1), val.classes, "scoring",
                                                      val.mean, val.std, "val"))
     grid = [Setting(s, b) for s in settings["sparsities"] for b in settings["bits"]]

@@ -144,6 +144,14 @@ def _quantize_static(float_proto, cache_path: str, reader=None):
             return handle.read()
 
 
+def quantize_graph(float_proto, images: torch.Tensor, batch: int = 32) -> bytes:
+    """The int8 QDQ graph of a float ONNX proto whose input is ``input``, calibrated (min/max) on ``images`` in
+    batches of ``batch``: the quantiser and settings ``int8`` deploys with (the latency model times one-layer
+    graphs made this way)."""
+    with tempfile.TemporaryDirectory(prefix="cnncompress-int8-") as tmp:
+        return _quantize_static(float_proto, os.path.join(tmp, "ranges.json"), _Reader(images, batch))
+
+
 class _Reader:
     def __init__(self, images: torch.Tensor, batch: int = 32):
         self.batches = iter([images[i:i + batch].numpy() for i in range(0, len(images), batch)])
