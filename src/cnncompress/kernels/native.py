@@ -43,32 +43,39 @@ def source(name: str) -> str:
     return resources.files(__package__).joinpath(f"{name}.c").read_text()
 
 
-def library_path(name: str, flags: tuple[str, ...] = CFLAGS) -> Path:
-    key = hashlib.sha256((source(name) + " ".join(flags) + cpu_key()).encode()).hexdigest()[:16]
+def library_path(name: str, flags: tuple[str, ...] = CFLAGS, parts: tuple[str, ...] = ()) -> Path:
+    sources = "".join(source(part) for part in parts or (name,))
+    key = hashlib.sha256((sources + " ".join(flags) + cpu_key()).encode()).hexdigest()[:16]
     return cache_dir() / f"{name}-{key}.so"
 
 
-def compile_library(name: str, out: Path, flags: tuple[str, ...] = CFLAGS) -> None:
-    """gcc ``<name>.c`` -> ``out`` (built in a temporary file, renamed into place: concurrent builds are safe)."""
+def compile_library(name: str, out: Path, flags: tuple[str, ...] = CFLAGS, parts: tuple[str, ...] = ()) -> None:
+    """gcc ``<part>.c`` for each of ``parts`` (default: ``name`` alone) -> ``out`` (built in a temporary file,
+    renamed into place: concurrent builds are safe)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        src = Path(tmp) / f"{name}.c"
-        src.write_text(source(name))
+        files = []
+        for part in parts or (name,):
+            files.append(Path(tmp) / f"{part}.c")
+            files[-1].write_text(source(part))
         target = Path(tmp) / out.name
-        result = subprocess.run(["gcc", *flags, str(src), "-o", str(target), "-lm"], capture_output=True, text=True)
+        result = subprocess.run(["gcc", *flags, *map(str, files), "-o", str(target), "-lm", "-pthread"],
+                                capture_output=True, text=True)
         if result.returncode != 0:
             raise OSError(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "gcc failed")
         os.replace(target, out)
 
 
-def load(name: str, argtypes: dict[str, list], flags: tuple[str, ...] = CFLAGS) -> ctypes.CDLL | None:
-    """The compiled ``<name>.c`` with ``argtypes`` set per function, or None (one warning) when unavailable."""
+def load(name: str, argtypes: dict[str, list], flags: tuple[str, ...] = CFLAGS,
+         parts: tuple[str, ...] = ()) -> ctypes.CDLL | None:
+    """The compiled ``<name>.c`` (or ``parts``, several sources linked into one library) with ``argtypes`` set
+    per function, or None (one warning) when unavailable."""
     if os.environ.get("CNNCOMPRESS_NO_NATIVE"):
         return None
     try:
-        path = library_path(name, flags)
+        path = library_path(name, flags, parts)
         if not path.exists():
-            compile_library(name, path, flags)
+            compile_library(name, path, flags, parts)
         lib = ctypes.CDLL(str(path))
     except OSError as error:  # FileNotFoundError (no gcc) is an OSError
         warnings.warn(f"cnncompress: C kernel {name}.c unavailable ({error}); using the numpy fallback",

@@ -1,0 +1,160 @@
+"""A chain of XNOR-graph layers run in one native call: the C op table of ``kernels/binary_graph.c``.
+
+At the 48x48 FER size every layer of an XNOR VGG-S costs microseconds of arithmetic, and the per-layer path
+(a Python module call, a ctypes call, packing and a torch allocation per layer) cost more than the whole float net
+on onnxruntime. ``NativeChain(specs).run(x)`` runs the chain for one input shape in a single ctypes call: the op
+table and every buffer (packed words, bit-im2col, K, the float im2col of a float conv, each op's output) are laid
+out once per input shape and reused.
+
+``specs`` are plain dicts (tensors and numbers; no modules), built by ``methods/binarize_graph.py``:
+
+    {"kind": "conv", "weight": (O, C, kh, kw), "bias", "stride", "padding", "relu"}
+    {"kind": "xconv", "wbits", "alpha", "bias", "in_channels", "kernel", "stride", "padding", "input_scale",
+     "correction": size -> (O, OH*OW) int32 or None, "scale", "shift" (a folded BatchNorm or None), "relu"}
+    {"kind": "xlinear", "wbits", "alpha", "bias", "in_features", "input_scale", "scale", "shift", "relu"}
+    {"kind": "linear", "weight": (O, K), "bias", "relu"}      {"kind": "affine", "scale", "shift", "relu"}
+    {"kind": "relu"}   {"kind": "lrn", "size", "alpha", "beta", "k"}   {"kind": "maxpool", "kernel", "stride",
+    "ceil_mode"}   {"kind": "flatten"} (no op: the next op reads the same memory as one vector)
+
+Formulas per op are in the C file's header; the pure reference of a chain is its layers run one by one as
+PyTorch modules (the tests compare the two). Threads: ops of at least ``MIN_WORK`` multiply-adds (or word pairs)
+are split over ``torch.get_num_threads()`` POSIX threads; smaller ones run on the calling thread.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+
+import torch
+
+from . import native as _native
+from .bitpack import ARGTYPES as _BITPACK_ARGTYPES
+from .bitpack_reference import n_words, pool_size
+
+KINDS = {"conv": 0, "xconv": 1, "xlinear": 2, "linear": 3, "relu": 4, "lrn": 5, "maxpool": 6, "affine": 7}
+_INTS = ("kind", "C", "H", "W", "O", "OH", "OW", "kh", "kw", "sh", "sw", "ph", "pw", "relu", "input_scale", "K",
+         "Kw", "nbits", "Ppad", "lrn_size")
+_POINTERS = ("weight", "bias", "scale", "shift", "alpha", "wbits", "corr", "packed", "cols", "affined", "absmean",
+             "kscale", "scratch", "out")
+MIN_WORK = 1 << 22  # below this many multiply-adds an op stays on the calling thread (a thread start ~20-50 us)
+
+
+class Op(ctypes.Structure):
+    _fields_ = ([(name, ctypes.c_int64) for name in _INTS] + [(name, ctypes.c_double) for name in
+                ("lrn_alpha", "lrn_beta", "lrn_k")] + [(name, ctypes.c_void_p) for name in _POINTERS])
+
+
+@functools.lru_cache(maxsize=1)
+def native() -> ctypes.CDLL | None:
+    """``bitpack.c`` + ``binary_graph.c`` in one library, or None (one warning) when it cannot be built."""
+    _P, _I, _L = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
+    lib = _native.load("binary_graph", {**_BITPACK_ARGTYPES, "run_chain": [_P, _I, _P, _I, _L, _P, _L, _I, _L],
+                                        "op_size": []}, parts=("bitpack", "binary_graph"))
+    if lib is not None and lib.op_size() != ctypes.sizeof(Op):
+        raise RuntimeError(f"binary_graph.c op_t has {lib.op_size()} bytes, the ctypes Op {ctypes.sizeof(Op)}")
+    return lib
+
+
+def available() -> bool:
+    return native() is not None
+
+
+def _contiguous(tensor: torch.Tensor | None, dtype=torch.float32) -> torch.Tensor | None:
+    return None if tensor is None else tensor.detach().to(dtype).contiguous()
+
+
+def _kernel(spec: dict) -> tuple[int, int]:
+    return tuple(spec["kernel"]) if spec["kind"] == "xconv" else tuple(spec["weight"].shape[2:])
+
+
+def output_shape(spec: dict, shape: tuple) -> tuple:
+    """The shape (no batch) one op of ``spec`` makes of an input of ``shape``: (C, H, W), or (K,) for vectors."""
+    kind = spec["kind"]
+    c, h, w = shape if len(shape) == 3 else (shape[0], 1, 1)
+    if kind == "flatten":
+        return (c * h * w,)
+    if kind in ("conv", "xconv"):
+        (kh, kw), (sh, sw), (ph, pw) = _kernel(spec), spec["stride"], spec["padding"]
+        filters = (spec["wbits"] if kind == "xconv" else spec["weight"]).shape[0]
+        return filters, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    if kind in ("xlinear", "linear"):
+        return ((spec["wbits"] if kind == "xlinear" else spec["weight"]).shape[0],)
+    if kind == "maxpool":
+        k, s, ceil = spec["kernel"], spec["stride"], spec["ceil_mode"]
+        return c, pool_size(h, k, s, ceil), pool_size(w, k, s, ceil)
+    return tuple(shape)  # relu, affine, lrn
+
+
+class NativeChain:
+    """The compiled chain for one input shape ``(C, H, W)``; ``run(x)`` takes ``(N, C, H, W)`` float."""
+
+    def __init__(self, specs: list[dict], in_shape: tuple[int, int, int]):
+        self.in_shape = tuple(in_shape)
+        self.keep: list[torch.Tensor] = []  # every tensor the op table points into
+        specs = list(specs)
+        self.ops = (Op * sum(spec["kind"] != "flatten" for spec in specs))()
+        shape, ops = self.in_shape, iter(self.ops)
+        for spec in specs:
+            shape = self._lay_out(op=None if spec["kind"] == "flatten" else next(ops), spec=spec, shape=shape)
+        self.out_shape = shape
+
+    def _ptr(self, tensor: torch.Tensor | None):
+        if tensor is None:
+            return None
+        self.keep.append(tensor)
+        return tensor.data_ptr()
+
+    def _buffer(self, numel: int, dtype=torch.float32):
+        return self._ptr(torch.empty(max(1, numel), dtype=dtype))
+
+    def _lay_out(self, op: Op | None, spec: dict, shape: tuple) -> tuple:
+        kind, out = spec["kind"], output_shape(spec, shape)
+        if op is None:  # flatten
+            return out
+        c, h, w = shape if len(shape) == 3 else (shape[0], 1, 1)
+        op.kind, op.C, op.H, op.W, op.relu = KINDS[kind], c, h, w, int(bool(spec.get("relu")))
+        op.scale, op.shift = self._ptr(_contiguous(spec.get("scale"))), self._ptr(_contiguous(spec.get("shift")))
+        op.bias = self._ptr(_contiguous(spec.get("bias")))
+        if kind in ("conv", "xconv"):
+            op.kh, op.kw = _kernel(spec)
+            (op.sh, op.sw), (op.ph, op.pw) = spec["stride"], spec["padding"]
+        elif kind == "maxpool":
+            op.kh = op.kw = spec["kernel"]
+            op.sh = op.sw = spec["stride"]
+        op.O, op.OH, op.OW = (out[0], 1, 1) if len(out) == 1 else out
+        pixels = op.OH * op.OW
+        if kind == "conv":
+            op.K, op.Ppad = c * op.kh * op.kw, -(-pixels // 32) * 32
+            weight = torch.zeros(-(-op.O // 4) * 4, op.K)  # rows padded to whole 4-filter tiles
+            weight[:op.O] = spec["weight"].detach().float().reshape(op.O, -1)
+            op.weight, op.scratch = self._ptr(weight), self._buffer(op.K * op.Ppad)
+        elif kind == "xconv":
+            cw = n_words(c)
+            op.Kw, op.nbits, op.input_scale = op.kh * op.kw * cw, c * op.kh * op.kw, int(spec["input_scale"])
+            op.wbits, op.alpha = self._ptr(_contiguous(spec["wbits"], torch.int64)), self._ptr(_contiguous(spec["alpha"]))
+            op.corr = self._ptr(_contiguous(spec["correction"]((h, w)), torch.int32))
+            op.packed = self._buffer((h + 2 * op.ph) * (w + 2 * op.pw) * cw, torch.int64)
+            op.cols = self._buffer(pixels * op.Kw, torch.int64)
+            op.affined, op.absmean, op.kscale = self._buffer(c * h * w), self._buffer(h * w), self._buffer(pixels)
+        elif kind == "xlinear":
+            op.K = c * h * w
+            op.Kw, op.nbits, op.input_scale = n_words(op.K), op.K, int(spec["input_scale"])
+            op.wbits, op.alpha = self._ptr(_contiguous(spec["wbits"], torch.int64)), self._ptr(_contiguous(spec["alpha"]))
+            op.packed, op.affined, op.kscale = self._buffer(op.Kw, torch.int64), self._buffer(op.K), self._buffer(1)
+        elif kind == "linear":
+            op.K = c * h * w
+            op.weight = self._ptr(_contiguous(spec["weight"]))
+        elif kind == "lrn":
+            op.lrn_size, op.lrn_alpha, op.lrn_beta, op.lrn_k = spec["size"], spec["alpha"], spec["beta"], spec["k"]
+            op.scratch = self._buffer(h * w)
+        op.out = self._buffer(op.O * pixels)
+        return out
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.detach().float().contiguous()
+        if tuple(x.shape[1:]) != self.in_shape:
+            raise ValueError(f"chain laid out for {self.in_shape}, got {tuple(x.shape[1:])}")
+        y = torch.empty(x.shape[0], *self.out_shape)
+        native().run_chain(self.ops, len(self.ops), x.data_ptr(), x.shape[0], x[0].numel(), y.data_ptr(),
+                           y[0].numel(), max(1, torch.get_num_threads()), MIN_WORK)
+        return y

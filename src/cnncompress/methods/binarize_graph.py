@@ -1,0 +1,183 @@
+"""``NativeSequential``: an XNOR model's ``nn.Sequential`` blocks run as one native call per block.
+
+``to_inference`` of a model with XNOR layers swaps each topmost ``nn.Sequential`` that holds one for a
+``NativeSequential`` (same children, same state dict, same file layout). In inference (eval mode, no gradient
+wanted, not tracing) its forward lowers the children to the op table of ``kernels/binary_graph.py`` once per input
+shape and runs the runs of supported layers in one ctypes call each:
+
+- ``XnorConv2d`` / ``XnorLinear`` with the ``BatchNorm`` in front folded in (``scale = w / sqrt(var + eps)``,
+  ``shift = b - mean * scale``), a following ``ReLU`` fused;
+- float ``Conv2d`` (groups 1, no dilation, zero padding) up to ``FLOAT_CONV_MACS`` multiply-adds (the FER-size
+  stem; larger float convs stay on PyTorch's oneDNN, which is faster there), ``Linear``, ``BatchNorm`` elsewhere
+  (an affine op), ``ReLU``, LRN, unpadded max-pool, ``Flatten``; ``Dropout`` and ``Identity`` are dropped.
+
+Any other child splits the block: it runs as a PyTorch module between two native runs. The reference of a native
+run is the same children called one by one (``nn.Sequential.forward``, also the path in training, with gradients,
+under ``torch.onnx`` export or tracing, and without a C compiler); the tests compare the two. A block's lowering is
+cached per input shape and redone when any of its tensors is written in place (``Tensor._version``: an optimizer
+step, ``load_state_dict``), after ``.to()`` / ``.float()`` and ``train()`` / ``eval()``. Assigning a new tensor
+object to a layer's attribute is not seen: call ``.train(False)`` after doing so.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import surgery
+from ..kernels import binary_graph
+from ..layers import register_layer
+from . import binarize_inference
+from .binarize_inference import FastLocalResponseNorm, FastMaxPool2d, XnorConv2d, XnorLinear
+
+FLOAT_CONV_MACS = 16_000_000  # VGG-S conv1: 0.5 M at 48x48 grey width 0.25 (native), 168 M at 224 (oneDNN)
+_DROPPED = (nn.Dropout, nn.Identity)
+_RELU_FUSES = ("conv", "xconv", "xlinear", "linear", "affine")
+
+
+def _leaves(module: nn.Module) -> list[nn.Module]:
+    if type(module) in (nn.Sequential, NativeSequential):
+        return [leaf for child in module.children() for leaf in _leaves(child)]
+    return [module]
+
+
+def _folded(norm: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval-mode BatchNorm as ``x * scale + shift``."""
+    scale = (norm.weight if norm.affine else 1.0) / torch.sqrt(norm.running_var + norm.eps)
+    shift = (norm.bias if norm.affine else 0.0) - norm.running_mean * scale
+    return scale.detach().float(), shift.detach().float()
+
+
+def _conv_ok(conv: nn.Conv2d, shape: tuple) -> bool:
+    if (conv.groups != 1 or conv.dilation != (1, 1) or conv.padding_mode != "zeros" or isinstance(conv.padding, str)
+            or len(shape) != 3):
+        return False
+    oh = (shape[1] + 2 * conv.padding[0] - conv.kernel_size[0]) // conv.stride[0] + 1
+    ow = (shape[2] + 2 * conv.padding[1] - conv.kernel_size[1]) // conv.stride[1] + 1
+    return conv.weight.numel() * oh * ow <= FLOAT_CONV_MACS
+
+
+def _spec(layer: nn.Module, shape: tuple) -> dict | None:
+    """The op of ``layer`` (for an input of ``shape`` without the batch), or None when it has none."""
+    if isinstance(layer, XnorConv2d):
+        return {"kind": "xconv", "wbits": layer.wbits, "alpha": layer.alpha, "bias": layer.bias,
+                "kernel": layer.kernel_size, "stride": layer.stride, "padding": layer.padding,
+                "input_scale": layer.input_scale, "correction": layer._correction}
+    if isinstance(layer, XnorLinear):
+        return {"kind": "xlinear", "wbits": layer.wbits, "alpha": layer.alpha, "bias": layer.bias,
+                "input_scale": layer.input_scale}
+    if type(layer) is nn.Conv2d and _conv_ok(layer, shape):
+        return {"kind": "conv", "weight": layer.weight, "bias": layer.bias, "stride": layer.stride,
+                "padding": layer.padding}
+    if type(layer) is nn.Linear:
+        return {"kind": "linear", "weight": layer.weight, "bias": layer.bias}
+    if isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.track_running_stats:
+        scale, shift = _folded(layer)
+        return {"kind": "affine", "scale": scale, "shift": shift}
+    if type(layer) is nn.ReLU:
+        return {"kind": "relu"}
+    if isinstance(layer, (nn.LocalResponseNorm, FastLocalResponseNorm)) and len(shape) == 3:
+        return {"kind": "lrn", "size": layer.size, "alpha": layer.alpha, "beta": layer.beta, "k": layer.k}
+    if isinstance(layer, FastMaxPool2d) and len(shape) == 3:
+        return {"kind": "maxpool", "kernel": layer.kernel_size, "stride": layer.stride, "ceil_mode": layer.ceil_mode}
+    if type(layer) is nn.Flatten and layer.start_dim == 1 and layer.end_dim == -1:
+        return {"kind": "flatten"}
+    return None
+
+
+def _merge(specs: list[dict], spec: dict) -> None:
+    """Append ``spec``, fusing: an affine (BatchNorm) into the binary layer after it, a ReLU into the op before."""
+    last = specs[-1] if specs else None
+    if spec["kind"] == "relu" and last and last["kind"] in _RELU_FUSES and not last.get("relu"):
+        last["relu"] = True
+    elif spec["kind"] in ("xconv", "xlinear") and last and last["kind"] == "affine" and not last.get("relu"):
+        specs[-1] = {**spec, "scale": last["scale"], "shift": last["shift"]}
+    else:
+        specs.append(spec)
+
+
+def lower(block: nn.Module, shape: tuple) -> list:
+    """``block``'s children for inputs of ``shape`` (no batch) as steps: ``NativeChain`` runs and PyTorch modules."""
+    steps, specs, start = [], [], shape
+    with torch.no_grad():
+        for layer in _leaves(block):
+            if isinstance(layer, _DROPPED):
+                continue
+            spec = _spec(layer, shape)
+            if spec is None:
+                if specs:
+                    steps.append(binary_graph.NativeChain(specs, start))
+                steps.append(layer)
+                shape = tuple(layer(torch.zeros(1, *shape)).shape[1:])
+                specs, start = [], shape
+                continue
+            _merge(specs, spec)
+            shape = binary_graph.output_shape(spec, shape)
+        if specs:
+            steps.append(binary_graph.NativeChain(specs, start))
+    return steps
+
+
+@register_layer(get_config=lambda module: {})
+class NativeSequential(nn.Sequential):
+    """An ``nn.Sequential`` whose inference runs its layers in native chains (see the module docstring)."""
+
+    def __init__(self, *layers: nn.Module):
+        super().__init__(*layers)
+        self._plans: dict = {}
+
+    @classmethod
+    def from_sequential(cls, block: nn.Sequential) -> "NativeSequential":
+        native = cls()
+        for name, child in block.named_children():
+            native.add_module(name, child)
+        return native
+
+    def __getstate__(self):  # ctypes op tables are not copied or pickled: rebuilt at the next call
+        return {**self.__dict__, "_plans": {}}
+
+    def _apply(self, fn, *args, **kwargs):  # .to(), .float(), ...: tensors may be new objects
+        self._plans = {}
+        return super()._apply(fn, *args, **kwargs)
+
+    def train(self, mode: bool = True):
+        self._plans = {}
+        return super().train(mode)
+
+    def _native_ok(self, x: torch.Tensor) -> bool:
+        return (not self.training and binary_graph.available() and x.dim() in (2, 4)
+                and not (torch.is_grad_enabled() and x.requires_grad)
+                and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export()
+                and not torch.compiler.is_compiling())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._native_ok(x):
+            return super().forward(x)
+        shape = tuple(x.shape[1:])
+        plan = self._plans.get(shape)
+        if plan is None or tuple(t._version for t in plan[0]) != plan[1]:
+            tensors = [*self.parameters(), *self.buffers()]
+            plan = self._plans[shape] = (tensors, tuple(t._version for t in tensors), lower(self, shape))
+        steps = plan[2]
+        for step in steps:
+            x = step.run(x) if isinstance(step, binary_graph.NativeChain) else step(x)
+        return x
+
+
+def native_blocks(model: nn.Module) -> nn.Module:
+    """Swap each topmost ``nn.Sequential`` holding an XNOR layer for a ``NativeSequential`` (in place; the root
+    itself when it is one). Returns the root."""
+    done: list[str] = []
+    for path, module in list(model.named_modules()):
+        if any(path.startswith(p + ".") or p == "" for p in done) or type(module) is not nn.Sequential:
+            continue
+        if any(isinstance(m, (XnorConv2d, XnorLinear)) for m in module.modules()):
+            model = surgery.replace(model, path, NativeSequential.from_sequential(module))
+            done.append(path)
+    return model
+
+
+@torch.no_grad()
+def to_inference(model: nn.Module) -> nn.Module:
+    """``binarize_inference.to_inference`` (XNOR -> bit-packed kernel, BWN -> signed fp32, fast LRN / max-pool),
+    then the Sequential blocks holding XNOR layers as ``NativeSequential`` (one native call per block run)."""
+    return native_blocks(binarize_inference.to_inference(model)).eval()

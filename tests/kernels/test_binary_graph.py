@@ -1,0 +1,86 @@
+"""One native call per chain (kernels/binary_graph.c) == each op's PyTorch twin, at 1 and 2 threads."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cnncompress.kernels import binary_graph as G
+from cnncompress.methods.binarize_inference import XnorConv2d, XnorLinear
+from cnncompress.methods.binarize_layers import BinaryConv2d, BinaryLinear
+
+pytestmark = pytest.mark.skipif(not G.available(), reason="no C compiler: native chains unavailable")
+
+
+@pytest.fixture(params=[(1, G.MIN_WORK), (2, 0)], ids=["1-thread", "2-threads-split-every-op"])
+def threads(request, monkeypatch):
+    count, min_work = request.param
+    monkeypatch.setattr(G, "MIN_WORK", min_work)
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    yield count
+    torch.set_num_threads(before)
+
+
+def _run(specs, x):
+    return G.NativeChain(specs, tuple(x.shape[1:])).run(x)
+
+
+@pytest.mark.parametrize("c,o,k,stride,padding,size", [(1, 24, 7, 2, 0, 48), (3, 5, 3, 1, 1, 13), (4, 33, 5, 3, 2, 17),
+                                                         (2, 4, 1, 1, 0, 9)])
+def test_float_conv_with_fused_relu_equals_torch(threads, c, o, k, stride, padding, size):
+    weight, bias, x = torch.randn(o, c, k, k), torch.randn(o), torch.randn(2, c, size, size)
+    spec = {"kind": "conv", "weight": weight, "bias": bias, "stride": (stride, stride), "padding": (padding, padding)}
+    torch.testing.assert_close(_run([spec], x), F.conv2d(x, weight, bias, stride, padding), rtol=1e-5, atol=1e-5)
+    fused = _run([{**spec, "bias": None, "relu": True}], x)
+    torch.testing.assert_close(fused, F.relu(F.conv2d(x, weight, None, stride, padding)), rtol=1e-5, atol=1e-5)
+
+
+def test_float_helpers_equal_torch(threads):
+    x = torch.randn(2, 7, 11, 10)
+    scale, shift = torch.rand(7) + 0.5, torch.randn(7)
+    torch.testing.assert_close(_run([{"kind": "affine", "scale": scale, "shift": shift, "relu": True}], x),
+                               F.relu(x * scale[:, None, None] + shift[:, None, None]))
+    torch.testing.assert_close(_run([{"kind": "relu"}], x), F.relu(x))
+    torch.testing.assert_close(_run([{"kind": "lrn", "size": 5, "alpha": 1e-3, "beta": 0.75, "k": 2.0}], x),
+                               F.local_response_norm(x, 5, 1e-3, 0.75, 2.0), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(_run([{"kind": "maxpool", "kernel": 3, "stride": 2, "ceil_mode": True}], x),
+                               F.max_pool2d(x, 3, 2, ceil_mode=True))
+    weight, bias = torch.randn(6, 7 * 11 * 10), torch.randn(6)
+    out = _run([{"kind": "flatten"}, {"kind": "linear", "weight": weight, "bias": bias}], x)
+    torch.testing.assert_close(out, F.linear(x.flatten(1), weight, bias), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("c,o,k,stride,padding,size,input_scale", [(24, 64, 5, 1, 2, 11, True), (3, 5, 3, 2, 1, 9, True),
+                                                                   (130, 8, 3, 1, 1, 6, False), (64, 12, 3, 3, 0, 10, True)])
+def test_xnor_conv_with_folded_norm_equals_the_layer(threads, c, o, k, stride, padding, size, input_scale):
+    torch.manual_seed(c + o)
+    layer = XnorConv2d.from_binary(BinaryConv2d.from_float(torch.nn.Conv2d(c, o, k, stride, padding),
+                                                           binary_weights=True, scale="filter", binary_input=True,
+                                                           input_scale=input_scale)).eval()
+    x = (torch.randint(-8, 8, (2, c, size, size)) + 0.5) / 8  # dyadic, never 0: scale/shift below are exact
+    scale, shift = torch.full((c,), 2.0), torch.full((c,), 0.25)
+    spec = {"kind": "xconv", "wbits": layer.wbits, "alpha": layer.alpha, "bias": layer.bias, "kernel": layer.kernel_size,
+            "stride": layer.stride, "padding": layer.padding, "input_scale": layer.input_scale,
+            "correction": layer._correction, "scale": scale, "shift": shift, "relu": True}
+    with torch.no_grad():
+        expected = F.relu(layer(x * 2.0 + 0.25))
+    torch.testing.assert_close(_run([spec], x), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("k,o,input_scale", [(1, 4, True), (65, 3, True), (512, 1024, True), (200, 9, False)])
+def test_xnor_linear_equals_the_layer(threads, k, o, input_scale):
+    torch.manual_seed(k)
+    layer = XnorLinear.from_binary(BinaryLinear.from_float(torch.nn.Linear(k, o), binary_weights=True, scale="filter",
+                                                           binary_input=True, input_scale=input_scale)).eval()
+    x = torch.randn(3, k)
+    spec = {"kind": "xlinear", "wbits": layer.wbits, "alpha": layer.alpha, "bias": layer.bias,
+            "input_scale": layer.input_scale}
+    with torch.no_grad():
+        torch.testing.assert_close(_run([spec], x), layer(x), rtol=1e-5, atol=1e-5)
+
+
+def test_chain_checks_its_input_shape():
+    chain = G.NativeChain([{"kind": "relu"}], (3, 4, 4))
+    with pytest.raises(ValueError, match=r"laid out for \(3, 4, 4\)"):
+        chain.run(torch.zeros(1, 3, 5, 4))
