@@ -89,6 +89,33 @@ def test_sensitivity_measures_real_bytes_and_resumes(tmp_path, digits, trained, 
         sensitivity.measure(other, val, tmp_path / "s.json", settings=grid)
 
 
+def test_sensitivity_of_binary_half_precision_and_cp_settings(tmp_path, digits, trained):
+    from torch import nn
+    _, val = digits
+    grid = [Setting(), Setting(kind="bwn"), Setting(kind="fp16"), Setting(kind="cp", rank=0.5)]
+    table = sensitivity.measure(trained, val, tmp_path / "s.json", settings=grid, engine="onnxruntime")
+    assert table["engine"] == "onnxruntime"
+    convs = {p: e for p, e in table["layers"].items() if isinstance(trained.get_submodule(p), nn.Conv2d)}
+    linears = {p: e for p, e in table["layers"].items() if isinstance(trained.get_submodule(p), nn.Linear)}
+    largest = max(table["layers"].values(), key=lambda e: e["fp32_bytes"])
+    by = {Setting.from_option(o).kind: o for o in largest["options"]}
+    assert by["bwn"]["bytes"] < largest["fp32_bytes"] / 16  # 1 bit per weight + a scale per filter (+ bias)
+    assert largest["fp32_bytes"] / 2.2 < by["fp16"]["bytes"] < largest["fp32_bytes"] / 1.8
+    for entry in linears.values():  # CP decomposes convs only: said, not measured
+        assert "CP rank 0.5 of full" in entry["not_applicable"]
+    for entry in convs.values():
+        kinds = {Setting.from_option(o).kind: o for o in entry["options"]}
+        assert "cp" in kinds and isinstance(kinds["cp"]["ms_saved"], float)
+        assert kinds["bwn"]["ms_saved"] == 0.0 and kinds["fp16"]["ms_saved"] == 0.0  # same dense layer deployed
+    path = next(iter(convs))
+    changed = sensitivity.apply_settings(trained, {path: Setting(kind="bwn")})
+    assert type(changed.get_submodule(path)).__name__ == "BinaryConv2d"
+    text = sensitivity.markdown(table)
+    assert "ms saved on onnxruntime" in text and "binary weights (BWN)" in text and "not applicable" in text
+    sensitivity.heatmap(table, tmp_path / "h.png")
+    assert (tmp_path / "h.png").stat().st_size > 1000
+
+
 def test_optimize_meets_the_byte_budget_in_the_real_file(tmp_path, digits, trained):
     train, val = digits
     model = trained

@@ -13,6 +13,8 @@ def write_report(report: dict, path: str | Path) -> Path:
     lines = [f"# optimize: budget {report['budget_bytes']:,} bytes"
              + (f", {report['budget_ms']:g} ms" if report.get("budget_ms") else ""),
              "", f"original: {report['original_bytes']:,} bytes", ""]
+    if report.get("folded_norms"):
+        lines += [f"BatchNorms folded into their convs first: {', '.join(report['folded_norms'])}", ""]
     if report.get("chosen") == "original":
         lines.append(report["reason"])
     else:

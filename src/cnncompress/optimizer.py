@@ -114,7 +114,7 @@ def search(table: dict, max_bytes: int) -> tuple[dict[str, Setting], dict]:
                     nxt[key] = state
         best = _pareto(nxt)
     _, used, choices = min(best.values(), key=lambda state: state[:2])
-    settings = {p: Setting(o["sparsity"], o["bits"]) for p, o in zip(paths, choices)}
+    settings = {p: Setting.from_option(o) for p, o in zip(paths, choices)}
     drop = sum(max(0.0, o["drop"]) for o in choices)
     return settings, {"bytes": fixed + used, "accuracy": table["base_accuracy"] - drop}
 
@@ -199,13 +199,15 @@ def measured_latency(latency: LatencyModel, deployed: nn.Module, shapes: dict | 
 def optimize(model: nn.Module, train_set, val_set, max_bytes: int | str, max_ms: float | None = None,
              engine: str | None = None, finetune: int = 2, seed: int = 0, work: str | Path | None = None,
              progress=None, fp16_rest: bool = False, grid: list[Setting] | None = None,
-             executor=None) -> tuple[nn.Module, dict]:
+             executor=None, fold_norms: bool = False) -> tuple[nn.Module, dict]:
     """The most accurate compressed copy of ``model`` whose real ``.ccz`` fits ``max_bytes`` (see the module
     docstring). Returns ``(model, report)``; a budget the original already meets returns the original.
     ``fp16_rest``: what the per-layer settings leave (unchanged layers, biases, batch norms, codebooks) is stored
     in half precision, in the sensitivity table and in the result alike. ``grid``: the settings tried per layer
     (default ``sensitivity.grid()``). ``executor`` (``experiments.executors``: ``LocalExecutor`` / ``RayExecutor``):
-    where the latency candidates are built and fine-tuned (``call_all``); timing always happens here."""
+    where the latency candidates are built and fine-tuned (``call_all``); timing always happens here.
+    ``fold_norms``: first fold every BatchNorm that follows a conv into it (``batchnorm_folding``; the same
+    function, fewer tensors to store), then search; the budget stays a fraction of the original's bytes."""
     say = progress or (lambda line: None)
     check_arguments(max_bytes, max_ms, engine, finetune)
     model = model.eval()
@@ -226,6 +228,11 @@ def optimize(model: nn.Module, train_set, val_set, max_bytes: int | str, max_ms:
         val_set.labels = torch.full((len(val_set.images),), -1, dtype=torch.int64)
         train_set, val_set = teacher_labelled(model, train_set), teacher_labelled(model, val_set)
         say("unlabelled data: accuracy below is top-1 agreement with the original; fine-tuning distils from it")
+    if fold_norms:
+        from .batchnorm_folding import fold_batch_norms
+        model, folded = fold_batch_norms(model, val_set.images[:8])
+        report["folded_norms"] = [norm for _, norm in folded]
+        say(f"folded {len(folded)} BatchNorms into their convs: {_size(model):,} bytes before any setting")
     cache = Path(work) / "sensitivity.json" if work else None
     table = measure_sensitivity(model, val_set, cache, settings=grid, progress=say, fp16_rest=fp16_rest)
     report["sensitivity"] = {"base_accuracy": table["base_accuracy"], "base_bytes": table["base_bytes"]}

@@ -8,10 +8,21 @@ model is compressed with only that layer changed, no fine-tuning, and measured:
 - ``bytes``: the layer's bytes in the real ``.ccz`` file (``storage.save`` of the changed model minus the
   unchanged file, plus the layer's fp32 bytes: exact, from the codecs, not estimated).
 
-A setting is Deep Compression's per-layer pair (Han et al. 2016; Berthelier et al. 2018 §3): magnitude
-pruning to ``sparsity`` (0 = none) then k-means weight sharing with ``bits`` (None = fp32 values), Huffman-coded
-when shared. ``optimizer.search`` picks one setting per layer from this table (Distiller-style sensitivity
-analysis feeding a knapsack). Results are cached in ``cache`` (JSON, one entry per finished measurement, with a
+- ``ms_saved`` (with an engine): the layer's latency minus that of what replaces it, each timed alone at its
+  real shapes on the engine at batch 1 (``latency_model``); 0 for settings whose deployed layer is the same dense
+  fp32 layer (pruning, sharing, BWN, fp16 storage all run as dense fp32 on the engines).
+
+Settings (``Setting.kind``):
+
+- ``share``: Deep Compression's per-layer pair (Han et al. 2016; Berthelier et al. 2018 §3): magnitude pruning to
+  ``sparsity`` (0 = none) then k-means weight sharing with ``bits`` (None = fp32 values), Huffman-coded;
+- ``bwn``: binary weights, ``alpha_o sign(W_o)`` (Rastegari et al. 2016; 1 bit per weight + one scale per filter);
+- ``fp16``: the layer's weights stored in IEEE half precision (Berthelier et al. 2018 §2.5);
+- ``cp``: CP decomposition of a conv at ``rank`` (a fraction of the full rank; Lebedev et al. 2014, as Rassadin &
+  Savchenko apply it). A setting a layer cannot take (CP of a linear or depthwise conv) is left out of its row.
+
+``optimizer.search`` picks one setting per layer from this table (Distiller-style sensitivity analysis feeding a
+knapsack). Results are cached in ``cache`` (JSON, one entry per finished measurement, with a
 fingerprint of the model and the validation images), so a killed run resumes without redoing finished layers, and
 a cache made for another model or data is refused.
 """
@@ -33,35 +44,75 @@ from .measure import accuracy
 
 SPARSITIES = (0.0, 0.5, 0.75, 0.9, 0.95)
 BITS = (None, 8, 6, 5, 4, 3, 2)
+KINDS = ("share", "bwn", "fp16", "cp")
+CP_RANKS = (0.5, 0.25)
 
 
 @dataclass(frozen=True)
 class Setting:
-    """One layer's compression: prune to ``sparsity`` then share ``bits``-bit codebook values (None: fp32)."""
+    """One layer's compression. ``kind="share"``: prune to ``sparsity`` then share ``bits``-bit codebook values
+    (None: fp32); ``"bwn"``: binary weights; ``"fp16"``: half-precision weights; ``"cp"``: CP at ``rank``."""
 
     sparsity: float = 0.0
     bits: int | None = None
+    kind: str = "share"
+    rank: float | None = None
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown setting kind {self.kind!r} (one of {', '.join(KINDS)})")
+
+    @classmethod
+    def from_option(cls, option: dict) -> "Setting":
+        """The setting of one measured option (caches written before kinds existed hold ``share`` options)."""
+        return cls(option["sparsity"], option["bits"], option.get("kind", "share"), option.get("rank"))
+
+    @property
+    def key(self) -> tuple:
+        return self.kind, self.sparsity, self.bits, self.rank
 
     @property
     def unchanged(self) -> bool:
-        return self.sparsity == 0.0 and self.bits is None
+        return self.kind == "share" and self.sparsity == 0.0 and self.bits is None
+
+    @property
+    def dense(self) -> bool:
+        """The deployed layer is the same dense fp32 layer (no latency saved on a dense engine)."""
+        return self.kind != "cp"
 
     def label(self) -> str:
+        if self.kind == "bwn":
+            return "binary weights (BWN)"
+        if self.kind == "fp16":
+            return "fp16 weights"
+        if self.kind == "cp":
+            return f"CP rank {self.rank:g} of full"
         parts = ([f"prune {100 * self.sparsity:.0f}%"] if self.sparsity else []) + \
                 ([f"{self.bits}-bit shared"] if self.bits else [])
         return " + ".join(parts) or "unchanged"
 
 
 def grid() -> list[Setting]:
-    return [Setting(s, b) for s in SPARSITIES for b in BITS]
+    return [Setting(s, b) for s in SPARSITIES for b in BITS] + [Setting(kind="bwn"), Setting(kind="fp16")] + \
+        [Setting(kind="cp", rank=r) for r in CP_RANKS]
 
 
 def apply_settings(model: nn.Module, settings: dict[str, Setting], seed: int = 0, fp16_rest: bool = False) -> nn.Module:
     """A compressed copy of ``model``: every layer in ``settings`` pruned and shared as its setting says (one
     ``prune-magnitude`` call with per-layer targets, then one ``kmeans`` call per bit width, Huffman coded);
     ``fp16_rest``: then the ``fp16`` method, which stores every float tensor left (unchanged layers, biases,
-    batch norms, codebooks) in half precision."""
-    model = _apply_shared(model, settings, seed)
+    batch norms, codebooks) in half precision. The other kinds are their methods applied to their layers only
+    (``cp`` first: it replaces the layer by a sequence of convs)."""
+    for rank in sorted({s.rank for s in settings.values() if s.kind == "cp"}):
+        paths = sorted(p for p, s in settings.items() if s.kind == "cp" and s.rank == rank)
+        model = methods.apply(model, "cp", layers=paths, rank=rank, n_iter_max=50, seed=seed)
+    model = _apply_shared(model, {p: s for p, s in settings.items() if s.kind == "share"}, seed)
+    binary = sorted(p for p, s in settings.items() if s.kind == "bwn")
+    if binary:
+        model = methods.apply(model, "bwn", layers=binary, keep_first=False, keep_last=False)
+    half = sorted(p for p, s in settings.items() if s.kind == "fp16")
+    if half and not fp16_rest:
+        model = methods.apply(model, "fp16", layers=half)
     return methods.apply(model, "fp16") if fp16_rest else model
 
 
@@ -121,11 +172,13 @@ def _save_cache(path: Path | None, cache: dict) -> None:
 
 
 def measure(model: nn.Module, val_set, cache: str | Path | None = None, settings: list[Setting] | None = None,
-            progress=None, fp16_rest: bool = False) -> dict:
-    """``{"base_accuracy", "base_bytes", "fp16_rest", "layers": {path: {"fp32_bytes", "stored_bytes", "options":
-    [{"sparsity", "bits", "accuracy", "drop", "bytes"}, ...]}}}`` (accuracy in %, bytes of the layer in the file;
-    ``stored_bytes``: the unchanged layer's, half its fp32 bytes with ``fp16_rest``). With ``fp16_rest`` every
-    model measured, the base too, stores what its settings leave in half precision (``apply_settings``)."""
+            progress=None, fp16_rest: bool = False, engine: str | None = None) -> dict:
+    """``{"base_accuracy", "base_bytes", "fp16_rest", "engine", "layers": {path: {"fp32_bytes", "stored_bytes",
+    "options": [{"kind", "sparsity", "bits", "rank", "accuracy", "drop", "bytes", "ms_saved"}, ...],
+    "not_applicable": {setting label: why}}}}`` (accuracy in %, bytes of the layer in the file; ``stored_bytes``:
+    the unchanged layer's, half its fp32 bytes with ``fp16_rest``; ``ms_saved`` only with ``engine``). With
+    ``fp16_rest`` every model measured, the base too, stores what its settings leave in half precision
+    (``apply_settings``)."""
     model = model.eval()
     cache_path = Path(cache) if cache else None
     table = _load_cache(cache_path)
@@ -138,26 +191,55 @@ def measure(model: nn.Module, val_set, cache: str | Path | None = None, settings
         table = {"fingerprint": digest, "base_accuracy": accuracy(methods.to_inference(base), val_set),
                  "base_bytes": file_size(base), "fp16_rest": fp16_rest, "layers": {}}
         _save_cache(cache_path, table)
+    timer = _LayerTimer(model, tuple(val_set.images.shape[1:]), engine) if engine else None
+    table["engine"] = engine or table.get("engine")
     for path, layer in layers(model):
         fp32_bytes = sum(p.numel() * 4 for p in layer.parameters())
         entry = table["layers"].setdefault(path, {"fp32_bytes": fp32_bytes, "options": [],
                                                   "stored_bytes": fp32_bytes // 2 if fp16_rest else fp32_bytes})
-        done = {(o["sparsity"], o["bits"]) for o in entry["options"]}
+        skipped = entry.setdefault("not_applicable", {})
+        done = {Setting.from_option(o).key for o in entry["options"]}
         for setting in settings or grid():
-            if (setting.sparsity, setting.bits) in done:
+            if setting.key in done or setting.label() in skipped:
                 continue
             if setting.unchanged:
-                acc, size = table["base_accuracy"], table["base_bytes"]
+                acc, size, changed = table["base_accuracy"], table["base_bytes"], None
             else:
-                changed = apply_settings(model, {path: setting}, fp16_rest=fp16_rest)
+                try:
+                    changed = apply_settings(model, {path: setting}, fp16_rest=fp16_rest)
+                except (InputError, ValueError) as error:  # e.g. CP of a linear or depthwise layer
+                    skipped[setting.label()] = str(error).splitlines()[0]
+                    _save_cache(cache_path, table)
+                    continue
                 acc, size = accuracy(methods.to_inference(changed), val_set), file_size(changed)
-            entry["options"].append({"sparsity": setting.sparsity, "bits": setting.bits, "accuracy": acc,
-                                     "drop": table["base_accuracy"] - acc,
-                                     "bytes": stored_bytes(entry) + size - table["base_bytes"]})
+            option = {"kind": setting.kind, "sparsity": setting.sparsity, "bits": setting.bits, "rank": setting.rank,
+                      "accuracy": acc, "drop": table["base_accuracy"] - acc,
+                      "bytes": stored_bytes(entry) + size - table["base_bytes"]}
+            if timer:
+                option["ms_saved"] = 0.0 if setting.dense or changed is None else timer.saved(path, changed)
+            entry["options"].append(option)
             _save_cache(cache_path, table)
         if progress:
             progress(f"sensitivity {path}: {len(entry['options'])} settings measured")
     return table
+
+
+class _LayerTimer:
+    """Latency saved by a setting: the layer alone at its real shapes on ``engine`` minus the layers that replace
+    it (``latency_model.LatencyModel.layer_ms``: one-layer graphs timed at batch 1, the engine's call cost taken
+    off)."""
+
+    def __init__(self, model: nn.Module, input_shape: tuple, engine: str):
+        from .latency_model import LatencyModel
+        self.engine = engine
+        self.model = LatencyModel(model, (1, *input_shape))
+
+    def saved(self, path: str, changed: nn.Module) -> float:
+        from .latency_model import layer_shapes
+        shapes = layer_shapes(methods.to_inference(changed), self.model.input_shape)
+        replacing = [s for p, s in shapes.items() if p == path or p.startswith(path + ".")]
+        before = self.model.layer_ms(self.model.shapes[path], self.engine)
+        return before - sum(self.model.layer_ms(s, self.engine) for s in replacing)
 
 
 def stored_bytes(entry: dict) -> int:
@@ -167,13 +249,21 @@ def stored_bytes(entry: dict) -> int:
 
 def markdown(table: dict) -> str:
     """Per layer: the accuracy drop (points) of each setting, and its bytes in the file."""
+    engine = table.get("engine")
+    timed = f" ms saved on {engine} |" if engine else ""
     lines = [f"base: {table['base_accuracy']:.2f}% validation accuracy, {table['base_bytes']:,} bytes", "",
-             "| layer | fp32 bytes | setting | bytes | Δ acc (points, val) |", "|---|---|---|---|---|"]
+             "| layer | fp32 bytes | setting | bytes | Δ acc (points, val) |" + timed,
+             "|---|---|---|---|---|" + ("---|" if engine else "")]
     for path, entry in table["layers"].items():
         for option in sorted(entry["options"], key=lambda o: o["bytes"]):
-            label = Setting(option["sparsity"], option["bits"]).label()
+            label = Setting.from_option(option).label()
+            saved = option.get("ms_saved")
+            cell = (f" {saved:+.3f} |" if saved is not None else " — |") if engine else ""
             lines.append(f"| {path} | {entry['fp32_bytes']:,} | {label} | {option['bytes']:,} | "
-                         f"{-option['drop']:+.2f} |")
+                         f"{-option['drop']:+.2f} |" + cell)
+        for label, why in entry.get("not_applicable", {}).items():
+            lines.append(f"| {path} | {entry['fp32_bytes']:,} | {label} | not applicable: {why} | |" +
+                         (" |" if engine else ""))
     return "\n".join(lines) + "\n"
 
 
@@ -182,13 +272,13 @@ def heatmap(table: dict, path: str | Path) -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    settings = grid()
     names = list(table["layers"])
+    settings = list(dict.fromkeys(Setting.from_option(o) for name in names for o in table["layers"][name]["options"]))
+    settings.sort(key=lambda s: (KINDS.index(s.kind), s.sparsity, -(s.bits or 99), -(s.rank or 0)))
     values = torch.full((len(names), len(settings)), float("nan"))
     for i, name in enumerate(names):
         for option in table["layers"][name]["options"]:
-            j = settings.index(Setting(option["sparsity"], option["bits"]))
-            values[i, j] = option["drop"]
+            values[i, settings.index(Setting.from_option(option))] = option["drop"]
     fig, ax = plt.subplots(figsize=(max(6, 0.32 * len(settings)), 0.45 * len(names) + 2))
     image = ax.imshow(values.clamp(min=0).numpy(), aspect="auto", cmap="magma_r")
     ax.set_yticks(range(len(names)), names, fontsize=7)

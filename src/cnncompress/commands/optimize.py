@@ -30,9 +30,15 @@ def add_parser(subparsers) -> None:
                                      "Ray tasks; they are timed here, one at a time)")
             parser.add_argument("--address", help="Ray cluster address (with --executor ray; default: a local Ray)")
             parser.add_argument("--cpus-per-row", type=float, default=1, help="CPUs per Ray task")
+            parser.add_argument("--fold-bn", action="store_true",
+                                help="fold each BatchNorm that follows a conv into it first (same function, fewer "
+                                     "tensors in the file)")
             parser.add_argument("--export", action="append", choices=["onnx", "openvino"], default=[],
                                 help="also write the chosen model as model.onnx / model.xml+bin, checked against it "
                                      "in onnxruntime / OpenVINO (repeatable)")
+        else:
+            parser.add_argument("--engine", help="also measure each setting's latency saved on this engine (each "
+                                                 "layer and its replacement timed alone at batch 1; engines names)")
         parser.add_argument("--fp16-rest", action="store_true",
                             help="store what the per-layer settings leave (unchanged layers, biases, batch norms, "
                                  "codebooks) in half precision, in the table and the result")
@@ -71,6 +77,9 @@ def run(args) -> int:
     from ..measure import accuracy
     from ..methods import to_inference
     executor = None
+    if args.command == "sensitivity" and args.engine:
+        from .. import engines
+        engines.get(args.engine)  # an unknown engine name fails before any work
     if args.command == "optimize":
         from ..optimizer import check_arguments
         check_arguments(args.max_bytes, args.max_ms, args.engine, args.finetune)
@@ -93,7 +102,8 @@ def run(args) -> int:
         from ..optimizer import is_unlabelled, teacher_labelled
         from ..sensitivity import heatmap, markdown, measure
         val = teacher_labelled(model, sets["val"]) if is_unlabelled(sets["val"]) else sets["val"]  # agreement
-        table = measure(model, val, out / "sensitivity.json", progress=say, fp16_rest=args.fp16_rest)
+        table = measure(model, val, out / "sensitivity.json", progress=say, fp16_rest=args.fp16_rest,
+                        engine=args.engine)
         (out / "sensitivity.md").write_text(markdown(table))
         heatmap(table, out / "sensitivity.png")
         print(markdown(table) + f"\nwrote {out}/sensitivity.{{json,md,png}}")
@@ -103,7 +113,7 @@ def run(args) -> int:
     from ..optimizer import is_unlabelled, optimize, teacher_labelled
     best, report = optimize(model, sets["train"], sets["val"], args.max_bytes, args.max_ms, args.engine,
                             args.finetune, args.seed, work=out, progress=say, fp16_rest=args.fp16_rest,
-                            executor=executor)
+                            executor=executor, fold_norms=args.fold_bn)
     path = storage.save(best, out / "model.ccz")
     test, what = sets["test"], "test accuracy"
     if is_unlabelled(test):  # no labels: the test figure is top-1 agreement with the original

@@ -53,6 +53,11 @@ ROWS = (  # label, [(method, config)], recover by distillation
     ("k-means 4-bit + Huffman, fp16 rest", [("kmeans", {"conv_bits": 4, "coding": "huffman"}), ("fp16", {})], True),
     ("optimize 1/8: pruning + k-means bits per layer by sensitivity, fp16 rest",
      [("optimize", {"max_bytes": "1/8", "fp16_rest": True})], True),
+    ("BatchNorms folded, k-means 4-bit + Huffman, fp16 rest", [("fold-bn", {}), ("kmeans", {"conv_bits": 4,
+                                                                                    "coding": "huffman"}),
+                                                               ("fp16", {})], True),
+    ("optimize 1/8 with BatchNorms folded, fp16 rest",
+     [("optimize", {"max_bytes": "1/8", "fp16_rest": True, "fold_norms": True})], True),
     ("Tucker on every conv", [("tucker", {"layers": "conv", "rank": 0.5})], True),
     ("L1 filter pruning -50 % FLOPs", [("prune-l1", {"flops": 0.5})], True),
 )
@@ -145,7 +150,7 @@ def _optimized(model, config: dict, teacher, data: dict, settings: dict, seed: i
                                                      val.mean, val.std, "val"))
     grid = [Setting(s, b) for s in settings["sparsities"] for b in settings["bits"]]
     best, _ = optimize(model, scoring, scoring, config["max_bytes"], finetune=0, seed=seed, work=folder,
-                       fp16_rest=bool(config.get("fp16_rest")), grid=grid)
+                       fp16_rest=bool(config.get("fp16_rest")), grid=grid, fold_norms=bool(config.get("fold_norms")))
     return best
 
 
@@ -172,6 +177,10 @@ def run_row(label: str, pipeline: list, recover: bool, teacher, data: dict, sett
             for method, config in pipeline:
                 if method == "optimize":
                     model = _optimized(model, config, teacher, data, settings, seed, folder)
+                    continue
+                if method == "fold-bn":  # a deployment step, not a compression method (batchnorm_folding)
+                    from ..batchnorm_folding import fold_batch_norms
+                    model, _ = fold_batch_norms(model, data["val"].images[:8])
                     continue
                 config = methods.with_data(method, config, data["train"].images)
                 model = methods.apply(model, method, **config)
