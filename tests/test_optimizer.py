@@ -125,6 +125,12 @@ def test_optimize_meets_the_byte_budget_in_the_real_file(tmp_path, digits, train
     assert report["chosen"]["engine"] in engines.names() and report["chosen"]["latency_ms"] > 0
     assert report["chosen"]["predicted_ms"] > 0  # the per-layer cost model's figure, beside the measured one
     assert 0 <= report["chosen"]["measured"]["accuracy"] <= 100
+    import cnncompress.optimizer as optimizer_module
+    with pytest.MonkeyPatch.context() as patch:  # a second run (as after a kill) reuses the finished candidate
+        patch.setattr(optimizer_module, "_fine_tune", lambda *a, **k: pytest.fail("fine-tuned a finished candidate"))
+        again, report_again = optimize(model, train, val, "1/8", finetune=1, work=tmp_path)
+    assert report_again["chosen"]["measured"] == report["chosen"]["measured"]
+    assert sensitivity.file_size(again) == sensitivity.file_size(best)
     same, report = optimize(model, train, val, original * 2, work=tmp_path)
     assert same is model and report["chosen"] == "original"
     with pytest.raises(InputError, match="unknown engine"):
@@ -143,9 +149,12 @@ def test_cli_bad_budgets_engines_and_models_exit_2(run_cli, tmp_path, trained):
             (["--max-bytes", "lots"], "--max-bytes 'lots'"),
             (["--max-bytes", "1/4", "--engine", "tpu"], "unknown engine 'tpu'"),
             (["--max-bytes", "1/4", "--max-ms", "-1"], "--max-ms"),
-            (["--max-bytes", "1/4", "--finetune", "-1"], "--finetune")):
+            (["--max-bytes", "1/4", "--finetune", "-1"], "--finetune"),
+            (["--max-bytes", "1/4", "--kinds", "share", "ternary"], "--kinds share ternary: choose from")):
         code, _, err = run_cli("optimize", path, "--data", "mnist5k", "--out", tmp_path / "o", *argv)
         assert code == 2 and problem in err.strip().splitlines()[-1], (argv, err)
+    code, _, err = run_cli("sensitivity", path, "--data", "mnist5k", "--out", tmp_path / "s", "--engine", "tpu")
+    assert code == 2 and "unknown engine 'tpu'" in err.strip().splitlines()[-1]
     code, _, err = run_cli("optimize", packed, "--data", "mnist5k", "--out", tmp_path / "o", "--max-bytes", "1/4")
     assert code == 2 and "already compressed (bwn)" in err
     assert not (tmp_path / "o" / "model.ccz").exists()

@@ -28,6 +28,7 @@ Every candidate built is kept in ``report["candidates"]`` (predicted vs measured
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import tempfile
 from pathlib import Path
@@ -37,7 +38,7 @@ from torch import nn
 
 from . import engines, methods, storage
 from .errors import InputError
-from .latency_model import FLOAT_TWIN, LatencyModel, layer_shapes
+from .latency_model import FLOAT_TWIN, LatencyModel, LayerShape, layer_shapes
 from .measure import accuracy
 from .sensitivity import Setting, apply_settings, stored_bytes
 from .sensitivity import measure as measure_sensitivity
@@ -239,8 +240,11 @@ def optimize(model: nn.Module, train_set, val_set, max_bytes: int | str, max_ms:
     target, final = budget, None
     for attempt in range(1, ATTEMPTS + 1):
         settings, predicted = search(table, target)
-        candidate = _fine_tune(apply_settings(copy.deepcopy(model), settings, seed, fp16_rest), train_set, val_set,
-                               finetune, seed, teacher)
+        key = {"fingerprint": table["fingerprint"], "settings": sorted((p, list(s.key)) for p, s in settings.items()),
+               "finetune": finetune, "seed": seed, "train": len(train_set.images)}
+        candidate, _ = _resumed(work, key, lambda: (_fine_tune(apply_settings(copy.deepcopy(model), settings, seed,
+                                                                              fp16_rest),
+                                                               train_set, val_set, finetune, seed, teacher), None))
         measured = {"bytes": _size(candidate), "accuracy": accuracy(methods.to_inference(candidate), val_set)}
         entry = {"attempt": attempt, "target_bytes": target, "predicted": predicted, "measured": measured,
                  "settings": {p: s.label() for p, s in settings.items()}}
@@ -267,7 +271,33 @@ def optimize(model: nn.Module, train_set, val_set, max_bytes: int | str, max_ms:
     say(f"candidate {entry['attempt']} fits the bytes but runs in {ms:.3f} ms on {entry['engine']} > {max_ms:g} ms: "
         f"trying whole-model pipelines that cut latency")
     return _latency_search(model, train_set, val_set, budget, max_ms, engine, finetune, seed, latency, say, report,
-                           teacher, executor)
+                           teacher, executor, work, table["fingerprint"])
+
+
+def _resumed(work, key: dict, build):
+    """``build() -> (model, shapes)``, or what an earlier run with the same ``key`` saved in ``work/candidates``
+    (a killed ``optimize`` does not fine-tune a finished candidate again). ``model`` None: nothing to save."""
+    if work is None:
+        return build()
+    import hashlib
+    import json
+    folder = Path(work) / "candidates"
+    name = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    model_path, meta_path = folder / f"{name}.ccz", folder / f"{name}.json"
+    if model_path.exists() and meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        shapes = meta.get("shapes")
+        return storage.load(model_path), (None if shapes is None else
+                                          {p: LayerShape(**{k: tuple(v) if isinstance(v, list) else v
+                                                            for k, v in s.items()}) for p, s in shapes.items()})
+    model, shapes = build()
+    if model is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        storage.save(model, model_path)
+        meta = {"key": key, "shapes": None if not isinstance(shapes, dict) else
+                {p: dataclasses.asdict(s) for p, s in shapes.items()}}
+        meta_path.write_text(json.dumps(meta, default=str))  # written last: a kill before it leaves no entry
+    return model, shapes
 
 
 def build_pipeline(model: nn.Module, pipeline: list, train_set, val_set, finetune: int, seed: int, teacher=None,
@@ -292,14 +322,20 @@ def build_pipeline(model: nn.Module, pipeline: list, train_set, val_set, finetun
 
 
 def _latency_search(model, train_set, val_set, budget: int, max_ms: float, engine, finetune: int, seed: int,
-                    latency: LatencyModel, say, report: dict, teacher=None, executor=None) -> tuple[nn.Module, dict]:
+                    latency: LatencyModel, say, report: dict, teacher=None, executor=None, work=None,
+                    fingerprint: str = "") -> tuple[nn.Module, dict]:
     """Step 4 of the module docstring: every ``LATENCY_LADDER`` pipeline built and fine-tuned (by ``executor``,
-    e.g. Ray tasks in parallel, when given), then measured here one at a time."""
+    e.g. Ray tasks in parallel, when given; finished ones reused from ``work``), then measured here one at a time."""
     feasible = []
+    keys = [{"fingerprint": fingerprint, "pipeline": pipeline, "finetune": finetune, "seed": seed,
+             "train": len(train_set.images)} for _, pipeline in LATENCY_LADDER]
+    saved = [_resumed(work, key, lambda: (None, None)) for key in keys]  # (None, None): not built yet
     calls = [(model, pipeline, train_set, val_set, finetune, seed, teacher, latency.input_shape)
-             for _, pipeline in LATENCY_LADDER]
-    built = executor.call_all(build_pipeline, calls) if executor is not None else \
-        [build_pipeline(*arguments) for arguments in calls]
+             for (_, pipeline), (done, _) in zip(LATENCY_LADDER, saved) if done is None]
+    fresh = iter(executor.call_all(build_pipeline, calls) if executor is not None else
+                 [build_pipeline(*arguments) for arguments in calls])
+    built = [pair if pair[0] is not None else _resumed(work, key, lambda: next(fresh))
+             for pair, key in zip(saved, keys)]
     for (label, _), (candidate, shapes) in zip(LATENCY_LADDER, built):
         if candidate is None:
             report["candidates"].append({"pipeline": label, "skipped": shapes})

@@ -92,9 +92,15 @@ class Setting:
         return " + ".join(parts) or "unchanged"
 
 
-def grid() -> list[Setting]:
-    return [Setting(s, b) for s in SPARSITIES for b in BITS] + [Setting(kind="bwn"), Setting(kind="fp16")] + \
+def grid(kinds=KINDS) -> list[Setting]:
+    """Every setting of the given ``kinds`` (default all): sparsity x bits for ``share``, one each for ``bwn`` and
+    ``fp16``, the ``CP_RANKS`` for ``cp``."""
+    unknown = set(kinds) - set(KINDS)
+    if unknown or not kinds:
+        raise InputError(f"--kinds {' '.join(map(str, kinds))}: choose from {', '.join(KINDS)}")
+    every = [Setting(s, b) for s in SPARSITIES for b in BITS] + [Setting(kind="bwn"), Setting(kind="fp16")] + \
         [Setting(kind="cp", rank=r) for r in CP_RANKS]
+    return [s for s in every if s.kind in kinds or s.unchanged]
 
 
 def apply_settings(model: nn.Module, settings: dict[str, Setting], seed: int = 0, fp16_rest: bool = False) -> nn.Module:

@@ -39,6 +39,9 @@ def add_parser(subparsers) -> None:
         else:
             parser.add_argument("--engine", help="also measure each setting's latency saved on this engine (each "
                                                  "layer and its replacement timed alone at batch 1; engines names)")
+        parser.add_argument("--kinds", nargs="+", default=None, metavar="KIND",
+                            help="setting kinds tried per layer: share (pruning x k-means), bwn, fp16, cp "
+                                 "(default: all)")
         parser.add_argument("--fp16-rest", action="store_true",
                             help="store what the per-layer settings leave (unchanged layers, biases, batch norms, "
                                  "codebooks) in half precision, in the table and the result")
@@ -77,6 +80,8 @@ def run(args) -> int:
     from ..measure import accuracy
     from ..methods import to_inference
     executor = None
+    from ..sensitivity import KINDS, grid
+    settings = grid(args.kinds or KINDS)  # an unknown kind fails before any work
     if args.command == "sensitivity" and args.engine:
         from .. import engines
         engines.get(args.engine)  # an unknown engine name fails before any work
@@ -102,8 +107,8 @@ def run(args) -> int:
         from ..optimizer import is_unlabelled, teacher_labelled
         from ..sensitivity import heatmap, markdown, measure
         val = teacher_labelled(model, sets["val"]) if is_unlabelled(sets["val"]) else sets["val"]  # agreement
-        table = measure(model, val, out / "sensitivity.json", progress=say, fp16_rest=args.fp16_rest,
-                        engine=args.engine)
+        table = measure(model, val, out / "sensitivity.json", settings=settings, progress=say,
+                        fp16_rest=args.fp16_rest, engine=args.engine)
         (out / "sensitivity.md").write_text(markdown(table))
         heatmap(table, out / "sensitivity.png")
         print(markdown(table) + f"\nwrote {out}/sensitivity.{{json,md,png}}")
@@ -113,7 +118,7 @@ def run(args) -> int:
     from ..optimizer import is_unlabelled, optimize, teacher_labelled
     best, report = optimize(model, sets["train"], sets["val"], args.max_bytes, args.max_ms, args.engine,
                             args.finetune, args.seed, work=out, progress=say, fp16_rest=args.fp16_rest,
-                            executor=executor, fold_norms=args.fold_bn)
+                            executor=executor, fold_norms=args.fold_bn, grid=settings)
     path = storage.save(best, out / "model.ccz")
     test, what = sets["test"], "test accuracy"
     if is_unlabelled(test):  # no labels: the test figure is top-1 agreement with the original

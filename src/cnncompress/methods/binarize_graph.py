@@ -68,7 +68,7 @@ def _spec(layer: nn.Module, shape: tuple) -> dict | None:
     if type(layer) is nn.Conv2d and _conv_ok(layer, shape):
         return {"kind": "conv", "weight": layer.weight, "bias": layer.bias, "stride": layer.stride,
                 "padding": layer.padding}
-    if type(layer) is nn.Linear:
+    if type(layer) is nn.Linear and len(shape) == 1:  # on (N, C, H, W) torch's Linear acts on the last axis
         return {"kind": "linear", "weight": layer.weight, "bias": layer.bias}
     if isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.track_running_stats:
         scale, shift = _folded(layer)
