@@ -20,7 +20,7 @@ def test_rows_are_measured_and_reused(tmp_path, monkeypatch):
             assert 0 <= a["low"] <= a["agreement"] <= a["high"] <= 100
         assert row["bytes"] == (tmp_path / f"{emotion_table.slug(row['label'])}-s0" / "model.ccz").stat().st_size
         assert row["size_ratio"] == pytest.approx(original["bytes"] / row["bytes"])
-        assert row["latency"]["ms"] > 0
+        assert row["latency"]["ms"] > 0 and row["latency"]["raced_with_all_rows"]  # one race with the original
     assert fp16["size_ratio"] > 1.5 and hashed["size_ratio"] > 2  # real files, really smaller
     assert fp16["agreement_heldout_aug"]["agreement"] >= 95  # fp16 barely changes the outputs
     assert hashed["recovered"].startswith("distilled") and hashed["history"]  # distilled from the original
@@ -30,6 +30,10 @@ def test_rows_are_measured_and_reused(tmp_path, monkeypatch):
     monkeypatch.setattr(emotion_table, "run_row", lambda *a, **k: pytest.fail("a finished row was recomputed"))
     again = emotion_table.run(tmp_path, rows=ROWS, progress=False, **FAST)
     assert [r.get("bytes") for r in again] == [r.get("bytes") for r in rows]
+    assert all(r["latency"].get("raced_with_all_rows") for r in again if "bytes" in r)  # reused rows timed again
+    import json
+    raced = json.loads((tmp_path / "latency-race.json").read_text())
+    assert set(raced) == {r["label"] for r in again if "latency" in r}  # Tucker does not fit: no latency
 
 
 def test_best_small_needs_both_agreements_and_the_size():
