@@ -94,3 +94,15 @@ def test_classifier_races_the_engines_of_the_models_precision():
     assert np.allclose(Classifier(net, "onnxruntime")(crops), torch_probabilities, atol=1e-4)
     with pytest.raises(InputError, match="unknown engine 'tpu'"):
         Classifier(net, "tpu")
+
+
+def test_classifier_softmax_equals_torch_and_survives_large_logits():
+    import numpy as np
+    import torch
+
+    from cnncompress.predict import softmax
+    logits = np.random.default_rng(0).normal(size=(5, 7)).astype(np.float32) * 30
+    logits[0, 3] = 1e4  # a shifted exponent: no overflow
+    out = softmax(logits)
+    assert out.dtype == np.float32 and np.allclose(out.sum(1), 1.0)
+    np.testing.assert_allclose(out, torch.softmax(torch.from_numpy(logits).double(), 1).float().numpy(), atol=1e-7)

@@ -133,9 +133,19 @@ class Classifier:
         if not crops:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
         batch = self.prepare(crops)
-        with measure_threads(self.threads):  # engines prepared for batch 1: one call per face
-            logits = torch.cat([self._run(batch[i:i + 1]).float() for i in range(len(batch))])
-        return torch.softmax(logits.double(), dim=1).float().numpy()
+        if self.engine.startswith("torch"):  # torch's own intra-op threads; the other engines were given theirs
+            with measure_threads(self.threads):  # engines prepared for batch 1: one call per face
+                logits = np.concatenate([self._run(batch[i:i + 1]).float().numpy() for i in range(len(batch))])
+        else:  # no torch op here: each would wake torch's OpenMP workers, which spin against the engine's thread
+            logits = np.concatenate([np.asarray(self._run(batch[i:i + 1]), dtype=np.float32)
+                                     for i in range(len(batch))])
+        return softmax(logits)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64 (shifted by the row maximum), returned as float32."""
+    shifted = np.exp(logits.astype(np.float64) - logits.max(axis=1, keepdims=True))
+    return (shifted / shifted.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def _engine(model: nn.Module, fmt: dict, engine: str, threads: int):
