@@ -92,7 +92,8 @@ def test_sensitivity_measures_real_bytes_and_resumes(tmp_path, digits, trained, 
 def test_sensitivity_of_binary_half_precision_and_cp_settings(tmp_path, digits, trained):
     from torch import nn
     _, val = digits
-    grid = [Setting(), Setting(kind="bwn"), Setting(kind="fp16"), Setting(kind="cp", rank=0.5)]
+    grid = [Setting(), Setting(kind="bwn"), Setting(kind="fp16"), Setting(kind="cp", rank=0.5),
+            Setting(kind="tucker", rank=0.5)]
     table = sensitivity.measure(trained, val, tmp_path / "s.json", settings=grid, engine="onnxruntime")
     assert table["engine"] == "onnxruntime"
     convs = {p: e for p, e in table["layers"].items() if isinstance(trained.get_submodule(p), nn.Conv2d)}
@@ -102,10 +103,11 @@ def test_sensitivity_of_binary_half_precision_and_cp_settings(tmp_path, digits, 
     assert by["bwn"]["bytes"] < largest["fp32_bytes"] / 16  # 1 bit per weight + a scale per filter (+ bias)
     assert largest["fp32_bytes"] / 2.2 < by["fp16"]["bytes"] < largest["fp32_bytes"] / 1.8
     for entry in linears.values():  # CP decomposes convs only: said, not measured
-        assert "CP rank 0.5 of full" in entry["not_applicable"]
+        assert {"CP rank 0.5 of full", "Tucker rank 0.5 of full"} <= set(entry["not_applicable"])
     for entry in convs.values():
         kinds = {Setting.from_option(o).kind: o for o in entry["options"]}
-        assert "cp" in kinds and isinstance(kinds["cp"]["ms_saved"], float)
+        assert isinstance(kinds["cp"]["ms_saved"], float) and isinstance(kinds["tucker"]["ms_saved"], float)
+        assert kinds["tucker"]["bytes"] < entry["fp32_bytes"]  # a smaller core and two 1x1 factors
         assert kinds["bwn"]["ms_saved"] == 0.0 and kinds["fp16"]["ms_saved"] == 0.0  # same dense layer deployed
     path = next(iter(convs))
     changed = sensitivity.apply_settings(trained, {path: Setting(kind="bwn")})

@@ -19,7 +19,11 @@ Settings (``Setting.kind``):
 - ``bwn``: binary weights, ``alpha_o sign(W_o)`` (Rastegari et al. 2016; 1 bit per weight + one scale per filter);
 - ``fp16``: the layer's weights stored in IEEE half precision (Berthelier et al. 2018 §2.5);
 - ``cp``: CP decomposition of a conv at ``rank`` (a fraction of the full rank; Lebedev et al. 2014, as Rassadin &
-  Savchenko apply it). A setting a layer cannot take (CP of a linear or depthwise conv) is left out of its row.
+  Savchenko apply it); ``tucker``: Tucker-2 of a conv at ``rank`` (Kim et al. 2016). A setting a layer cannot take
+  (a decomposition of a linear or depthwise conv) is left out of its row, with the reason.
+
+Not settings here: int8 and bf16 *compute* are whole-graph choices of the engines (one QDQ / bf16 graph), which
+``optimize`` measures as whole models (its latency ladder); their per-layer storage is what ``fp16`` gives.
 
 ``optimizer.search`` picks one setting per layer from this table (Distiller-style sensitivity analysis feeding a
 knapsack). Results are cached in ``cache`` (JSON, one entry per finished measurement, with a
@@ -44,8 +48,8 @@ from .measure import accuracy
 
 SPARSITIES = (0.0, 0.5, 0.75, 0.9, 0.95)
 BITS = (None, 8, 6, 5, 4, 3, 2)
-KINDS = ("share", "bwn", "fp16", "cp")
-CP_RANKS = (0.5, 0.25)
+KINDS = ("share", "bwn", "fp16", "cp", "tucker")
+DECOMPOSITION_RANKS = (0.5, 0.25)  # fractions of the full rank, for ``cp`` and ``tucker`` alike
 
 
 @dataclass(frozen=True)
@@ -78,15 +82,15 @@ class Setting:
     @property
     def dense(self) -> bool:
         """The deployed layer is the same dense fp32 layer (no latency saved on a dense engine)."""
-        return self.kind != "cp"
+        return self.kind not in ("cp", "tucker")
 
     def label(self) -> str:
         if self.kind == "bwn":
             return "binary weights (BWN)"
         if self.kind == "fp16":
             return "fp16 weights"
-        if self.kind == "cp":
-            return f"CP rank {self.rank:g} of full"
+        if self.kind in ("cp", "tucker"):
+            return f"{'CP' if self.kind == 'cp' else 'Tucker'} rank {self.rank:g} of full"
         parts = ([f"prune {100 * self.sparsity:.0f}%"] if self.sparsity else []) + \
                 ([f"{self.bits}-bit shared"] if self.bits else [])
         return " + ".join(parts) or "unchanged"
@@ -94,12 +98,12 @@ class Setting:
 
 def grid(kinds=KINDS) -> list[Setting]:
     """Every setting of the given ``kinds`` (default all): sparsity x bits for ``share``, one each for ``bwn`` and
-    ``fp16``, the ``CP_RANKS`` for ``cp``."""
+    ``fp16``, the ``DECOMPOSITION_RANKS`` for ``cp`` and ``tucker``."""
     unknown = set(kinds) - set(KINDS)
     if unknown or not kinds:
         raise InputError(f"--kinds {' '.join(map(str, kinds))}: choose from {', '.join(KINDS)}")
     every = [Setting(s, b) for s in SPARSITIES for b in BITS] + [Setting(kind="bwn"), Setting(kind="fp16")] + \
-        [Setting(kind="cp", rank=r) for r in CP_RANKS]
+        [Setting(kind=kind, rank=r) for kind in ("cp", "tucker") for r in DECOMPOSITION_RANKS]
     return [s for s in every if s.kind in kinds or s.unchanged]
 
 
@@ -108,10 +112,11 @@ def apply_settings(model: nn.Module, settings: dict[str, Setting], seed: int = 0
     ``prune-magnitude`` call with per-layer targets, then one ``kmeans`` call per bit width, Huffman coded);
     ``fp16_rest``: then the ``fp16`` method, which stores every float tensor left (unchanged layers, biases,
     batch norms, codebooks) in half precision. The other kinds are their methods applied to their layers only
-    (``cp`` first: it replaces the layer by a sequence of convs)."""
-    for rank in sorted({s.rank for s in settings.values() if s.kind == "cp"}):
-        paths = sorted(p for p, s in settings.items() if s.kind == "cp" and s.rank == rank)
-        model = methods.apply(model, "cp", layers=paths, rank=rank, n_iter_max=50, seed=seed)
+    (``cp`` / ``tucker`` first: they replace the layer by a sequence of convs)."""
+    for kind, rank in sorted({(s.kind, s.rank) for s in settings.values() if s.kind in ("cp", "tucker")}):
+        paths = sorted(p for p, s in settings.items() if s.kind == kind and s.rank == rank)
+        extra = {"n_iter_max": 50, "seed": seed} if kind == "cp" else {}
+        model = methods.apply(model, kind, layers=paths, rank=rank, **extra)
     model = _apply_shared(model, {p: s for p, s in settings.items() if s.kind == "share"}, seed)
     binary = sorted(p for p, s in settings.items() if s.kind == "bwn")
     if binary:

@@ -40,8 +40,8 @@ def add_parser(subparsers) -> None:
             parser.add_argument("--engine", help="also measure each setting's latency saved on this engine (each "
                                                  "layer and its replacement timed alone at batch 1; engines names)")
         parser.add_argument("--kinds", nargs="+", default=None, metavar="KIND",
-                            help="setting kinds tried per layer: share (pruning x k-means), bwn, fp16, cp "
-                                 "(default: all)")
+                            help="setting kinds tried per layer: share (pruning x k-means), bwn, fp16, cp, "
+                                 "tucker (default: all)")
         parser.add_argument("--fp16-rest", action="store_true",
                             help="store what the per-layer settings leave (unchanged layers, biases, batch norms, "
                                  "codebooks) in half precision, in the table and the result")
