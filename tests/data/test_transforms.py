@@ -16,3 +16,4 @@ def test_prepare_equals_the_formula_bit_for_bit(channels, mean, std):
     resized = torch.from_numpy(np.stack([resize(to_channels(img, channels), 48) for img in images]))
     expected = resized.permute(0, 3, 1, 2).float().div(255.0).sub(mean).div(std)  # float32 throughout
     assert torch.equal(out, expected)
+    assert out.stride() == expected.contiguous().stride()  # the layout training numerics were measured with

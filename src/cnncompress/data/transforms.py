@@ -39,10 +39,10 @@ def resize(image: np.ndarray, size: int) -> np.ndarray:
 def prepare(images: np.ndarray | list, size: int, channels: int, mean: float = 0.5, std: float = 0.5) -> torch.Tensor:
     """A batch of uint8 images -> float tensor (N, C, size, size) = (x/255 - mean)/std."""
     batch = np.stack([resize(to_channels(np.asarray(img), channels), size) for img in images])
-    # numpy, not torch ops: the same float32 arithmetic (bit for bit), without waking torch's OpenMP workers,
-    # which then spin against the engine that classifies these crops (video: one face per frame)
-    scaled = (batch.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255.0) - np.float32(mean)) / np.float32(std)
-    return torch.from_numpy(np.ascontiguousarray(scaled))
+    tensor = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
+    return tensor.sub_(mean).div_(std).contiguous()  # one channel: strides stay (HW, 1, W, 1), which every
+    # figure in the README was trained with (numerics of oneDNN's convs depend on them; row_major for the models
+    # that need NCHW strides)
 
 
 def augment(batch: torch.Tensor, generator: torch.Generator, max_shift: int = 2, flip: bool = True) -> torch.Tensor:
