@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
+import json
 import math
 import tempfile
 from pathlib import Path
@@ -279,8 +281,6 @@ def _resumed(work, key: dict, build):
     (a killed ``optimize`` does not fine-tune a finished candidate again). ``model`` None: nothing to save."""
     if work is None:
         return build()
-    import hashlib
-    import json
     folder = Path(work) / "candidates"
     name = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
     model_path, meta_path = folder / f"{name}.ccz", folder / f"{name}.json"
