@@ -9,9 +9,9 @@ out once per input shape and reused.
 ``specs`` are plain dicts (tensors and numbers; no modules), built by ``methods/binarize_graph.py``:
 
     {"kind": "conv", "weight": (O, C, kh, kw), "bias", "stride", "padding", "relu"}
-    {"kind": "xconv", "wbits", "alpha", "bias", "in_channels", "kernel", "stride", "padding", "input_scale",
+    {"kind": "xconv", "wbits", "alpha", "bias", "kernel", "stride", "padding", "input_scale",
      "correction": size -> (O, OH*OW) int32 or None, "scale", "shift" (a folded BatchNorm or None), "relu"}
-    {"kind": "xlinear", "wbits", "alpha", "bias", "in_features", "input_scale", "scale", "shift", "relu"}
+    {"kind": "xlinear", "wbits", "alpha", "bias", "input_scale", "scale", "shift", "relu"}
     {"kind": "linear", "weight": (O, K), "bias", "relu"}      {"kind": "affine", "scale", "shift", "relu"}
     {"kind": "relu"}   {"kind": "lrn", "size", "alpha", "beta", "k"}   {"kind": "maxpool", "kernel", "stride",
     "ceil_mode"}   {"kind": "flatten"} (no op: the next op reads the same memory as one vector)
