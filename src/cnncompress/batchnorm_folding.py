@@ -56,12 +56,18 @@ def pairs(model: nn.Module, probe: torch.Tensor) -> list[tuple[str, str]]:
 
 
 @torch.no_grad()
+def norm_affine(norm: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """An eval-mode BatchNorm as ``x * scale + shift`` per channel: scale = gamma / sqrt(var + eps),
+    shift = beta - mu * scale (gamma 1, beta 0 without affine parameters). Float32, detached."""
+    scale = (norm.weight if norm.affine else 1.0) / torch.sqrt(norm.running_var + norm.eps)
+    shift = (norm.bias if norm.affine else 0.0) - norm.running_mean * scale
+    return scale.detach().float(), shift.detach().float()
+
+
+@torch.no_grad()
 def folded_conv(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> nn.Conv2d:
-    """A conv computing ``norm(conv(x))`` (eval mode): W' = s W, b' = s (b - mu) + beta, s = gamma / sqrt(var+eps)."""
-    scale = norm.running_var.add(norm.eps).rsqrt()
-    if norm.affine:
-        scale = scale * norm.weight
-    shift = (norm.bias if norm.affine else torch.zeros_like(scale)) - norm.running_mean * scale
+    """A conv computing ``norm(conv(x))`` (eval mode): W' = s W, b' = s (b - mu) + beta (``norm_affine``)."""
+    scale, shift = norm_affine(norm)
     fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                       conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode)
     fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))

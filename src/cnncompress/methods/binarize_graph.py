@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .. import surgery
+from ..batchnorm_folding import norm_affine
 from ..kernels import binary_graph
 from ..layers import register_layer
 from . import binarize_inference
@@ -38,13 +39,6 @@ def _leaves(module: nn.Module) -> list[nn.Module]:
     if type(module) in (nn.Sequential, NativeSequential):
         return [leaf for child in module.children() for leaf in _leaves(child)]
     return [module]
-
-
-def _folded(norm: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eval-mode BatchNorm as ``x * scale + shift``."""
-    scale = (norm.weight if norm.affine else 1.0) / torch.sqrt(norm.running_var + norm.eps)
-    shift = (norm.bias if norm.affine else 0.0) - norm.running_mean * scale
-    return scale.detach().float(), shift.detach().float()
 
 
 def _conv_ok(conv: nn.Conv2d, shape: tuple) -> bool:
@@ -71,7 +65,7 @@ def _spec(layer: nn.Module, shape: tuple) -> dict | None:
     if type(layer) is nn.Linear and len(shape) == 1:  # on (N, C, H, W) torch's Linear acts on the last axis
         return {"kind": "linear", "weight": layer.weight, "bias": layer.bias}
     if isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.track_running_stats:
-        scale, shift = _folded(layer)
+        scale, shift = norm_affine(layer)
         return {"kind": "affine", "scale": scale, "shift": shift}
     if type(layer) is nn.ReLU:
         return {"kind": "relu"}
