@@ -199,8 +199,7 @@ class RayExecutor:
                 self._fetch_ccz(bench, row, result, node_id)
                 yield result
         finally:  # an error or an interrupted driver: rows still queued or running are not left behind
-            for ref in pending:
-                ray.cancel(ref, force=True)
+            self._cancel_unfinished(list(pending))
             self.close()
 
     def call_all(self, function, calls: list[tuple]) -> list:
@@ -224,13 +223,24 @@ class RayExecutor:
             try:
                 return ray.get(refs)
             except ray.exceptions.RayTaskError as error:
+                ray.wait(refs, num_returns=len(refs))  # the other calls finish; none is cancelled mid-reply
                 if isinstance(error.cause, InputError):
                     raise InputError(str(error.cause)) from None
                 raise
-        finally:
-            for ref in refs:
-                ray.cancel(ref, force=True)
+        finally:  # only an interrupted driver leaves calls unfinished here
+            self._cancel_unfinished(refs)
             self.close()
+
+    def _cancel_unfinished(self, refs: list) -> None:
+        """Cancel the tasks of ``refs`` that have not finished, without killing their workers. A finished task is
+        never cancelled, and never with ``force=True``: force-cancelling a task whose reply is in flight aborts the
+        driver inside Ray 2.60 (task_manager.cc: "Tried to complete task that was not pending"), which ended a
+        whole pytest run with exit 1 and no summary."""
+        if not refs:
+            return
+        _, unfinished = self.ray.wait(refs, num_returns=len(refs), timeout=0)
+        for ref in unfinished:
+            self.ray.cancel(ref, force=False)
 
     @staticmethod
     def _error(row: Row, message: str, lost: bool) -> dict:
