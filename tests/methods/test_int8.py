@@ -139,5 +139,20 @@ def test_int8_layers_option_chooses_layers_by_the_shared_rule(vgg):
     assert torch.allclose(methods.to_inference(convs)(images[:4]), expected, atol=0.1 * float(expected.abs().max()))
     one = methods.apply(vgg, "int8", calibration=images, num_calibration=16, layers=["fc6"])
     assert [p for p, m in one.named_modules() if isinstance(m, (Int8Conv2d, Int8Linear))] == ["classifier.fc6"]
+    # the deployed graph runs int8 only where the model has int8 layers; with every layer int8, all of them
+    assert _int8_weighted_nodes(methods.to_inference(one).onnx_model) == ["classifier.fc6.weight"]
+    assert _int8_weighted_nodes(methods.to_inference(convs).onnx_model) == \
+        [f"features.conv{i}.weight" for i in range(1, 6)]
+    every = methods.apply(vgg, "int8", calibration=images, num_calibration=16)
+    assert len(_int8_weighted_nodes(methods.to_inference(every).onnx_model)) == 8
     with pytest.raises(InputError, match="no layer matches 'conv9'"):
         methods.apply(vgg, "int8", calibration=images, num_calibration=16, layers="conv9")
+
+
+def _int8_weighted_nodes(graph: bytes) -> list[str]:
+    """The float weight names of the Conv/Gemm nodes of a QDQ graph whose weight input is dequantised int8."""
+    import onnx
+    proto = onnx.load_from_string(graph)
+    dequantized = {n.output[0]: n.input[0] for n in proto.graph.node if n.op_type == "DequantizeLinear"}
+    return sorted(dequantized[n.input[1]].removesuffix("_quantized") for n in proto.graph.node
+                  if n.op_type in ("Conv", "Gemm", "MatMul") and n.input[1] in dequantized)

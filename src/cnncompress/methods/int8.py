@@ -129,8 +129,9 @@ def _calibration_images(model: nn.Module, calibration, count: int, seed: int) ->
     return take(model, calibration, count, seed, what="int8 calibration data")[0]
 
 
-def _quantize_static(float_proto, cache_path: str, reader=None):
-    """Run onnxruntime's QDQ static quantiser; ranges come from ``reader`` or the cache file. Returns bytes."""
+def _quantize_static(float_proto, cache_path: str, reader=None, nodes: list[str] | None = None):
+    """Run onnxruntime's QDQ static quantiser; ranges come from ``reader`` or the cache file; ``nodes``: quantise
+    only these nodes (None: every node of ``QUANTIZED_OPS``). Returns bytes."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     with tempfile.TemporaryDirectory(prefix="cnncompress-int8-") as tmp, quiet():
@@ -139,7 +140,7 @@ def _quantize_static(float_proto, cache_path: str, reader=None):
         quantize_static(source, target, reader, quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         op_types_to_quantize=QUANTIZED_OPS, calibrate_method=CalibrationMethod.MinMax,
-                        calibration_cache_path=cache_path)
+                        calibration_cache_path=cache_path, nodes_to_quantize=nodes)
         with open(target, "rb") as handle:
             return handle.read()
 
@@ -241,7 +242,28 @@ def int8_onnx(model: nn.Module) -> bytes:
         cache = os.path.join(tmp, "ranges.json")
         with open(cache, "w") as handle:
             json.dump(_cache_json(calibration), handle)
-        return _quantize_static(proto, cache)
+        return _quantize_static(proto, cache, nodes=int8_nodes(model, proto))
+
+
+WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
+
+
+def int8_nodes(model: nn.Module, proto) -> list[str] | None:
+    """The graph nodes of the model's int8 layers when only some of its Conv2d/Linear layers are int8 (``layers``
+    of ``apply_int8``): found by their weight initializer, which the exporter names ``<layer path>.weight``. None
+    when every Conv2d/Linear is int8: the whole graph is quantised (activations, pooling and all: the fastest
+    int8 graph). A layer the graph does not name is a ValueError, never a silently float layer."""
+    chosen = [path for path, m in model.named_modules() if isinstance(m, _Int8Weight)]
+    floats = [path for path, m in model.named_modules()
+              if isinstance(m, (nn.Conv2d, nn.Linear)) and not isinstance(m, _Int8Weight)]
+    if not floats:
+        return None
+    by_weight = {node.input[1]: node.name for node in proto.graph.node
+                 if node.op_type in WEIGHTED_OPS and len(node.input) > 1}
+    missing = [path for path in chosen if f"{path}.weight" not in by_weight]
+    if missing:
+        raise ValueError(f"int8 layers {', '.join(missing)}: not found in the exported graph by their weight names")
+    return [by_weight[f"{path}.weight"] for path in chosen]
 
 
 OPENVINO_RUNTIME = "openvino-int8"
