@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from cnncompress import engines, models, sensitivity
+from cnncompress import optimizer
 from cnncompress.data import build_dataset
 from cnncompress.errors import InputError
 from cnncompress.optimizer import optimize, parse_bytes, search
@@ -35,6 +36,28 @@ def test_search_finds_the_least_drop_that_fits(budget):
 def test_search_names_the_smallest_reachable_size():
     with pytest.raises(InputError, match="smallest reachable file is about 1,100 bytes"):
         search(_table(), 900)
+
+
+def test_search_takes_int8_or_bf16_layers_never_both():
+    """Each kind alone would be chosen for the layer it suits best; one model deploys at one precision, so the
+    search keeps the better of "no bf16" and "no int8", checked against every exclusive combination."""
+    table = _table()
+    for name, (int8, bf16) in {"a": ((1000, 0.05), (2000, 0.0)), "b": ((2000, 0.6), (4000, 0.0)),
+                               "c": ((500, 0.0), (1000, 0.05))}.items():
+        table["layers"][name]["options"] += [
+            {"kind": "int8", "sparsity": 0.0, "bits": None, "bytes": int8[0], "drop": int8[1]},
+            {"kind": "bf16", "sparsity": 0.0, "bits": None, "bytes": bf16[0], "drop": bf16[1]}]
+    budget = 5200
+    settings, predicted = search(table, budget)
+    kinds = {s.kind for s in settings.values()}
+    assert not {"int8", "bf16"} <= kinds and kinds & {"int8", "bf16"}
+    cost = lambda combo: sum(optimizer._cost(o, table["layers"][n]["fp32_bytes"]) for n, o in zip("abc", combo))  # noqa: E731
+    fits = [combo for combo in itertools.product(*(table["layers"][n]["options"] for n in "abc"))
+            if 100 + sum(o["bytes"] for o in combo) <= budget
+            and not {"int8", "bf16"} <= {o.get("kind", "share") for o in combo}]
+    chosen = [next(o for o in table["layers"][n]["options"] if Setting.from_option(o) == settings[n]) for n in "abc"]
+    assert cost(chosen) == pytest.approx(min(cost(combo) for combo in fits))
+    assert predicted["bytes"] <= budget
 
 
 @pytest.mark.parametrize("text, expected", [("400000", 400000), ("400KB", 400000), ("0.5MB", 500000),
@@ -116,6 +139,47 @@ def test_sensitivity_of_binary_half_precision_and_cp_settings(tmp_path, digits, 
     assert "ms saved on onnxruntime" in text and "binary weights (BWN)" in text and "not applicable" in text
     sensitivity.heatmap(table, tmp_path / "h.png")
     assert (tmp_path / "h.png").stat().st_size > 1000
+
+
+def test_sensitivity_of_int8_and_bf16_settings(tmp_path, digits, trained):
+    """int8 (real int8 kernel for that layer alone, calibrated on the training images) and bf16: measured bytes,
+    accuracy of the deployed model, ms saved on the precision's own engine; never both in one model."""
+    train, val = digits
+    grid = [Setting(), Setting(kind="int8"), Setting(kind="bf16")]
+    assert set(sensitivity.grid(("int8", "bf16"))) == set(grid) and not set(grid[1:]) & set(sensitivity.grid())
+    table = sensitivity.measure(trained, val, tmp_path / "s.json", settings=grid, engine="onnxruntime",
+                                calibration=train)
+    largest = max(table["layers"].values(), key=lambda e: e["fp32_bytes"])
+    by = {Setting.from_option(o).kind: o for o in largest["options"]}
+    assert by["int8"]["bytes"] < largest["fp32_bytes"] / 3  # 1 byte per weight + scales (+ the ranges stored)
+    assert largest["fp32_bytes"] / 2.2 < by["bf16"]["bytes"] < largest["fp32_bytes"] / 1.8
+    for entry in table["layers"].values():
+        kinds = {Setting.from_option(o).kind: o for o in entry["options"]}
+        assert kinds["int8"]["drop"] < 5 and isinstance(kinds["int8"]["ms_saved"], float)
+        assert kinds["bf16"]["ms_saved"] is None or isinstance(kinds["bf16"]["ms_saved"], float)
+    path = max(table["layers"], key=lambda p: table["layers"][p]["fp32_bytes"])
+    changed = sensitivity.apply_settings(trained, {path: Setting(kind="int8")}, calibration=train)
+    assert type(changed.get_submodule(path)).__name__ in ("Int8Conv2d", "Int8Linear")
+    assert engines.model_precision(changed) == "int8"
+    others = [p for p in table["layers"] if p != path]
+    with pytest.raises(InputError, match="one precision"):
+        sensitivity.apply_settings(trained, {path: Setting(kind="int8"), others[0]: Setting(kind="bf16")},
+                                   calibration=train)
+    with pytest.raises(InputError, match="calibration"):
+        sensitivity.apply_settings(trained, {path: Setting(kind="int8")})
+    assert "int8 weights + activations" in sensitivity.markdown(table)
+
+
+def test_optimize_with_int8_layers_calibrates_after_fine_tuning(tmp_path, digits, trained):
+    train, val = digits
+    original = sensitivity.file_size(trained)
+    best, report = optimize(trained, train, val, "1/3", finetune=1, work=tmp_path,
+                            grid=[Setting(), Setting(kind="int8")])
+    assert sensitivity.file_size(best) <= original / 3
+    assert "int8 weights + activations" in report["chosen"]["settings"].values()
+    assert engines.model_precision(best) == "int8" and report["chosen"]["engine"].endswith("int8")
+    assert best.compression_history[-1]["method"] == "int8"  # made last, on the fine-tuned model
+    assert abs(report["chosen"]["measured"]["accuracy"] - report["sensitivity"]["base_accuracy"]) < 5
 
 
 def test_optimize_meets_the_byte_budget_in_the_real_file(tmp_path, digits, trained):

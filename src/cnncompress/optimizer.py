@@ -95,31 +95,42 @@ def check_arguments(max_bytes, max_ms=None, engine: str | None = None, finetune:
 
 def search(table: dict, max_bytes: int) -> tuple[dict[str, Setting], dict]:
     """One setting per layer with the least total accuracy drop whose predicted file size fits ``max_bytes``.
-    Returns ``(settings, prediction)``; ``InputError`` naming the smallest reachable size when none fits."""
+    Returns ``(settings, prediction)``; ``InputError`` naming the smallest reachable size when none fits. A model
+    takes int8 layers or bf16 layers, not both (one deployed graph, one precision): with both in the table, the
+    search runs once without each and keeps the better."""
     fixed = table["base_bytes"] - sum(stored_bytes(e) for e in table["layers"].values())  # header, BN, ...
-    paths = list(table["layers"])
-    smallest = fixed + sum(min(o["bytes"] for o in table["layers"][p]["options"]) for p in paths)
-    if smallest > max_bytes:
+    kinds = {o.get("kind", "share") for e in table["layers"].values() for o in e["options"]}
+    excluded = [{"bf16"}, {"int8"}] if {"int8", "bf16"} <= kinds else [set()]
+    found = [_knapsack(table, max_bytes, fixed, without) for without in excluded]
+    found = [f for f in found if f is not None]
+    if not found:
+        smallest = fixed + sum(min(o["bytes"] for o in e["options"]) for e in table["layers"].values())
         raise InputError(f"--max-bytes {max_bytes:,}: no setting reaches it; the smallest reachable file is about "
                          f"{smallest:,} bytes")
+    _, used, choices = min(found, key=lambda state: state[:2])
+    settings = {p: Setting.from_option(o) for p, o in zip(table["layers"], choices)}
+    drop = sum(max(0.0, o["drop"]) for o in choices)
+    return settings, {"bytes": fixed + used, "accuracy": table["base_accuracy"] - drop}
+
+
+def _knapsack(table: dict, max_bytes: int, fixed: int, without: set) -> tuple[float, int, list] | None:
+    """The multiple-choice knapsack of ``search`` over the options whose kind is not in ``without``:
+    ``(total cost, layer bytes, one option per layer)``, or None when no choice fits."""
     step = max(1, (max_bytes - fixed) // STATES)  # states merge per `step` bytes; sizes themselves stay exact
-    best = {0: (0.0, 0, [])}  # bucket -> (total drop, exact layer bytes, choices): the least drop per bucket
-    for path in paths:
+    best = {0: (0.0, 0, [])}  # bucket -> (total cost, exact layer bytes, choices): the least cost per bucket
+    for path, entry in table["layers"].items():
         nxt: dict[int, tuple[float, int, list]] = {}
         for drop, used, choices in best.values():
-            for option in table["layers"][path]["options"]:
+            for option in entry["options"]:
                 total = used + option["bytes"]
-                if fixed + total > max_bytes:
+                if fixed + total > max_bytes or option.get("kind", "share") in without:
                     continue
-                state = (drop + _cost(option, table["layers"][path]["fp32_bytes"]), total, choices + [option])
+                state = (drop + _cost(option, entry["fp32_bytes"]), total, choices + [option])
                 key = total // step
                 if key not in nxt or state[:2] < nxt[key][:2]:
                     nxt[key] = state
         best = _pareto(nxt)
-    _, used, choices = min(best.values(), key=lambda state: state[:2])
-    settings = {p: Setting.from_option(o) for p, o in zip(paths, choices)}
-    drop = sum(max(0.0, o["drop"]) for o in choices)
-    return settings, {"bytes": fixed + used, "accuracy": table["base_accuracy"] - drop}
+    return min(best.values(), key=lambda state: state[:2]) if best else None
 
 
 def _cost(option: dict, fp32_bytes: int) -> float:
@@ -237,16 +248,16 @@ def optimize(model: nn.Module, train_set, val_set, max_bytes: int | str, max_ms:
         report["folded_norms"] = [norm for _, norm in folded]
         say(f"folded {len(folded)} BatchNorms into their convs: {_size(model):,} bytes before any setting")
     cache = Path(work) / "sensitivity.json" if work else None
-    table = measure_sensitivity(model, val_set, cache, settings=grid, progress=say, fp16_rest=fp16_rest)
+    table = measure_sensitivity(model, val_set, cache, settings=grid, progress=say, fp16_rest=fp16_rest,
+                                calibration=train_set)
     report["sensitivity"] = {"base_accuracy": table["base_accuracy"], "base_bytes": table["base_bytes"]}
     target, final = budget, None
     for attempt in range(1, ATTEMPTS + 1):
         settings, predicted = search(table, target)
         key = {"fingerprint": table["fingerprint"], "settings": sorted((p, list(s.key)) for p, s in settings.items()),
                "finetune": finetune, "seed": seed, "train": len(train_set.images)}
-        candidate, _ = _resumed(work, key, lambda: (_fine_tune(apply_settings(copy.deepcopy(model), settings, seed,
-                                                                              fp16_rest),
-                                                               train_set, val_set, finetune, seed, teacher), None))
+        candidate, _ = _resumed(work, key, lambda: (_build(model, settings, seed, fp16_rest, train_set, val_set,
+                                                           finetune, teacher), None))
         measured = {"bytes": _size(candidate), "accuracy": accuracy(methods.to_inference(candidate), val_set)}
         entry = {"attempt": attempt, "target_bytes": target, "predicted": predicted, "measured": measured,
                  "settings": {p: s.label() for p, s in settings.items()}}
@@ -274,6 +285,20 @@ def optimize(model: nn.Module, train_set, val_set, max_bytes: int | str, max_ms:
         f"trying whole-model pipelines that cut latency")
     return _latency_search(model, train_set, val_set, budget, max_ms, engine, finetune, seed, latency, say, report,
                            teacher, executor, work, table["fingerprint"])
+
+
+def _build(model: nn.Module, settings: dict[str, Setting], seed: int, fp16_rest: bool, train_set, val_set,
+           finetune: int, teacher) -> nn.Module:
+    """``settings`` applied to a copy of ``model`` and fine-tuned; ``int8`` layers are made after fine-tuning and
+    calibrated on ``train_set`` (their activation ranges are the recovered model's), then the fp16 rest."""
+    late = {path: s for path, s in settings.items() if s.kind == "int8"}
+    if not late:
+        return _fine_tune(apply_settings(copy.deepcopy(model), settings, seed, fp16_rest), train_set, val_set,
+                          finetune, seed, teacher)
+    early = {path: s for path, s in settings.items() if path not in late}
+    candidate = _fine_tune(apply_settings(copy.deepcopy(model), early, seed), train_set, val_set, finetune, seed,
+                           teacher)
+    return apply_settings(candidate, late, seed, fp16_rest, calibration=train_set)
 
 
 def _resumed(work, key: dict, build):

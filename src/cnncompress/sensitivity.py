@@ -9,8 +9,9 @@ model is compressed with only that layer changed, no fine-tuning, and measured:
   unchanged file, plus the layer's fp32 bytes: exact, from the codecs, not estimated).
 
 - ``ms_saved`` (with an engine): the layer's latency minus that of what replaces it, each timed alone at its
-  real shapes on the engine at batch 1 (``latency_model``); 0 for settings whose deployed layer is the same dense
-  fp32 layer (pruning, sharing, BWN, fp16 storage all run as dense fp32 on the engines).
+  real shapes on the engine at batch 1 (``latency_model``; an int8 / bf16 layer on the int8 / bf16 engine of the
+  same runtime, ``precision_engine``); 0 for settings whose deployed layer is the same dense fp32 layer (pruning,
+  sharing, BWN, fp16 storage all run as dense fp32 on the engines).
 
 Settings (``Setting.kind``):
 
@@ -22,8 +23,15 @@ Settings (``Setting.kind``):
   Savchenko apply it); ``tucker``: Tucker-2 of a conv at ``rank`` (Kim et al. 2016). A setting a layer cannot take
   (a decomposition of a linear or depthwise conv) is left out of its row, with the reason.
 
-Not settings here: int8 and bf16 *compute* are whole-graph choices of the engines (one QDQ / bf16 graph), which
-``optimize`` measures as whole models (its latency ladder); their per-layer storage is what ``fp16`` gives.
+- ``int8``: the layer's weights per-channel int8 and its input/output activations uint8 (calibrated min/max on
+  ``calibration`` images), run by a real int8 kernel: the deployed QDQ graph quantises only the int8 layers
+  (``methods.int8``), so the accuracy drop is the real one, activation rounding included;
+- ``bf16``: the layer's weights stored in bfloat16 (Kalamkar et al. 2019); deployed, the model runs on a bf16
+  engine (OpenVINO's precision hint is per graph, so every layer computes in bf16 there).
+
+``int8`` and ``bf16`` are not in the default grid (``DEFAULT_KINDS``): they change the engine the whole model
+deploys on, so they are asked for (``--kinds ... int8``); one model takes layers of one of the two, not both
+(``apply_settings``, ``optimizer.search``).
 
 ``optimizer.search`` picks one setting per layer from this table (Distiller-style sensitivity analysis feeding a
 knapsack). Results are cached in ``cache`` (JSON, one entry per finished measurement, with a
@@ -41,21 +49,24 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import methods, storage, surgery
+from . import engines, methods, storage, surgery
 from .checkpoint_io import checkpoint_digest
 from .errors import InputError
 from .measure import accuracy
 
 SPARSITIES = (0.0, 0.5, 0.75, 0.9, 0.95)
 BITS = (None, 8, 6, 5, 4, 3, 2)
-KINDS = ("share", "bwn", "fp16", "cp", "tucker")
+KINDS = ("share", "bwn", "fp16", "cp", "tucker", "int8", "bf16")
+DEFAULT_KINDS = KINDS[:5]  # int8 / bf16 change the deployment engine: asked for by name
+PRECISION_KINDS = ("int8", "bf16")
 DECOMPOSITION_RANKS = (0.5, 0.25)  # fractions of the full rank, for ``cp`` and ``tucker`` alike
 
 
 @dataclass(frozen=True)
 class Setting:
     """One layer's compression. ``kind="share"``: prune to ``sparsity`` then share ``bits``-bit codebook values
-    (None: fp32); ``"bwn"``: binary weights; ``"fp16"``: half-precision weights; ``"cp"``: CP at ``rank``."""
+    (None: fp32); ``"bwn"``: binary weights; ``"fp16"``: half-precision weights; ``"cp"`` / ``"tucker"``: a
+    decomposition at ``rank``; ``"int8"``: int8 weights and activations; ``"bf16"``: bfloat16 weights."""
 
     sparsity: float = 0.0
     bits: int | None = None
@@ -82,13 +93,17 @@ class Setting:
     @property
     def dense(self) -> bool:
         """The deployed layer is the same dense fp32 layer (no latency saved on a dense engine)."""
-        return self.kind not in ("cp", "tucker")
+        return self.kind not in ("cp", "tucker", *PRECISION_KINDS)
 
     def label(self) -> str:
         if self.kind == "bwn":
             return "binary weights (BWN)"
         if self.kind == "fp16":
             return "fp16 weights"
+        if self.kind == "int8":
+            return "int8 weights + activations"
+        if self.kind == "bf16":
+            return "bf16 weights"
         if self.kind in ("cp", "tucker"):
             return f"{'CP' if self.kind == 'cp' else 'Tucker'} rank {self.rank:g} of full"
         parts = ([f"prune {100 * self.sparsity:.0f}%"] if self.sparsity else []) + \
@@ -96,23 +111,26 @@ class Setting:
         return " + ".join(parts) or "unchanged"
 
 
-def grid(kinds=KINDS) -> list[Setting]:
-    """Every setting of the given ``kinds`` (default all): sparsity x bits for ``share``, one each for ``bwn`` and
-    ``fp16``, the ``DECOMPOSITION_RANKS`` for ``cp`` and ``tucker``."""
+def grid(kinds=DEFAULT_KINDS) -> list[Setting]:
+    """Every setting of the given ``kinds`` (default ``DEFAULT_KINDS``): sparsity x bits for ``share``, one each
+    for ``bwn``, ``fp16``, ``int8`` and ``bf16``, the ``DECOMPOSITION_RANKS`` for ``cp`` and ``tucker``."""
     unknown = set(kinds) - set(KINDS)
     if unknown or not kinds:
         raise InputError(f"--kinds {' '.join(map(str, kinds))}: choose from {', '.join(KINDS)}")
     every = [Setting(s, b) for s in SPARSITIES for b in BITS] + [Setting(kind="bwn"), Setting(kind="fp16")] + \
-        [Setting(kind=kind, rank=r) for kind in ("cp", "tucker") for r in DECOMPOSITION_RANKS]
+        [Setting(kind=kind, rank=r) for kind in ("cp", "tucker") for r in DECOMPOSITION_RANKS] + \
+        [Setting(kind=kind) for kind in PRECISION_KINDS]
     return [s for s in every if s.kind in kinds or s.unchanged]
 
 
-def apply_settings(model: nn.Module, settings: dict[str, Setting], seed: int = 0, fp16_rest: bool = False) -> nn.Module:
+def apply_settings(model: nn.Module, settings: dict[str, Setting], seed: int = 0, fp16_rest: bool = False,
+                   calibration=None) -> nn.Module:
     """A compressed copy of ``model``: every layer in ``settings`` pruned and shared as its setting says (one
     ``prune-magnitude`` call with per-layer targets, then one ``kmeans`` call per bit width, Huffman coded);
     ``fp16_rest``: then the ``fp16`` method, which stores every float tensor left (unchanged layers, biases,
     batch norms, codebooks) in half precision. The other kinds are their methods applied to their layers only
-    (``cp`` / ``tucker`` first: they replace the layer by a sequence of convs)."""
+    (``cp`` / ``tucker`` first: they replace the layer by a sequence of convs; ``int8`` last before the fp16
+    rest, calibrated on ``calibration``: images, a dataset; required when a layer is int8)."""
     for kind, rank in sorted({(s.kind, s.rank) for s in settings.values() if s.kind in ("cp", "tucker")}):
         paths = sorted(p for p, s in settings.items() if s.kind == kind and s.rank == rank)
         extra = {"n_iter_max": 50, "seed": seed} if kind == "cp" else {}
@@ -124,7 +142,32 @@ def apply_settings(model: nn.Module, settings: dict[str, Setting], seed: int = 0
     half = sorted(p for p, s in settings.items() if s.kind == "fp16")
     if half and not fp16_rest:
         model = methods.apply(model, "fp16", layers=half)
+    model = _apply_precision(model, settings, calibration)
     return methods.apply(model, "fp16") if fp16_rest else model
+
+
+def _apply_precision(model: nn.Module, settings: dict[str, Setting], calibration) -> nn.Module:
+    """The ``int8`` and ``bf16`` layers of ``settings`` (one of the two per model: one deployed graph)."""
+    chosen = {kind: sorted(p for p, s in settings.items() if s.kind == kind) for kind in PRECISION_KINDS}
+    if all(chosen.values()):
+        raise InputError(f"int8 layers ({', '.join(chosen['int8'])}) and bf16 layers ({', '.join(chosen['bf16'])}) "
+                         "in one model: its graph deploys at one precision")
+    if chosen["int8"]:
+        if calibration is None:
+            raise InputError("int8 settings need calibration images (the run's training data)")
+        model = methods.apply(model, "int8", layers=chosen["int8"], calibration=calibration)
+    if chosen["bf16"]:
+        model = methods.apply(model, "bf16", layers=chosen["bf16"])
+    return model
+
+
+def precision_engine(engine: str, kind: str) -> str:
+    """The engine an ``int8`` / ``bf16`` layer runs on when the model's float layers run on ``engine``: the same
+    runtime at that precision (onnxruntime has no bf16: OpenVINO's; PyTorch has no int8: onnxruntime's)."""
+    runtime = engines.get(engine).runtime
+    if kind == "int8":
+        return "openvino-int8" if runtime == "openvino" else "onnxruntime-int8"
+    return "torch-bf16" if runtime == "torch" else "openvino-bf16"
 
 
 def _apply_shared(model: nn.Module, settings: dict[str, Setting], seed: int) -> nn.Module:
@@ -183,13 +226,13 @@ def _save_cache(path: Path | None, cache: dict) -> None:
 
 
 def measure(model: nn.Module, val_set, cache: str | Path | None = None, settings: list[Setting] | None = None,
-            progress=None, fp16_rest: bool = False, engine: str | None = None) -> dict:
+            progress=None, fp16_rest: bool = False, engine: str | None = None, calibration=None) -> dict:
     """``{"base_accuracy", "base_bytes", "fp16_rest", "engine", "layers": {path: {"fp32_bytes", "stored_bytes",
     "options": [{"kind", "sparsity", "bits", "rank", "accuracy", "drop", "bytes", "ms_saved"}, ...],
     "not_applicable": {setting label: why}}}}`` (accuracy in %, bytes of the layer in the file; ``stored_bytes``:
     the unchanged layer's, half its fp32 bytes with ``fp16_rest``; ``ms_saved`` only with ``engine``). With
     ``fp16_rest`` every model measured, the base too, stores what its settings leave in half precision
-    (``apply_settings``)."""
+    (``apply_settings``). ``calibration``: the images ``int8`` settings calibrate on (default: ``val_set``'s)."""
     model = model.eval()
     cache_path = Path(cache) if cache else None
     table = _load_cache(cache_path)
@@ -217,7 +260,8 @@ def measure(model: nn.Module, val_set, cache: str | Path | None = None, settings
                 acc, size, changed = table["base_accuracy"], table["base_bytes"], None
             else:
                 try:
-                    changed = apply_settings(model, {path: setting}, fp16_rest=fp16_rest)
+                    changed = apply_settings(model, {path: setting}, fp16_rest=fp16_rest,
+                                             calibration=val_set if calibration is None else calibration)
                 except (InputError, ValueError) as error:  # e.g. CP of a linear or depthwise layer
                     skipped[setting.label()] = str(error).splitlines()[0]
                     _save_cache(cache_path, table)
@@ -227,7 +271,8 @@ def measure(model: nn.Module, val_set, cache: str | Path | None = None, settings
                       "accuracy": acc, "drop": table["base_accuracy"] - acc,
                       "bytes": stored_bytes(entry) + size - table["base_bytes"]}
             if timer:
-                option["ms_saved"] = 0.0 if setting.dense or changed is None else timer.saved(path, changed)
+                option["ms_saved"] = 0.0 if setting.dense or changed is None else timer.saved(path, changed,
+                                                                                                setting.kind)
             entry["options"].append(option)
             _save_cache(cache_path, table)
         if progress:
@@ -245,11 +290,17 @@ class _LayerTimer:
         self.engine = engine
         self.model = LatencyModel(model, (1, *input_shape))
 
-    def saved(self, path: str, changed: nn.Module) -> float:
+    def saved(self, path: str, changed: nn.Module, kind: str = "cp") -> float | None:
+        """ms saved (None: the int8 / bf16 engine it would run on is not available on this machine)."""
         from .latency_model import layer_shapes
+        before = self.model.layer_ms(self.model.shapes[path], self.engine)
+        if kind in PRECISION_KINDS:  # the same layer at another precision: on that precision's engine
+            other = precision_engine(self.engine, kind)
+            if not engines.get(other).available():
+                return None
+            return before - self.model.layer_ms(self.model.shapes[path], other)
         shapes = layer_shapes(methods.to_inference(changed), self.model.input_shape)
         replacing = [s for p, s in shapes.items() if p == path or p.startswith(path + ".")]
-        before = self.model.layer_ms(self.model.shapes[path], self.engine)
         return before - sum(self.model.layer_ms(s, self.engine) for s in replacing)
 
 

@@ -41,7 +41,8 @@ def add_parser(subparsers) -> None:
                                                  "layer and its replacement timed alone at batch 1; engines names)")
         parser.add_argument("--kinds", nargs="+", default=None, metavar="KIND",
                             help="setting kinds tried per layer: share (pruning x k-means), bwn, fp16, cp, "
-                                 "tucker (default: all)")
+                                 "tucker, int8, bf16 (default: all but int8 and bf16, which change the engine "
+                                 "the model deploys on)")
         parser.add_argument("--fp16-rest", action="store_true",
                             help="store what the per-layer settings leave (unchanged layers, biases, batch norms, "
                                  "codebooks) in half precision, in the table and the result")
@@ -80,8 +81,8 @@ def run(args) -> int:
     from ..measure import accuracy
     from ..methods import to_inference
     executor = None
-    from ..sensitivity import KINDS, grid
-    settings = grid(args.kinds or KINDS)  # an unknown kind fails before any work
+    from ..sensitivity import DEFAULT_KINDS, grid
+    settings = grid(args.kinds or DEFAULT_KINDS)  # an unknown kind fails before any work
     if args.command == "sensitivity" and args.engine:
         from .. import engines
         engines.get(args.engine)  # an unknown engine name fails before any work
@@ -108,7 +109,7 @@ def run(args) -> int:
         from ..sensitivity import heatmap, markdown, measure
         val = teacher_labelled(model, sets["val"]) if is_unlabelled(sets["val"]) else sets["val"]  # agreement
         table = measure(model, val, out / "sensitivity.json", settings=settings, progress=say,
-                        fp16_rest=args.fp16_rest, engine=args.engine)
+                        fp16_rest=args.fp16_rest, engine=args.engine, calibration=sets["train"])
         (out / "sensitivity.md").write_text(markdown(table))
         heatmap(table, out / "sensitivity.png")
         print(markdown(table) + f"\nwrote {out}/sensitivity.{{json,md,png}}")

@@ -242,28 +242,37 @@ def int8_onnx(model: nn.Module) -> bytes:
         cache = os.path.join(tmp, "ranges.json")
         with open(cache, "w") as handle:
             json.dump(_cache_json(calibration), handle)
-        return _quantize_static(proto, cache, nodes=int8_nodes(model, proto))
+        return _quantize_static(proto, cache, nodes=int8_nodes(model, proto, example))
 
 
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
 
 
-def int8_nodes(model: nn.Module, proto) -> list[str] | None:
+def int8_nodes(model: nn.Module, proto, example: torch.Tensor) -> list[str] | None:
     """The graph nodes of the model's int8 layers when only some of its Conv2d/Linear layers are int8 (``layers``
-    of ``apply_int8``): found by their weight initializer, which the exporter names ``<layer path>.weight``. None
-    when every Conv2d/Linear is int8: the whole graph is quantised (activations, pooling and all: the fastest
-    int8 graph). A layer the graph does not name is a ValueError, never a silently float layer."""
-    chosen = [path for path, m in model.named_modules() if isinstance(m, _Int8Weight)]
-    floats = [path for path, m in model.named_modules()
-              if isinstance(m, (nn.Conv2d, nn.Linear)) and not isinstance(m, _Int8Weight)]
-    if not floats:
+    of ``apply_int8``); None when every Conv2d/Linear is int8: the whole graph is quantised (activations, pooling
+    and all: the fastest int8 graph). The exporter writes one Conv/Gemm/MatMul node per layer call, in the order
+    of the forward (weight names do not survive a BatchNorm folded into its conv), so the k-th layer called on
+    ``example`` is the k-th such node; a count or weight size that disagrees is a ValueError, never a silently
+    float (or int8) layer."""
+    layers = {path: m for path, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    if all(isinstance(m, _Int8Weight) for m in layers.values()):
         return None
-    by_weight = {node.input[1]: node.name for node in proto.graph.node
-                 if node.op_type in WEIGHTED_OPS and len(node.input) > 1}
-    missing = [path for path in chosen if f"{path}.weight" not in by_weight]
-    if missing:
-        raise ValueError(f"int8 layers {', '.join(missing)}: not found in the exported graph by their weight names")
-    return [by_weight[f"{path}.weight"] for path in chosen]
+    called: list[str] = []
+    hooks = [m.register_forward_hook(lambda *_, path=path: called.append(path)) for path, m in layers.items()]
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    nodes = [node for node in proto.graph.node if node.op_type in WEIGHTED_OPS]
+    sizes = {init.name: math.prod(init.dims) for init in proto.graph.initializer}
+    if len(nodes) != len(called) or any(len(node.input) < 2 or sizes.get(node.input[1]) != layers[path].weight.numel()
+                                        for path, node in zip(called, nodes)):
+        raise ValueError(f"int8 layers: the exported graph's {len(nodes)} Conv/Gemm nodes do not match the "
+                         f"{len(called)} layer calls of the model; quantise every layer (layers='all')")
+    return [node.name for path, node in zip(called, nodes) if isinstance(layers[path], _Int8Weight)]
 
 
 OPENVINO_RUNTIME = "openvino-int8"
