@@ -203,14 +203,16 @@ class LatencyModel:
             self.calls[float_engine] = alternating({"call": lambda: run(x)}, RUNS, block=3, warmup=2)["call"]
         return self.calls[float_engine]
 
-    def predict(self, shapes: dict[str, LayerShape], engine: str, original_ms: float) -> float:
+    def predict(self, shapes: dict[str, LayerShape], engine: str, original_ms: float,
+                float_layers: frozenset = frozenset()) -> float:
         """Predicted median ms on ``engine`` of a model whose Conv/Linear layers are ``shapes`` (``layer_shapes``
-        of its float stage), given ``original_ms``: the original's ms on the fp32 twin of ``engine``."""
+        of its float stage), given ``original_ms``: the original's ms on the fp32 twin of ``engine``.
+        ``float_layers``: paths of ``shapes`` that stay fp32 in an int8 / bf16 graph (timed on the fp32 twin)."""
         float_engine = FLOAT_TWIN.get(engine, engine)
         call = self.call_ms(engine)
         between = max(0.0, original_ms - call - sum(self.layer_ms(s, float_engine) for s in self.shapes.values()))
         volume = sum(s.output_elements for s in shapes.values()) / sum(s.output_elements for s in self.shapes.values())
-        inside = sum(self.layer_ms(s, engine) for s in shapes.values())
+        inside = sum(self.layer_ms(s, float_engine if p in float_layers else engine) for p, s in shapes.items())
         return (call + between * volume + inside) * self.correction(engine)
 
     def correction(self, engine: str) -> float:
