@@ -184,22 +184,23 @@ def test_optimize_with_int8_layers_calibrates_after_fine_tuning(tmp_path, digits
 
 
 def test_latency_prediction_sees_the_layers_a_candidate_deploys(digits, trained):
-    """A CP layer deploys as its factor convs, an int8 layer at its own shape beside layers that stay fp32, every
-    other per-layer setting as the same dense layer: what the prediction of the chosen model is made from."""
+    """A CP layer is predicted as the factor network it deploys (timed as one graph), an int8 layer on the int8
+    engine beside layers that stay fp32, every other per-layer setting as the same dense layer."""
     from cnncompress.latency_model import LatencyModel
     from cnncompress.optimizer import deployed_shapes
     train, _ = digits
     latency = LatencyModel(trained, (1, 1, 28, 28))
     conv = next(p for p, s in latency.shapes.items() if s.kind == "conv" and s.weight[1] > 1)
     settings = {conv: Setting(kind="cp", rank=0.5), next(p for p in latency.shapes if p != conv): Setting(0.5, 4)}
-    shapes, floats = deployed_shapes(latency, sensitivity.apply_settings(trained, settings), settings)
-    factors = [p for p in shapes if p.startswith(conv + ".")]
-    assert conv not in shapes and len(factors) >= 2 and not floats
-    assert {p: s for p, s in shapes.items() if p not in factors} == \
-        {p: s for p, s in latency.shapes.items() if p != conv}
+    shapes, floats, blocks = deployed_shapes(latency, sensitivity.apply_settings(trained, settings), settings)
+    assert shapes == latency.shapes and not floats and list(blocks) == [conv]
+    factors = [m for m in blocks[conv].modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(factors) >= 2 and factors[0].in_channels == latency.shapes[conv].weight[1]
+    assert latency.block_ms(conv, blocks[conv], "onnxruntime") >= 0.0  # exported and run as one graph
     eight = {conv: Setting(kind="int8")}
-    shapes, floats = deployed_shapes(latency, sensitivity.apply_settings(trained, eight, calibration=train), eight)
-    assert shapes == latency.shapes and floats == set(latency.shapes) - {conv}
+    shapes, floats, blocks = deployed_shapes(latency, sensitivity.apply_settings(trained, eight, calibration=train),
+                                             eight)
+    assert shapes == latency.shapes and floats == set(latency.shapes) - {conv} and not blocks
 
 
 def test_optimize_meets_the_byte_budget_in_the_real_file(tmp_path, digits, trained):
@@ -253,7 +254,7 @@ def test_latency_budget_takes_the_most_accurate_pipeline_measured_within_it(tmp_
     import cnncompress.optimizer as optimizer_module
     from cnncompress import engines as engine_registry
 
-    def fake_latency(latency, model, shapes, engine, float_layers=frozenset()):
+    def fake_latency(latency, model, shapes, engine, float_layers=frozenset(), blocks=None):
         history = [step["method"] for step in getattr(model, "compression_history", []) or []]
         ms = 1.0 - 0.5 * ("prune-l1" in history) - 0.3 * (engine_registry.model_precision(model) == "int8")
         return {"engine": "onnxruntime", "latency_ms": ms, "predicted_ms": None}

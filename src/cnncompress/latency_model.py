@@ -20,6 +20,10 @@ For a candidate model ``c`` of the original ``o`` that will run on engine ``E`` 
   work between layers also runs in int8 and the layers' (de)quantisation is shared along a chain (measured on
   the bench VGG-S: uncorrected int8 predictions 36-79 % high, corrected ones within 15 %).
 
+A layer replaced by a small network of its own (a CP / Tucker decomposition's factor convs) is timed as one graph,
+that network at the layer's input shape (``block_ms``): its factors timed one by one each paid the per-graph
+overhead again (predictions of a CP candidate 15-38 % high on the bench VGG-S).
+
 Settings that keep a layer's shape and precision (magnitude pruning and k-means sharing on a dense engine) cost the
 same as the original layer, so such a candidate is predicted at the original's speed: a smaller file, not a
 faster forward. The model is additive by design: it ignores that int8 layers in a chain share their
@@ -152,6 +156,13 @@ def _quantized(model, shape: LayerShape) -> bytes:
     return quantize_graph(model, noise, batch=1)
 
 
+def _minus_call(runs: dict, input_shape: tuple[int, ...]) -> float:
+    """Median ms of ``runs["layer"]`` minus that of ``runs["call"]`` (a pass-through), interleaved, at least 0."""
+    x = torch.rand(*input_shape)
+    times = alternating({k: (lambda run=run: run(x)) for k, run in runs.items()}, RUNS, block=3, warmup=2)
+    return max(0.0, times["layer"] - times["call"])
+
+
 class LatencyModel:
     """``predict(shapes, engine, original_ms)`` from the original's layer shapes and per-layer times (module
     docstring); every one-layer time measured is kept (``layer_ms``), so a shape is timed once per engine."""
@@ -163,6 +174,7 @@ class LatencyModel:
         self.ratios: dict[str, list[float]] = {}
         self.calls: dict[str, float] = {}
         self.cache: dict[tuple[LayerShape, str], float] = {}
+        self.blocks: dict[tuple[str, str, str], float] = {}
 
     def layer_ms(self, shape: LayerShape, engine: str) -> float:
         """The layer's own ms on ``engine``: the one-layer graph's median minus that of a graph that only passes
@@ -177,10 +189,21 @@ class LatencyModel:
             float_engine = FLOAT_TWIN.get(timed_on, timed_on)  # an int8 engine runs no float graph: its twin does
             runs = {"layer": engines.prepare(timed_on, source, shape.input, self.threads),
                     "call": engines.prepare(float_engine, passthrough, shape.input, self.threads)}
-            x = torch.rand(*shape.input)
-            times = alternating({k: (lambda run=run: run(x)) for k, run in runs.items()}, RUNS, block=3, warmup=2)
-            self.cache[key] = max(0.0, times["layer"] - times["call"])
+            self.cache[key] = _minus_call(runs, shape.input)
         return self.cache[key]
+
+    def block_ms(self, path: str, block: nn.Module, engine: str) -> float:
+        """ms of ``block``, the deployed network that replaces the layer at ``path`` (a decomposition's factor
+        convs), timed as one graph on ``engine`` at the layer's input shape, the engine's call cost taken off."""
+        key = (path, engine, repr(block))
+        if key not in self.blocks:
+            shape = self.shapes[path].input
+            float_engine = FLOAT_TWIN.get(engine, engine)
+            passthrough = nn.Identity() if float_engine.startswith("torch") else identity_graph(shape)
+            runs = {"layer": engines.prepare(engine, block.eval(), shape, self.threads),
+                    "call": engines.prepare(float_engine, passthrough, shape, self.threads)}
+            self.blocks[key] = _minus_call(runs, shape)
+        return self.blocks[key]
 
     def race(self, candidate: nn.Module, names: list[str]) -> tuple[dict[str, float], dict[str, float]]:
         """Median ms of the deployed ``candidate`` on each engine of ``names`` that can run it, and of the
@@ -204,15 +227,18 @@ class LatencyModel:
         return self.calls[float_engine]
 
     def predict(self, shapes: dict[str, LayerShape], engine: str, original_ms: float,
-                float_layers: frozenset = frozenset()) -> float:
+                float_layers: frozenset = frozenset(), blocks: dict[str, nn.Module] | None = None) -> float:
         """Predicted median ms on ``engine`` of a model whose Conv/Linear layers are ``shapes`` (``layer_shapes``
         of its float stage), given ``original_ms``: the original's ms on the fp32 twin of ``engine``.
-        ``float_layers``: paths of ``shapes`` that stay fp32 in an int8 / bf16 graph (timed on the fp32 twin)."""
+        ``float_layers``: paths of ``shapes`` that stay fp32 in an int8 / bf16 graph (timed on the fp32 twin);
+        ``blocks``: paths of ``shapes`` deployed as a network of their own (timed as one graph, ``block_ms``)."""
         float_engine = FLOAT_TWIN.get(engine, engine)
+        blocks = blocks or {}
         call = self.call_ms(engine)
         between = max(0.0, original_ms - call - sum(self.layer_ms(s, float_engine) for s in self.shapes.values()))
         volume = sum(s.output_elements for s in shapes.values()) / sum(s.output_elements for s in self.shapes.values())
-        inside = sum(self.layer_ms(s, float_engine if p in float_layers else engine) for p, s in shapes.items())
+        inside = sum(self.block_ms(p, blocks[p], engine) if p in blocks else
+                     self.layer_ms(s, float_engine if p in float_layers else engine) for p, s in shapes.items())
         return (call + between * volume + inside) * self.correction(engine)
 
     def correction(self, engine: str) -> float:

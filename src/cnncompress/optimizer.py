@@ -194,11 +194,11 @@ def _fine_tune(model: nn.Module, train_set, val_set, epochs: int, seed: int,
 
 
 def measured_latency(latency: LatencyModel, deployed: nn.Module, shapes: dict | None, engine: str | None,
-                     float_layers: frozenset = frozenset()) -> dict:
+                     float_layers: frozenset = frozenset(), blocks: dict | None = None) -> dict:
     """The deployed model's median ms at batch 1 on ``engine`` (default: the fastest engine of its precision),
     raced with the original, and the latency model's prediction for that engine made before it is corrected by
     this measurement (``latency_model``; None without ``shapes``). ``float_layers``: layers of ``shapes`` that
-    stay fp32 in an int8 graph."""
+    stay fp32 in an int8 graph; ``blocks``: layers deployed as a network of their own (``deployed_shapes``)."""
     names = [engine] if engine else engines.names(engines.model_precision(deployed))
     measured, original = latency.race(deployed, names)
     if not measured:
@@ -207,7 +207,7 @@ def measured_latency(latency: LatencyModel, deployed: nn.Module, shapes: dict | 
     twin = FLOAT_TWIN.get(best, best)
     predicted = None
     if shapes and twin in original:
-        predicted = latency.predict(shapes, best, original[twin], float_layers)
+        predicted = latency.predict(shapes, best, original[twin], float_layers, blocks)
         latency.observe(predicted, measured[best], best)
     return {"engine": best, "latency_ms": measured[best], "predicted_ms": predicted}
 
@@ -275,8 +275,8 @@ def optimize(model: nn.Module, train_set, val_set, max_bytes: int | str, max_ms:
                          f"{min(c['measured']['bytes'] for c in report['candidates']):,} bytes; give a larger budget")
     candidate, entry = final
     latency = LatencyModel(model, shape)
-    shapes, float_layers = deployed_shapes(latency, candidate, settings)
-    entry.update(measured_latency(latency, methods.to_inference(candidate), shapes, engine, float_layers))
+    shapes, float_layers, blocks = deployed_shapes(latency, candidate, settings)
+    entry.update(measured_latency(latency, methods.to_inference(candidate), shapes, engine, float_layers, blocks))
     ms = entry["latency_ms"]
     entry["latency_met"] = max_ms is None or ms <= max_ms
     report.update(chosen=entry, settings=entry["settings"])
@@ -304,18 +304,19 @@ def _build(model: nn.Module, settings: dict[str, Setting], seed: int, fp16_rest:
     return apply_settings(candidate, late, seed, fp16_rest, calibration=train_set)
 
 
-def deployed_shapes(latency: LatencyModel, candidate: nn.Module, settings: dict[str, Setting]) -> tuple[dict, frozenset]:
-    """The Conv/Linear shapes a per-layer candidate runs, for the latency prediction: a decomposed layer's factor
-    convs (as deployed), every other layer at its original shape (pruned, shared, binary-weight and half-precision
-    layers run as the same dense layer); and the layers that stay fp32 when some are int8."""
+def deployed_shapes(latency: LatencyModel, candidate: nn.Module,
+                    settings: dict[str, Setting]) -> tuple[dict, frozenset, dict]:
+    """What the latency of a per-layer candidate is predicted from: every layer at its original shape (pruned,
+    shared, binary-weight and half-precision layers run as the same dense layer), the layers that stay fp32 when
+    some are int8, and ``{path: deployed network}`` for the layers a decomposition replaced (its factor convs,
+    timed together as one graph)."""
     eight = {path for path, s in settings.items() if s.kind == "int8"}
-    source = candidate if eight else methods.to_inference(candidate)  # an int8 model deploys as a graph
-    found = layer_shapes(source, latency.input_shape)
-    shapes = {}
-    for path, shape in latency.shapes.items():
-        parts = {p: s for p, s in found.items() if p.startswith(path + ".")}
-        shapes.update(parts or {path: shape})
-    return shapes, frozenset(p for p in shapes if eight and p not in eight)
+    floats = frozenset(p for p in latency.shapes if eight and p not in eight)
+    decomposed = [path for path, s in settings.items() if s.kind in ("cp", "tucker")]
+    if not decomposed:
+        return dict(latency.shapes), floats, {}
+    source = candidate if eight else methods.to_inference(candidate)  # an int8 model deploys as one graph
+    return dict(latency.shapes), floats, {path: source.get_submodule(path) for path in decomposed}
 
 
 def _resumed(work, key: dict, build):
