@@ -281,9 +281,9 @@ def measure(model: nn.Module, val_set, cache: str | Path | None = None, settings
 
 
 class _LayerTimer:
-    """Latency saved by a setting: the layer alone at its real shapes on ``engine`` minus the layers that replace
-    it (``latency_model.LatencyModel.layer_ms``: one-layer graphs timed at batch 1, the engine's call cost taken
-    off)."""
+    """Latency saved by a setting: the layer alone at its real shapes on ``engine`` minus what replaces it
+    (``latency_model.LatencyModel``: a one-layer graph, or the replacing network as one graph, timed at batch 1,
+    the engine's call cost taken off)."""
 
     def __init__(self, model: nn.Module, input_shape: tuple, engine: str):
         from .latency_model import LatencyModel
@@ -292,16 +292,14 @@ class _LayerTimer:
 
     def saved(self, path: str, changed: nn.Module, kind: str = "cp") -> float | None:
         """ms saved (None: the int8 / bf16 engine it would run on is not available on this machine)."""
-        from .latency_model import layer_shapes
         before = self.model.layer_ms(self.model.shapes[path], self.engine)
         if kind in PRECISION_KINDS:  # the same layer at another precision: on that precision's engine
             other = precision_engine(self.engine, kind)
             if not engines.get(other).available():
                 return None
             return before - self.model.layer_ms(self.model.shapes[path], other)
-        shapes = layer_shapes(methods.to_inference(changed), self.model.input_shape)
-        replacing = [s for p, s in shapes.items() if p == path or p.startswith(path + ".")]
-        return before - sum(self.model.layer_ms(s, self.engine) for s in replacing)
+        # a decomposition's factor convs, timed together as one graph (``LatencyModel.block_ms``)
+        return before - self.model.block_ms(path, methods.to_inference(changed).get_submodule(path), self.engine)
 
 
 def stored_bytes(entry: dict) -> int:
