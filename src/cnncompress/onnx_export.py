@@ -211,11 +211,15 @@ def write_graph(graph: bytes, path: str | Path) -> Path:
     return path
 
 
-def session(graph: str | Path | bytes, num_threads: int | None = None):
+def session(graph: str | Path | bytes, num_threads: int | None = None, spinning: bool = True):
     """An onnxruntime CPU session of a ``.onnx`` path or serialized graph: ``num_threads`` intra-op threads
-    (``None``/0: onnxruntime's default), one inter-op thread, all graph optimisations, errors-only logging."""
+    (``None``/0: onnxruntime's default), one inter-op thread, all graph optimisations, errors-only logging.
+    ``spinning=False``: the intra-op threads sleep as soon as a call ends (``session.intra_op.allow_spinning``),
+    leaving the cores to whatever runs next."""
     import onnxruntime as ort
     options = ort.SessionOptions()
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.intra_op_num_threads = num_threads or 0
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -11,7 +11,11 @@ shape and runs the runs of supported layers in one ctypes call each:
   stem; larger float convs stay on PyTorch's oneDNN, which is faster there), ``Linear``, ``BatchNorm`` elsewhere
   (an affine op), ``ReLU``, LRN, unpadded max-pool, ``Flatten``; ``Dropout`` and ``Identity`` are dropped.
 
-Any other child splits the block: it runs as a PyTorch module between two native runs. The reference of a native
+Any other child splits the block: it runs as a PyTorch module between two native runs, except a float
+``Conv2d`` too large for the native stem when PyTorch has more than one thread: that one runs on onnxruntime with
+its threads sleeping between calls (``QuietConv``), because oneDNN's OpenMP workers spin for milliseconds after each
+parallel region, on the cores the block's native threads need next (XNOR VGG-S at 224, 2 threads, one model per
+process: 11.6-12.4 ms with it, 14.9-16.9 ms with conv1 on oneDNN). The reference of a native
 run is the same children called one by one (``nn.Sequential.forward``, also the path in training, with gradients,
 under ``torch.onnx`` export or tracing, and without a C compiler); the tests compare the two. A block's lowering is
 cached per input shape and redone when any of its tensors is written in place (``Tensor._version``: an optimizer
@@ -89,8 +93,30 @@ def _merge(specs: list[dict], spec: dict) -> None:
         specs.append(spec)
 
 
-def lower(block: nn.Module, shape: tuple) -> list:
-    """``block``'s children for inputs of ``shape`` (no batch) as steps: ``NativeChain`` runs and PyTorch modules."""
+class QuietConv:
+    """A float ``Conv2d`` run by onnxruntime at ``threads`` intra-op threads that sleep between calls (see the
+    module docstring); ``None`` from ``make`` when onnxruntime cannot take it (then PyTorch runs it)."""
+
+    def __init__(self, session):
+        self.session, self.name = session, session.get_inputs()[0].name
+
+    @classmethod
+    def make(cls, conv: nn.Conv2d, shape: tuple, threads: int) -> "QuietConv | None":
+        from .. import onnx_export
+        try:
+            graph = onnx_export.export_bytes(nn.Sequential(conv), torch.zeros(1, *shape))
+            return cls(onnx_export.session(graph, threads, spinning=False))
+        except Exception:  # noqa: BLE001 - no onnxruntime, an export it cannot take: PyTorch runs the conv
+            return None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        array = x.detach().contiguous().numpy()
+        return torch.from_numpy(self.session.run(None, {self.name: array})[0])
+
+
+def lower(block: nn.Module, shape: tuple, threads: int = 1) -> list:
+    """``block``'s children for inputs of ``shape`` (no batch) as steps: ``NativeChain`` runs, ``QuietConv`` (a
+    float conv too large for the native stem, with ``threads`` > 1) and PyTorch modules."""
     steps, specs, start = [], [], shape
     with torch.no_grad():
         for layer in _leaves(block):
@@ -100,7 +126,8 @@ def lower(block: nn.Module, shape: tuple) -> list:
             if spec is None:
                 if specs:
                     steps.append(binary_graph.NativeChain(specs, start))
-                steps.append(layer)
+                quiet = QuietConv.make(layer, shape, threads) if threads > 1 and type(layer) is nn.Conv2d else None
+                steps.append(quiet or layer)
                 shape = tuple(layer(torch.zeros(1, *shape)).shape[1:])
                 specs, start = [], shape
                 continue
@@ -146,11 +173,12 @@ class NativeSequential(nn.Sequential):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._native_ok(x):
             return super().forward(x)
-        shape = tuple(x.shape[1:])
-        plan = self._plans.get(shape)
+        shape, threads = tuple(x.shape[1:]), torch.get_num_threads()
+        plan = self._plans.get((shape, threads))
         if plan is None or tuple(t._version for t in plan[0]) != plan[1]:
             tensors = [*self.parameters(), *self.buffers()]
-            plan = self._plans[shape] = (tensors, tuple(t._version for t in tensors), lower(self, shape))
+            plan = self._plans[(shape, threads)] = (tensors, tuple(t._version for t in tensors),
+                                                    lower(self, shape, threads))
         steps = plan[2]
         for step in steps:
             x = step.run(x) if isinstance(step, binary_graph.NativeChain) else step(x)
