@@ -15,7 +15,7 @@ Any other child splits the block: it runs as a PyTorch module between two native
 ``Conv2d`` too large for the native stem when PyTorch has more than one thread: that one runs on onnxruntime with
 its threads sleeping between calls (``QuietConv``), because oneDNN's OpenMP workers spin for milliseconds after each
 parallel region, on the cores the block's native threads need next (XNOR VGG-S at 224, 2 threads, one model per
-process: 11.6-12.4 ms with it, 14.9-16.9 ms with conv1 on oneDNN). The reference of a native
+process: 10.0-13.7 ms with it, 14.9-16.9 ms with conv1 on oneDNN). The reference of a native
 run is the same children called one by one (``nn.Sequential.forward``, also the path in training, with gradients,
 under ``torch.onnx`` export or tracing, and without a C compiler); the tests compare the two. A block's lowering is
 cached per input shape and redone when any of its tensors is written in place (``Tensor._version``: an optimizer
