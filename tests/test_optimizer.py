@@ -187,20 +187,19 @@ def test_latency_prediction_sees_the_layers_a_candidate_deploys(digits, trained)
     """A CP layer is predicted as the factor network it deploys (timed as one graph), an int8 layer on the int8
     engine beside layers that stay fp32, every other per-layer setting as the same dense layer."""
     from cnncompress.latency_model import LatencyModel
-    from cnncompress.optimizer import deployed_shapes
+    from cnncompress.optimizer import deployed_layers
     train, _ = digits
     latency = LatencyModel(trained, (1, 1, 28, 28))
     conv = next(p for p, s in latency.shapes.items() if s.kind == "conv" and s.weight[1] > 1)
     settings = {conv: Setting(kind="cp", rank=0.5), next(p for p in latency.shapes if p != conv): Setting(0.5, 4)}
-    shapes, floats, blocks = deployed_shapes(latency, sensitivity.apply_settings(trained, settings), settings)
-    assert shapes == latency.shapes and not floats and list(blocks) == [conv]
+    floats, blocks = deployed_layers(latency, sensitivity.apply_settings(trained, settings), settings)
+    assert not floats and list(blocks) == [conv]
     factors = [m for m in blocks[conv].modules() if isinstance(m, torch.nn.Conv2d)]
     assert len(factors) >= 2 and factors[0].in_channels == latency.shapes[conv].weight[1]
     assert latency.block_ms(conv, blocks[conv], "onnxruntime") >= 0.0  # exported and run as one graph
     eight = {conv: Setting(kind="int8")}
-    shapes, floats, blocks = deployed_shapes(latency, sensitivity.apply_settings(trained, eight, calibration=train),
-                                             eight)
-    assert shapes == latency.shapes and floats == set(latency.shapes) - {conv} and not blocks
+    floats, blocks = deployed_layers(latency, sensitivity.apply_settings(trained, eight, calibration=train), eight)
+    assert floats == set(latency.shapes) - {conv} and not blocks
 
 
 def test_optimize_meets_the_byte_budget_in_the_real_file(tmp_path, digits, trained):

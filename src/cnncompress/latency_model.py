@@ -156,13 +156,6 @@ def _quantized(model, shape: LayerShape) -> bytes:
     return quantize_graph(model, noise, batch=1)
 
 
-def _minus_call(runs: dict, input_shape: tuple[int, ...]) -> float:
-    """Median ms of ``runs["layer"]`` minus that of ``runs["call"]`` (a pass-through), interleaved, at least 0."""
-    x = torch.rand(*input_shape)
-    times = alternating({k: (lambda run=run: run(x)) for k, run in runs.items()}, RUNS, block=3, warmup=2)
-    return max(0.0, times["layer"] - times["call"])
-
-
 class LatencyModel:
     """``predict(shapes, engine, original_ms)`` from the original's layer shapes and per-layer times (module
     docstring); every one-layer time measured is kept (``layer_ms``), so a shape is timed once per engine."""
@@ -184,12 +177,8 @@ class LatencyModel:
             precision = engines.get(engine).precision
             source = layer_module(shape) if engine.startswith("torch") else \
                 layer_graph(shape, "int8" if precision == "int8" else "fp32")
-            passthrough = nn.Identity() if engine.startswith("torch") else identity_graph(shape.input)
             timed_on = "torch" if engine == "torch-channels-last" and shape.kind == "linear" else engine  # 2-D input
-            float_engine = FLOAT_TWIN.get(timed_on, timed_on)  # an int8 engine runs no float graph: its twin does
-            runs = {"layer": engines.prepare(timed_on, source, shape.input, self.threads),
-                    "call": engines.prepare(float_engine, passthrough, shape.input, self.threads)}
-            self.cache[key] = _minus_call(runs, shape.input)
+            self.cache[key] = self._minus_call(timed_on, source, shape.input)
         return self.cache[key]
 
     def block_ms(self, path: str, block: nn.Module, engine: str) -> float:
@@ -197,13 +186,19 @@ class LatencyModel:
         convs), timed as one graph on ``engine`` at the layer's input shape, the engine's call cost taken off."""
         key = (path, engine, repr(block))
         if key not in self.blocks:
-            shape = self.shapes[path].input
-            float_engine = FLOAT_TWIN.get(engine, engine)
-            passthrough = nn.Identity() if float_engine.startswith("torch") else identity_graph(shape)
-            runs = {"layer": engines.prepare(engine, block.eval(), shape, self.threads),
-                    "call": engines.prepare(float_engine, passthrough, shape, self.threads)}
-            self.blocks[key] = _minus_call(runs, shape)
+            self.blocks[key] = self._minus_call(engine, block.eval(), self.shapes[path].input)
         return self.blocks[key]
+
+    def _minus_call(self, engine: str, source, input_shape: tuple[int, ...]) -> float:
+        """Median ms of ``source`` on ``engine`` minus that of a graph that only passes its input through on the
+        fp32 twin (the engine's cost per call), the two interleaved; at least 0."""
+        float_engine = FLOAT_TWIN.get(engine, engine)  # an int8 engine runs no float graph: its twin does
+        passthrough = nn.Identity() if float_engine.startswith("torch") else identity_graph(input_shape)
+        runs = {"layer": engines.prepare(engine, source, input_shape, self.threads),
+                "call": engines.prepare(float_engine, passthrough, input_shape, self.threads)}
+        x = torch.rand(*input_shape)
+        times = alternating({k: (lambda run=run: run(x)) for k, run in runs.items()}, RUNS, block=3, warmup=2)
+        return max(0.0, times["layer"] - times["call"])
 
     def race(self, candidate: nn.Module, names: list[str]) -> tuple[dict[str, float], dict[str, float]]:
         """Median ms of the deployed ``candidate`` on each engine of ``names`` that can run it, and of the

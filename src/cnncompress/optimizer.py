@@ -42,7 +42,7 @@ from . import engines, methods, storage
 from .errors import InputError
 from .latency_model import FLOAT_TWIN, LatencyModel, LayerShape, layer_shapes
 from .measure import accuracy
-from .sensitivity import Setting, apply_settings, stored_bytes
+from .sensitivity import DECOMPOSITION_KINDS, Setting, apply_settings, stored_bytes
 from .sensitivity import measure as measure_sensitivity
 
 STATES = 20_000  # the knapsack keeps at most this many partial solutions per layer
@@ -198,7 +198,7 @@ def measured_latency(latency: LatencyModel, deployed: nn.Module, shapes: dict | 
     """The deployed model's median ms at batch 1 on ``engine`` (default: the fastest engine of its precision),
     raced with the original, and the latency model's prediction for that engine made before it is corrected by
     this measurement (``latency_model``; None without ``shapes``). ``float_layers``: layers of ``shapes`` that
-    stay fp32 in an int8 graph; ``blocks``: layers deployed as a network of their own (``deployed_shapes``)."""
+    stay fp32 in an int8 graph; ``blocks``: layers deployed as a network of their own (``deployed_layers``)."""
     names = [engine] if engine else engines.names(engines.model_precision(deployed))
     measured, original = latency.race(deployed, names)
     if not measured:
@@ -275,8 +275,9 @@ def optimize(model: nn.Module, train_set, val_set, max_bytes: int | str, max_ms:
                          f"{min(c['measured']['bytes'] for c in report['candidates']):,} bytes; give a larger budget")
     candidate, entry = final
     latency = LatencyModel(model, shape)
-    shapes, float_layers, blocks = deployed_shapes(latency, candidate, settings)
-    entry.update(measured_latency(latency, methods.to_inference(candidate), shapes, engine, float_layers, blocks))
+    float_layers, blocks = deployed_layers(latency, candidate, settings)
+    entry.update(measured_latency(latency, methods.to_inference(candidate), latency.shapes, engine, float_layers,
+                                  blocks))
     ms = entry["latency_ms"]
     entry["latency_met"] = max_ms is None or ms <= max_ms
     report.update(chosen=entry, settings=entry["settings"])
@@ -304,19 +305,19 @@ def _build(model: nn.Module, settings: dict[str, Setting], seed: int, fp16_rest:
     return apply_settings(candidate, late, seed, fp16_rest, calibration=train_set)
 
 
-def deployed_shapes(latency: LatencyModel, candidate: nn.Module,
-                    settings: dict[str, Setting]) -> tuple[dict, frozenset, dict]:
-    """What the latency of a per-layer candidate is predicted from: every layer at its original shape (pruned,
-    shared, binary-weight and half-precision layers run as the same dense layer), the layers that stay fp32 when
-    some are int8, and ``{path: deployed network}`` for the layers a decomposition replaced (its factor convs,
-    timed together as one graph)."""
+def deployed_layers(latency: LatencyModel, candidate: nn.Module,
+                    settings: dict[str, Setting]) -> tuple[frozenset, dict]:
+    """What the latency of a per-layer candidate is predicted from, beside every layer at its original shape
+    (pruned, shared, binary-weight and half-precision layers run as the same dense layer): the layers that stay
+    fp32 when some are int8, and ``{path: deployed network}`` for the layers a decomposition replaced (its factor
+    convs, timed together as one graph)."""
     eight = {path for path, s in settings.items() if s.kind == "int8"}
     floats = frozenset(p for p in latency.shapes if eight and p not in eight)
-    decomposed = [path for path, s in settings.items() if s.kind in ("cp", "tucker")]
+    decomposed = [path for path, s in settings.items() if s.kind in DECOMPOSITION_KINDS]
     if not decomposed:
-        return dict(latency.shapes), floats, {}
+        return floats, {}
     source = candidate if eight else methods.to_inference(candidate)  # an int8 model deploys as one graph
-    return dict(latency.shapes), floats, {path: source.get_submodule(path) for path in decomposed}
+    return floats, {path: source.get_submodule(path) for path in decomposed}
 
 
 def _resumed(work, key: dict, build):

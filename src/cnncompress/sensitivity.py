@@ -59,6 +59,7 @@ BITS = (None, 8, 6, 5, 4, 3, 2)
 KINDS = ("share", "bwn", "fp16", "cp", "tucker", "int8", "bf16")
 DEFAULT_KINDS = KINDS[:5]  # int8 / bf16 change the deployment engine: asked for by name
 PRECISION_KINDS = ("int8", "bf16")
+DECOMPOSITION_KINDS = ("cp", "tucker")  # replace the layer by a network of convs
 DECOMPOSITION_RANKS = (0.5, 0.25)  # fractions of the full rank, for ``cp`` and ``tucker`` alike
 
 
@@ -93,7 +94,7 @@ class Setting:
     @property
     def dense(self) -> bool:
         """The deployed layer is the same dense fp32 layer (no latency saved on a dense engine)."""
-        return self.kind not in ("cp", "tucker", *PRECISION_KINDS)
+        return self.kind not in (*DECOMPOSITION_KINDS, *PRECISION_KINDS)
 
     def label(self) -> str:
         if self.kind == "bwn":
@@ -104,7 +105,7 @@ class Setting:
             return "int8 weights + activations"
         if self.kind == "bf16":
             return "bf16 weights"
-        if self.kind in ("cp", "tucker"):
+        if self.kind in DECOMPOSITION_KINDS:
             return f"{'CP' if self.kind == 'cp' else 'Tucker'} rank {self.rank:g} of full"
         parts = ([f"prune {100 * self.sparsity:.0f}%"] if self.sparsity else []) + \
                 ([f"{self.bits}-bit shared"] if self.bits else [])
@@ -118,7 +119,7 @@ def grid(kinds=DEFAULT_KINDS) -> list[Setting]:
     if unknown or not kinds:
         raise InputError(f"--kinds {' '.join(map(str, kinds))}: choose from {', '.join(KINDS)}")
     every = [Setting(s, b) for s in SPARSITIES for b in BITS] + [Setting(kind="bwn"), Setting(kind="fp16")] + \
-        [Setting(kind=kind, rank=r) for kind in ("cp", "tucker") for r in DECOMPOSITION_RANKS] + \
+        [Setting(kind=kind, rank=r) for kind in DECOMPOSITION_KINDS for r in DECOMPOSITION_RANKS] + \
         [Setting(kind=kind) for kind in PRECISION_KINDS]
     return [s for s in every if s.kind in kinds or s.unchanged]
 
@@ -131,7 +132,7 @@ def apply_settings(model: nn.Module, settings: dict[str, Setting], seed: int = 0
     batch norms, codebooks) in half precision. The other kinds are their methods applied to their layers only
     (``cp`` / ``tucker`` first: they replace the layer by a sequence of convs; ``int8`` last before the fp16
     rest, calibrated on ``calibration``: images, a dataset; required when a layer is int8)."""
-    for kind, rank in sorted({(s.kind, s.rank) for s in settings.values() if s.kind in ("cp", "tucker")}):
+    for kind, rank in sorted({(s.kind, s.rank) for s in settings.values() if s.kind in DECOMPOSITION_KINDS}):
         paths = sorted(p for p, s in settings.items() if s.kind == kind and s.rank == rank)
         extra = {"n_iter_max": 50, "seed": seed} if kind == "cp" else {}
         model = methods.apply(model, kind, layers=paths, rank=rank, **extra)
