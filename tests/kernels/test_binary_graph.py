@@ -84,3 +84,36 @@ def test_chain_checks_its_input_shape():
     chain = G.NativeChain([{"kind": "relu"}], (3, 4, 4))
     with pytest.raises(ValueError, match=r"laid out for \(3, 4, 4\)"):
         chain.run(torch.zeros(1, 3, 5, 4))
+
+
+@pytest.mark.parametrize("ops", [(), ("relu",), ("lrn",), ("maxpool",), ("relu", "lrn", "maxpool"),
+                                 ("relu", "maxpool")])
+@pytest.mark.parametrize("beta,pool", [(0.75, (3, 3, True)), (0.6, (3, 2, True)), (0.75, (2, 2, False))])
+def test_stem_epilogue_on_bf16_channels_last_equals_torch(threads, ops, beta, pool):
+    """ReLU / LRN / max-pool on a bf16 NHWC conv output, written float NCHW in one pass == the PyTorch layers."""
+    torch.manual_seed(len(ops))
+    y = (torch.randn(2, 19, 23, 17) * 3).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    kernel, stride, ceil = pool
+    specs, expected = [], y.float()
+    if "relu" in ops:
+        specs.append({"kind": "relu"})
+        expected = F.relu(expected)
+    if "lrn" in ops:
+        specs.append({"kind": "lrn", "size": 5, "alpha": 5e-3, "beta": beta, "k": 2.0})
+        expected = F.local_response_norm(expected, 5, alpha=5e-3, beta=beta, k=2.0)
+    if "maxpool" in ops:
+        specs.append({"kind": "maxpool", "kernel": kernel, "stride": stride, "ceil_mode": ceil})
+        expected = F.max_pool2d(expected, kernel, stride, ceil_mode=ceil)
+    epilogue = G.StemEpilogue(specs, tuple(y.shape[1:]))
+    out = epilogue.run(y)
+    assert out.is_contiguous() and out.dtype == torch.float32 and tuple(out.shape[1:]) == epilogue.out_shape
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_stem_epilogue_refuses_a_wrong_order_or_input():
+    with pytest.raises(ValueError, match="in that order"):
+        G.StemEpilogue([{"kind": "maxpool", "kernel": 2, "stride": 2, "ceil_mode": False}, {"kind": "relu"}],
+                       (4, 8, 8))
+    epilogue = G.StemEpilogue([{"kind": "relu"}], (4, 8, 8))
+    with pytest.raises(ValueError, match="bf16 channels_last"):
+        epilogue.run(torch.zeros(1, 4, 8, 8))  # float NCHW, not the bf16 channels_last a bf16 conv writes

@@ -6,6 +6,7 @@ import pickle
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cnncompress import methods, models, storage
@@ -108,8 +109,15 @@ def test_unsupported_layer_splits_the_block_and_big_float_convs_leave_the_native
         torch.set_num_threads(previous)
 
 
+def _with_stem(model, stem):
+    for module in model.modules():
+        if isinstance(module, BG.NativeSequential):
+            module.stem = stem
+    return model.eval()  # eval() drops the cached plans
+
+
 def _check_splits(monkeypatch, threads):
-    model = _xnor()
+    model = _with_stem(_xnor(), "fp32")
     model.features.relu3 = nn.Tanh()  # no native op: runs between two native chains
     x = torch.randn(2, 1, 48, 48)
     with torch.no_grad():
@@ -128,6 +136,42 @@ def _check_splits(monkeypatch, threads):
         conv = model.features.conv1
         with torch.no_grad():
             torch.testing.assert_close(first(x), conv(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_bf16_stem_takes_the_big_conv_with_its_relu_norm_and_pool(monkeypatch, threads):
+    """stem "bf16": conv1 (too big for the native tile) runs in bf16 with ReLU, LRN and pool in one native
+    epilogue; == the same bf16 conv followed by the PyTorch layers, and close to the fp32 model."""
+    monkeypatch.setattr(BG, "FLOAT_CONV_MACS", 1000)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        model = _with_stem(_xnor(), "bf16")
+        x = torch.randn(2, 1, 48, 48)
+        with torch.no_grad():
+            out = model(x)
+            steps = _steps(model.features)
+            assert [type(s).__name__ for s in steps] == ["Bf16Conv", "NativeChain"]
+            stem = steps[0]
+            assert [type(layer).__name__ for layer in stem.layers] == ["ReLU", "FastLocalResponseNorm",
+                                                                      "FastMaxPool2d"]
+            torch.testing.assert_close(stem(x), stem.reference(x), rtol=1e-5, atol=1e-6)
+            expected_stem = model.features.pool1(model.features.norm1(F.relu(model.features.conv1(x))))
+            torch.testing.assert_close(stem(x), expected_stem, rtol=0.02, atol=0.02)  # bf16 inputs and weights
+            torch.testing.assert_close(model.classifier(steps[1].run(stem.reference(x))), out, rtol=1e-4, atol=1e-5)
+            assert torch.get_num_threads() == threads  # the stem ran on one thread and gave the others back
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_stem_auto_is_bf16_exactly_where_the_cpu_has_amx(monkeypatch):
+    monkeypatch.setattr(BG.cpu, "has_amx", lambda: True)
+    assert BG.stem_precision("auto") == "bf16"
+    monkeypatch.setattr(BG.cpu, "has_amx", lambda: False)
+    assert BG.stem_precision("auto") == "fp32"
+    assert BG.stem_precision("bf16") == "bf16"
+    with pytest.raises(ValueError, match="stem 'fp16'"):
+        BG.to_inference(models.build("vgg_s", num_classes=10, in_channels=1, input_size=48, width=0.25), "fp16")
 
 
 def test_only_blocks_with_xnor_layers_become_native():
