@@ -12,10 +12,13 @@ shape and runs the runs of supported layers in one ctypes call each:
   (an affine op), ``ReLU``, LRN, unpadded max-pool, ``Flatten``; ``Dropout`` and ``Identity`` are dropped.
 
 Any other child splits the block: it runs as a PyTorch module between two native runs, except a float
-``Conv2d`` too large for the native stem when PyTorch has more than one thread: that one runs on onnxruntime with
+``Conv2d`` too large for the native stem. That one, where the block's ``stem`` precision is bf16 (``"auto"``: on a
+CPU with AMX bf16 tiles), runs in bf16 on oneDNN with the ReLU / LRN / max-pool after it in one native epilogue
+(``Bf16Conv``; XNOR VGG-S at 224, AMX host, one model per process: 8.3 ms at 1 thread, 5.9 ms at 2, against 10.2 ms
+and 6.6-8.8 ms with the fp32 stem). In fp32, when PyTorch has more than one thread, it runs on onnxruntime with
 its threads sleeping between calls (``QuietConv``), because oneDNN's OpenMP workers spin for milliseconds after each
-parallel region, on the cores the block's native threads need next (XNOR VGG-S at 224, 2 threads, one model per
-process: 10.0-13.7 ms with it, 14.9-16.9 ms with conv1 on oneDNN). The reference of a native
+parallel region, on the cores the block's native threads need next (AMD host, 2 threads: 10.0-13.7 ms with it,
+14.9-16.9 ms with conv1 on oneDNN); at one thread PyTorch's oneDNN runs it. The reference of a native
 run is the same children called one by one (``nn.Sequential.forward``, also the path in training, with gradients,
 under ``torch.onnx`` export or tracing, and without a C compiler); the tests compare the two. A block's lowering is
 cached per input shape and redone when any of its tensors is written in place (``Tensor._version``: an optimizer
