@@ -179,3 +179,10 @@ def test_only_blocks_with_xnor_layers_become_native():
     bwn = methods.to_inference(methods.apply(models.build("vgg_s", num_classes=10, in_channels=1, input_size=48,
                                                           width=0.25), "bwn"))
     assert type(bwn.features) is nn.Sequential
+
+
+def test_results_environment_records_the_stem_that_runs(monkeypatch):
+    from cnncompress.experiments.environment import environment
+    for amx, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(BG.cpu, "has_amx", lambda amx=amx: amx)
+        assert environment()["xnor_float_stem"] == expected

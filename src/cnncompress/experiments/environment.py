@@ -11,7 +11,8 @@ import torch
 
 def environment() -> dict:
     """What the numbers were measured on: device, threads, library versions, git commit, which XNOR kernel
-    ran (``bitpack.kernel_path``: AVX-512 VPOPCNTDQ, scalar popcount or numpy), which HashedNets expand kernel
+    ran (``bitpack.kernel_path``: AVX-512 VPOPCNTDQ, scalar popcount or numpy) and the precision of its large float
+    stem convs (``binarize_graph.stem_precision``: bf16 on AMX, else fp32), which HashedNets expand kernel
     (``hashed.kernel_path``: C or torch), torch's CPU capability, and the
     engines' facts (``engines.engine_environment``: ISA flags, AMX, bf16, OpenVINO version and precisions)."""
     import onnxruntime
@@ -27,8 +28,10 @@ def environment() -> dict:
         pass
     from ..engines import engine_environment
     from ..kernels import bitpack, hashed
+    from ..methods.binarize_graph import stem_precision
     return {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "python": platform.python_version(),
             "cpu": cpu, "cores": os.cpu_count(), "git_commit": commit, "node": platform.node(),
-            "xnor_kernel": bitpack.kernel_path(), "hashed_kernel": hashed.kernel_path(),
+            "xnor_kernel": bitpack.kernel_path(), "xnor_float_stem": stem_precision("auto"),
+            "hashed_kernel": hashed.kernel_path(),
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "engines": engine_environment()}
