@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from cnncompress import models, storage
-from cnncompress.batchnorm_folding import fold_batch_norms, folded_conv, pairs
+from cnncompress import methods
+from cnncompress.batchnorm_folding import ChannelAffine, fold_batch_norms, folded_conv, norms_to_affine, pairs
 
 
 def _spread(model: nn.Module) -> nn.Module:
@@ -65,3 +66,27 @@ def test_a_conv_output_read_twice_or_a_norm_after_a_pool_is_left_alone():
     assert done == [] and isinstance(folded.bn1, nn.BatchNorm2d)  # the probe showed the fold changes the output
     with torch.no_grad():
         torch.testing.assert_close(folded(x), model(x))
+
+
+def test_norms_as_affine_keep_the_function_and_the_conv_weights_and_halve_the_norm_bytes(tmp_path):
+    """Every BatchNorm2d becomes the ChannelAffine it computes in eval mode; k-means indices of the convs are
+    untouched (unlike folding, which scales each filter); the file loses the norms' statistics and reloads."""
+    torch.manual_seed(0)
+    model = methods.apply(_spread(models.build("mini_xception", 7, 1, 64)), "kmeans", conv_bits=4)
+    x = torch.randn(4, 1, 64, 64)
+    with torch.no_grad():
+        expected = model.eval()(x)
+    indices = {k: v.clone() for k, v in model.state_dict().items() if k.endswith("indices")}
+    before = storage.save(model, tmp_path / "a.ccz").stat().st_size
+    norms = [p for p, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    model, done = norms_to_affine(model)
+    assert done == norms and not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert all(isinstance(model.get_submodule(p), ChannelAffine) for p in done)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in indices.items())
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+    loaded = storage.load(storage.save(model, tmp_path / "b.ccz"))
+    channels = sum(model.get_submodule(p).weight.numel() for p in done)
+    assert before - (tmp_path / "b.ccz").stat().st_size >= 2 * 4 * channels  # two fp32 tensors per channel fewer
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(x), expected, rtol=1e-5, atol=1e-5)

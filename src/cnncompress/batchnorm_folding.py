@@ -9,6 +9,11 @@ For a conv ``y = W * x + b`` followed by ``BN(y) = gamma (y - mu) / sqrt(var + e
 which conv is read off one forward pass, not guessed from names: a pair is folded only when the BatchNorm's input
 is the very tensor the conv returned, both run once, and the model's output on a probe input is unchanged after
 the fold (to ``RTOL`` of its scale); any other pair is left as it is. The BatchNorm becomes ``nn.Identity``.
+
+Where the conv's weights must stay as they are (k-means shares one codebook across a layer's filters, and scaling
+each filter by ``s`` would break the sharing), ``norms_to_affine`` keeps the BatchNorm as a per-channel
+``ChannelAffine`` instead: ``y = s x + (beta - mu s)``, two tensors per channel in the file instead of four (plus
+``num_batches_tracked``), the same function in inference.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import torch
 from torch import nn
 
 from . import surgery
+from .layers import register_layer
 
 RTOL = 1e-4
 
@@ -96,4 +102,37 @@ def fold_batch_norms(model: nn.Module, probe: torch.Tensor) -> tuple[nn.Module, 
             done.append((conv_path, norm_path))
         else:  # the conv's output had another reader: undo
             model = surgery.replace(surgery.replace(model, conv_path, conv), norm_path, norm)
+    return model, done
+
+
+@register_layer
+class ChannelAffine(nn.Module):
+    """``y[:, c] = weight[c] * x[:, c] + bias[c]``: an inference-mode ``BatchNorm2d`` with its statistics folded
+    into its affine parameters (``norm_affine``). Trainable like a BatchNorm with frozen statistics."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.build_config = {"num_features": num_features}
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return x * self.weight.reshape(shape) + self.bias.reshape(shape)
+
+
+@torch.no_grad()
+def norms_to_affine(model: nn.Module) -> tuple[nn.Module, list[str]]:
+    """``model`` (in place, eval mode) with every ``BatchNorm2d`` that tracks running statistics replaced by the
+    ``ChannelAffine`` computing the same eval-mode function; returns ``(model, [BatchNorm paths replaced])``."""
+    model.eval()
+    done = []
+    for path, module in list(model.named_modules()):
+        if type(module) is nn.BatchNorm2d and module.track_running_stats and module.running_var is not None:
+            scale, shift = norm_affine(module)
+            affine = ChannelAffine(module.num_features)
+            affine.weight.copy_(scale)
+            affine.bias.copy_(shift)
+            model = surgery.replace(model, path, affine.to(module.running_var.dtype))
+            done.append(path)
     return model, done

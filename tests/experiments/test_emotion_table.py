@@ -83,3 +83,29 @@ def test_optimize_row_meets_its_budget_in_the_real_file(tmp_path):
     assert result["bytes"] <= original["bytes"] / 4 and result["size_ratio"] >= 4
     assert result["recovered"].startswith("distilled") and 0 <= result["agreement_heldout_aug"]["agreement"] <= 100
     assert (tmp_path / "optimize-1-4-s0" / "sensitivity.json").is_file()  # the per-layer table, cached for a re-run
+
+
+def test_norms_as_affine_row_is_measured_on_the_file_it_writes(tmp_path):
+    """``norms-as-affine`` runs after recovery: the file holds ChannelAffine layers, no BatchNorm, and the copy
+    loaded from it agrees with the original exactly as the row says (fp16 rounding applied before measuring)."""
+    import torch
+    from torch import nn
+
+    from cnncompress import methods, storage
+    from cnncompress.batchnorm_folding import ChannelAffine
+    row = ("k-means 4-bit, norms as affine, fp16 rest", [("kmeans", {"conv_bits": 4}), ("fp16", {}),
+                                                         ("norms-as-affine", {})], True)
+    plain = ("k-means 4-bit, fp16 rest", row[1][:2], True)
+    original, affine, kmeans = emotion_table.run(tmp_path, rows=(row, plain), progress=False, **FAST)
+    assert affine["bytes"] < kmeans["bytes"]
+    loaded = methods.to_inference(storage.load(tmp_path / f"{emotion_table.slug(row[0])}-s0" / "model.ccz")).eval()
+    assert any(isinstance(m, ChannelAffine) for m in loaded.modules())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in loaded.modules())
+    from cnncompress.distill import augment_copies
+    from cnncompress.loading import load_model
+    teacher = load_model("fer-minixception").eval()
+    images = augment_copies(emotion_table.faces("lfw-faces", teacher)["heldout"].images, FAST["heldout_copies"],
+                            seed=10_000)
+    with torch.inference_mode():
+        same = (loaded(images).argmax(1) == teacher(images).argmax(1)).float()
+    assert 100 * same.mean().item() == pytest.approx(affine["agreement_heldout_aug"]["agreement"])

@@ -88,10 +88,13 @@ def register(info: MethodInfo, apply_fn: Callable[..., nn.Module],
 
 
 def load_builtin() -> None:
-    """Import every module of ``cnncompress.methods`` so that each registers its methods (and layers, codecs)."""
+    """Import every module of ``cnncompress.methods`` so that each registers its methods (and layers, codecs), and
+    ``batchnorm_folding`` (its ``ChannelAffine`` layer is in files too)."""
     import importlib
     import pkgutil
     from pathlib import Path
+
+    importlib.import_module("cnncompress.batchnorm_folding")
 
     for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
         if module.name != "registry":
