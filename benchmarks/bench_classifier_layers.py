@@ -74,8 +74,10 @@ def main(argv=None) -> int:
     for name, net in (("original", model), ("int8", int8)):
         classifier = Classifier(net)
         one = [np.asarray(crops[0])]
-        print(f"Classifier({name}) on {classifier.engine}: one face {_median_ms(lambda: classifier(one), args.runs):.3f}"
-              f" ms (crop preparation {_median_ms(lambda: classifier.prepare(one), args.runs):.3f} ms)")
+        call_ms = _median_ms(lambda: classifier(one), args.runs)
+        prepare_ms = _median_ms(lambda: classifier.prepare(one), args.runs)
+        print(f"Classifier({name}) on {classifier.engine}: one face {call_ms:.3f} ms (crop preparation "
+              f"{prepare_ms:.3f} ms)")
     return 0
 
 

@@ -2,7 +2,7 @@
 import pytest
 
 from cnncompress.errors import InputError
-from cnncompress.experiments import emotion_table
+from cnncompress.experiments import emotion_report, emotion_table
 
 ROWS = (("fp16", [("fp16", {})], False),
         ("HashedNets 1/8", [("hashed", {"compression": 0.125})], True),
@@ -25,7 +25,7 @@ def test_rows_are_measured_and_reused(tmp_path, monkeypatch):
     assert fp16["agreement_heldout_aug"]["agreement"] >= 95  # fp16 barely changes the outputs
     assert hashed["recovered"].startswith("distilled") and hashed["history"]  # distilled from the original
     assert "grouped/depthwise" in tucker["not_applicable"]  # said, not silently dropped
-    table = emotion_table.table(rows)
+    table = emotion_report.table(rows)
     assert "does not fit" in table and "HashedNets 1/8" in table
     monkeypatch.setattr(emotion_table, "run_row", lambda *a, **k: pytest.fail("a finished row was recomputed"))
     again = emotion_table.run(tmp_path, rows=ROWS, progress=False, **FAST)
@@ -41,8 +41,8 @@ def test_best_small_needs_both_agreements_and_the_size():
         return {"label": f"{ratio}", "size_ratio": ratio, "agreement_heldout": {"agreement": faces},
                 "agreement_heldout_aug": {"agreement": augmented}}
     rows = [{"label": "original"}, row(9, 95, 89), row(7, 99, 99), row(8.5, 91, 92), {"not_applicable": "x"}]
-    assert emotion_table.best_small(rows)["label"] == "8.5"
-    assert emotion_table.best_small(rows[:3]) is None
+    assert emotion_report.best_small(rows)["label"] == "8.5"
+    assert emotion_report.best_small(rows[:3]) is None
 
 
 def test_faces_folder_without_a_decodable_image_is_one_line(tmp_path):
@@ -109,3 +109,29 @@ def test_norms_as_affine_row_is_measured_on_the_file_it_writes(tmp_path):
     with torch.inference_mode():
         same = (loaded(images).argmax(1) == teacher(images).argmax(1)).float()
     assert 100 * same.mean().item() == pytest.approx(affine["agreement_heldout_aug"]["agreement"])
+
+
+def test_claim_pools_the_seeds_and_says_within_noise_when_only_an_interval_reaches_the_bar():
+    import numpy as np
+
+    def row(seed, faces_right, aug_right, ratio=8.2):
+        vector = [1] * faces_right + [0] * (25 - faces_right) + [1] * aug_right + [0] * (75 - aug_right)
+        return {"label": "mixed", "seed": seed, "bytes": 28_900, "size_ratio": ratio, "agree_vector": vector}
+    rows = [{"label": "original"}, row(0, 24, 67), row(1, 23, 65), row(2, 23, 66)]
+    pooled = emotion_report.claim(rows, "mixed", faces=25)
+    assert pooled["seeds"] == 3 and pooled["faces"]["per_seed"] == [96.0, 92.0, 92.0]
+    assert pooled["faces"]["agreement"] == pytest.approx(np.mean([96, 92, 92]))
+    assert pooled["faces_aug"]["agreement"] == pytest.approx(np.mean([91, 88, 89]))
+    assert pooled["faces_aug"]["low"] < 90 <= pooled["faces_aug"]["high"]
+    assert pooled["verdict"] == "within noise"  # faces >= 90, augmented mean 89.3 with an interval reaching 90
+    assert emotion_report.claim([rows[0], row(0, 25, 75), row(1, 25, 75)], "mixed", 25)["verdict"] is True
+    assert emotion_report.claim([rows[0], row(0, 25, 75, ratio=7.9)], "mixed", 25)["verdict"] is False
+    assert emotion_report.claim(rows, "other", 25) == {"seeds": 0}
+
+
+def test_a_row_meeting_the_aim_is_run_again_at_the_confirmation_seeds(tmp_path, monkeypatch):
+    monkeypatch.setattr(emotion_table, "meets", lambda row: row["label"] == "fp16")
+    rows = emotion_table.run(tmp_path, rows=ROWS[:1], progress=False, **{**FAST, "confirm_seeds": [1]})
+    assert [(r["label"], r["seed"]) for r in rows[1:]] == [("fp16", 0), ("fp16", 1)]
+    assert (tmp_path / "fp16-s1" / "row.json").is_file() and len(rows[2]["agree_vector"]) == rows[0]["n_heldout_aug"]
+    assert "fp16 (seed 1)" in emotion_report.table(rows)

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from .emotion_report import meets
 
 LARGEST_CONVS = ["features.block4.sep2.pointwise", "features.block4.shortcut",  # 32,768 of the 55,472 conv
                  "features.block4.sep1.pointwise"]                            # weights (59 %)
@@ -57,11 +58,6 @@ ROWS = (  # label, [(method, config)], recover by distillation; "norms-as-affine
     ("k-means 4-bit + Huffman, fp16 rest", [("kmeans", {"conv_bits": 4, "coding": "huffman"}), ("fp16", {})], True),
     ("optimize 1/8: pruning + k-means bits per layer by sensitivity, fp16 rest",
      [("optimize", {"max_bytes": "1/8", "fp16_rest": True})], True),
-    ("BatchNorms folded, k-means 4-bit + Huffman, fp16 rest", [("fold-bn", {}), ("kmeans", {"conv_bits": 4,
-                                                                                    "coding": "huffman"}),
-                                                               ("fp16", {})], True),
-    ("optimize 1/8 with BatchNorms folded, fp16 rest",
-     [("optimize", {"max_bytes": "1/8", "fp16_rest": True, "fold_norms": True})], True),
     ("k-means 4-bit + Huffman, BatchNorms as affine, fp16 rest", [("kmeans", {"conv_bits": 4, "coding": "huffman"}),
                                                                  ("fp16", {}), ("norms-as-affine", {})], True),
     ("k-means 3-bit on the three largest convs, 4-bit elsewhere + Huffman, BatchNorms as affine, fp16 rest",
@@ -71,13 +67,14 @@ ROWS = (  # label, [(method, config)], recover by distillation; "norms-as-affine
     ("L1 filter pruning -50 % FLOPs", [("prune-l1", {"flops": 0.5})], True),
 )
 FULL = {"copies": 16, "epochs": 12, "heldout_copies": 4, "lr": 0.001, "batch_size": 32, "temperature": 1.0,
-        "freeze_norm": True, "seeds": [0], "transfer": 2000, "sparsities": [0.0, 0.5, 0.75],
+        "freeze_norm": True, "seeds": [0], "confirm_seeds": [1, 2], "transfer": 2000, "select_transfer": 256, "sparsities": [0.0, 0.5, 0.75],
         "bits": [None, 6, 5, 4, 3, 2]}
 QUICK = {**FULL, "copies": 4, "epochs": 3, "transfer": 200, "sparsities": [0.0], "bits": [None, 4, 3, 2]}
-FULL_ONLY = ("BatchNorms folded, k-means 4-bit + Huffman, fp16 rest",  # extra experiments, not papers' findings:
-             "optimize 1/8 with BatchNorms folded, fp16 rest",      # left out of --quick (its 20-minute budget)
-             "k-means 4-bit + Huffman, BatchNorms as affine, fp16 rest",
+FULL_ONLY = ("k-means 4-bit + Huffman, BatchNorms as affine, fp16 rest",  # extra experiments, not papers' findings:
              "k-means 3-bit on the three largest convs, 4-bit elsewhere + Huffman, BatchNorms as affine, fp16 rest")
+# left out of --quick (its 20-minute budget). Folding the BatchNorms into the convs before k-means (rows of the
+# 2026-12-02 run, docs/results/table-emotion/earlier-run) cost agreement (94 -> 85 %): the "fold-bn" step stays
+# available to a pipeline ([("fold-bn", {}), ...], optimize's fold_norms) but is not a row.
 SCORING_TRANSFER = 256  # natural crops (another seed than the distillation's) beside the val faces, for optimize
 
 
@@ -128,10 +125,13 @@ def faces(spec: str, teacher) -> dict:
     return {"train": train, "val": val, "heldout": heldout, "format": fmt}
 
 
-def _transfer_inputs(fmt: dict, count: int, seed: int) -> torch.Tensor:
-    """``data.transfer.transfer_images`` decoded as the teacher's input (size, channels, normalisation)."""
-    from ..data.transfer import transfer_images
-    raw = torch.from_numpy(transfer_images(fmt["input_size"], count, seed)).float()[:, None] / 255.0
+def _transfer_inputs(fmt: dict, count: int, seed: int, nonfaces: bool = True) -> torch.Tensor:
+    """``data.transfer.transfer_images`` (LFW's non-faces, then ``count`` natural crops; only the crops without
+    ``nonfaces``) decoded as the teacher's input (size, channels, normalisation)."""
+    from ..data.transfer import natural_crops, transfer_images
+    pixels = transfer_images(fmt["input_size"], count, seed) if nonfaces else natural_crops(fmt["input_size"], count,
+                                                                                              seed)
+    raw = torch.from_numpy(pixels).float()[:, None] / 255.0
     return ((raw - fmt["mean"]) / fmt["std"]).repeat(1, fmt["channels"], 1, 1)
 
 
@@ -146,6 +146,20 @@ def transfer_set(data: dict, settings: dict, seed: int = 0):
                         _transfer_inputs(data["format"], settings["transfer"], seed)])
     return ImageDataset(images, torch.full((len(images),), -1, dtype=torch.int64), train.classes, "faces+transfer",
                         train.mean, train.std, "train")
+
+
+def selection_set(data: dict, settings: dict, seed: int = 0):
+    """The images that choose a copy's epoch and whether its recovery is kept: the val faces plus
+    ``settings["select_transfer"]`` natural crops (another draw than the distillation's; not LFW's non-faces, which
+    it trains on), each with
+    ``heldout_copies - 1`` augmented copies in ``distill``. 8 val faces alone (32 images) chose epochs by 3-point
+    steps of agreement: the same row ended at 83-91 % held-out agreement over three seeds."""
+    from ..data.datasets import ImageDataset
+    val = data["val"]
+    crops = _transfer_inputs(data["format"], settings["select_transfer"], 10_000 + seed, nonfaces=False)
+    images = torch.cat([val.images, crops])
+    return ImageDataset(images, torch.full((len(images),), -1, dtype=torch.int64), val.classes, "val+transfer",
+                        val.mean, val.std, "val")
 
 
 def _optimized(model, config: dict, teacher, data: dict, settings: dict, seed: int, folder: Path):
@@ -220,7 +234,8 @@ def run_row(label: str, pipeline: list, recover: bool, teacher, data: dict, sett
     before = _agreement_vector(methods.to_inference(copy.deepcopy(model)), images, out)
     history, kept = None, "no (post-training)"
     if recover:
-        val_images = augment_copies(data["val"].images, settings["heldout_copies"], seed=20_000 + seed)
+        select = selection_set(data, settings, seed)
+        val_images = augment_copies(select.images, settings["heldout_copies"], seed=20_000 + seed)
         with torch.inference_mode():
             val_out = teacher(val_images)
         val_before = _agreement_vector(methods.to_inference(copy.deepcopy(model)), val_images, val_out).mean()
@@ -230,7 +245,7 @@ def run_row(label: str, pipeline: list, recover: bool, teacher, data: dict, sett
         distil_on = transfer_set(data, settings, seed)
         recalibrate_batch_norm(model, distil_on.images)
         result = distill(teacher, model, distil_on, targets="softmax", copies=1,
-                         val=data["val"], heldout_copies=settings["heldout_copies"], epochs=settings["epochs"],
+                         val=select, heldout_copies=settings["heldout_copies"], epochs=settings["epochs"],
                          lr=settings["lr"], batch_size=settings["batch_size"], optimizer="adamw", seed=seed,
                          temperature=settings["temperature"], freeze_norm=settings["freeze_norm"],
                          cache_dir=folder / "teacher-cache")
@@ -250,6 +265,7 @@ def run_row(label: str, pipeline: list, recover: bool, teacher, data: dict, sett
         astronaut = int(deployed(reference["astronaut"]).argmax(1))
     return {"label": label, "pipeline": pipeline, "recovered": kept, "seed": seed,
             "agreement_heldout": _interval(faces_only), "agreement_heldout_aug": _interval(agree),
+            "agree_vector": [int(v) for v in agree],  # per held-out image (faces first), for claims over seeds
             "agreement_before": float(before.mean() * 100), "bytes": path.stat().st_size,
             "size_ratio": reference["bytes"] / path.stat().st_size,
             "latency": _latency(deployed, reference["shape"]), "astronaut": astronaut,
@@ -294,22 +310,33 @@ def run(out: str | Path, faces_spec: str = "lfw-faces", quick: bool = False, pro
     chosen = rows or tuple(row for row in ROWS if not (quick and row[0] in FULL_ONLY))
     for label, pipeline, recover in chosen:
         for seed in settings["seeds"]:
-            folder = folders[(label, seed)] = out / f"{slug(label)}-s{seed}"
-            done = folder / "row.json"
-            if done.is_file():  # same settings (checked above): reuse
-                results.append(json.loads(done.read_text()))
-                continue
-            folder.mkdir(parents=True, exist_ok=True)
-            row = {**run_row(label, pipeline, recover, teacher, data, settings, seed, folder, reference),
-                   "settings": settings}
-            done.write_text(json.dumps(row, indent=1, default=str))
-            results.append(row)
-            if progress:
-                print(f"table-emotion: {describe(row)}", flush=True)
+            results.append(_row(out, folders, label, pipeline, recover, seed, teacher, data, settings, reference,
+                                progress))
+    for row in [r for r in results[1:] if r.get("seed") == settings["seeds"][0] and meets(r)]:
+        label, pipeline, recover = next(c for c in chosen if c[0] == row["label"])
+        for seed in [s for s in settings.get("confirm_seeds", []) if s not in settings["seeds"]]:
+            results.append(_row(out, folders, label, pipeline, recover, seed, teacher, data, settings, reference,
+                                progress))
     results = retime(results, folders, teacher, shape)
     raced = {r["label"]: r["latency"] for r in results if "latency" in r}  # rows that do not fit have none
     (out / "latency-race.json").write_text(json.dumps(raced, indent=1))
     return results
+
+
+def _row(out: Path, folders: dict, label: str, pipeline: list, recover: bool, seed: int, teacher, data: dict,
+         settings: dict, reference: dict, progress: bool) -> dict:
+    """One row at one seed: reused from ``out`` when finished (same settings, checked by ``run``), else run and
+    written to ``<out>/<slug>-s<seed>/row.json``."""
+    folder = folders[(label, seed)] = out / f"{slug(label)}-s{seed}"
+    done = folder / "row.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    row = {**run_row(label, pipeline, recover, teacher, data, settings, seed, folder, reference), "settings": settings}
+    done.write_text(json.dumps(row, indent=1, default=str))
+    if progress:
+        print(f"table-emotion: {describe(row)} (seed {seed})", flush=True)
+    return row
 
 
 def retime(results: list[dict], folders: dict, teacher, shape: tuple[int, ...]) -> list[dict]:
@@ -355,47 +382,3 @@ def describe(row: dict) -> str:
     ms = "—" if lat.get("ms") is None else f"{lat['ms']:.3f} ms on {lat['engine']}"
     return (f"{row['label']}: agreement {a['agreement']:.1f}% [{a['low']:.1f}, {a['high']:.1f}], "
             f"{row['bytes']:,} bytes ({row['size_ratio']:.2f}x smaller), {ms}")
-
-
-def table(rows: list[dict]) -> str:
-    original = rows[0]
-    classes = original.get("classes") or []
-
-    def name(index):
-        return classes[index] if isinstance(index, int) and 0 <= index < len(classes) else str(index)
-    base_ms = original["latency"].get("ms")
-    lines = [f"Original: `fer-minixception`, {original['bytes']:,} bytes, "
-             f"{'—' if base_ms is None else f'{base_ms:.3f} ms'} on {original['latency'].get('engine')} (batch 1, 1 "
-             f"thread; every row's latency timed in one interleaved race with it), astronaut = {name(original['astronaut'])}. Faces: {original['settings']['faces']} "
-             f"({original['n_train']} train x {original['settings']['copies']} copies"
-             f" + {original['settings'].get('transfer', 0) + 100} non-face images to distil on, {original['n_val']} val, "
-             f"{original['n_heldout']} held out; {original['n_heldout_aug']} held-out images with augmented copies). "
-             f"A model that always answers one class agrees on up to {original['constant_agreement']:.0f}% of the "
-             f"held-out images (the original calls most of these faces the same emotion): read agreement against "
-             f"that floor.",
-             "",
-             "| method | recovered | agreement held-out faces % [95% CI] | + augmented copies % [95% CI] | before "
-             "recovery % | `.ccz` bytes | × smaller | latency ms (engine) | × faster | astronaut |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for row in rows[1:]:
-        if "not_applicable" in row:
-            lines.append(f"| {row['label']} | — | does not fit: {row['not_applicable']} | | | | | | | |")
-            continue
-        a, b, lat = row["agreement_heldout"], row["agreement_heldout_aug"], row["latency"]
-        ms = lat.get("ms")
-        speed = "—" if ms is None or base_ms is None else f"{base_ms / ms:.2f}×"
-        lines.append(f"| {row['label']} | {row['recovered']} | "
-                     f"{a['agreement']:.1f} [{a['low']:.1f}, {a['high']:.1f}] | {b['agreement']:.1f} "
-                     f"[{b['low']:.1f}, {b['high']:.1f}] | {row['agreement_before']:.1f} | {row['bytes']:,} | "
-                     f"{row['size_ratio']:.2f}× | {'—' if ms is None else f'{ms:.3f}'} ({lat.get('engine')}) | "
-                     f"{speed} | {name(row['astronaut'])}{'' if row['astronaut_same'] else ' (differs)'} |")
-    return "\n".join(lines) + "\n"
-
-
-def best_small(rows: list[dict], min_ratio: float = 8.0, min_agreement: float = 90.0) -> dict | None:
-    """The most agreeing row at least ``min_ratio``x smaller whose agreement on the held-out faces and on their
-    augmented copies are both >= ``min_agreement`` (the issue's bar), or None."""
-    fit = [r for r in rows[1:] if "not_applicable" not in r and r["size_ratio"] >= min_ratio
-           and r["agreement_heldout"]["agreement"] >= min_agreement
-           and r["agreement_heldout_aug"]["agreement"] >= min_agreement]
-    return max(fit, key=lambda r: r["agreement_heldout_aug"]["agreement"], default=None)

@@ -272,29 +272,47 @@ def run_cascade(out: Path, recipe_path: Path | None, quick: bool) -> list[str]:
 
 
 def run_emotion(out: Path, faces: str, quick: bool) -> list[str]:
-    from . import emotion_table
+    from . import emotion_report, emotion_table
     rows = emotion_table.run(out / "table-emotion", faces, quick=quick)
-    small = emotion_table.best_small(rows)
     lines = ["## Table emotion: the real emotion CNN compressed without labels", "",
              "Each method is applied to the pretrained `fer-minixception`; the compressed copy re-estimates its "
              "batch-norm statistics on the unlabelled faces and a transfer set of non-face images, and is distilled "
              "from the original on them (softmax targets, as in Rassadin & Savchenko §4). Agreement is top-1 "
-             "agreement with the original on held-out faces (95 % bootstrap interval over the images).", "",
-             emotion_table.table(rows), "| finding | paper | ours | verdict |", "|---|---|---|---|"]
+             "agreement with the original on held-out faces (95 % bootstrap interval over the images). A row that "
+             "meets the 8x / 90 % aim at the table's seed is run again at the confirmation seeds (its extra rows "
+             "below), and the finding pools every seed.", "",
+             emotion_report.table(rows), "| finding | paper | ours | verdict |", "|---|---|---|---|"]
+    lines.append(_emotion_finding(rows, emotion_report))
+    return lines + [""]
+
+
+def _emotion_finding(rows: list[dict], emotion_report) -> str:
+    """The 8x / 90 % finding: pooled over seeds for a row that met it at the table's seed (``emotion_report.claim``),
+    else the closest >= 8x row at its one seed (within noise when its intervals reach 90 %)."""
+    first_seed = rows[0]["settings"]["seeds"][0]
+    small = emotion_report.best_small([r for r in rows if r is rows[0] or r.get("seed", first_seed) == first_seed])
+    aim = ("A copy >= 8x smaller still agrees with the original on >= 90 % of held-out faces (and their augmented "
+           "copies)", "(the papers' aim: a small, fast emotion CNN)")
+    if small is not None:
+        pooled = emotion_report.claim(rows, small["label"], rows[0]["n_heldout"])
+        if pooled.get("seeds", 0) > 1:
+            a, b = pooled["faces"], pooled["faces_aug"]
+            per_seed = ", ".join(f"{x:.0f}/{y:.0f}" for x, y in zip(a["per_seed"], b["per_seed"]))
+            ours = (f"{small['label']}: {pooled['size_ratio']:.2f}x smaller; over {pooled['seeds']} seeds "
+                    f"{a['agreement']:.1f}% [{a['low']:.1f}, {a['high']:.1f}] on the faces, {b['agreement']:.1f}% "
+                    f"[{b['low']:.1f}, {b['high']:.1f}] with their augmented copies (per seed {per_seed})")
+            held = NOISE if pooled["verdict"] == "within noise" else pooled["verdict"]
+            return Finding(*aim, ours, held).line()
     small_enough = [r for r in rows[1:] if "not_applicable" not in r and r["size_ratio"] >= 8]
     closest = small or max(small_enough, key=lambda r: r["agreement_heldout_aug"]["agreement"], default=None)
     if closest is None:
-        ours, held = "no copy is >= 8x smaller", False
-    else:
-        a, b = closest["agreement_heldout"], closest["agreement_heldout_aug"]
-        ours = (f"{'' if small else 'closest: '}{closest['label']}: {closest['size_ratio']:.2f}x smaller, "
-                f"{a['agreement']:.1f}% [{a['low']:.1f}, {a['high']:.1f}] on the faces, {b['agreement']:.1f}% "
-                f"[{b['low']:.1f}, {b['high']:.1f}] with their augmented copies")
-        held = True if small else (NOISE if min(a["high"], b["high"]) >= 90 else False)
-    lines.append(Finding("A copy >= 8x smaller still agrees with the original on >= 90 % of held-out faces "
-                         "(and their augmented copies)", "(the papers' aim: a small, fast emotion CNN)", ours,
-                         held).line())
-    return lines + [""]
+        return Finding(*aim, "no copy is >= 8x smaller", False).line()
+    a, b = closest["agreement_heldout"], closest["agreement_heldout_aug"]
+    ours = (f"{'' if small else 'closest: '}{closest['label']}: {closest['size_ratio']:.2f}x smaller, "
+            f"{a['agreement']:.1f}% [{a['low']:.1f}, {a['high']:.1f}] on the faces, {b['agreement']:.1f}% "
+            f"[{b['low']:.1f}, {b['high']:.1f}] with their augmented copies (one seed)")
+    held = True if small else (NOISE if min(a["high"], b["high"]) >= 90 else False)
+    return Finding(*aim, ours, held).line()
 
 
 def write_report(what: list[str], out: str | Path, table2_recipe: str | Path, table3_recipe: str | Path,

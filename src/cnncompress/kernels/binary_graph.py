@@ -16,6 +16,9 @@ out once per input shape and reused.
     {"kind": "relu"}   {"kind": "lrn", "size", "alpha", "beta", "k"}   {"kind": "maxpool", "kernel", "stride",
     "ceil_mode"}   {"kind": "flatten"} (no op: the next op reads the same memory as one vector)
 
+``StemEpilogue`` is the other entry point: the ReLU / LRN / max-pool after a float conv that ran in bf16 on oneDNN
+(``methods/binarize_graph.py`` ``Bf16Conv``), on its bf16 channels_last output, in one pass.
+
 Formulas per op are in the C file's header; the pure reference of a chain is its layers run one by one as
 PyTorch modules (the tests compare the two). Threads: ops of at least ``MIN_WORK`` multiply-adds (or word pairs)
 are split over ``torch.get_num_threads()`` POSIX threads; smaller ones run on the calling thread.
@@ -48,8 +51,9 @@ class Op(ctypes.Structure):
 def native() -> ctypes.CDLL | None:
     """``bitpack.c`` + ``binary_graph.c`` in one library, or None (one warning) when it cannot be built."""
     _P, _I, _L = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
-    lib = _native.load("binary_graph", {**_BITPACK_ARGTYPES, "run_chain": [_P, _I, _P, _I, _L, _P, _L, _I, _L],
-                                        "stem_epilogue": [_P, _P, _L, _P, _I, _L], "op_size": []}, parts=("bitpack", "binary_graph"))
+    argtypes = {**_BITPACK_ARGTYPES, "run_chain": [_P, _I, _P, _I, _L, _P, _L, _I, _L],
+                "stem_epilogue": [_P, _P, _L, _P, _I, _L], "op_size": []}
+    lib = _native.load("binary_graph", argtypes, parts=("bitpack", "binary_graph"))
     if lib is not None and lib.op_size() != ctypes.sizeof(Op):
         raise RuntimeError(f"binary_graph.c op_t has {lib.op_size()} bytes, the ctypes Op {ctypes.sizeof(Op)}")
     return lib
@@ -89,7 +93,9 @@ class StemEpilogue:
 
     def run(self, y: torch.Tensor) -> torch.Tensor:
         lib = native()
-        if (lib is None or y.dtype != torch.bfloat16 or tuple(y.shape[1:]) != self.in_shape
+        if lib is None:
+            raise RuntimeError("stem epilogue: the native library could not be built")
+        if (y.dtype != torch.bfloat16 or tuple(y.shape[1:]) != self.in_shape
                 or not y.is_contiguous(memory_format=torch.channels_last)):
             raise ValueError(f"stem epilogue laid out for bf16 channels_last {self.in_shape}, got {y.dtype} "
                              f"{tuple(y.shape)}")

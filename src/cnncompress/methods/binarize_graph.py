@@ -27,10 +27,10 @@ object to a layer's attribute is not seen: call ``.train(False)`` after doing so
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
-
-import copy
 
 from .. import surgery
 from ..batchnorm_folding import norm_affine
