@@ -67,7 +67,8 @@ ROWS = (  # label, [(method, config)], recover by distillation; "norms-as-affine
     ("L1 filter pruning -50 % FLOPs", [("prune-l1", {"flops": 0.5})], True),
 )
 FULL = {"copies": 16, "epochs": 12, "heldout_copies": 4, "lr": 0.001, "batch_size": 32, "temperature": 1.0,
-        "freeze_norm": True, "seeds": [0], "confirm_seeds": [1, 2], "transfer": 2000, "select_transfer": 256, "sparsities": [0.0, 0.5, 0.75],
+        "freeze_norm": True, "seeds": [0], "confirm_seeds": [1, 2], "transfer": 2000, "select_transfer": 256,
+        "sparsities": [0.0, 0.5, 0.75],
         "bits": [None, 6, 5, 4, 3, 2]}
 QUICK = {**FULL, "copies": 4, "epochs": 3, "transfer": 200, "sparsities": [0.0], "bits": [None, 4, 3, 2]}
 FULL_ONLY = ("k-means 4-bit + Huffman, BatchNorms as affine, fp16 rest",  # extra experiments, not papers' findings:
@@ -252,7 +253,7 @@ def run_row(label: str, pipeline: list, recover: bool, teacher, data: dict, sett
         history = result.history
         val_after = _agreement_vector(methods.to_inference(copy.deepcopy(model)), val_images, val_out).mean()
         kept = "distilled"
-        if val_after < val_before:  # the validation faces (not the held-out ones) say recovery did not help
+        if val_after < val_before:  # the selection images (never the held-out ones) say recovery did not help
             model.load_state_dict(untuned)
             kept = "distilled, no gain on val: untuned kept"
     if any(method == "norms-as-affine" for method, _ in pipeline):
@@ -318,7 +319,9 @@ def run(out: str | Path, faces_spec: str = "lfw-faces", quick: bool = False, pro
             results.append(_row(out, folders, label, pipeline, recover, seed, teacher, data, settings, reference,
                                 progress))
     results = retime(results, folders, teacher, shape)
-    raced = {r["label"]: r["latency"] for r in results if "latency" in r}  # rows that do not fit have none
+    first = settings["seeds"][0]
+    raced = {r["label"] + ("" if r.get("seed", first) == first else f" (seed {r['seed']})"): r["latency"]
+             for r in results if "latency" in r}  # rows that do not fit have none
     (out / "latency-race.json").write_text(json.dumps(raced, indent=1))
     return results
 
