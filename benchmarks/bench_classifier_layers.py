@@ -12,23 +12,16 @@ barely shorten it.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 import warnings
 
 import numpy as np
 import torch
 
+from cnncompress import measure
+
 
 def _median_ms(call, runs: int) -> float:
-    for _ in range(max(20, runs // 10)):
-        call()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    return 1000 * measure.median(measure.time_calls(call, runs, warmup=max(20, runs // 10)))
 
 
 def main(argv=None) -> int:

@@ -11,22 +11,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
-from cnncompress import engines, methods, models
+from cnncompress import engines, measure, methods, models
 
 
 def _median_ms(call, calls: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    return 1000 * measure.median(measure.time_calls(call, calls, warmup))
 
 
 def main(argv=None) -> int:

@@ -136,17 +136,22 @@ def _transfer_inputs(fmt: dict, count: int, seed: int, nonfaces: bool = True) ->
     return ((raw - fmt["mean"]) / fmt["std"]).repeat(1, fmt["channels"], 1, 1)
 
 
+def _unlabelled(images: torch.Tensor, like, name: str):
+    """``images`` as one dataset with label -1, with the classes, normalisation and split of dataset ``like``."""
+    from ..data.datasets import ImageDataset
+    return ImageDataset(images, torch.full((len(images),), -1, dtype=torch.int64), like.classes, name, like.mean,
+                        like.std, like.split)
+
+
 def transfer_set(data: dict, settings: dict, seed: int = 0):
     """The unlabelled images a copy distils on: the training faces and ``copies - 1`` augmented copies of each, then
     ``settings["transfer"]`` non-face images (``data.transfer``: LFW non-faces + crops of scikit-image's
     photographs), decoded as the teacher's input. One dataset (label -1)."""
-    from ..data.datasets import ImageDataset
     from ..distill import augment_copies
     train = data["train"]
     images = torch.cat([augment_copies(train.images, settings["copies"], seed=seed),
                         _transfer_inputs(data["format"], settings["transfer"], seed)])
-    return ImageDataset(images, torch.full((len(images),), -1, dtype=torch.int64), train.classes, "faces+transfer",
-                        train.mean, train.std, "train")
+    return _unlabelled(images, train, "faces+transfer")
 
 
 def selection_set(data: dict, settings: dict, seed: int = 0):
@@ -155,27 +160,21 @@ def selection_set(data: dict, settings: dict, seed: int = 0):
     it trains on), each with
     ``heldout_copies - 1`` augmented copies in ``distill``. 8 val faces alone (32 images) chose epochs by 3-point
     steps of agreement: the same row ended at 83-91 % held-out agreement over three seeds."""
-    from ..data.datasets import ImageDataset
-    val = data["val"]
     crops = _transfer_inputs(data["format"], settings["select_transfer"], 10_000 + seed, nonfaces=False)
-    images = torch.cat([val.images, crops])
-    return ImageDataset(images, torch.full((len(images),), -1, dtype=torch.int64), val.classes, "val+transfer",
-                        val.mean, val.std, "val")
+    return _unlabelled(torch.cat([data["val"].images, crops]), data["val"], "val+transfer")
 
 
 def _optimized(model, config: dict, teacher, data: dict, settings: dict, seed: int, folder: Path):
     """The ``optimize`` step of a row: per-layer settings chosen by sensitivity, scored by agreement with the
     original on the val faces (augmented) and ``SCORING_TRANSFER`` natural crops; no fine-tuning here (the row
     recovers as every other row)."""
-    from ..data.datasets import ImageDataset
     from ..distill import augment_copies
     from ..optimizer import optimize, teacher_labelled
     from ..sensitivity import Setting
     val = data["val"]
     images = torch.cat([augment_copies(val.images, settings["copies"], seed=20_000 + seed),
                         _transfer_inputs(data["format"], SCORING_TRANSFER, seed=1)])
-    scoring = teacher_labelled(teacher, ImageDataset(images, torch.full((len(images),), -1), val.classes, "scoring",
-                                                     val.mean, val.std, "val"))
+    scoring = teacher_labelled(teacher, _unlabelled(images, val, "scoring"))
     grid = [Setting(s, b) for s in settings["sparsities"] for b in settings["bits"]]
     best, _ = optimize(model, scoring, scoring, config["max_bytes"], finetune=0, seed=seed, work=folder,
                        fp16_rest=bool(config.get("fp16_rest")), grid=grid, fold_norms=bool(config.get("fold_norms")))
