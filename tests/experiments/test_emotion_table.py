@@ -135,3 +135,19 @@ def test_a_row_meeting_the_aim_is_run_again_at_the_confirmation_seeds(tmp_path, 
     assert [(r["label"], r["seed"]) for r in rows[1:]] == [("fp16", 0), ("fp16", 1)]
     assert (tmp_path / "fp16-s1" / "row.json").is_file() and len(rows[2]["agree_vector"]) == rows[0]["n_heldout_aug"]
     assert "fp16 (seed 1)" in emotion_report.table(rows)
+
+
+def test_selection_set_weighs_val_faces_as_much_as_crops_and_holds_every_val_face():
+    import torch
+
+    from cnncompress.loading import load_model
+    data = emotion_table.faces("lfw-faces", load_model("fer-minixception").eval())
+    settings = {**emotion_table.FULL, "select_transfer": 20, "select_faces": 20}
+    chosen = emotion_table.selection_set(data, settings, seed=0)
+    val = data["val"].images
+    assert len(chosen) == 40 and (chosen.labels == -1).all()
+    assert torch.equal(chosen.images[:len(val)], val)  # copy 0 of each val face is the face itself
+    held = data["heldout"].images.flatten(1)
+    assert not any((held == image.flatten()).all(1).any() for image in chosen.images)  # no held-out face in it
+    few = emotion_table.selection_set(data, {**settings, "select_faces": 1}, seed=0)
+    assert len(few) == len(val) + 20  # never fewer faces than the val faces

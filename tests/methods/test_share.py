@@ -5,7 +5,8 @@ import torch
 
 from cnncompress import methods, storage
 from cnncompress.errors import InputError
-from cnncompress.methods.share import SharedConv2d, SharedLinear, kmeans_1d, nearest
+from cnncompress.methods.share import (SharedConv2d, SharedLinear, kmeans_1d, moving_indices, nearest, nearest_index,
+                                       nearest_index_reference)
 from cnncompress.train import TrainConfig, Trainer
 
 
@@ -54,6 +55,36 @@ def test_pruned_zeros_stay_zero_through_centroid_fine_tuning(vgg, random_images)
     Trainer(shared, random_images(), None, TrainConfig(epochs=1, lr=0.05, batch_size=10), progress=False).fit()
     assert fc7.centroids[0] == 0 and not torch.equal(fc7.centroids.detach(), before)
     assert (fc7.shared_weight()[zeros] == 0).all()
+
+
+def test_nearest_index_equals_the_argmin_for_unsorted_centroids():
+    g = torch.Generator().manual_seed(3)
+    values, centroids = torch.randn(5000, generator=g) * 2, torch.randn(16, generator=g)  # centroids not sorted
+    assert torch.equal(nearest_index(values, centroids), nearest_index_reference(values, centroids))
+
+
+def test_moving_indices_reassign_during_training_and_leave_a_plain_layer(vgg, random_images, tmp_path):
+    """Inside the context a training step moves some indices (fixed without it); the layer's forward is always
+    C[I] of its current indices; on exit the shadow is gone, the keys are the usual ones and the file round-trips."""
+    shared = methods.apply(vgg, "kmeans", conv_bits=3, fc_bits=2)
+    keys = set(shared.state_dict())
+    fixed = {k: v.clone() for k, v in shared.state_dict().items() if k.endswith("indices")}
+    with moving_indices(shared, start=vgg) as moved:
+        assert "classifier.fc7" in moved and shared.classifier.fc7.shadow.shape == vgg.classifier.fc7.weight.shape
+        assert torch.equal(shared.classifier.fc7.shadow, vgg.classifier.fc7.weight)  # starts from the float weights
+        Trainer(shared, random_images(), None, TrainConfig(epochs=1, lr=0.05, batch_size=10), progress=False).fit()
+        layer = shared.classifier.fc7.train()
+        torch.testing.assert_close(layer.shared_weight(), layer.table()[layer.indices.long()])
+    changed = sum(int((shared.state_dict()[k] != v).sum()) for k, v in fixed.items())
+    assert changed > 0 and set(shared.state_dict()) == keys
+    assert not any(name.endswith("shadow") for name, _ in shared.named_parameters())
+    x = torch.randn(2, 1, 48, 48)
+    loaded = storage.load(storage.save(shared, tmp_path / "moved.ccz"))
+    assert torch.equal(loaded(x), shared.eval()(x))
+    still = methods.apply(vgg, "kmeans", conv_bits=3, fc_bits=2)  # without the context the indices stay
+    before = {k: v.clone() for k, v in still.state_dict().items() if k.endswith("indices")}
+    Trainer(still, random_images(), None, TrainConfig(epochs=1, lr=0.05, batch_size=10), progress=False).fit()
+    assert all(torch.equal(still.state_dict()[k], v) for k, v in before.items())
 
 
 def test_deep_compression_stages_and_round_trip(vgg, tmp_path):

@@ -8,6 +8,13 @@ members, ``dL/dC_k = sum_ij dL/dW_ij * 1(I_ij = k)`` (the backward of the gather
 In a pruned layer index 0 is the pruned zero (pinned to 0, not trained) and the non-zero weights share
 ``2**b - 1`` centroids, so a pruned position stays pruned.
 
+Indices that move (``moving_indices``, a recovery option beyond Han's fixed indices): inside the context each
+dense shared layer also trains a float shadow weight ``V`` (initialised from the float layer it was clustered
+from when given, else ``C[I]``); every training forward re-assigns ``I = argmin_k |V - C_k|`` and uses
+``W = C[I]`` with the straight-through gradient ``dL/dV = dL/dW`` (as BinaryConnect trains its float weights
+through sign(), Courbariaux et al. 2015, survey §2.3), the centroids keeping the summed gradient above. On exit
+the shadows are dropped: the layer holds the indices it was last evaluated with, the file is unchanged in form.
+
 Deep Compression (``deep-compression``): magnitude pruning (Han's VGG-16 ratios by default: first conv 42%,
 other convs 65%, hidden fc 96%, last fc 77% pruned) -> weight sharing (8-bit conv, 5-bit fc) -> Huffman
 coding of the index and relative-position streams. ``model.compression_stages`` lists the real ``.ccz`` bytes
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import tempfile
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +67,19 @@ def nearest(values: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     return np.searchsorted((centroids[1:] + centroids[:-1]) / 2, values)
 
 
+def nearest_index(values: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Index (into ``centroids``, in any order) of the nearest centroid for each value: sort, midpoint search,
+    map back. ``nearest_index_reference`` is the plain argmin it must equal."""
+    order = torch.argsort(centroids)
+    ordered = centroids[order]
+    return order[torch.bucketize(values, (ordered[1:] + ordered[:-1]) / 2)]
+
+
+def nearest_index_reference(values: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """``argmin_k |v - C_k|`` for each value (memory numel x K: for tests)."""
+    return (values.reshape(-1, 1) - centroids.reshape(1, -1)).abs().argmin(1).reshape(values.shape)
+
+
 class _SharedMixin(CompressedLayer, nn.Module):
     """State: ``centroids`` (2**bits,), ``indices`` (weight shape, uint8), ``bias``. ``W = C[I]``."""
 
@@ -81,6 +102,11 @@ class _SharedMixin(CompressedLayer, nn.Module):
     def shared_weight(self) -> torch.Tensor:
         if self._weight is not None and not self.training:
             return self._weight
+        shadow = self._parameters.get("shadow")
+        if shadow is not None and self.training:  # inside moving_indices: re-assign, straight-through to V
+            with torch.no_grad():
+                self.indices.copy_(nearest_index(shadow.detach(), self.centroids.detach()).to(torch.uint8))
+            return self.table()[self.indices.long()] + (shadow - shadow.detach())
         return self.table()[self.indices.long()]
 
     @torch.no_grad()
@@ -175,6 +201,29 @@ class SharedLinear(_SharedMixin):
                 and not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())):
             return csr_linear(x, self._csr, self.bias)
         return F.linear(x, self.shared_weight(), self.bias)
+
+
+@contextmanager
+def moving_indices(model: nn.Module, start: nn.Module | None = None):
+    """Within the block, training moves the k-means indices of every dense shared layer of ``model`` (module
+    docstring: float shadow ``V``, ``I = argmin_k |V - C_k|``, straight-through gradient). ``start``: the float
+    model the layers were clustered from; a shadow starts from its weight at the same path and shape, else from
+    ``C[I]``. Pruned (sparse) layers keep their indices. Yields the layers that move; on exit their shadows are
+    dropped (the state dict has its usual keys again)."""
+    moving = [(path, layer) for path, layer in model.named_modules()
+              if isinstance(layer, _SharedMixin) and not layer.sparse]
+    floats = dict(start.named_modules()) if start is not None else {}
+    for path, layer in moving:
+        weight = getattr(floats.get(path), "weight", None)
+        with torch.no_grad():
+            initial = (weight.detach().float().clone() if isinstance(weight, torch.Tensor)
+                       and weight.shape == layer.indices.shape else layer.table()[layer.indices.long()].detach())
+        layer.register_parameter("shadow", nn.Parameter(initial.to(layer.centroids.device)))
+    try:
+        yield [path for path, _ in moving]
+    finally:
+        for _, layer in moving:
+            del layer.shadow
 
 
 def share_layer(layer: nn.Module, bits: int, coding: str, seed: int = 0) -> _SharedMixin:
