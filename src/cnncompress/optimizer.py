@@ -2,10 +2,8 @@
 chosen from measured per-layer sensitivity and accepted only on measured bytes and latency.
 
 1. ``sensitivity.measure``: each layer's accuracy drop (validation split) and exact bytes for every setting.
-2. ``search``: one setting per layer maximising the predicted accuracy, Σ cost minimal (``_cost``: the drop
-   plus a small charge per halving of the layer's bytes), under
-   Σ bytes ≤ budget (a multiple-choice knapsack by dynamic programming over the exact byte totals, partial
-   solutions merged in ``STATES`` buckets of the budget; the cost model is additive).
+2. ``budget_search.search``: one setting per layer maximising the predicted accuracy under Σ bytes ≤ budget
+   (a multiple-choice knapsack; the cost model is additive).
 3. The chosen settings are applied, the model fine-tuned with the model's fine-tuning preset (``train.preset``,
    ``finetune`` epochs; the validation split picks the epoch), saved, and the real ``.ccz`` bytes measured. When
    the file is over the budget (the additive model erred), the search is re-run with the budget lowered by the
@@ -42,12 +40,11 @@ from . import engines, methods, storage
 from .errors import InputError
 from .latency_model import FLOAT_TWIN, LatencyModel, LayerShape, layer_shapes
 from .measure import accuracy
-from .sensitivity import DECOMPOSITION_KINDS, Setting, apply_settings, stored_bytes
+from .budget_search import search
+from .sensitivity import DECOMPOSITION_KINDS, Setting, apply_settings
 from .sensitivity import measure as measure_sensitivity
 
-STATES = 20_000  # the knapsack keeps at most this many partial solutions per layer
 GRAD_CLIP = 1.0
-AGGRESSION = 0.1  # points of predicted accuracy charged per halving of a layer's bytes (``_cost``)
 ATTEMPTS = 3
 DISTIL = {"copies": 8, "lr": 0.001, "batch_size": 32, "optimizer": "adamw", "freeze_norm": True}
 LATENCY_LADDER = (  # whole-model pipelines of speed-"real" methods, mildest first (benchmarks/bench_presets.py)
@@ -91,63 +88,6 @@ def check_arguments(max_bytes, max_ms=None, engine: str | None = None, finetune:
         engines.get(engine)  # an unknown engine name fails before any work
     if max_ms is not None and not (isinstance(max_ms, (int, float)) and math.isfinite(max_ms) and max_ms > 0):
         raise InputError(f"--max-ms {max_ms!r}: must be a positive number of milliseconds")
-
-
-def search(table: dict, max_bytes: int) -> tuple[dict[str, Setting], dict]:
-    """One setting per layer with the least total accuracy drop whose predicted file size fits ``max_bytes``.
-    Returns ``(settings, prediction)``; ``InputError`` naming the smallest reachable size when none fits. A model
-    takes int8 layers or bf16 layers, not both (one deployed graph, one precision): with both in the table, the
-    search runs once without each and keeps the better."""
-    fixed = table["base_bytes"] - sum(stored_bytes(e) for e in table["layers"].values())  # header, BN, ...
-    kinds = {o.get("kind", "share") for e in table["layers"].values() for o in e["options"]}
-    excluded = [{"bf16"}, {"int8"}] if {"int8", "bf16"} <= kinds else [set()]
-    found = [_knapsack(table, max_bytes, fixed, without) for without in excluded]
-    found = [f for f in found if f is not None]
-    if not found:
-        smallest = fixed + sum(min(o["bytes"] for o in e["options"]) for e in table["layers"].values())
-        raise InputError(f"--max-bytes {max_bytes:,}: no setting reaches it; the smallest reachable file is about "
-                         f"{smallest:,} bytes")
-    _, used, choices = min(found, key=lambda state: state[:2])
-    settings = {p: Setting.from_option(o) for p, o in zip(table["layers"], choices)}
-    drop = sum(max(0.0, o["drop"]) for o in choices)
-    return settings, {"bytes": fixed + used, "accuracy": table["base_accuracy"] - drop}
-
-
-def _knapsack(table: dict, max_bytes: int, fixed: int, without: set) -> tuple[float, int, list] | None:
-    """The multiple-choice knapsack of ``search`` over the options whose kind is not in ``without``:
-    ``(total cost, layer bytes, one option per layer)``, or None when no choice fits."""
-    step = max(1, (max_bytes - fixed) // STATES)  # states merge per `step` bytes; sizes themselves stay exact
-    best = {0: (0.0, 0, [])}  # bucket -> (total cost, exact layer bytes, choices): the least cost per bucket
-    for path, entry in table["layers"].items():
-        nxt: dict[int, tuple[float, int, list]] = {}
-        for drop, used, choices in best.values():
-            for option in entry["options"]:
-                total = used + option["bytes"]
-                if fixed + total > max_bytes or option.get("kind", "share") in without:
-                    continue
-                state = (drop + _cost(option, entry["fp32_bytes"]), total, choices + [option])
-                key = total // step
-                if key not in nxt or state[:2] < nxt[key][:2]:
-                    nxt[key] = state
-        best = _pareto(nxt)
-    return min(best.values(), key=lambda state: state[:2]) if best else None
-
-
-def _cost(option: dict, fp32_bytes: int) -> float:
-    """What the search minimises per layer: the measured drop (points), plus ``AGGRESSION`` points per halving
-    of the layer's bytes. One layer's drop measured alone under-states what many compressed layers cost together
-    (the additive model is optimistic), and measured drops of 0 would otherwise tie: the term spends the budget
-    on mild settings spread over the layers that save the most, rather than on the most extreme ones."""
-    return max(0.0, option["drop"]) + AGGRESSION * math.log2(max(1.0, fp32_bytes / max(1, option["bytes"])))
-
-
-def _pareto(states: dict[int, tuple]) -> dict[int, tuple]:
-    """Keep a state only if no smaller one has a drop as low (it can never be the better choice)."""
-    kept, lowest = {}, math.inf
-    for key in sorted(states):
-        if states[key][0] < lowest:
-            kept[key], lowest = states[key], states[key][0]
-    return kept
 
 
 def is_unlabelled(dataset) -> bool:

@@ -31,9 +31,9 @@ Settings (``Setting.kind``):
 
 ``int8`` and ``bf16`` are not in the default grid (``DEFAULT_KINDS``): they change the engine the whole model
 deploys on, so they are asked for (``--kinds ... int8``); one model takes layers of one of the two, not both
-(``apply_settings``, ``optimizer.search``).
+(``apply_settings``, ``budget_search.search``).
 
-``optimizer.search`` picks one setting per layer from this table (Distiller-style sensitivity analysis feeding a
+``budget_search.search`` picks one setting per layer from this table (Distiller-style sensitivity analysis feeding a
 knapsack). Results are cached in ``cache`` (JSON, one entry per finished measurement, with a
 fingerprint of the model and the validation images), so a killed run resumes without redoing finished layers, and
 a cache made for another model or data is refused.

@@ -47,12 +47,13 @@ from .. import engines, measure, methods, models, storage
 from ..data import build_dataset
 from ..early_exit import EarlyExitNet
 from ..errors import InputError
-from ..train import (Trainer, TrainConfig, atomic_write, checkpoint_info, error_rate, load_weights,
-                     save_weights)
+from ..train import TrainConfig, atomic_write, checkpoint_info, load_weights, save_weights
 from . import engine_race, stats
 from .environment import environment
 from .compress_one import apply_pipeline, load_for_inference
 from .recipe import BASELINE, Recipe, Row, baseline_settings, finetune_settings, load_recipe, select_rows
+from .bench_figures import plot_all
+from .probed_trainer import ProbedTrainer, TrainProbe
 from .report import row_line, write_outputs
 
 SPLITS = {"accuracy": "test", "selection": "val", "training": "train"}
@@ -81,32 +82,6 @@ def best_epoch(history: list[dict]) -> int | None:
     return min(scored, key=lambda h: (h["val_error"], -h["epoch"]))["epoch"] if scored else None
 
 
-class _Probe:
-    """A fixed, seeded subset of the training split (the size of the validation split): its error after every
-    epoch is the ``train_error`` of the error-curve figures (Rassadin & Savchenko Figs. 1-6)."""
-
-    def __init__(self, train_set, size: int, seed: int = 0):
-        index = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed))[:max(1, size)]
-        self.images, self.labels = train_set.images[index], train_set.labels[index]
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-
-class ProbedTrainer(Trainer):
-    """``Trainer`` whose epoch records also carry ``train_error`` on a ``_Probe`` of the training split."""
-
-    def __init__(self, *args, probe: _Probe | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.probe = probe
-
-    def _epoch(self, epoch: int) -> dict:
-        record = super()._epoch(epoch)
-        if self.probe is not None and self.rank == 0:
-            record["train_error"] = error_rate(self.model, self.probe, device=self.config.device)
-        return record
-
-
 class Bench:
     def __init__(self, recipe: Recipe, out_dir: str | Path, device: str = "cpu", progress: bool = True,
                  datasets: tuple | None = None):
@@ -115,7 +90,7 @@ class Bench:
         self.rows_path = self.out / "rows.jsonl"
         self.train_set, self.val_set, self.test_set = datasets or tuple(
             build_dataset(recipe.data, split, input_size=recipe.input_size) for split in ("train", "val", "test"))
-        self.probe = _Probe(self.train_set, len(self.val_set) if self.val_set is not None else 500)
+        self.probe = TrainProbe(self.train_set, len(self.val_set) if self.val_set is not None else 500)
         self._baselines: dict[tuple[str, int], torch.nn.Module] = {}
         self._baseline_history: dict[tuple[str, int], list] = {}
         self._baseline_stopped: dict[tuple[str, int], bool] = {}
@@ -415,4 +390,5 @@ def run_bench(recipe_path: str | Path, out: str | Path, data: str | None = None,
     chosen = select_rows(recipe, only, str(recipe_path)) if only else None
     rows = Bench(recipe, out, device=device, progress=progress).run(executor, only=chosen)
     write_outputs(rows, out, environment(), str(recipe_path), splits=SPLITS)
+    plot_all(rows, Path(out))
     return rows

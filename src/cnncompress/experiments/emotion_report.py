@@ -43,6 +43,17 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def describe(row: dict) -> str:
+    """One progress line for a finished row: agreement with its interval, bytes, ratio, latency."""
+    if "not_applicable" in row:
+        return f"{row['label']}: does not fit ({row['not_applicable']})"
+    a = row["agreement_heldout_aug"]
+    lat = row["latency"]
+    ms = "—" if lat.get("ms") is None else f"{lat['ms']:.3f} ms on {lat['engine']}"
+    return (f"{row['label']}: agreement {a['agreement']:.1f}% [{a['low']:.1f}, {a['high']:.1f}], "
+            f"{row['bytes']:,} bytes ({row['size_ratio']:.2f}x smaller), {ms}")
+
+
 def meets(row: dict, min_ratio: float = 8.0, min_agreement: float = 90.0) -> bool:
     return ("not_applicable" not in row and row["size_ratio"] >= min_ratio
             and row["agreement_heldout"]["agreement"] >= min_agreement

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .emotion_report import meets
+from .emotion_report import describe, meets
 
 LARGEST_CONVS = ["features.block4.sep2.pointwise", "features.block4.shortcut",  # 32,768 of the 55,472 conv
                  "features.block4.sep1.pointwise"]                            # weights (59 %)
@@ -390,13 +390,3 @@ def _refuse_other_settings(out: Path, settings: dict) -> None:
             changed = sorted(k for k in set(settings) | set(theirs or {}) if (theirs or {}).get(k) != settings.get(k))
             raise InputError(f"{out}: holds table-emotion rows made with other settings ({', '.join(changed)}); "
                              "use another --out or remove it")
-
-
-def describe(row: dict) -> str:
-    if "not_applicable" in row:
-        return f"{row['label']}: does not fit ({row['not_applicable']})"
-    a = row["agreement_heldout_aug"]
-    lat = row["latency"]
-    ms = "—" if lat.get("ms") is None else f"{lat['ms']:.3f} ms on {lat['engine']}"
-    return (f"{row['label']}: agreement {a['agreement']:.1f}% [{a['low']:.1f}, {a['high']:.1f}], "
-            f"{row['bytes']:,} bytes ({row['size_ratio']:.2f}x smaller), {ms}")
