@@ -151,3 +151,17 @@ def test_selection_set_weighs_val_faces_as_much_as_crops_and_holds_every_val_fac
     assert not any((held == image.flatten()).all(1).any() for image in chosen.images)  # no held-out face in it
     few = emotion_table.selection_set(data, {**settings, "select_faces": 1}, seed=0)
     assert len(few) == len(val) + 20  # never fewer faces than the val faces
+
+
+def test_the_named_layer_groups_of_the_mixed_bit_rows_select_what_they_say():
+    from torch import nn
+
+    from cnncompress import models, surgery
+    model = models.build("mini_xception", 7, 1, 64)
+    convs = {path: m for path, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    sensitive = [path for path, _ in surgery.select(model, emotion_table.SENSITIVE_CONVS)]
+    assert sorted(sensitive) == sorted(p for p, m in convs.items() if m.groups > 1 or p in ("features.conv1",
+                                                                                             "features.conv2"))
+    largest = [path for path, _ in surgery.select(model, emotion_table.LARGEST_CONVS)]
+    share = sum(convs[p].weight.numel() for p in largest) / sum(m.weight.numel() for m in convs.values())
+    assert len(largest) == 3 and 0.55 < share < 0.62  # block 4's three 1x1 convs: 59 % of the conv weights
