@@ -372,3 +372,11 @@ def test_freeze_norm_keeps_batch_norm_statistics():
                 progress=False).fit()
         moved[freeze] = any(not torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     assert moved == {True: False, False: True}
+
+
+def test_best_record_is_the_lowest_validation_error_and_the_latest_of_equals():
+    from cnncompress.train import best_record
+    history = [{"epoch": 1, "val_error": 0.3}, {"epoch": 2, "val_error": 0.2}, {"epoch": 3},
+               {"epoch": 4, "val_error": 0.2}, {"epoch": 5, "val_error": 0.25}]
+    assert best_record(history)["epoch"] == 4
+    assert best_record([{"epoch": 1}, {"epoch": 2}]) is None and best_record([]) is None

@@ -97,6 +97,13 @@ OPTIMIZERS = ("sgd", "adamw")
 AUGMENTS = (False, True, "shift", "flip+shift")  # True = "flip+shift"; digits want "shift" (no mirror images)
 
 
+def best_record(history: list[dict]) -> dict | None:
+    """The epoch record with the lowest validation error (the latest of equals), or None when no epoch was
+    validated: the one rule for "the best validation epoch" (the trainer, its figures, the bench)."""
+    scored = [h for h in history if "val_error" in h]
+    return min(scored, key=lambda h: (h["val_error"], -h["epoch"])) if scored else None
+
+
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """SGD with momentum (the papers') or AdamW (decoupled weight decay, Loshchilov & Hutter 2019)."""
     if config.optimizer == "adamw":
@@ -374,33 +381,6 @@ class Trainer:
     @property
     def best_epoch(self) -> int | None:
         """The epoch whose weights the model ends with (the lowest validation error), if any was measured."""
-        scored = [h for h in self.history if "val_error" in h]
-        return min(scored, key=lambda h: (h["val_error"], -h["epoch"]))["epoch"] if scored else None
+        best = best_record(self.history)
+        return None if best is None else best["epoch"]
 
-
-def plot_history(history: list[dict], path: str | Path, title: str = "") -> Path:
-    """Per-epoch training and validation error (%) and training loss, to PNG; the best validation epoch marked."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    epochs = [h["epoch"] for h in history]
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for key, label, style in (("train_error", "training error %", "--"), ("val_error", "validation error %", "-")):
-        points = [(h["epoch"], 100 * h[key]) for h in history if key in h]
-        if points:
-            ax.plot(*zip(*points), style, marker="o", label=label)
-    scored = [h for h in history if "val_error" in h]
-    if scored:
-        best = min(scored, key=lambda h: (h["val_error"], -h["epoch"]))
-        ax.axvline(best["epoch"], color="grey", linestyle=":", label=f"best validation epoch {best['epoch']}")
-    ax2 = ax.twinx()
-    ax2.plot(epochs, [h["train_loss"] for h in history], color="tab:green", linestyle="-.", alpha=0.6,
-             label="training loss")
-    ax.set_xlabel("epoch"), ax.set_ylabel("error (%)"), ax2.set_ylabel("training loss")
-    ax.set_title(title)
-    handles = [h for axis in (ax, ax2) for h in axis.get_legend_handles_labels()[0]]
-    ax2.legend(handles, [h.get_label() for h in handles], loc="upper right", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)

@@ -80,7 +80,8 @@ def train(args) -> int:
 
     from .. import distributed, models
     from ..data import build_dataset
-    from ..train import Trainer, error_rate, plot_history, preset, save_weights
+    from ..train import Trainer, error_rate, preset, save_weights
+    from ..training_figure import plot_history
     train_set, val_set, test_set = (build_dataset(args.data, split, input_size=args.input_size,
                                                   val_fraction=args.val_fraction) for split in ("train", "val", "test"))
     torch.manual_seed(args.seed)  # the same initial weights for the same seed (and on every DDP rank)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from ..train import best_record
 from .report import best_ms, group_seeds
 
 
@@ -135,8 +136,7 @@ def _error_curves(numbered, model: str, path: Path) -> None:
         history = row.get("history") or []
         if baseline:
             start = len(history)
-            scored = [h for h in history if "val_error" in h]
-            origin = min(scored, key=lambda h: (h["val_error"], -h["epoch"])) if scored else None
+            origin = best_record(history)
         ys += _curve(ax, history, 0 if baseline else row.get("start_epoch", start), color, marker,
                      2.5 if baseline else 1.5, None if baseline else origin)
         note = "" if baseline or history else " (no fine-tuning)"
