@@ -299,8 +299,8 @@ def _emotion_finding(rows: list[dict], emotion_report) -> str:
             a, b = pooled["faces"], pooled["faces_aug"]
             per_seed = ", ".join(f"{x:.0f}/{y:.0f}" for x, y in zip(a["per_seed"], b["per_seed"]))
             ours = (f"{small['label']}: {pooled['size_ratio']:.2f}x smaller; over {pooled['seeds']} seeds "
-                    f"{a['agreement']:.1f}% [{a['low']:.1f}, {a['high']:.1f}] on the faces, {b['agreement']:.1f}% "
-                    f"[{b['low']:.1f}, {b['high']:.1f}] with their augmented copies (per seed {per_seed})")
+                    f"{emotion_report.percent(a)} on the faces, {emotion_report.percent(b)} with their augmented "
+                    f"copies (per seed {per_seed})")
             held = NOISE if pooled["verdict"] == "within noise" else pooled["verdict"]
             return Finding(*aim, ours, held).line()
     small_enough = [r for r in rows[1:] if "not_applicable" not in r and r["size_ratio"] >= 8]
@@ -309,8 +309,8 @@ def _emotion_finding(rows: list[dict], emotion_report) -> str:
         return Finding(*aim, "no copy is >= 8x smaller", False).line()
     a, b = closest["agreement_heldout"], closest["agreement_heldout_aug"]
     ours = (f"{'' if small else 'closest: '}{closest['label']}: {closest['size_ratio']:.2f}x smaller, "
-            f"{a['agreement']:.1f}% [{a['low']:.1f}, {a['high']:.1f}] on the faces, {b['agreement']:.1f}% "
-            f"[{b['low']:.1f}, {b['high']:.1f}] with their augmented copies (one seed)")
+            f"{emotion_report.percent(a)} on the faces, {emotion_report.percent(b)} with their augmented copies "
+            f"(one seed)")
     held = True if small else (NOISE if min(a["high"], b["high"]) >= 90 else False)
     return Finding(*aim, ours, held).line()
 
