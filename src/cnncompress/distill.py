@@ -8,6 +8,9 @@ and the exact images), then a student of any architecture learns from those outp
 - ``hinton``:                    L = alpha * T^2 * KL(p_t^T || p_s^T) + (1 - alpha) * CE(z_s, y)
                                  (the CE term only on images with a true label, from ``labeled``)
 
+A student of the teacher's own architecture (a compressed copy recovering) can also match the teacher's
+intermediate outputs, ``hints=[module paths]`` (FitNets' hint loss, formula in ``cnncompress.hints``).
+
 The paper's finding: the student learns the teacher better from softmax posteriors than from labels alone
 (RaFD test accuracy 46.9% vs 40.9%). Augmentation is done before the teacher sees the data: ``copies`` seeded
 random flips / small rotations / scalings / shifts of every image, each labelled by the teacher once, so the
@@ -36,6 +39,7 @@ from torch import nn
 
 from . import measure
 from .errors import InputError, input_error
+from .hints import capture_outputs, check_hints, hint_loss
 from .train import Trainer, preset
 
 TARGETS = ("labels", "softmax", "hinton")
@@ -251,7 +255,7 @@ def distill(teacher: nn.Module, student: nn.Module, unlabeled, targets: str = "s
             test=None, val=None, cache_dir: str | Path | None = None,
             out_dir: str | Path | None = None, resume: bool = False, device: str = "cpu",
             progress: bool = False, optimizer: str | None = None, schedule: str | None = None,
-            freeze_norm: bool = False) -> DistillResult:
+            freeze_norm: bool = False, hints=(), hint_weight: float = 1.0) -> DistillResult:
     """Train ``student`` (in place) to mimic ``teacher`` on ``unlabeled`` images (a dataset with ``.images``).
 
     ``targets``: labels | softmax | hinton (formulas in the module docstring). ``temperature`` defaults to 1
@@ -263,7 +267,8 @@ def distill(teacher: nn.Module, student: nn.Module, unlabeled, targets: str = "s
     student's recommended preset (``train.preset(student.spec["name"])``: its optimiser, schedule, learning
     rate, epochs ...), so a registered student trains as its baseline does. ``freeze_norm``: batch-norm layers keep
     their running statistics (a pretrained student recovering on few images). Teacher outputs are cached in
-    ``cache_dir``.
+    ``cache_dir``. ``hints``: module paths whose outputs the student also matches to the teacher's, weighted by
+    ``hint_weight`` (``cnncompress.hints``: FitNets' hint loss, for a student of the teacher's architecture).
     """
     if targets not in LOSSES:
         raise InputError(f"targets must be one of {', '.join(LOSSES)}, got {targets!r}")
@@ -272,6 +277,8 @@ def distill(teacher: nn.Module, student: nn.Module, unlabeled, targets: str = "s
         raise InputError(f"need temperature > 0 and 0 <= alpha <= 1 (got {temperature}, {alpha})")
     if len(unlabeled) == 0:
         raise InputError(f"unlabelled set {getattr(unlabeled, 'name', '')} is empty")
+    if not (isinstance(hint_weight, (int, float)) and math.isfinite(hint_weight) and hint_weight >= 0):
+        raise InputError(f"hint_weight must be a finite number >= 0, got {hint_weight!r}")
     started = time.perf_counter()
     images = augment_copies(unlabeled.images, copies, seed=seed)
     true = torch.full((len(images),), -1, dtype=torch.int64)
@@ -287,13 +294,24 @@ def distill(teacher: nn.Module, student: nn.Module, unlabeled, targets: str = "s
     settings = {"targets": targets, "temperature": temperature, "alpha": alpha, "copies": copies,
                 "teacher": model_hash(teacher)[:16], "data": tensor_hash(images)[:16],
                 "val": tensor_hash(val_images)[:16] if val_images is not None else None}
+    hint_paths = check_hints(teacher, student, hints, images[:2]) if hints else ()
+    if hint_paths:  # only then, so settings files of runs without hints stay as they were
+        settings |= {"hints": list(hint_paths), "hint_weight": float(hint_weight)}
     if out_dir:
         _check_settings(Path(out_dir), settings, resume)
     loss = LOSSES[targets]
     t_dev, true_dev = t_out.to(device), true.to(device)
 
     def loss_fn(model, batch, index):
-        return loss(model(batch), t_dev[index], true_dev[index], temperature, alpha)
+        if not hint_paths:
+            return loss(model(batch), t_dev[index], true_dev[index], temperature, alpha)
+        with capture_outputs(student, hint_paths) as student_points, \
+                capture_outputs(teacher, hint_paths) as teacher_points:
+            logits = model(batch)
+            with torch.no_grad():
+                teacher.eval()(batch)
+        return (loss(logits, t_dev[index], true_dev[index], temperature, alpha)
+                + hint_weight * hint_loss(student_points, teacher_points))
 
     ho_images = ho_out = None
     if heldout is not None and len(heldout):

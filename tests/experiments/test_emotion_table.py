@@ -165,3 +165,26 @@ def test_the_named_layer_groups_of_the_mixed_bit_rows_select_what_they_say():
     largest = [path for path, _ in surgery.select(model, emotion_table.LARGEST_CONVS)]
     share = sum(convs[p].weight.numel() for p in largest) / sum(m.weight.numel() for m in convs.values())
     assert len(largest) == 3 and 0.55 < share < 0.62  # block 4's three 1x1 convs: 59 % of the conv weights
+
+
+def test_a_hints_step_recovers_with_the_originals_block_outputs_as_targets(tmp_path, monkeypatch):
+    """The ``hints`` step is a recovery option: distillation gets its points and weight (and the row without it
+    gets none); rows with it are full-run extras, left out of --quick."""
+    from cnncompress import distill as distill_module
+    seen, real = [], distill_module.distill
+
+    def recording(*args, **kwargs):
+        seen.append((kwargs.get("hints", ()), kwargs.get("hint_weight")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(distill_module, "distill", recording)
+    points = ["features.block3", "features.block4"]
+    hinted = ("k-means 4-bit, hints", [("kmeans", {"conv_bits": 4}), ("hints", {"points": points, "weight": 2.0})],
+              True)
+    plain = ("k-means 4-bit", hinted[1][:1], True)
+    _, with_hints, without = emotion_table.run(tmp_path, rows=(hinted, plain), progress=False, **FAST)
+    assert seen == [(points, 2.0), ((), 1.0)]
+    assert with_hints["recovered"].startswith("distilled") and with_hints["history"]
+    assert with_hints["bytes"] == pytest.approx(without["bytes"], rel=0.02)  # hints change training, not the file
+    hinted_rows = [label for label, pipeline, _ in emotion_table.ROWS if any(m == "hints" for m, _ in pipeline)]
+    assert hinted_rows and set(hinted_rows) <= set(emotion_table.FULL_ONLY)

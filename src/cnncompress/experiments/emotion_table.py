@@ -42,56 +42,8 @@ import torch
 
 from ..errors import InputError
 from .emotion_report import describe, meets
-
-LARGEST_CONVS = ["features.block4.sep2.pointwise", "features.block4.shortcut",  # 32,768 of the 55,472 conv
-                 "features.block4.sep1.pointwise"]                            # weights (59 %)
-SENSITIVE_CONVS = ["features.conv1", "features.conv2", "features.block*.sep*.depthwise"]  # 3,888 weights: 6-bit
-# k-means on the stem (or the depthwise convs) alone raised agreement before recovery on the selection set by 3.5
-# (7) points over the 3/4-bit mix; on the classifier conv it gained nothing, so that one takes 3 bits to pay
-ROWS = (  # label, [(method, config)], recover by distillation; "norms-as-affine" is applied after recovery
-    ("fp16", [("fp16", {})], False),
-    ("int8 (calibrated on the unlabelled faces)", [("int8", {})], False),
-    ("k-means 4-bit + Huffman", [("kmeans", {"conv_bits": 4, "coding": "huffman"})], True),
-    ("k-means 3-bit + Huffman, fp16 rest", [("kmeans", {"conv_bits": 3, "coding": "huffman"}), ("fp16", {})], True),
-    ("k-means 2-bit + Huffman, fp16 rest", [("kmeans", {"conv_bits": 2, "coding": "huffman"}), ("fp16", {})], True),
-    ("magnitude pruning 75 %", [("prune-magnitude", {"sparsity": 0.75})], True),
-    ("BWN (binary weights)", [("bwn", {})], True),
-    ("HashedNets 1/8", [("hashed", {"compression": 0.125})], True),
-    ("deep compression (conv 90 %, 4 bits), fp16 rest", [("deep-compression", {"conv_sparsity": 0.9, "conv_bits": 4}),
-                                                         ("fp16", {})], True),
-    ("k-means 4-bit + Huffman, fp16 rest", [("kmeans", {"conv_bits": 4, "coding": "huffman"}), ("fp16", {})], True),
-    ("optimize 1/8: pruning + k-means bits per layer by sensitivity, fp16 rest",
-     [("optimize", {"max_bytes": "1/8", "fp16_rest": True})], True),
-    ("k-means 4-bit + Huffman, BatchNorms as affine, fp16 rest", [("kmeans", {"conv_bits": 4, "coding": "huffman"}),
-                                                                 ("fp16", {}), ("norms-as-affine", {})], True),
-    ("k-means 3-bit on the three largest convs, 4-bit elsewhere + Huffman, BatchNorms as affine, fp16 rest",
-     [("kmeans", {"conv_bits": 3, "coding": "huffman", "layers": LARGEST_CONVS}),
-      ("kmeans", {"conv_bits": 4, "coding": "huffman"}), ("fp16", {}), ("norms-as-affine", {})], True),
-    ("k-means 3-bit on the three largest convs, 4-bit elsewhere + Huffman, indices re-assigned in recovery, "
-     "BatchNorms as affine, fp16 rest",
-     [("kmeans", {"conv_bits": 3, "coding": "huffman", "layers": LARGEST_CONVS}),
-      ("kmeans", {"conv_bits": 4, "coding": "huffman"}), ("fp16", {}), ("moving-indices", {}),
-      ("norms-as-affine", {})], True),
-    ("k-means 5-bit on the stem and depthwise convs, 3-bit on the three largest convs and the classifier, 4-bit "
-     "elsewhere + Huffman, BatchNorms as affine, fp16 rest",
-     [("kmeans", {"conv_bits": 5, "coding": "huffman", "layers": SENSITIVE_CONVS}),
-      ("kmeans", {"conv_bits": 3, "coding": "huffman", "layers": LARGEST_CONVS + ["classifier.conv"]}),
-      ("kmeans", {"conv_bits": 4, "coding": "huffman"}), ("fp16", {}), ("norms-as-affine", {})], True),
-    ("Tucker on every conv", [("tucker", {"layers": "conv", "rank": 0.5})], True),
-    ("L1 filter pruning -50 % FLOPs", [("prune-l1", {"flops": 0.5})], True),
-)
-FULL = {"copies": 16, "epochs": 12, "heldout_copies": 4, "lr": 0.001, "batch_size": 32, "temperature": 1.0,
-        "freeze_norm": True, "seeds": [0], "confirm_seeds": [1, 2], "transfer": 2000, "select_transfer": 256,
-        "select_faces": 256, "sparsities": [0.0, 0.5, 0.75],
-        "bits": [None, 6, 5, 4, 3, 2]}
-QUICK = {**FULL, "copies": 4, "epochs": 3, "transfer": 200, "sparsities": [0.0], "bits": [None, 4, 3, 2]}
-FULL_ONLY = tuple(label for label, pipeline, _ in ROWS  # extra experiments, not papers' findings: left out of
-                  if any(method in ("norms-as-affine", "moving-indices") for method, _ in pipeline))  # --quick
-# (its 20-minute budget). ("moving-indices": the k-means indices are re-assigned while the copy recovers,
-# ``share.moving_indices``.) Folding the BatchNorms into the convs before k-means (rows of the
-# 2026-12-02 run, docs/results/table-emotion/earlier-run) cost agreement (94 -> 85 %): the "fold-bn" step stays
-# available to a pipeline ([("fold-bn", {}), ...], optimize's fold_norms) but is not a row.
-SCORING_TRANSFER = 256  # natural crops (another seed than the distillation's) beside the val faces, for optimize
+from .emotion_rows import (FULL, FULL_ONLY, HINT_POINTS, LARGEST_CONVS, QUICK, ROWS,  # noqa: F401 (re-exported)
+                           SCORING_TRANSFER, SENSITIVE_CONVS)
 
 
 def slug(label: str) -> str:
@@ -239,7 +191,7 @@ def run_row(label: str, pipeline: list, recover: bool, teacher, data: dict, sett
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for method, config in pipeline:
-                if method in ("norms-as-affine", "moving-indices"):  # steps after / of the recovery, below
+                if method in ("norms-as-affine", "moving-indices", "hints"):  # steps after / of the recovery, below
                     continue
                 if method == "optimize":
                     model = _optimized(model, config, teacher, data, settings, seed, folder)
@@ -267,12 +219,14 @@ def run_row(label: str, pipeline: list, recover: bool, teacher, data: dict, sett
         distil_on = transfer_set(data, settings, seed)
         recalibrate_batch_norm(model, distil_on.images)
         moving = any(method == "moving-indices" for method, _ in pipeline)  # k-means indices re-assigned too
+        hints = next((config for method, config in pipeline if method == "hints"), {})  # block outputs matched too
         with share.moving_indices(model, start=teacher) if moving else contextlib.nullcontext():
             result = distill(teacher, model, distil_on, targets="softmax", copies=1,
                              val=select, heldout_copies=settings["heldout_copies"], epochs=settings["epochs"],
                              lr=settings["lr"], batch_size=settings["batch_size"], optimizer="adamw", seed=seed,
                              temperature=settings["temperature"], freeze_norm=settings["freeze_norm"],
-                             cache_dir=folder / "teacher-cache")
+                             cache_dir=folder / "teacher-cache", hints=hints.get("points", ()),
+                             hint_weight=hints.get("weight", 1.0))
         history = result.history
         val_after = _agreement_vector(methods.to_inference(copy.deepcopy(model)), val_images, val_out).mean()
         kept = "distilled"

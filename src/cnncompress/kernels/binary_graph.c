@@ -21,6 +21,7 @@
 #include <immintrin.h>
 #endif
 #include <math.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -341,6 +342,8 @@ static void lrn_075(const float* v, float* out, int C, float kk, float scale) {
      v = v / (k + alpha/size * sum_{c' in [c - size/2, c + (size-1)/2]} v_c'^2)^beta   if lrn_size > 0,
      out[c, oy, ox] = max over rows [oy*sh, oy*sh + kh) and columns [ox*sh, ox*sh + kh), clipped to the image.
    Reference: the same PyTorch layers run one by one on src.float() (methods/binarize_graph.py Bf16Conv). */
+static atomic_int epilogue_out_of_memory;  /* set by a share that could not allocate its scratch rows */
+
 static void epilogue_share(share_t* sh) {
   const op_t* op = sh->op;
   const uint16_t* s = (const uint16_t*)sh->in;
@@ -351,6 +354,13 @@ static void epilogue_share(share_t* sh) {
   float* sq = calloc((size_t)(C + size + 1), sizeof(float));  /* v with zeros at both ends for the window */
   float* sum = malloc(sizeof(float) * (size_t)C);
   float* acc = malloc(sizeof(float) * (size_t)(OW * C));
+  if (!sq || !sum || !acc) {  /* no scratch: this share's rows stay unwritten, the call reports it */
+    atomic_store(&epilogue_out_of_memory, 1);
+    free(sq);
+    free(sum);
+    free(acc);
+    return;
+  }
   float* v = sq + lo;
   for (int64_t oy = sh->lo; oy < sh->hi; oy++) {
     int64_t y0 = oy * ps, y1 = y0 + pk < H ? y0 + pk : H;
@@ -391,13 +401,14 @@ static void epilogue_share(share_t* sh) {
 
 /* `batch` images of src (bf16 NHWC, C*H*W each) -> dst (float NCHW, C*OH*OW each); the pooled rows of an image
    split over `threads` POSIX threads when the image holds at least min_work elements' work (8 per element). */
-void stem_epilogue(const op_t* op, const uint16_t* src, long batch, float* dst, int threads, long min_work) {
-  for (long n = 0; n < batch; n++) {
+int stem_epilogue(const op_t* op, const uint16_t* src, long batch, float* dst, int threads, long min_work) {
+  for (long n = 0; n < batch && !atomic_load(&epilogue_out_of_memory); n++) {
     op_t one = *op;
     one.out = dst + (size_t)n * op->C * op->OH * op->OW;
     parallel(epilogue_share, &one, (const float*)(src + (size_t)n * op->C * op->H * op->W), op->OH, threads, 1,
              op->C * op->H * op->W * 8, min_work);
   }
+  return atomic_exchange(&epilogue_out_of_memory, 0);  /* 1: out of memory, dst incomplete */
 }
 
 int op_size(void) { return (int)sizeof(op_t); }

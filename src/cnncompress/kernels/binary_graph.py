@@ -100,8 +100,9 @@ class StemEpilogue:
             raise ValueError(f"stem epilogue laid out for bf16 channels_last {self.in_shape}, got {y.dtype} "
                              f"{tuple(y.shape)}")
         out = torch.empty(y.shape[0], *self.out_shape)
-        lib.stem_epilogue(ctypes.byref(self.op), y.data_ptr(), y.shape[0], out.data_ptr(),
-                          max(1, torch.get_num_threads()), MIN_WORK)
+        if lib.stem_epilogue(ctypes.byref(self.op), y.data_ptr(), y.shape[0], out.data_ptr(),
+                             max(1, torch.get_num_threads()), MIN_WORK):
+            raise MemoryError("stem epilogue: no memory for its scratch rows")
         return out
 
 
