@@ -27,6 +27,12 @@ def test_rows_are_measured_and_reused(tmp_path, monkeypatch):
     assert "grouped/depthwise" in tucker["not_applicable"]  # said, not silently dropped
     table = emotion_report.table(rows)
     assert "does not fit" in table and "HashedNets 1/8" in table
+    margins = original["heldout_margins"]  # the original's top-2 softmax margin per held-out image
+    assert len(margins) == original["n_heldout_aug"] == len(hashed["agree_vector"])
+    assert all(0 <= m <= 1 for m in margins)
+    on_ties, total = emotion_report.near_tie_disagreements(hashed["agree_vector"], margins)
+    assert f"| {on_ties} of {total} |" in table.splitlines()[[l.startswith("| HashedNets") for l in
+                                                               table.splitlines()].index(True)]
     monkeypatch.setattr(emotion_table, "run_row", lambda *a, **k: pytest.fail("a finished row was recomputed"))
     again = emotion_table.run(tmp_path, rows=ROWS, progress=False, **FAST)
     assert [r.get("bytes") for r in again] == [r.get("bytes") for r in rows]
@@ -188,3 +194,13 @@ def test_a_hints_step_recovers_with_the_originals_block_outputs_as_targets(tmp_p
     assert with_hints["bytes"] == pytest.approx(without["bytes"], rel=0.02)  # hints change training, not the file
     hinted_rows = [label for label, pipeline, _ in emotion_table.ROWS if any(m == "hints" for m, _ in pipeline)]
     assert hinted_rows and set(hinted_rows) <= set(emotion_table.FULL_ONLY)
+
+
+def test_near_tie_disagreements_count_only_disagreements_where_the_original_hesitates():
+    agree = [1, 0, 0, 1, 0]
+    margins = [0.05, 0.02, 0.5, 0.01, 0.0999]
+    assert emotion_report.near_tie_disagreements(agree, margins) == (2, 3)  # images 1 and 4; image 2 is decided
+    assert emotion_report.near_tie_disagreements(agree, margins, cut=0.01) == (0, 3)
+    import torch
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.2], [0.9, 0.05, 0.05]]))
+    assert emotion_table.top2_margins(logits) == pytest.approx([0.2, 0.85])

@@ -75,6 +75,13 @@ def _latency(model, shape: tuple[int, ...], threads: int = 1) -> dict:
     return {key: timed[key] for key in ("precision", "engine", "ms", "skipped")}
 
 
+def top2_margins(logits: torch.Tensor) -> list[float]:
+    """Per image: the original's softmax probability of its top class minus that of its second (how decided it
+    is; ``emotion_report.near_tie_disagreements`` counts the rows' disagreements where this is small)."""
+    top = torch.softmax(logits.float(), 1).topk(2, 1).values
+    return [round(float(m), 6) for m in top[:, 0] - top[:, 1]]
+
+
 def faces(spec: str, teacher) -> dict:
     """Unlabelled faces decoded for the teacher: ``train`` (distillation), ``val`` (chooses the epoch) and
     ``heldout`` (reported only), as in ``cnncompress distill``."""
@@ -282,7 +289,8 @@ def run(out: str | Path, faces_spec: str = "lfw-faces", quick: bool = False, pro
                 "classes": fmt["classes"], "settings": settings,
                 "n_train": len(data["train"]), "n_val": len(data["val"]), "n_heldout": len(data["heldout"]),
                 "n_heldout_aug": len(heldout_images),
-                "constant_agreement": float(torch.bincount(heldout_out.argmax(1)).max()) / len(heldout_images) * 100}
+                "constant_agreement": float(torch.bincount(heldout_out.argmax(1)).max()) / len(heldout_images) * 100,
+                "heldout_margins": top2_margins(heldout_out)}  # per held-out image, in the agree_vector's order
     (out / "original.json").write_text(json.dumps(original, indent=1))
     results, folders = [original], {}
     chosen = rows or tuple(row for row in ROWS if not (quick and row[0] in FULL_ONLY))
