@@ -62,4 +62,4 @@ def test_hints_pull_the_students_hidden_layer_to_the_teachers():
                 hints=hints)
         with torch.no_grad():
             gaps[hints] = float(((student[:3](held) - teacher[:3](held)) ** 2).mean())
-    assert gaps[("2",)] < 0.25 * gaps[()]
+    assert gaps[("2",)] < 0.05 * gaps[()]  # measured: about 1/250

@@ -334,6 +334,8 @@ static void lrn_075(const float* v, float* out, int C, float kk, float scale) {
   }
 }
 
+static atomic_int epilogue_out_of_memory;  /* set by a share that could not allocate its scratch rows */
+
 /* The float stem's epilogue on a bf16 NHWC conv output (oneDNN's channels_last bf16 conv), one pooled output row
    at a time, never materialising the full-size float activation. The op's fields: input C, H, W; relu;
    lrn_size (0: no LRN), lrn_alpha, lrn_beta, lrn_k; pool kh (= kw) and sh (= sw) (1, 1: no pool); OH, OW;
@@ -342,8 +344,6 @@ static void lrn_075(const float* v, float* out, int C, float kk, float scale) {
      v = v / (k + alpha/size * sum_{c' in [c - size/2, c + (size-1)/2]} v_c'^2)^beta   if lrn_size > 0,
      out[c, oy, ox] = max over rows [oy*sh, oy*sh + kh) and columns [ox*sh, ox*sh + kh), clipped to the image.
    Reference: the same PyTorch layers run one by one on src.float() (methods/binarize_graph.py Bf16Conv). */
-static atomic_int epilogue_out_of_memory;  /* set by a share that could not allocate its scratch rows */
-
 static void epilogue_share(share_t* sh) {
   const op_t* op = sh->op;
   const uint16_t* s = (const uint16_t*)sh->in;
