@@ -297,6 +297,7 @@ def distill(teacher: nn.Module, student: nn.Module, unlabeled, targets: str = "s
     hint_paths = check_hints(teacher, student, hints, images[:2]) if hints else ()
     if hint_paths:  # only then, so settings files of runs without hints stay as they were
         settings |= {"hints": list(hint_paths), "hint_weight": float(hint_weight)}
+        teacher.eval().to(device)  # it runs every batch (cached logits alone never needed it on the device)
     if out_dir:
         _check_settings(Path(out_dir), settings, resume)
     loss = LOSSES[targets]
@@ -309,7 +310,7 @@ def distill(teacher: nn.Module, student: nn.Module, unlabeled, targets: str = "s
                 capture_outputs(teacher, hint_paths) as teacher_points:
             logits = model(batch)
             with torch.no_grad():
-                teacher.eval()(batch)
+                teacher(batch)
         return (loss(logits, t_dev[index], true_dev[index], temperature, alpha)
                 + hint_weight * hint_loss(student_points, teacher_points))
 

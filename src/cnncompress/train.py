@@ -104,6 +104,12 @@ def best_record(history: list[dict]) -> dict | None:
     return min(scored, key=lambda h: (h["val_error"], -h["epoch"])) if scored else None
 
 
+def best_epoch(history: list[dict]) -> int | None:
+    """The epoch number of ``best_record(history)``, or None."""
+    best = best_record(history)
+    return None if best is None else best["epoch"]
+
+
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """SGD with momentum (the papers') or AdamW (decoupled weight decay, Loshchilov & Hutter 2019)."""
     if config.optimizer == "adamw":
@@ -331,9 +337,8 @@ class Trainer:
         errors = [h["val_error"] for h in self.history if "val_error" in h]
         if record["val_error"] <= min(errors):
             self.best = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        best_epoch = self.best_epoch
         patience = self.config.patience
-        if patience and record["epoch"] - best_epoch >= patience:
+        if patience and record["epoch"] - self.best_epoch >= patience:
             self.stopped = True
 
     def _batch(self, index: torch.Tensor, augment_rng: torch.Generator) -> tuple:
@@ -381,6 +386,4 @@ class Trainer:
     @property
     def best_epoch(self) -> int | None:
         """The epoch whose weights the model ends with (the lowest validation error), if any was measured."""
-        best = best_record(self.history)
-        return None if best is None else best["epoch"]
-
+        return best_epoch(self.history)

@@ -47,7 +47,7 @@ from .. import engines, measure, methods, models, storage
 from ..data import build_dataset
 from ..early_exit import EarlyExitNet
 from ..errors import InputError
-from ..train import TrainConfig, atomic_write, best_record, checkpoint_info, load_weights, save_weights
+from ..train import TrainConfig, atomic_write, best_epoch, checkpoint_info, load_weights, save_weights
 from . import engine_race, stats
 from .environment import environment
 from .compress_one import apply_pipeline, load_for_inference
@@ -75,11 +75,6 @@ def _history(meta: Path, config: TrainConfig) -> tuple[list[dict], bool]:
         return [], False
     info = checkpoint_info(meta, config)
     return info.get("history", []), bool(info.get("stopped", False))
-
-
-def best_epoch(history: list[dict]) -> int | None:
-    best = best_record(history)
-    return None if best is None else best["epoch"]
 
 
 class Bench:

@@ -58,11 +58,12 @@ FULL = {"copies": 16, "epochs": 12, "heldout_copies": 4, "lr": 0.001, "batch_siz
         "select_faces": 256, "sparsities": [0.0, 0.5, 0.75],
         "bits": [None, 6, 5, 4, 3, 2]}
 QUICK = {**FULL, "copies": 4, "epochs": 3, "transfer": 200, "sparsities": [0.0], "bits": [None, 4, 3, 2]}
-FULL_ONLY = tuple(label for label, pipeline, _ in ROWS  # extra experiments, not papers' findings: left out of
-                  if any(method in ("norms-as-affine", "moving-indices", "hints")
-                         for method, _ in pipeline))  # --quick (its 20-minute budget). ("moving-indices": the
-# k-means indices are re-assigned while the copy recovers, ``share.moving_indices``; "hints": the copy also
-# matches the original's stem and block outputs while it recovers, ``cnncompress.hints``.) Folding the BatchNorms into the convs before k-means (rows of the
-# 2026-12-02 run, docs/results/table-emotion/earlier-run) cost agreement (94 -> 85 %): the "fold-bn" step stays
-# available to a pipeline ([("fold-bn", {}), ...], optimize's fold_norms) but is not a row.
+RECOVERY_STEPS = ("norms-as-affine", "moving-indices", "hints")  # pipeline steps run_row applies around recovery
+FULL_ONLY = tuple(label for label, pipeline, _ in ROWS  # the rows with such a step are extra experiments, not
+                  if any(method in RECOVERY_STEPS for method, _ in pipeline))  # papers' findings: not in --quick
+# (its 20-minute budget). ("moving-indices": the k-means indices are re-assigned while the copy recovers,
+# ``share.moving_indices``; "hints": the copy also matches the original's stem and block outputs while it recovers,
+# ``cnncompress.hints``.) Folding the BatchNorms into the convs before k-means (rows of the 2026-12-02 run,
+# docs/results/table-emotion/earlier-run) cost agreement (94 -> 85 %): the "fold-bn" step stays available to a
+# pipeline ([("fold-bn", {}), ...], optimize's fold_norms) but is not a row.
 SCORING_TRANSFER = 256  # natural crops (another seed than the distillation's) beside the val faces, for optimize

@@ -42,8 +42,8 @@ import torch
 
 from ..errors import InputError
 from .emotion_report import describe, meets
-from .emotion_rows import (FULL, FULL_ONLY, HINT_POINTS, LARGEST_CONVS, QUICK, ROWS,  # noqa: F401 (re-exported)
-                           SCORING_TRANSFER, SENSITIVE_CONVS)
+from .emotion_rows import (FULL, FULL_ONLY, HINT_POINTS, LARGEST_CONVS, QUICK, RECOVERY_STEPS,  # noqa: F401
+                           ROWS, SCORING_TRANSFER, SENSITIVE_CONVS)  # (re-exported)
 
 
 def slug(label: str) -> str:
@@ -198,7 +198,7 @@ def run_row(label: str, pipeline: list, recover: bool, teacher, data: dict, sett
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for method, config in pipeline:
-                if method in ("norms-as-affine", "moving-indices", "hints"):  # steps after / of the recovery, below
+                if method in RECOVERY_STEPS:  # steps after / of the recovery, below
                     continue
                 if method == "optimize":
                     model = _optimized(model, config, teacher, data, settings, seed, folder)
