@@ -52,7 +52,8 @@ def check_hints(teacher: nn.Module, student: nn.Module, paths, example: torch.Te
     if not paths:
         raise InputError("hints: name at least one module path")
     for name, model in (("teacher", teacher), ("student", student)):
-        missing = [path for path in paths if path not in dict(model.named_modules()) or path == ""]
+        names = dict(model.named_modules())
+        missing = [path for path in paths if path not in names or path == ""]
         if missing:
             raise InputError(f"hints: the {name} has no module {missing[0]!r}")
     was = teacher.training, student.training
