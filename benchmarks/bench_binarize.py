@@ -2,7 +2,7 @@
 architecture), measured in one process, interleaved, batch 1, at 1 and 2 threads; a per-layer profile of the XNOR
 model; with ``--size``: the real ``.ccz`` bytes of VGG-S (224, RGB, 8 classes) fp32 vs ``bwn`` vs ``xnor`` and the
 peak inference memory (``measure.peak_memory``: a fresh process loads the file with ``storage.load``, runs
-``methods.to_inference`` and 3 batch-1 forwards; VmHWM growth) of the fp32 and XNOR files.
+``deploy.to_inference`` and 3 batch-1 forwards; VmHWM growth) of the fp32 and XNOR files.
 
     OMP_NUM_THREADS=1 env -u OPENBLAS_CORETYPE .venv/bin/python benchmarks/bench_binarize.py [--size] [--out F]
 
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cnncompress import measure, methods, models, storage
+from cnncompress import deploy, measure, methods, models, storage
 from cnncompress.kernels import bitpack
 from cnncompress.methods.binarize_inference import fast_float_layers
 
@@ -44,7 +44,7 @@ def profile(model: nn.Module, x: torch.Tensor, runs: int = 10) -> dict[str, floa
 def latency_rows(preset: str, spec: dict, thread_counts, runs: int, tmp: Path) -> list[dict]:
     torch.manual_seed(0)
     float_net = models.build("vgg_s", **spec).eval()
-    xnor = methods.to_inference(methods.apply(float_net, "xnor").eval())
+    xnor = deploy.to_inference(methods.apply(float_net, "xnor").eval())
     float_fast = fast_float_layers(copy.deepcopy(float_net))  # fp32 with the same fast LRN / max-pool as xnor
     onnx_path = measure.export_onnx(float_net, (1, spec["in_channels"], spec["input_size"], spec["input_size"]),
                                     tmp / f"vgg_s-{spec['input_size']}.onnx")
@@ -80,11 +80,11 @@ def size_rows(tmp: Path) -> dict:
     del bwn
     xnor = methods.apply(float_net, "xnor")
     files["xnor"] = storage.save(xnor, tmp / "xnor.ccz")
-    files["xnor_inference"] = storage.save(methods.to_inference(xnor), tmp / "xnor-inference.ccz")
+    files["xnor_inference"] = storage.save(deploy.to_inference(xnor), tmp / "xnor-inference.ccz")
     del xnor, float_net
     sizes = {name: measure.file_bytes(path) for name, path in files.items()}
     row = {"bytes": sizes, "ratio_vs_fp32": {k: round(sizes["fp32"] / v, 2) for k, v in sizes.items()}}
-    # a fresh process per file: storage.load (float skeleton on the meta device), methods.to_inference, 3 forwards
+    # a fresh process per file: storage.load (float skeleton on the meta device), deploy.to_inference, 3 forwards
     memory = {name: round(measure.peak_memory(files[name], "infer", batch=1, num_threads=1), 1)
               for name in ("fp32", "xnor", "xnor_inference")}
     row["peak_infer_mb"] = memory

@@ -17,7 +17,7 @@ import warnings
 import numpy as np
 import torch
 
-from cnncompress import measure
+from cnncompress import deploy, measure
 
 
 def _median_ms(call, runs: int) -> float:
@@ -28,23 +28,24 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=300)
     args = parser.parse_args(argv)
-    from cnncompress import methods, onnx_export
+    from cnncompress import methods
+    from cnncompress.deploy import onnx_export
     from cnncompress.data.lfw import lfw_faces
-    from cnncompress.engines import cpu
-    from cnncompress.engines import openvino as ov_engine
-    from cnncompress.loading import load_model
-    from cnncompress.methods.int8 import int8_graph
-    from cnncompress.predict import Classifier
+    from cnncompress import hardware as cpu
+    from cnncompress.deploy import openvino as ov_engine
+    from cnncompress.models.loading import load_model
+    from cnncompress.deploy.int8 import int8_graph
+    from cnncompress.app.predict import Classifier
     if ov_engine.missing():
         print(f"OpenVINO: {ov_engine.missing()}")
         return 2
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
-    model = methods.to_inference(load_model("fer-minixception"))
+    model = deploy.to_inference(load_model("fer-minixception"))
     crops = list(lfw_faces())
     reference = Classifier(model, "torch")
     face, calibration = reference.prepare(crops[:1]), reference.prepare(crops)
-    int8 = methods.to_inference(methods.apply(model, "int8", calibration=calibration))
+    int8 = deploy.to_inference(methods.apply(model, "int8", calibration=calibration))
     float_graph = onnx_export.export_bytes(model, torch.zeros(*face.shape))
     print(f"fer-minixception, batch 1, 1 thread; CPU {cpu.cpu_name()}, AMX {cpu.has_amx()}")
     x = face.numpy()

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cnncompress import measure, methods, models, storage
+from cnncompress import deploy, measure, methods, models, storage
 from cnncompress.measure import export_onnx, onnx_session, threads
 from cnncompress.methods import decompose as D
 
@@ -166,7 +166,7 @@ def _adam_fit(model: nn.Module, train, epochs: int, batch_size: int) -> None:
 def accuracy_rows(quick: dict, out_dir: Path, cache: Path) -> list:
     """Train (or reuse from ``cache``) the quick baselines, decompose, accuracy before / after 1 epoch of FT."""
     from cnncompress.data import build_dataset
-    from cnncompress.train import Trainer, TrainConfig, error_rate, load_weights, save_weights
+    from cnncompress.training.trainer import Trainer, TrainConfig, error_rate, load_weights, save_weights
     train, test = build_dataset("mnist5k", "train", input_size=48), build_dataset("mnist5k", "test", input_size=48)
     val = build_dataset("mnist5k", "val", input_size=48)  # the Trainer's choices; test is reported
     baselines, rows = {}, []
@@ -204,7 +204,7 @@ def accuracy_rows(quick: dict, out_dir: Path, cache: Path) -> list:
                                                         batch_size=models.DEFAULT_BATCH_SIZE[name], seed=0),
                 progress=False).fit()
         finetune_s = time.perf_counter() - t0
-        fast = methods.to_inference(small.eval())
+        fast = deploy.to_inference(small.eval())
         path = out_dir / f"{method}-{len(rows)}.ccz"
         storage.save(fast, path)
         rows.append({"label": label, "model": name, "reconstruction_error": errors, "accuracy_before_ft": before,
@@ -237,7 +237,7 @@ def main(argv=None) -> int:
                 continue
             base = build(model_name, preset[model_name])
             small = decompose(base, method, config).eval()
-            fast = methods.to_inference(copy.deepcopy(small)).eval()
+            fast = deploy.to_inference(copy.deepcopy(small)).eval()
             names = sorted({n for n, m in small.named_modules() if isinstance(m, (nn.Sequential, D.TTLinear))
                             and n and not isinstance(base.get_submodule(n), nn.Sequential)})
             size = preset[model_name]

@@ -17,9 +17,9 @@ import torch
 
 from cnncompress import models
 from cnncompress.data import build_dataset
-from cnncompress.early_exit import attach_exit, cascade_finetune_loss, count_macs, exit_inference, expected_macs
+from cnncompress.methods.early_exit import attach_exit, cascade_finetune_loss, count_macs, exit_inference, expected_macs
 from cnncompress.measure import alternating
-from cnncompress.train import Trainer, TrainConfig
+from cnncompress.training.trainer import Trainer, TrainConfig
 
 BAR = 0.15
 

@@ -29,8 +29,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from cnncompress import engines, measure, methods, models, onnx_export, storage
-from cnncompress.engines import cpu
+from cnncompress import deploy, measure, methods, models, storage
+
+from cnncompress.deploy import onnx_export
+from cnncompress import hardware as cpu
 
 PRESETS = {48: {"vgg_s": 0.25, "squeezenet1_1": 0.5}, 224: {"vgg_s": 1.0, "squeezenet1_1": 1.0}}
 RACE = (("fp32", "torch"), ("fp32", "torch-channels-last"), ("fp32", "onnxruntime"), ("fp32", "openvino-fp32"),
@@ -58,7 +60,7 @@ def build_cell(name: str, size: int) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         int8 = methods.apply(base, "int8", calibration=calibration_images(size, channels), num_calibration=32)
-        qdq = methods.to_inference(int8).onnx_model
+        qdq = deploy.to_inference(int8).onnx_model
     example = torch.zeros(1, channels, size, size)
     graphs = {"fp32": onnx_export.export_bytes(base, example), "bf16": onnx_export.export_bytes(half, example),
               "int8": qdq}
@@ -78,13 +80,13 @@ def race(cell: dict, threads: int, rounds: int, block: int) -> tuple[dict, dict,
     calls, skipped = {}, {}
     x = torch.randn(*cell["shape"], generator=torch.Generator().manual_seed(1))
     for precision, name in RACE:
-        engine = engines.get(name)
+        engine = deploy.get(name)
         source = cell["torch"][precision] if engine.runtime == "torch" else cell["graphs"][precision]
         try:
             if source is None:
-                raise engines.EngineUnavailable(f"engine {name}: no torch model at {precision}")
+                raise deploy.EngineUnavailable(f"engine {name}: no torch model at {precision}")
             run = engine.prepare(source, cell["shape"], threads)
-        except engines.EngineUnavailable as error:
+        except deploy.EngineUnavailable as error:
             skipped[name] = str(error)
             continue
         calls[(precision, name)] = lambda run=run: run(x)
@@ -167,7 +169,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.models, args.rounds = ["squeezenet1_1"], min(args.rounds, 6)
-    environment = engines.engine_environment()
+    environment = deploy.engine_environment()
     flags = " ".join(flag for flag, present in environment["isa"].items() if present)
     ov = environment["openvino"]
     print(f"CPU: {environment['cpu']} | flags: {flags} | AMX: {environment['amx']} | {environment['bf16']}")

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cnncompress import measure, methods, models, storage
+from cnncompress import deploy, measure, methods, models, storage
 from cnncompress.kernels.hashed import kernel_path
 from cnncompress.methods.hashing import hashed_layers
 
@@ -56,7 +56,7 @@ def speed(base: nn.Module, hashed: nn.Module, shape, classes: int, threads: int,
         t = measure.alternating({"base": train_step(base, batch, shape, classes),
                                  "hashed": train_step(hashed, batch, shape, classes)}, rounds * 5)
         result.update(train_base_ms=t["base"], train_hashed_ms=t["hashed"], train_ratio=t["hashed"] / t["base"])
-    expand = methods.to_inference(copy.deepcopy(hashed))
+    expand = deploy.to_inference(copy.deepcopy(hashed))
     flying = copy.deepcopy(expand)
     for layer in hashed_layers(flying):
         layer.set_mode("on-the-fly")
@@ -81,7 +81,7 @@ def file_ratio(base: nn.Module, hashed: nn.Module, folder: Path) -> dict:
 def accuracy_check(threads: int) -> dict:
     """The bench recipe's protocol: baseline 3 epochs at lr 0.01, hashed 1/8 + 1 finetune epoch at lr 0.001."""
     from cnncompress.data import build_dataset
-    from cnncompress.train import Trainer, TrainConfig, error_rate
+    from cnncompress.training.trainer import Trainer, TrainConfig, error_rate
     torch.set_num_threads(threads)
     train_set = build_dataset("mnist5k", "train", input_size=48)
     test_set = build_dataset("mnist5k", "test", input_size=48)
@@ -98,7 +98,7 @@ def accuracy_check(threads: int) -> dict:
             progress=False).fit()
     tune_s = time.perf_counter() - start
     return {"base_acc": 100 * (1 - error_rate(base, test_set)), "hashed_acc_no_finetune": 100 * (1 - before),
-            "hashed_acc": 100 * (1 - error_rate(methods.to_inference(hashed), test_set)),
+            "hashed_acc": 100 * (1 - error_rate(deploy.to_inference(hashed), test_set)),
             "baseline_3_epochs_s": base_s, "finetune_1_epoch_s": tune_s}
 
 

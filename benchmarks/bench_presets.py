@@ -8,7 +8,7 @@ batch 1, everything of one preset and thread count interleaved in one process (`
 
 Each method is applied with its bench row's model and config (``MethodInfo.bench``, else its Table 2 row) to
 untrained weights (speed does not depend on their values; data-dependent methods get 32 mnist5k digits), then
-deployed (``to_inference``) and run on every engine of its precision (``engines.prepared``: an engine whose
+deployed (``to_inference``) and run on every engine of its precision (``deploy.prepared``: an engine whose
 output differs from the model is skipped, never timed); its speed-up is baseline-on-its-fastest-fp32-engine /
 method-on-its-fastest-engine. The label per preset is derived by ``engine_race.preset_label`` from the slower of the
 two thread counts: ``real`` at >= 1.05x, ``none`` below 0.95x, ``same speed`` between (the noise of the timing).
@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from cnncompress import engines, methods, models
+from cnncompress import deploy, methods, models
 from cnncompress.experiments.engine_race import preset_label
 from cnncompress.experiments.environment import environment
 
@@ -85,7 +85,7 @@ def build(size: int, names: list[str], arch: str | None = None) -> tuple[dict, d
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                deployed = methods.to_inference(methods.apply(bases[arch], name, **config)).eval()
+                deployed = deploy.to_inference(methods.apply(bases[arch], name, **config)).eval()
         except Exception as error:  # noqa: BLE001 - one method that cannot be built is reported, not fatal
             failed[name] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
             continue
@@ -99,11 +99,11 @@ def race(size: int, bases: dict, rows: dict, threads: int, rounds: int, block: i
     """One interleaved timing of every baseline on every fp32 engine and every method on its precision's engines."""
     preset = PRESETS[size]
     shape = (1, preset["channels"], size, size)
-    contenders = {("base", arch): (base, engines.names("fp32")) for arch, base in bases.items()}
-    contenders.update({("row", name): (model, engines.names(engines.model_precision(model)))
+    contenders = {("base", arch): (base, deploy.names("fp32")) for arch, base in bases.items()}
+    contenders.update({("row", name): (model, deploy.names(deploy.model_precision(model)))
                        for name, (arch, model, _) in rows.items()})
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
-    timed, why = engines.race(contenders, shape, threads, rounds, block, x)
+    timed, why = deploy.race(contenders, shape, threads, rounds, block, x)
     times = {(side, who, engine): ms for ((side, who), engine), ms in timed.items()}
     skipped = {f"{who}{' baseline' if side == 'base' else ''} {engine}": reason
                for ((side, who), engine), reason in why.items()}

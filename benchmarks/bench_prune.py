@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnncompress import measure, methods, models, storage
+from cnncompress import deploy, measure, methods, models, storage
 from cnncompress.kernels.sparse import choose_path
 from cnncompress.measure import export_onnx, onnx_session
 
@@ -97,7 +97,7 @@ def fc_paths(model, label: str) -> None:
 def accuracy_check(threads: int) -> bool:
     """Bench protocol: baseline 3 epochs lr 0.01 batch 20; each method + 1 fine-tune epoch at lr 0.001."""
     from cnncompress.data import build_dataset
-    from cnncompress.train import Trainer, TrainConfig, error_rate
+    from cnncompress.training.trainer import Trainer, TrainConfig, error_rate
     torch.set_num_threads(threads)
     train_set = build_dataset("mnist5k", "train", input_size=48)
     test_set = build_dataset("mnist5k", "test", input_size=48)
@@ -117,7 +117,7 @@ def accuracy_check(threads: int) -> bool:
         before = 100 * (1 - error_rate(model, test_set))
         Trainer(model, train_set, val_set, TrainConfig(epochs=1, lr=0.001, momentum=0.9, batch_size=20, seed=0),
                 progress=False).fit()
-        model = methods.to_inference(model)
+        model = deploy.to_inference(model)
         acc, size = 100 * (1 - error_rate(model, test_set)), len(_bytes(model))
         paths = getattr(model, "metadata", {}).get("sparse_paths", {})
         print(f"accuracy {name} {config}: {before:.2f}% -> {acc:.2f}% after 1 epoch "

@@ -5,7 +5,7 @@ and the fixed-point training-step overhead (simulated in float32).
 All timings of one (model, threads, batch) cell take turns (``measure.alternating``): torch fp32 NCHW, torch fp32
 channels_last, ORT fp32, ORT int8, ... each run ``--block`` times in a row (the first not counted), the order
 rotating; medians. "PyTorch fp32" is the faster of the two layouts. Both ONNX graphs come from the same export
-(LRN as cheap static ops, ``cnncompress.onnx_export``). The speed bars are checked at ``--size 224`` (the
+(LRN as cheap static ops, ``cnncompress.deploy.onnx_export``). The speed bars are checked at ``--size 224`` (the
 papers' input); the default micro models (< 0.3 ms per image) are reported only.
 
     .venv/bin/python benchmarks/bench_quantize.py              # bench models (48x48 grey)
@@ -28,9 +28,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cnncompress import measure, methods, models, onnx_export, storage
+from cnncompress import deploy, measure, methods, models, storage
 
 
+
+from cnncompress.deploy import onnx_export
 def cell(base: nn.Module, half: nn.Module, int8_model, shape, threads: int, batch: int, rounds: int,
          block: int) -> dict:
     torch.set_num_threads(threads)
@@ -94,7 +96,7 @@ def main(argv=None) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             quantized = methods.apply(base, "int8", num_calibration=32)
-        int8_model = methods.to_inference(quantized)
+        int8_model = deploy.to_inference(quantized)
         prepare_s = time.perf_counter() - start
         half = methods.apply(base, "fp16", compute="fp16").eval()
         with tempfile.TemporaryDirectory() as folder:

@@ -27,12 +27,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cnncompress import measure, methods
+from cnncompress import deploy, measure, methods
 from cnncompress.errors import InputError
-from cnncompress.loading import load_model
-from cnncompress.predict import Classifier, find_faces
-from cnncompress.stream import predict_video
-from cnncompress.video import VideoWriter
+from cnncompress.models.loading import load_model
+from cnncompress.app.predict import Classifier, find_faces
+from cnncompress.app.stream import predict_video
+from cnncompress.app.video import VideoWriter
 
 W, H, FPS = 640, 480, 30
 
@@ -70,7 +70,7 @@ def compressed_copy(model, method: str, crops: list[np.ndarray]):
     config = {"calibration": classifier.prepare(crops)} if method == "int8" else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return methods.to_inference(methods.apply(model, method, **config))
+        return deploy.to_inference(methods.apply(model, method, **config))
 
 
 def shares(summary: dict) -> str:
@@ -93,7 +93,7 @@ def main(argv=None) -> int:
           f"{os.cpu_count()} CPUs, load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} (other jobs running "
           "share these cores)")
     frames = clip_frames(count)
-    original = methods.to_inference(load_model("fer-minixception"))
+    original = deploy.to_inference(load_model("fer-minixception"))
     with tempfile.TemporaryDirectory(prefix="bench-video-") as tmp:
         video = Path(tmp) / "clip.mp4"
         writer = VideoWriter(video, FPS)

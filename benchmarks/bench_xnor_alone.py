@@ -14,7 +14,7 @@ import statistics
 
 import torch
 
-from cnncompress import engines, measure, methods, models
+from cnncompress import deploy, measure, methods, models
 
 
 def _median_ms(call, calls: int, warmup: int = 3) -> float:
@@ -31,8 +31,8 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     shape = (1, 3, args.size, args.size)
     float_net = models.build("vgg_s", 8, 3, args.size, width=1.0).eval()
-    xnor = methods.to_inference(methods.apply(float_net, "xnor")).eval()
-    baseline = engines.prepare("onnxruntime", float_net, shape, args.threads)
+    xnor = deploy.to_inference(methods.apply(float_net, "xnor")).eval()
+    baseline = deploy.prepare("onnxruntime", float_net, shape, args.threads)
     torch.set_num_threads(args.threads)
     x = torch.randn(*shape)
     times = {"xnor": [], "onnxruntime fp32": []}

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from cnncompress import methods, models, storage
-from cnncompress.train import save_weights
+from cnncompress.training.trainer import save_weights
 
 CLI = [sys.executable, "-m", "cnncompress.cli"]
 
@@ -102,8 +102,8 @@ def _snapshot(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if not p.is_fifo()}
 
 
-IDLE = [sys.executable, "-c", "import torch, onnx, onnxruntime, cnncompress.cli, cnncompress.loading, "
-                              "cnncompress.train, cnncompress.data"]  # what a CLI call imports, doing nothing
+IDLE = [sys.executable, "-c", "import torch, onnx, onnxruntime, cnncompress.cli, cnncompress.models.loading, "
+                              "cnncompress.training.trainer, cnncompress.data"]  # what a CLI call imports, doing nothing
 
 
 def _run(root: Path, argv: list[str], command: list[str] | None = None) -> tuple[int, str, int]:

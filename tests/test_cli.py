@@ -82,3 +82,54 @@ def test_bench_only_unknown_name_exit_2_keeps_the_table(run_cli, tmp_path):
 def test_data_list(run_cli):
     code, out, _ = run_cli("data", "list")
     assert code == 0 and "mnist5k" in out and "fer2013" in out
+
+
+USER_NETS = '''
+from torch import nn
+
+def build():
+    return nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=8),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 10))
+
+def wrong():
+    return "not a network"
+'''
+
+
+def test_a_user_network_from_the_command_line(run_cli, tmp_path, monkeypatch):
+    import torch
+    from safetensors.torch import save_file
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "nets.py").write_text(USER_NETS)
+    torch.manual_seed(0)
+    from cnncompress.models.entry_point import build_user
+    save_file(build_user("nets.py:build").state_dict(), str(tmp_path / "w.safetensors"))
+    code, out, err = run_cli("compress", "--model", "nets.py:build", "--weights", "w.safetensors", "--method", "bwn",
+                             "--data", "mnist5k", "--out", "D")
+    assert code == 0, err
+    row = json.loads(out.strip().splitlines()[-1])
+    assert row["bn_recalibrated"] == 1024 and row["file"].endswith("model.ccz") and isinstance(row["collapsed"], bool)
+    code, out, err = run_cli("export", "D/model.ccz", "--model", "nets.py:build", "--format", "onnx")
+    assert code == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["top1_agreement"] >= 99
+    code, _, err = run_cli("export", "D/model.ccz", "--format", "onnx")  # the file never imports nets.py
+    assert code == 2 and "--model nets.py:build" in err and len(err.strip().splitlines()) == 1
+    for args, words in ((("--model", "nets.py:nope"), "has no function nope"),
+                        (("--model", "nets.py:wrong"), "not a torch.nn.Module"),
+                        (("--model", "nets.py:build", "--weights", "D/model.ccz"), "not a valid safetensors")):
+        code, _, err = run_cli("compress", *args, "--method", "bwn", "--out", "E")
+        assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
+    (tmp_path / "F").write_text("keep me")
+    code, _, err = run_cli("compress", "--model", "nets.py:build", "--method", "fp16", "--out", "F")
+    assert code == 2 and "exists and is not a folder" in err and (tmp_path / "F").read_text() == "keep me"
+    assert not (tmp_path / "E").exists()
+
+
+def test_methods_lists_every_method_with_what_it_handles(run_cli):
+    from cnncompress import methods
+    code, out, _ = run_cli("methods", "--json")
+    records = [json.loads(line) for line in out.strip().splitlines()]
+    assert code == 0 and sorted(r["method"] for r in records) == methods.available()
+    assert all(r["handles"] and r["size"] in ("real", "simulated", "none") for r in records)
+    tt = next(r for r in records if r["method"] == "tt")
+    assert {"option": "cores", "type": "int", "default": 2, "range": "[2, 16]"} in tt["options"]

@@ -12,7 +12,7 @@
 - ``onnx_latency``: the same model exported with ``torch.onnx.export`` and run in onnxruntime.
 - ``param_count``, ``file_bytes`` (``os.stat`` of the real file, never an estimate).
 - ``peak_memory``: RSS high-water mark of a fresh subprocess that loads a ``.ccz`` and runs inference or training
-  (``python -m cnncompress.memory_probe``), minus the same process's RSS before loading, so rows do not pollute
+  (``python -m cnncompress.experiments.memory_probe``), minus the same process's RSS before loading, so rows do not pollute
   each other.
 
 Every timing goes through ``timing.time_calls`` (re-exported here with ``best``, ``median``, ``summary``), and
@@ -32,27 +32,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .timing import best, median, summary, time_calls  # noqa: F401  (the one timer, re-exported for benchmarks)
-
-DEFAULT_THREADS = 2
-
-
-@contextlib.contextmanager
-def threads(count: int | None):
-    """Fix torch's intra-op thread count for the duration."""
-    previous = torch.get_num_threads()
-    if count:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
+from cnncompress.timing import (DEFAULT_THREADS, alternating, best, median, summary, threads,  # noqa: F401
+                                time_calls)  # the one timer and the race loop, re-exported for benchmarks
 
 @torch.no_grad()
 def accuracy(model: nn.Module, dataset, batch_size: int = 256) -> float:
     """Top-1 accuracy (%) on an in-memory labelled dataset."""
-    from .train import error_rate
     return 100.0 * (1.0 - error_rate(model, dataset, batch_size))
 
 
@@ -109,34 +94,18 @@ def file_bytes(path: str | Path) -> int:
     return os.stat(path).st_size
 
 
-def alternating(calls: dict, runs: int, block: int = 1, warmup: int = 2, minimum: dict | None = None,
-                pause: float = 0.0) -> dict:
-    """Median ms per call of several competing calls timed in one process, taking turns so that drift in machine
-    load hits all of them alike; the order rotates each round so that none always follows another.
-
-    ``block=1``: the calls alternate call by call (``runs`` samples each). ``block=k > 1``: each takes its turn as
-    ``k`` calls in a row and the first of them is not counted (``runs * (k - 1)`` samples each): the steady,
-    warm-cache latency of one engine, without the thread-pool spin and cache eviction the previous engine leaves
-    behind (call-by-call alternation of PyTorch and onnxruntime at two threads on two cores measured int8
-    VGG-S at 1.0x of fp32 where turns of 5 calls measured 1.75x). ``pause`` seconds of sleep before each turn let
-    the previous engine's spinning worker threads go idle. ``minimum`` (a dict) receives each fastest run.
-    """
-    if runs < 1 or block < 1:
-        raise ValueError(f"runs and block must be positive, got {runs}, {block}")
-    names = list(calls)
-    for name in names:
-        time_calls(calls[name], 0, warmup)
-    samples = {name: [] for name in names}
-    for round_index in range(runs):
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
-            if pause:
-                time.sleep(pause)
-            untimed = 1 if block > 1 else 0  # a turn of k > 1 calls: the first one is not counted
-            samples[name].extend(time_calls(calls[name], block - untimed, warmup=untimed))
-    if minimum is not None:
-        minimum.update({name: 1000 * best(values) for name, values in samples.items()})
-    return {name: 1000 * median(values) for name, values in samples.items()}
+@torch.no_grad()
+def error_rate(model: nn.Module, dataset, batch_size: int = 256, device: str = "cpu") -> float:
+    """Top-1 error (fraction) of ``model`` on a labelled in-memory dataset."""
+    was_training = model.training
+    model.eval()
+    wrong = 0
+    for start in range(0, len(dataset), batch_size):
+        images = dataset.images[start:start + batch_size].to(device)
+        labels = dataset.labels[start:start + batch_size].to(device)
+        wrong += int((model(images).argmax(1) != labels).sum())
+    model.train(was_training)
+    return wrong / max(1, len(dataset))
 
 
 def _example(input_shape: tuple[int, ...], example: torch.Tensor | None) -> torch.Tensor:
@@ -184,9 +153,8 @@ def train_step_time(model: nn.Module, dataset, batch_size: int = 32, steps: int 
     """Median ms of one SGD step on a copy of the model (the model itself is not changed)."""
     import copy
 
-    from .layers import after_step
-    from .train import cross_entropy_loss
-    loss_fn = loss_fn or cross_entropy_loss
+    from cnncompress.layers import after_step
+    loss_fn = loss_fn or (lambda net, images, labels: torch.nn.functional.cross_entropy(net(images), labels))
     trial = copy.deepcopy(model).train()
     optimizer = torch.optim.SGD(trial.parameters(), lr=1e-4, momentum=0.9)
     images, labels = dataset.images[:batch_size], dataset.labels[:batch_size]
@@ -204,14 +172,14 @@ def train_step_time(model: nn.Module, dataset, batch_size: int = 32, steps: int 
 def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path, fallback: bool = True) -> Path:
     """Export to ``path`` (``onnx_export.export_file``: TorchScript exporter after ``onnx_export.onnx_friendly``,
     the dynamo one if that fails and ``fallback``); input ``input`` and output ``logits``, dynamic batch."""
-    from .onnx_export import export_file
+    from cnncompress.deploy.onnx_export import export_file
     return export_file(model, input_shape, path, fallback)
 
 
 def onnx_session(path: str | Path | bytes, num_threads: int | None = DEFAULT_THREADS):
     """An onnxruntime CPU session of a ``.onnx`` path or serialized graph (``onnx_export.session``) at
     ``num_threads`` intra-op threads."""
-    from .onnx_export import session
+    from cnncompress.deploy.onnx_export import session
     return session(path, num_threads)
 
 
@@ -231,22 +199,58 @@ def onnx_latency(model_or_path, input_shape: tuple[int, ...], runs: int = 100, w
 
 
 def peak_memory(ccz_path: str | Path, mode: str = "infer", batch: int = 1, num_threads: int = DEFAULT_THREADS,
-                timeout: float = 300) -> float:
-    """Peak RSS growth (MB) of a fresh process that loads ``ccz_path`` and runs ``mode`` (infer|train)."""
-    return peak_memories(ccz_path, [(mode, batch)], num_threads, timeout)[0]
+                timeout: float = 300, entry: str | None = None) -> float:
+    """Peak RSS growth (MB) of a fresh process that loads ``ccz_path`` and runs ``mode`` (infer|train); ``entry``:
+    a user network's entry point (the probe rebuilds it from what the caller names, never from the file)."""
+    return peak_memories(ccz_path, [(mode, batch)], num_threads, timeout, entry)[0]
 
 
 def peak_memories(ccz_path: str | Path, probes: list[tuple[str, int]], num_threads: int = DEFAULT_THREADS,
-                  timeout: float = 300) -> list[float]:
+                  timeout: float = 300, entry: str | None = None) -> list[float]:
     """``peak_memory`` for several (mode, batch) probes, each in its own fresh process, run side by side (the
-    processes share nothing, so one's peak does not affect another's; only their wall time overlaps)."""
-    running = [subprocess.Popen([sys.executable, "-m", "cnncompress.memory_probe", str(ccz_path), mode, str(batch),
-                                 str(num_threads)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-               for mode, batch in probes]
-    peaks = []
-    for process in running:
-        out, err = process.communicate(timeout=timeout)
-        if process.returncode != 0:
-            raise RuntimeError(f"memory probe failed: {(err.strip().splitlines() or ['?'])[-1]}")
-        peaks.append(float(json.loads(out.strip().splitlines()[-1])["peak_mb"]))
-    return peaks
+    processes share nothing, so one's peak does not affect another's; only their wall time overlaps). The
+    probes die with this process (Linux: ``PR_SET_PDEATHSIG``), and a probe past ``timeout`` (``TimeoutExpired``)
+    or a failed one takes the others down with it."""
+    running = []
+    try:
+        for mode, batch in probes:
+            running.append(subprocess.Popen(
+                [sys.executable, "-m", "cnncompress.experiments.memory_probe", str(ccz_path), mode, str(batch),
+                 str(num_threads), *([entry] if entry else [])],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_die_with_parent()))
+        peaks = []
+        for process in running:
+            out, err = process.communicate(timeout=timeout)
+            if process.returncode != 0:
+                raise RuntimeError(f"memory probe failed: {(err.strip().splitlines() or ['?'])[-1]}")
+            peaks.append(float(json.loads(out.strip().splitlines()[-1])["peak_mb"]))
+        return peaks
+    finally:
+        for process in running:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent():
+    """A ``preexec_fn`` that makes a child get SIGKILL when this process dies (Linux ``prctl(PR_SET_PDEATHSIG)``),
+    or None where there is no such call. The C function is looked up here, in the parent: between fork and exec
+    the child only calls it (no library loading there)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+        import signal
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent, kill = os.getpid(), int(signal.SIGKILL)
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, kill, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the call: nobody left to signal us
+            os._exit(1)
+    return preexec

@@ -11,7 +11,8 @@ Choosing (``select``). A method's ``layers=`` option is read the same way everyw
 Only layers of the method's kinds that it can compress are candidates. Then ``exclude=`` (same syntax) removes
 layers, and ``keep_first`` / ``keep_last`` keep the network's first /
 last layer of those kinds at full precision (the binarisation papers' rule). An item that matches nothing is an
-error naming the item and the candidates, so a typo never silently compresses nothing.
+error naming the item and the candidates, so a typo never silently compresses nothing; so is a named selection
+that ends empty (``"linear"`` on a network without a ``Linear`` layer; ``"all"`` may find nothing left to do).
 
 Replacing (``replace``, ``replace_layers``): one place sets a sub-module by its dotted path; ``replace_layers``
 is torchao's ``_replace_with_custom_fn_if_matches_filter`` in our terms: ``convert(path, layer)`` for each
@@ -85,11 +86,12 @@ def _chosen(model: nn.Module, pool: list[tuple[str, nn.Module]], spec: LayerSpec
 
 def select(model: nn.Module, layers: LayerSpec = "all", *, types: tuple[type, ...] = WEIGHT_LAYERS,
            exclude: LayerSpec = (), keep_first: bool = False, keep_last: bool = False,
-           where: Where | None = None) -> list[tuple[str, nn.Module]]:
+           where: Where | None = None, required: bool = True) -> list[tuple[str, nn.Module]]:
     """The layers of ``model`` that ``layers`` names (module docstring: the rule), in network order.
 
     ``types`` and ``where`` are the method's, not the user's: the kinds of layer it can compress and an
-    eligibility filter (e.g. "not already binarized"); the user's ``layers``/``exclude`` choose among those."""
+    eligibility filter (e.g. "not already binarized"); the user's ``layers``/``exclude`` choose among those.
+    ``required``: a selection the user named (a kind, path or glob; not ``"all"``) that ends empty is an error."""
     for flag, value in (("keep_first", keep_first), ("keep_last", keep_last)):
         if not isinstance(value, bool):
             raise ValueError(f"{flag} must be true or false, got {value!r}")
@@ -101,6 +103,10 @@ def select(model: nn.Module, layers: LayerSpec = "all", *, types: tuple[type, ..
         chosen.discard(pool[0][0])
     if keep_last and pool:
         chosen.discard(pool[-1][0])
+    if not chosen and required and layers not in ("all", None):  # a named selection that compresses nothing
+        kinds = " or ".join(t.__name__ for t in types)
+        raise ValueError(f"no eligible layers: layers={layers!r} selects no {kinds} layer of {type(model).__name__} "
+                         f"that this method can compress (candidates: {', '.join(p for p, _ in pool) or 'none'})")
     return [(path, module) for path, module in pool if path in chosen]
 
 

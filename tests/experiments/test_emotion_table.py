@@ -3,6 +3,7 @@ import pytest
 
 from cnncompress.errors import InputError
 from cnncompress.experiments import emotion_report, emotion_table
+from cnncompress import deploy
 
 ROWS = (("fp16", [("fp16", {})], False),
         ("HashedNets 1/8", [("hashed", {"compression": 0.125})], True),
@@ -98,17 +99,17 @@ def test_norms_as_affine_row_is_measured_on_the_file_it_writes(tmp_path):
     from torch import nn
 
     from cnncompress import methods, storage
-    from cnncompress.batchnorm_folding import ChannelAffine
+    from cnncompress.methods.batchnorm_folding import ChannelAffine
     row = ("k-means 4-bit, norms as affine, fp16 rest", [("kmeans", {"conv_bits": 4}), ("fp16", {}),
                                                          ("norms-as-affine", {})], True)
     plain = ("k-means 4-bit, fp16 rest", row[1][:2], True)
     original, affine, kmeans = emotion_table.run(tmp_path, rows=(row, plain), progress=False, **FAST)
     assert affine["bytes"] < kmeans["bytes"]
-    loaded = methods.to_inference(storage.load(tmp_path / f"{emotion_table.slug(row[0])}-s0" / "model.ccz")).eval()
+    loaded = deploy.to_inference(storage.load(tmp_path / f"{emotion_table.slug(row[0])}-s0" / "model.ccz")).eval()
     assert any(isinstance(m, ChannelAffine) for m in loaded.modules())
     assert not any(isinstance(m, nn.BatchNorm2d) for m in loaded.modules())
-    from cnncompress.distill import augment_copies
-    from cnncompress.loading import load_model
+    from cnncompress.training.distill import augment_copies
+    from cnncompress.models.loading import load_model
     teacher = load_model("fer-minixception").eval()
     images = augment_copies(emotion_table.faces("lfw-faces", teacher)["heldout"].images, FAST["heldout_copies"],
                             seed=10_000)
@@ -146,7 +147,7 @@ def test_a_row_meeting_the_aim_is_run_again_at_the_confirmation_seeds(tmp_path, 
 def test_selection_set_weighs_val_faces_as_much_as_crops_and_holds_every_val_face():
     import torch
 
-    from cnncompress.loading import load_model
+    from cnncompress.models.loading import load_model
     data = emotion_table.faces("lfw-faces", load_model("fer-minixception").eval())
     settings = {**emotion_table.FULL, "select_transfer": 20, "select_faces": 20}
     chosen = emotion_table.selection_set(data, settings, seed=0)
@@ -176,7 +177,7 @@ def test_the_named_layer_groups_of_the_mixed_bit_rows_select_what_they_say():
 def test_a_hints_step_recovers_with_the_originals_block_outputs_as_targets(tmp_path, monkeypatch):
     """The ``hints`` step is a recovery option: distillation gets its points and weight (and the row without it
     gets none); rows with it are full-run extras, left out of --quick."""
-    from cnncompress import distill as distill_module
+    from cnncompress.training import distill as distill_module
     seen, real = [], distill_module.distill
 
     def recording(*args, **kwargs):

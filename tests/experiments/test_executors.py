@@ -158,7 +158,7 @@ def test_call_all_runs_calls_as_ray_tasks_in_order(cluster):
     """``optimize`` builds its candidates with ``call_all``: results in call order, an InputError raised in a task
     comes back as one (parse_bytes: a plain library function, importable on the workers)."""
     from cnncompress.experiments.executors import RayExecutor
-    from cnncompress.optimizer import parse_bytes
+    from cnncompress.budget.optimizer import parse_bytes
     calls = [("1/2", 1000), ("1/4", 1000), ("300KB", None)]
     assert RayExecutor().call_all(parse_bytes, calls) == LocalExecutor().call_all(parse_bytes, calls) == \
         [500, 250, 300_000]

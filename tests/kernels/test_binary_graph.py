@@ -1,4 +1,5 @@
-"""One native call per chain (kernels/binary_graph.c) == each op's PyTorch twin, at 1 and 2 threads."""
+"""One native call per chain (kernels/binary_graph.c) == each op's PyTorch twin, at 1 and 2 threads, on every ISA
+path of the C kernels the host can run."""
 from __future__ import annotations
 
 import pytest
@@ -6,10 +7,20 @@ import torch
 import torch.nn.functional as F
 
 from cnncompress.kernels import binary_graph as G
+from cnncompress.kernels import bitpack as bp
+from cnncompress.kernels.native import ISAS
 from cnncompress.methods.binarize_inference import XnorConv2d, XnorLinear
 from cnncompress.methods.binarize_layers import BinaryConv2d, BinaryLinear
 
 pytestmark = pytest.mark.skipif(not G.available(), reason="no C compiler: native chains unavailable")
+
+
+@pytest.fixture(autouse=True, params=ISAS)
+def every_isa(request, force_isa):
+    """Every test of this module on each ISA path of the C kernels the host can run (``CNNCOMPRESS_ISA``)."""
+    force_isa(request.param)
+    assert G.kernel_path() == bp.kernel_path()  # bitpack.c is linked into the chain library: the same path
+    return request.param
 
 
 @pytest.fixture(params=[(1, G.MIN_WORK), (2, 0)], ids=["1-thread", "2-threads-split-every-op"])

@@ -1,4 +1,5 @@
-"""Bit-packed XNOR-popcount kernels == pure PyTorch references (exact integers, float tolerance after scaling)."""
+"""Bit-packed XNOR-popcount kernels == pure PyTorch references (exact integers, float tolerance after scaling), on
+every ISA path of the C kernels the host can run and on the numpy fallback."""
 from __future__ import annotations
 
 import pytest
@@ -6,15 +7,17 @@ import torch
 import torch.nn.functional as F
 
 from cnncompress.kernels import bitpack as bp
+from cnncompress.kernels.native import ISAS
 
 
-@pytest.fixture(params=["native", "numpy"])
-def backend(request, monkeypatch):
-    """Run each test with the compiled C kernel and with the numpy fallback."""
+@pytest.fixture(params=[*ISAS, "numpy"])
+def backend(request, monkeypatch, force_isa):
+    """Run each test with the compiled C kernel forced to each ISA path (skipped where the host CPU lacks it) and
+    with the numpy fallback."""
     if request.param == "numpy":
         monkeypatch.setattr(bp, "native", lambda: None)
-    elif bp.native() is None:
-        pytest.skip("no C compiler: native kernel unavailable")
+    else:
+        force_isa(request.param)
     return request.param
 
 
@@ -75,9 +78,7 @@ def test_xnor_linear_matches_reference(backend, n, k, o):
     torch.testing.assert_close(fast, bp.reference_xnor_linear(x, weight, alpha, bias, True), rtol=1e-5, atol=1e-5)
 
 
-def test_threads_give_same_result():
-    if bp.native() is None:
-        pytest.skip("no native kernel")
+def test_threads_give_same_result(isa):
     for m, n, k in ((37, 21, 300), (300, 41, 640)):  # the second is large enough to be split across threads
         xa, xb = torch.randn(m, k), torch.randn(n, k)
         a, b = bp.pack_rows(xa), bp.pack_rows(xb)
@@ -121,9 +122,7 @@ def test_box_mean_matches_conv_reference(size, kernel, stride, padding):
 
 
 @pytest.mark.parametrize("threads", [2, 3])
-def test_float_helpers_split_across_threads_match_torch(threads):
-    if bp.native() is None:
-        pytest.skip("no native kernel")
+def test_float_helpers_split_across_threads_match_torch(isa, threads):
     torch.manual_seed(0)
     x = torch.randn(2, 96, 37, 41) * 4  # large enough to be split into pixel / plane shares
     previous = torch.get_num_threads()

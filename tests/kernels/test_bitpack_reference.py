@@ -1,5 +1,6 @@
 """Every fast kernel of ``kernels/bitpack`` against its pure twin in ``kernels/bitpack_reference`` (and the twins
-against torch's own ops), with the C library and with the fallback, at several thread counts; the C loader."""
+against torch's own ops), with the C library on every ISA path the host can run and with the fallback, at several
+thread counts; the C loader."""
 from __future__ import annotations
 
 import contextlib
@@ -12,15 +13,17 @@ import torch.nn.functional as F
 from cnncompress.kernels import bitpack as bp
 from cnncompress.kernels import bitpack_reference as ref
 from cnncompress.kernels import native
+from cnncompress.kernels.native import ISAS
 
 
-@pytest.fixture(params=["native", "fallback"])
-def backend(request, monkeypatch):
-    """Run each test with the compiled C kernel and with the fallback (numpy / torch)."""
+@pytest.fixture(params=[*ISAS, "fallback"])
+def backend(request, monkeypatch, force_isa):
+    """Run each test with the compiled C kernel forced to each ISA path the host can run (``CNNCOMPRESS_ISA``;
+    a path the CPU lacks is skipped with the reason) and with the fallback (numpy / torch)."""
     if request.param == "fallback":
         monkeypatch.setattr(bp, "native", lambda: None)
-    elif bp.native() is None:
-        pytest.skip("no C compiler: native kernel unavailable")
+    else:
+        force_isa(request.param)
     return request.param
 
 
@@ -84,9 +87,7 @@ def test_lrn_kernel_matches_reference(backend, shape, size, alpha, beta, k):
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3, 4])
-def test_float_kernels_match_references_across_threads(threads):
-    if bp.native() is None:
-        pytest.skip("no native kernel")
+def test_float_kernels_match_references_across_threads(isa, threads):
     torch.manual_seed(threads)
     for shape in ((1, 64, 33, 35), (2, 48, 30, 32)):  # >= 2**16 elements: split into pixel / plane shares
         x = torch.randn(*shape) * 3
@@ -147,7 +148,8 @@ def test_c_source_ships_with_the_package():
 
 
 def test_kernel_path_is_recorded(monkeypatch):
-    assert bp.kernel_path() in ("c-avx512-vpopcnt", "c-popcount", "numpy")
+    monkeypatch.delenv(native.ISA_ENV, raising=False)
+    assert bp.kernel_path() in ("c-avx512-vpopcnt", "c-avx512", "c-avx2", "c-neon", "c-scalar", "numpy")
     monkeypatch.setattr(bp, "native", lambda: None)
     assert bp.kernel_path() == "numpy"
 

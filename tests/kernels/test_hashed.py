@@ -108,7 +108,7 @@ needs_c = pytest.mark.skipif(kernel.native() is None, reason="no C compiler: the
 @needs_c
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("n,buckets", [(300, 11), (70_001, 8_750), (200_000, 1)])
-def test_c_expand_and_gradient_equal_reference(n, buckets, threads):
+def test_c_expand_and_gradient_equal_reference(isa, n, buckets, threads):
     """The C gather/scatter (split over threads above PARALLEL_MIN) == index_select / index_add_ of the reference."""
     torch.manual_seed(1)
     before = torch.get_num_threads()
@@ -125,13 +125,14 @@ def test_c_expand_and_gradient_equal_reference(n, buckets, threads):
     finally:
         torch.set_num_threads(before)
     assert fast.grad_fn is not None and "NativeExpand" in type(fast.grad_fn).__name__  # the C path really ran
+    assert kernel.kernel_path() == f"c-{isa}"  # hashed.c built for the forced path
     assert torch.equal(fast, ref)  # a copy with a sign flip: bit-exact
     torch.testing.assert_close(w.grad, w_ref.grad, rtol=1e-4, atol=1e-4)  # float32 sums in another order
 
 
 @needs_c
 @pytest.mark.parametrize("batch,out,features,buckets,threads", [(5, 7, 11, 13, 1), (20, 300, 400, 9000, 2)])
-def test_fused_linear_gradients_equal_the_dense_reference(batch, out, features, buckets, threads):
+def test_fused_linear_gradients_equal_the_dense_reference(isa, batch, out, features, buckets, threads):
     """The fused hashed linear (never forming dL/dV) == F.linear on reference_expand, output and all three
     gradients; rows whose output gradient is all zero (a ReLU after the layer) still give the right answer."""
     torch.manual_seed(2)

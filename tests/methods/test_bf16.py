@@ -6,14 +6,15 @@ import pytest
 import torch
 from torch import nn
 
-from cnncompress import methods, models, storage
+from cnncompress import deploy, methods, models, storage
 from cnncompress.data import build_dataset
-from cnncompress.engines import cpu, openvino
-from cnncompress.engines.torch_bf16 import TorchBf16Model
+from cnncompress import hardware as cpu
+from cnncompress.deploy import openvino
+from cnncompress.deploy.torch_bf16 import TorchBf16Model
 from cnncompress.errors import InputError
-from cnncompress.export import method_graph
+from cnncompress.deploy.export import method_graph
 from cnncompress.methods.bf16 import Bf16Conv2d, Bf16Linear
-from cnncompress.train import TrainConfig, Trainer
+from cnncompress.training.trainer import TrainConfig, Trainer
 
 
 def _on_grid(tensor: torch.Tensor) -> bool:
@@ -63,7 +64,7 @@ def test_fine_tuning_keeps_weights_on_the_grid(vgg):
 
 
 def test_deployed_model_runs_bf16_kernels_and_says_which(vgg):
-    fast = methods.to_inference(methods.apply(vgg, "bf16"))
+    fast = deploy.to_inference(methods.apply(vgg, "bf16"))
     compute = fast.metadata["bf16_compute"]
     if openvino.precision_missing("bf16") is None:
         assert isinstance(fast, openvino.OpenVinoModel) and fast.precision == "bf16"
@@ -71,13 +72,13 @@ def test_deployed_model_runs_bf16_kernels_and_says_which(vgg):
         graph, note = method_graph(fast)
         assert graph == fast.onnx_model and "float graph" in note
     assert fast.spec == vgg.spec and fast.compression_history[-1]["method"] == "bf16"
-    assert methods.to_inference(fast) is fast
+    assert deploy.to_inference(fast) is fast
 
 
 def test_without_openvino_it_uses_torch_bf16(vgg, monkeypatch):
     monkeypatch.setitem(sys.modules, "openvino", None)
     monkeypatch.setattr(cpu, "has_bf16", lambda: True)
-    fast = methods.to_inference(methods.apply(vgg, "bf16"))
+    fast = deploy.to_inference(methods.apply(vgg, "bf16"))
     assert isinstance(fast, TorchBf16Model) and "not installed" in fast.metadata["bf16_compute"]
     x = torch.randn(2, 1, 48, 48)
     with torch.no_grad():
@@ -89,7 +90,7 @@ def test_a_cpu_without_bf16_falls_back_to_fp32_and_says_so(vgg, monkeypatch):
     monkeypatch.setattr(cpu, "has_amx", lambda: False)
     monkeypatch.setattr(openvino, "capabilities", lambda: ["FP32", "INT8"])
     rounded = methods.apply(vgg, "bf16")
-    fast = methods.to_inference(rounded)
+    fast = deploy.to_inference(rounded)
     assert isinstance(fast.features.conv1, Bf16Conv2d)  # the reference twin: fp32 arithmetic on bf16 values
     assert fast.metadata["bf16_compute"].startswith("fp32 fallback: no bf16 arithmetic on this CPU")
 
@@ -113,7 +114,7 @@ def trained():
 def test_accuracy_is_within_noise_of_fp32(trained, tmp_path):
     model, test = trained
     storage.save(methods.apply(model, "bf16"), tmp_path / "bf16.ccz")
-    fast = methods.to_inference(storage.load(tmp_path / "bf16.ccz"))
+    fast = deploy.to_inference(storage.load(tmp_path / "bf16.ccz"))
     with torch.no_grad():
         reference = model(test.images).argmax(1)
         ours = torch.cat([fast(test.images[i:i + 100]) for i in range(0, len(test.images), 100)]).argmax(1)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from cnncompress import methods, models, storage
+from cnncompress import deploy, methods, models, storage
 from cnncompress.errors import InputError
 from cnncompress.kernels import bitpack
 from cnncompress.methods import binarize as B
@@ -96,7 +96,7 @@ def test_stochastic_sign_probability():
 
 def test_xnor_fast_path_equals_reference():
     net = _calibrated(methods.apply(_vgg(), "xnor"))
-    fast = methods.to_inference(copy.deepcopy(net))
+    fast = deploy.to_inference(copy.deepcopy(net))
     assert isinstance(fast.features.conv3.binary, B.XnorConv2d)
     assert isinstance(fast.classifier.fc6.binary, B.XnorLinear)
     x = torch.randn(3, 1, 48, 48)
@@ -111,7 +111,7 @@ def test_bwn_inference_and_ccz_round_trip(tmp_path):
         expected = net(x)
         loaded = storage.load(storage.save(net, tmp_path / "bwn.ccz"))
         torch.testing.assert_close(loaded(x), expected)
-        fast = methods.to_inference(loaded)
+        fast = deploy.to_inference(loaded)
         assert isinstance(fast.classifier.fc6, B.SignedLinear)
         torch.testing.assert_close(fast(x), expected)
         again = storage.load(storage.save(fast, tmp_path / "fast.ccz"))
@@ -128,10 +128,10 @@ def test_xnor_ccz_round_trip_training_and_inference_models(tmp_path):
         expected = net(x)
         loaded = storage.load(storage.save(net, tmp_path / "xnor.ccz"))
         torch.testing.assert_close(loaded(x), expected, rtol=1e-4, atol=1e-5)
-        fast = methods.to_inference(loaded)
+        fast = deploy.to_inference(loaded)
         packed = storage.load(storage.save(fast, tmp_path / "xnor-fast.ccz"))
         assert isinstance(packed.features.conv4.binary, B.XnorConv2d)
-        torch.testing.assert_close(methods.to_inference(packed)(x), fast(x))
+        torch.testing.assert_close(deploy.to_inference(packed)(x), fast(x))
     assert (tmp_path / "xnor-fast.ccz").stat().st_size < (tmp_path / "xnor.ccz").stat().st_size * 1.1
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from cnncompress import methods, models, storage
+from cnncompress import deploy, methods, models, storage
 from cnncompress.errors import InputError
 from cnncompress.methods import decompose as D
 from cnncompress.methods import decompose_rank as R
@@ -100,7 +100,7 @@ def test_methods_replace_layers_and_parameter_count_drops_as_claimed():
         model.classifier.fc7)
     cp = methods.apply(model, "cp", layers="features.conv5", rank=8, n_iter_max=5)
     assert D.param_count(cp.features.conv5) == 8 * (64 + 6 + 64) + 64
-    fast = methods.to_inference(cp)
+    fast = deploy.to_inference(cp)
     assert len(fast.features.conv5) == 3 and torch.allclose(fast(x), cp(x), atol=1e-5)
 
 

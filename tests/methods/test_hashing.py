@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from cnncompress import methods, models, storage
+from cnncompress import deploy, methods, models, storage
 from cnncompress.errors import InputError
 from cnncompress.kernels import hashed as kernel
 from cnncompress.methods.hashing import HashedConv2d, HashedLinear, hashed_layers, layer_seed, num_buckets
@@ -149,7 +149,7 @@ def test_ccz_round_trip_and_size(tmp_path):
     assert [m.seed for m in hashed_layers(loaded)] == [m.seed for m in hashed_layers(model)]
     with torch.no_grad():
         assert torch.equal(loaded(x), expected)
-        fast = methods.to_inference(loaded)
+        fast = deploy.to_inference(loaded)
         assert torch.equal(fast(x), expected)
     half = storage.load(storage.save(model, tmp_path / "half.ccz", float_codec="fp16"))
     with torch.no_grad():
@@ -209,7 +209,7 @@ def test_finetune_step_updates_buckets():
 
 
 def test_to_inference_frees_maps_and_rebuilds_them_when_needed():
-    model = methods.to_inference(methods.apply(vgg(), "hashed"))
+    model = deploy.to_inference(methods.apply(vgg(), "hashed"))
     x = torch.randn(2, 1, 48, 48)
     with torch.no_grad():
         expected = model(x)

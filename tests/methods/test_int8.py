@@ -4,12 +4,13 @@ import os
 import pytest
 import torch
 
-from cnncompress import methods, models, storage
+from cnncompress import deploy, methods, models, storage
 from cnncompress.data import build_dataset
 from cnncompress.errors import InputError
-from cnncompress.methods.int8 import Int8Conv2d, Int8Linear, OrtInt8Model
+from cnncompress.deploy.int8 import OrtInt8Model
+from cnncompress.methods.int8 import Int8Conv2d, Int8Linear
 from cnncompress.storage.codec_int8 import INT8, dequantize_per_channel, quantize_per_channel
-from cnncompress.train import TrainConfig, Trainer
+from cnncompress.training.trainer import TrainConfig, Trainer
 
 
 def test_codec_round_trip_and_error_bound():
@@ -51,7 +52,7 @@ def test_int8_agrees_with_fp32_and_ccz_is_4x_smaller(trained, tmp_path):
     quantized = methods.apply(model, "int8", calibration=train, num_calibration=256)
     assert isinstance(quantized.features.conv1, Int8Conv2d) and isinstance(quantized.classifier.fc6, Int8Linear)
     assert quantized.int8_calibration.num_images == 256
-    inference = methods.to_inference(quantized)
+    inference = deploy.to_inference(quantized)
     assert isinstance(inference, OrtInt8Model) and b"QuantizeLinear" in inference.onnx_model
     images = test.images[:500]
     with torch.no_grad():
@@ -67,7 +68,7 @@ def test_int8_agrees_with_fp32_and_ccz_is_4x_smaller(trained, tmp_path):
     loaded = storage.load(tmp_path / "int8.ccz")
     assert torch.allclose(loaded.features.conv1.weight, quantized.features.conv1.weight, atol=1e-6)
     assert torch.equal(loaded.features.conv1.int8_weight()[0], quantized.features.conv1.int8_weight()[0])
-    assert torch.allclose(methods.to_inference(loaded)(images[:64]), inference(images[:64]), atol=1e-5)
+    assert torch.allclose(deploy.to_inference(loaded)(images[:64]), inference(images[:64]), atol=1e-5)
 
 
 def test_int8_needs_the_runs_data_noise_only_when_asked_and_bad_options_fail():
@@ -76,7 +77,7 @@ def test_int8_needs_the_runs_data_noise_only_when_asked_and_bad_options_fail():
         methods.apply(model, "int8", num_calibration=8)
     quantized = methods.apply(model, "int8", num_calibration=8, calibration="noise")
     assert quantized.compression_history[-1]["config"]["calibration"] == "noise"  # the row says so
-    assert methods.to_inference(quantized)(torch.randn(2, 1, 48, 48)).shape == (2, 10)
+    assert deploy.to_inference(quantized)(torch.randn(2, 1, 48, 48)).shape == (2, 10)
     with pytest.raises(InputError, match="num_calibration"):
         methods.apply(model, "int8", num_calibration=0)
     with pytest.raises(ValueError, match="no int8 calibration"):
@@ -105,7 +106,8 @@ def test_int8_calibration_class_count_must_match():
 def test_int8_graph_exporters_agree_and_old_files_rebuild():
     """Calibration ranges are keyed by the exported graph's tensor names; a model calibrated with the older
     ``torchscript`` export (stored in its file) must still rebuild, and give the same logits as the default."""
-    from cnncompress.methods.int8 import DEFAULT_EXPORTER, int8_onnx
+    from cnncompress.deploy.int8 import int8_onnx
+    from cnncompress.methods.int8 import DEFAULT_EXPORTER
     torch.manual_seed(0)
     model = models.build("vgg_s", 10, 1, 48, 0.25).eval()
     images = torch.randn(64, 1, 48, 48)
@@ -136,15 +138,15 @@ def test_int8_layers_option_chooses_layers_by_the_shared_rule(vgg):
     assert convs.compression_history[-1]["config"]["layers"] == "conv"
     with torch.no_grad():
         expected = convs(images[:4])
-    assert torch.allclose(methods.to_inference(convs)(images[:4]), expected, atol=0.1 * float(expected.abs().max()))
+    assert torch.allclose(deploy.to_inference(convs)(images[:4]), expected, atol=0.1 * float(expected.abs().max()))
     one = methods.apply(vgg, "int8", calibration=images, num_calibration=16, layers=["fc6"])
     assert [p for p, m in one.named_modules() if isinstance(m, (Int8Conv2d, Int8Linear))] == ["classifier.fc6"]
     # the deployed graph runs int8 only where the model has int8 layers; with every layer int8, all of them
-    assert _int8_weighted_nodes(methods.to_inference(one).onnx_model) == ["classifier.fc6.weight"]
-    assert _int8_weighted_nodes(methods.to_inference(convs).onnx_model) == \
+    assert _int8_weighted_nodes(deploy.to_inference(one).onnx_model) == ["classifier.fc6.weight"]
+    assert _int8_weighted_nodes(deploy.to_inference(convs).onnx_model) == \
         [f"features.conv{i}.weight" for i in range(1, 6)]
     every = methods.apply(vgg, "int8", calibration=images, num_calibration=16)
-    assert len(_int8_weighted_nodes(methods.to_inference(every).onnx_model)) == 8
+    assert len(_int8_weighted_nodes(deploy.to_inference(every).onnx_model)) == 8
     with pytest.raises(InputError, match="no layer matches 'conv9'"):
         methods.apply(vgg, "int8", calibration=images, num_calibration=16, layers="conv9")
 

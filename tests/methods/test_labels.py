@@ -6,7 +6,7 @@ must have one there), on a small model of the bench's architecture:
 
 * size ``real``  <=> the method's ``.ccz`` file is smaller than the float baseline's;
   ``simulated`` / ``none`` => it is not smaller.
-* speed ``real`` <=> the deployed model (the ``.ccz`` loaded back and ``methods.to_inference``d) runs fewer
+* speed ``real`` <=> the deployed model (the ``.ccz`` loaded back and ``deploy.to_inference``d) runs fewer
   multiply-accumulates in PyTorch's dense conv/matmul kernels than the float baseline (``measure.dense_macs``:
   onnxruntime int8, the bit-packed XNOR kernel, sparse CSR products, smaller or factorised layers and samples that
   stopped at an early exit all do less); ``none`` / ``simulated`` => it does not.
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnncompress import measure, methods, models, storage
+from cnncompress import deploy, measure, methods, models, storage
 from cnncompress.experiments.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parents[2]
@@ -80,7 +80,7 @@ def test_labels_are_derived_from_the_deployed_model(name, tmp_path, random_image
         loaded = storage.load(tmp_path / "m.ccz")
         before_types, before_macs = _types(loaded), measure.dense_macs(loaded, x)
         with measure.threads(1):
-            deployed = methods.to_inference(loaded)
+            deployed = deploy.to_inference(loaded)
         cheaper = measure.dense_macs(deployed, x) < base_macs
         if cheaper:
             break

@@ -5,11 +5,11 @@ import copy
 import pytest
 import torch
 
-from cnncompress import methods, models, storage
+from cnncompress import deploy, methods, models, storage
 from cnncompress.errors import InputError
 from cnncompress.kernels.sparse import csr_linear, reference_csr_linear, to_csr
 from cnncompress.methods.prune import PrunedLinear, sparsity_report
-from cnncompress.train import TrainConfig, Trainer
+from cnncompress.training.trainer import TrainConfig, Trainer
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_csr_kernel_matches_reference_and_inference_path(vgg):
     pruned.classifier.fc7.freeze()
     pruned.classifier.fc7.path, pruned.classifier.fc7._csr = "csr", to_csr(pruned.classifier.fc7.weight)
     assert torch.allclose(pruned(x), expected, atol=1e-5)
-    inference = methods.to_inference(pruned)
+    inference = deploy.to_inference(pruned)
     assert set(inference.metadata["sparse_paths"].values()) <= {"csr", "dense"}
     assert torch.allclose(inference(x), expected, atol=1e-5)
 
@@ -159,7 +159,22 @@ def test_taylor_needs_the_runs_labelled_data(vgg, random_images):
     assert methods.info("prune-taylor").data_option == "data" and methods.info("int8").data_option == "calibration"
 
 
-def test_unsupported_architecture_is_a_clean_error():
-    model = models.build("cascade_cnn", num_classes=10, in_channels=1, input_size=48)
-    with pytest.raises(InputError):
-        methods.apply(model, "prune-l1")
+def test_a_network_off_the_chain_is_pruned_by_its_dependency_graph_or_refused_in_one_line():
+    model = models.build("cascade_cnn", num_classes=10, in_channels=1, input_size=48)  # BatchNorm after every layer
+    pruned = methods.apply(model, "prune-l1", flops=0.3)
+    assert pruned.filter_pruning["graph"] == "torch-pruning dependency graph" and pruned.filter_pruning[
+        "flops_removed"] >= 0.3
+
+    class TwoInputs(torch.nn.Module):  # its forward cannot run on one example input: nothing to trace
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 8, 3)
+
+        def forward(self, x, y):
+            return self.conv(x) + y
+
+    odd = TwoInputs()
+    odd.spec = {"name": "user", "class": "TwoInputs", "in_channels": 1, "input_size": 8}
+    with pytest.raises(InputError) as error:
+        methods.apply(odd, "prune-l1")
+    assert "could not trace TwoInputs" in str(error.value) and len(str(error.value).splitlines()) == 1

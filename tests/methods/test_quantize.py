@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from cnncompress import methods, models, storage
+from cnncompress import deploy, methods, models, storage
 from cnncompress.errors import InputError
 from cnncompress.methods.quantize import (FixedPointLinear, FixedPointQuantizer, RoundNearest, RoundStochastic,
                                           fixed_point, make_rounding, representable)
@@ -126,7 +126,7 @@ def test_fixed_point_model_trains_and_round_trips(tmp_path):
     assert type(loaded.features.conv1) is type(fixed.features.conv1)
     assert loaded.features.conv1.weight_quant.dynamic
     assert torch.equal(loaded(x), fixed(x))
-    from cnncompress.onnx_export import export_proto as export_onnx  # eval-mode fixed point is plain ops: exportable
+    from cnncompress.deploy.onnx_export import export_proto as export_onnx  # eval-mode fixed point is plain ops: exportable
     import onnxruntime
     session = onnxruntime.InferenceSession(export_onnx(fixed, x[:1]).SerializeToString())
     assert torch.allclose(torch.from_numpy(session.run(None, {"input": x.numpy()})[0]), fixed(x), atol=1e-4)
@@ -160,4 +160,4 @@ def test_fp16_after_another_method_halves_its_floats_too(tmp_path):
     assert b < 0.55 * a
     loaded = storage.load(tmp_path / "hf.ccz")
     x = torch.randn(2, 1, 48, 48)
-    assert torch.allclose(methods.to_inference(loaded)(x), methods.to_inference(both.eval())(x), atol=1e-5)
+    assert torch.allclose(deploy.to_inference(loaded)(x), deploy.to_inference(both.eval())(x), atol=1e-5)

@@ -3,11 +3,11 @@ per-stage bytes that shrink, exact .ccz round trips, inference path equal to tra
 import pytest
 import torch
 
-from cnncompress import methods, storage
+from cnncompress import deploy, methods, storage
 from cnncompress.errors import InputError
 from cnncompress.methods.share import (SharedConv2d, SharedLinear, kmeans_1d, moving_indices, nearest, nearest_index,
                                        nearest_index_reference)
-from cnncompress.train import TrainConfig, Trainer
+from cnncompress.training.trainer import TrainConfig, Trainer
 
 
 def test_kmeans_1d_linear_init_and_nearest():
@@ -103,7 +103,7 @@ def test_deep_compression_stages_and_round_trip(vgg, tmp_path):
     x = torch.randn(2, 1, 48, 48)
     expected = compressed.eval()(x)
     assert torch.equal(storage.load(path)(x), expected)
-    fast = methods.to_inference(compressed)
+    fast = deploy.to_inference(compressed)
     fast.classifier.fc7.path, fast.classifier.fc7._csr = "csr", fast.classifier.fc7._weight.to_sparse_csr()
     assert torch.allclose(fast(x), expected, atol=1e-5)
     assert set(fast.metadata["sparse_paths"]) == {"classifier.fc6", "classifier.fc7", "classifier.fc8"}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from cnncompress.storage.run_lock import add_wait_argument
+
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "experiments" / "recipes" / "quick.yaml"
 
 
@@ -18,6 +20,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--only", nargs="*", help="run only the rows whose method or label is listed (and the "
                         "baselines); the table keeps every finished row; an unknown name is an error (exit 2)")
     parser.add_argument("--no-progress", action="store_true")
+    add_wait_argument(parser)
     scale = parser.add_argument_group("scale out (docs/scale_out.md)")
     scale.add_argument("--executor", default="local", choices=["local", "ray"],
                        help="local: rows one after the other here; ray: each row a Ray task on a cluster")
@@ -32,20 +35,28 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..experiments.bench import run_bench
-    from ..experiments.executors import make_executor
-    from ..experiments.report import NOTES, text_table
+    from cnncompress.experiments.bench import run_bench
+    from cnncompress.experiments.executors import make_executor
+    from cnncompress.errors import ENVIRONMENT_EXIT
+    from cnncompress.experiments.report import NOTES, text_table
+    from cnncompress.storage.run_lock import lock_folder
     out = Path(args.out or Path("results") / Path(args.recipe).stem)
     executor = make_executor(args.executor, args.address, args.cpus_per_row, args.gpus_per_row, args.retries,
                              device=args.device)
     started = time.perf_counter()
-    rows = run_bench(args.recipe, out, data=args.data, only=args.only, device=args.device,
-                     executor=executor, progress=not args.no_progress)
+    with lock_folder(out, wait=args.wait):
+        rows = run_bench(args.recipe, out, data=args.data, only=args.only, device=args.device,
+                         executor=executor, progress=not args.no_progress)
     print(text_table(rows))
     print(f"\n{NOTES}\nwrote {out}/results.csv, results.json, table.md, *.png in {time.perf_counter() - started:.0f}s")
     lost = [r for r in rows if r.get("lost")]
     if lost:
         print(f"{len(lost)} row(s) lost with their workers after {args.retries} retries (not recorded): "
               f"run the same command again to retry them")
-        return 1
-    return 0
+    failed = [r for r in rows if r.get("failed")]
+    for row in failed:  # environment or transient: not recorded, the next run retries them
+        print(f"row {row['model']}/{row['label']} failed ({row['failed']}, not recorded; rerun to retry): "
+              f"{(row['error'].strip().splitlines() or ['?'])[0]}")
+    if any(r["failed"] == "environment" for r in failed):
+        return ENVIRONMENT_EXIT
+    return 1 if lost or failed else 0

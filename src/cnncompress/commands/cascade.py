@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..experiments.schema import CASCADE_DATASETS as DATASETS, CASCADE_LOSSES as LOSSES
+from cnncompress.experiments.schema import CASCADE_DATASETS as DATASETS, CASCADE_LOSSES as LOSSES
 
 
 def add_parser(subparsers) -> None:
@@ -45,7 +45,7 @@ def overrides(args) -> dict:
 
 
 def run(args) -> int:
-    from ..experiments.cascade_grid import load_config, run_study
+    from cnncompress.experiments.cascade_grid import load_config, run_study
     out = Path(args.out)
     _, figures = run_study(load_config(args.recipe, overrides(args)), out)
     print((out / "table.md").read_text())

@@ -1,14 +1,19 @@
 """``cnncompress compress MODEL --method NAME``: apply one method to a trained model, fine-tune, save, measure
-(``cnncompress.experiments.compress_one.compress_and_measure``; prints its row as one JSON line)."""
+(``cnncompress.pipeline.compress_and_measure``; prints its row as one JSON line)."""
 from __future__ import annotations
 
 import json
 
 
+from cnncompress.commands import add_model_arguments, load_model_arguments
+
+
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser("compress", help="compress one trained model (.safetensors or .ccz)")
-    parser.add_argument("model", help="a .ccz, a model.safetensors from `train`, a run folder, or fer-minixception")
-    parser.add_argument("--method", required=True)
+    parser = subparsers.add_parser("compress", help="compress one trained model (.safetensors or .ccz, or your own "
+                                                    "network with --model FILE.py:FUNCTION)")
+    add_model_arguments(parser, "the model to compress")
+    parser.add_argument("--method", required=True, help="the method (`cnncompress methods` lists every method, its "
+                        "options, what it handles and what of its saving is real)")
     parser.add_argument("--config", nargs="*", default=[], metavar="KEY=VALUE",
                         help="method options; values are parsed as YAML (1/8 -> use 0.125, [a, b] lists)")
     parser.add_argument("--finetune", type=int, default=0, help="fine-tuning epochs (needs --data)")
@@ -24,7 +29,7 @@ def add_parser(subparsers) -> None:
 def parse_config(items: list[str]) -> dict:
     import yaml
 
-    from ..errors import InputError
+    from cnncompress.errors import InputError
     config = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -38,9 +43,8 @@ def parse_config(items: list[str]) -> dict:
 
 
 def run(args) -> int:
-    from ..experiments.compress_one import compress_and_measure
-    from ..loading import load_model
-    row = compress_and_measure(load_model(args.model), args.method, parse_config(args.config), args.out,
+    from cnncompress.pipeline import compress_and_measure
+    row = compress_and_measure(load_model_arguments(args), args.method, parse_config(args.config), args.out,
                                data=args.data, finetune=args.finetune, lr=args.lr, threads=args.threads,
                                fp16=args.fp16)
     print(json.dumps(row))

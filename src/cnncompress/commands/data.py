@@ -10,7 +10,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..data import assets, available
+    from cnncompress.data import assets, available
     if args.action == "list":
         for name, description in available().items():
             print(f"{name:16s} {description}")

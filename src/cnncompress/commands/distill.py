@@ -7,7 +7,10 @@ The experiments themselves: ``cnncompress.experiments.distill_table``.
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+
+from cnncompress.storage.run_lock import add_wait_argument
 
 SINGLE_RUN_OPTIONS = ("teacher", "student", "width", "unlabeled", "heldout", "targets", "temperature", "alpha",
                       "labeled", "copies", "epochs", "lr", "momentum", "weight_decay", "batch_size", "seed", "device",
@@ -28,7 +31,7 @@ def add_parser(subparsers) -> None:
                                      "train split mixed in with true labels for --targets hinton")
     p.add_argument("--copies", type=int, default=8, help="augmented copies per unlabelled image (1 = none)")
     p.add_argument("--epochs", type=int, help="training settings left out come from the student's preset "
-                                              "(cnncompress.train.preset: optimiser, schedule, lr, epochs, ...)")
+                                              "(cnncompress.training.trainer.preset: optimiser, schedule, lr, epochs, ...)")
     p.add_argument("--lr", type=float)
     p.add_argument("--momentum", type=float)
     p.add_argument("--weight-decay", type=float)
@@ -43,20 +46,25 @@ def add_parser(subparsers) -> None:
     p.add_argument("--seeds", type=int, nargs="+", help="recipe: override its seeds")
     p.add_argument("--only", help="recipe: run only the experiment with this name")
     p.add_argument("--out", help="output folder (required for a single run)")
+    add_wait_argument(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from ..errors import InputError
-    from ..experiments.distill_table import describe, distill_once, run_table
+    from cnncompress.errors import InputError
+    from cnncompress.experiments.distill_table import describe, distill_once, run_table
+    from cnncompress.storage.run_lock import lock_folder
     if args.recipe:
-        print(run_table(args.recipe, args.out, args.seeds, only=args.only))
+        with lock_folder(args.out, wait=args.wait) if args.out else contextlib.nullcontext():
+            text = run_table(args.recipe, args.out, args.seeds, only=args.only)
+        print(text)
         return 0
     missing = [name for name in ("teacher", "unlabeled", "out") if not getattr(args, name)]
     if missing:
         raise InputError("distill needs " + ", ".join(f"--{m}" for m in missing) + " (or --recipe)")
     out = Path(args.out)
-    row = distill_once({name: getattr(args, name) for name in SINGLE_RUN_OPTIONS}, out, progress=True)
+    with lock_folder(out, wait=args.wait):
+        row = distill_once({name: getattr(args, name) for name in SINGLE_RUN_OPTIONS}, out, progress=True)
     print(describe(row))
     print(f"wrote {out / 'model.ccz'} ({row['student_ccz_bytes']:,} bytes) and {out / 'distill.json'}")
     return 0

@@ -6,10 +6,13 @@ import json
 from pathlib import Path
 
 
+from cnncompress.commands import add_model_arguments, load_model_arguments
+
+
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("export", help="export a model to ONNX (verified in onnxruntime), OpenVINO IR "
                                                   "(verified in OpenVINO) or .ccz")
-    parser.add_argument("model", help="a .ccz, a model.safetensors, a run folder, or fer-minixception")
+    add_model_arguments(parser, "the model to export")
     parser.add_argument("--format", choices=["onnx", "ccz", "openvino"], default="onnx")
     parser.add_argument("--out", help="output file (default: next to the model, model.onnx / model.ccz / "
                                       "model.xml + model.bin)")
@@ -19,10 +22,13 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..export import export_model
-    from ..loading import load_model, model_file
-    model = load_model(args.model)
+    from cnncompress.deploy.export import export_model
+    from cnncompress.errors import InputError
+    from cnncompress.models.loading import model_file
+    model = load_model_arguments(args)
     suffix = {"openvino": ".xml"}.get(args.format, f".{args.format}")
+    if not args.out and not args.model:
+        raise InputError("--out: name the output file (the model came from --model, not from a file)")
     out = Path(args.out) if args.out else (model_file(args.model) or Path(args.model)).with_suffix(suffix)
     print(json.dumps(export_model(model, args.format, out, args.data, args.fp16)))
     return 0

@@ -1,8 +1,10 @@
 """``cnncompress sensitivity MODEL --data D`` and ``cnncompress optimize MODEL --data D --max-bytes B``: per-layer
-sensitivity (``cnncompress.sensitivity``) and the most accurate model within a budget (``cnncompress.optimizer``)."""
+sensitivity (``cnncompress.budget.sensitivity``) and the most accurate model within a budget (``cnncompress.budget.optimizer``)."""
 from __future__ import annotations
 
 from pathlib import Path
+
+from cnncompress.storage.run_lock import add_wait_argument
 
 
 def add_parser(subparsers) -> None:
@@ -22,7 +24,7 @@ def add_parser(subparsers) -> None:
                                 help="file budget: bytes (400000), 400KB / 0.4MB, or a fraction of the original (1/16)")
             parser.add_argument("--max-ms", type=float, help="latency budget, batch 1, on --engine (default: the "
                                                              "fastest engine of the model's precision)")
-            parser.add_argument("--engine", help="engine the latency is measured on (cnncompress.engines names)")
+            parser.add_argument("--engine", help="engine the latency is measured on (cnncompress.deploy names)")
             parser.add_argument("--finetune", type=int, default=2, help="fine-tuning epochs (default 2)")
             parser.add_argument("--seed", type=int, default=0)
             parser.add_argument("--executor", default="local", choices=["local", "ray"],
@@ -46,17 +48,18 @@ def add_parser(subparsers) -> None:
         parser.add_argument("--fp16-rest", action="store_true",
                             help="store what the per-layer settings leave (unchanged layers, biases, batch norms, "
                                  "codebooks) in half precision, in the table and the result")
+        add_wait_argument(parser)
         parser.set_defaults(func=run, command=name)
 
 
 def _datasets(model, data: str | None) -> dict:
     """train / val / test of ``data`` decoded as the model expects (size, channels, normalisation); an unlabelled
     set (faces) is not checked against the model's classes: ``optimize`` labels it with the model's answers."""
-    from ..data import build_dataset
-    from ..errors import InputError
-    from ..experiments.compress_one import check_data_fits
-    from ..loading import input_format
-    from ..optimizer import is_unlabelled
+    from cnncompress.data import build_dataset
+    from cnncompress.errors import InputError
+    from cnncompress.pipeline import check_data_fits
+    from cnncompress.models.loading import input_format
+    from cnncompress.budget.optimizer import is_unlabelled
     data = data or (getattr(model, "metadata", None) or {}).get("dataset")
     if not data:
         raise InputError("--data is needed (the model does not record its dataset)")
@@ -74,23 +77,19 @@ def _datasets(model, data: str | None) -> dict:
 
 
 def run(args) -> int:
-    import sys
-
-    from ..errors import InputError
-    from ..loading import load_model
-    from ..measure import accuracy
-    from ..methods import to_inference
+    from cnncompress.errors import InputError
+    from cnncompress.models.loading import load_model
     executor = None
-    from ..sensitivity import DEFAULT_KINDS, grid
+    from cnncompress.budget.sensitivity import DEFAULT_KINDS, grid
     settings = grid(args.kinds or DEFAULT_KINDS)  # an unknown kind fails before any work
     if args.command == "sensitivity" and args.engine:
-        from .. import engines
-        engines.get(args.engine)  # an unknown engine name fails before any work
+        from cnncompress import deploy
+        deploy.get(args.engine)  # an unknown engine name fails before any work
     if args.command == "optimize":
-        from ..optimizer import check_arguments
+        from cnncompress.budget.optimizer import check_arguments
         check_arguments(args.max_bytes, args.max_ms, args.engine, args.finetune)
         if args.executor != "local" or args.address:  # bad executor flags fail before any work
-            from ..experiments.executors import make_executor
+            from cnncompress.experiments.executors import make_executor
             executor = make_executor(args.executor, args.address, args.cpus_per_row)
     model = load_model(args.model)
     if getattr(model, "compression_history", None):
@@ -100,13 +99,23 @@ def run(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    from cnncompress.storage.run_lock import lock_folder
+    with lock_folder(out, wait=args.wait):
+        return _work(args, model, sets, settings, executor, out)
+
+
+def _work(args, model, sets, settings, executor, out: Path) -> int:
+    """The sub-command's work on ``out`` (its run lock held)."""
+    import sys
+
+    from cnncompress.measure import accuracy
+    from cnncompress.deploy import to_inference
 
     def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
     if args.command == "sensitivity":
-        from ..optimizer import is_unlabelled, teacher_labelled
-        from ..sensitivity import heatmap, markdown, measure
+        from cnncompress.budget.optimizer import is_unlabelled, teacher_labelled
+        from cnncompress.budget.sensitivity import heatmap, markdown, measure
         val = teacher_labelled(model, sets["val"]) if is_unlabelled(sets["val"]) else sets["val"]  # agreement
         table = measure(model, val, out / "sensitivity.json", settings=settings, progress=say,
                         fp16_rest=args.fp16_rest, engine=args.engine, calibration=sets["train"])
@@ -114,9 +123,9 @@ def run(args) -> int:
         heatmap(table, out / "sensitivity.png")
         print(markdown(table) + f"\nwrote {out}/sensitivity.{{json,md,png}}")
         return 0
-    from .. import storage
-    from ..optimize_report import write_report
-    from ..optimizer import is_unlabelled, optimize, teacher_labelled
+    from cnncompress import storage
+    from cnncompress.budget.report import write_report
+    from cnncompress.budget.optimizer import is_unlabelled, optimize, teacher_labelled
     best, report = optimize(model, sets["train"], sets["val"], args.max_bytes, args.max_ms, args.engine,
                             args.finetune, args.seed, work=out, progress=say, fp16_rest=args.fp16_rest,
                             executor=executor, fold_norms=args.fold_bn, grid=settings)
@@ -128,7 +137,7 @@ def run(args) -> int:
     report["test_accuracy"] = accuracy(to_inference(storage.load(path)), test)
     report["original_test_accuracy"] = accuracy(model, test)
     for fmt in args.export:
-        from ..export import export_model
+        from cnncompress.deploy.export import export_model
         exported = export_model(storage.load(path), fmt, out / ("model.onnx" if fmt == "onnx" else "model.xml"),
                                 data=args.data)
         report.setdefault("exports", {})[fmt] = exported

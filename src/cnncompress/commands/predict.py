@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import sys
 
-from ..errors import InputError
+from cnncompress.errors import InputError
+from cnncompress import deploy
 
 
 def add_parser(subparsers) -> None:
@@ -36,7 +37,7 @@ def add_parser(subparsers) -> None:
                             "the current frame (off by default)")
     video.add_argument("--engine", default="auto",
                        help="classifier engine for video: auto (the fastest engine of the model's precision, raced "
-                            "at start-up) or one of cnncompress.engines (torch, onnxruntime, openvino-fp32, "
+                            "at start-up) or one of cnncompress.deploy (torch, onnxruntime, openvino-fp32, "
                             "onnxruntime-int8, openvino-int8, ...)")
     video.add_argument("--fps", type=float, default=30.0, help="frame rate of a folder of frames (default 30)")
     video.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
@@ -44,7 +45,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..video import is_video
+    from cnncompress.app.video import is_video
     inputs = list(args.inputs)
     models = [args.model]
     if args.compare:
@@ -68,15 +69,15 @@ def run(args) -> int:
             _video(args, models, item)
             continue
         if photo_model is None:
-            from .. import methods
-            from ..loading import load_model
-            photo_model = methods.to_inference(load_model(args.model))
+            from cnncompress import methods
+            from cnncompress.models.loading import load_model
+            photo_model = deploy.to_inference(load_model(args.model))
         _photo(args, photo_model, item)
     return 0
 
 
 def _photo(args, model, image) -> None:
-    from ..predict import predict_image
+    from cnncompress.app.predict import predict_image
     faces = predict_image(model, image, whole_image=args.whole_image, top=args.top)
     if args.json:
         print(json.dumps({"image": image, "faces": faces}))
@@ -90,7 +91,7 @@ def _photo(args, model, image) -> None:
 
 
 def _video(args, models, item) -> None:
-    from ..stream import predict_video
+    from cnncompress.app.stream import predict_video
     summary = predict_video(models, item, camera=args.camera, engine=args.engine, fps=args.fps,
                             detect_every=args.detect_every, alpha=args.smooth, out=args.out, jsonl=args.jsonl,
                             max_frames=args.max_frames)

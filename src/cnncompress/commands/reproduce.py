@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cnncompress.storage.run_lock import add_wait_argument
+
 RECIPES = Path(__file__).resolve().parents[3] / "experiments"  # the repository's experiments/*.yaml
 
 
@@ -22,18 +24,21 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="the same report in minutes: Table 2's paper rows and Table 3's digits analogue with one "
                              "seed (experiments/quick/*.yaml), the quick cascade grid")
+    add_wait_argument(parser)
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from ..experiments.reproduce import write_report
+    from cnncompress.experiments.reproduce import write_report
     if args.quick and args.full:
-        from ..errors import InputError
+        from cnncompress.errors import InputError
         raise InputError("--quick and --full contradict each other; give one")
+    from cnncompress.storage.run_lock import lock_folder
     recipes = RECIPES / "quick" if args.quick else RECIPES
-    report = write_report(args.what, args.out, args.table2_recipe or recipes / "table2.yaml",
-                          args.table3_recipe or recipes / "table3.yaml", args.cascade_recipe,
-                          seeds=args.seeds, full=args.full, faces=args.faces, quick=args.quick)
+    with lock_folder(args.out, wait=args.wait):
+        report = write_report(args.what, args.out, args.table2_recipe or recipes / "table2.yaml",
+                              args.table3_recipe or recipes / "table3.yaml", args.cascade_recipe,
+                              seeds=args.seeds, full=args.full, faces=args.faces, quick=args.quick)
     print(report.read_text().rstrip("\n"))
     print(f"\nwrote {report}")
     return 0

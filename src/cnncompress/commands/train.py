@@ -8,19 +8,22 @@ Data-parallel: ``--ddp N`` starts N processes on this machine (DistributedDataPa
 GPU per process); the same command under torchrun (``torchrun --nproc-per-node N --no-python cnncompress train
 ...``, also across machines with ``--nnodes``/``--rdzv-endpoint``) joins the group torchrun describes. Rank 0
 alone writes checkpoints and outputs; ``--batch-size`` stays the GLOBAL batch, so the steps are those of one
-process (see cnncompress.distributed).
+process (see cnncompress.training.distributed).
 """
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
+
+from cnncompress.storage.run_lock import add_wait_argument
 
 FLAGS = ("epochs", "lr", "momentum", "batch_size", "weight_decay", "schedule", "patience", "optimizer", "augment")
 
 
 def add_parser(subparsers) -> None:
-    from ..train import OPTIMIZERS, SCHEDULES
+    from cnncompress.training.trainer import OPTIMIZERS, SCHEDULES
     parser = subparsers.add_parser("train", help="train a model (checkpoint every epoch, --resume)")
     parser.add_argument("--model", required=True, help="vgg_s | squeezenet1_1 | cascade_cnn | ...")
     parser.add_argument("--data", default="mnist5k", help="dataset spec name[:path] (default mnist5k)")
@@ -45,21 +48,32 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--resume", action="store_true", help="continue after the last finished epoch")
     parser.add_argument("--ddp", type=int, default=0, metavar="N",
                         help="train with DistributedDataParallel in N local processes (global batch unchanged)")
+    add_wait_argument(parser)
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from .. import distributed
-    from ..data.datasets import check_val_fraction
-    from ..errors import InputError
-    from ..train import preset
+    from cnncompress.training import distributed
+    from cnncompress.data.datasets import check_val_fraction
+    from cnncompress.errors import InputError
+    from cnncompress.training.trainer import preset
     if args.ddp < 0 or args.ddp > 256:
         raise InputError(f"--ddp {args.ddp}: give a number of processes in 1..256")
     check_val_fraction(args.val_fraction)
     preset(args.model, **_overrides(args))  # bad settings fail here, before any process starts
-    if args.ddp > 1:
-        distributed.spawn(train, args.ddp, (args,), device=args.device)
-        return 0
+    if os.environ.get("RANK", "0") != "0":  # torchrun's other ranks: rank 0 holds --out's lock for the group
+        return _train_here(args)
+    from cnncompress.storage.run_lock import lock_folder
+    with lock_folder(args.out, wait=args.wait):
+        if args.ddp > 1:
+            distributed.spawn(train, args.ddp, (args,), device=args.device)
+            return 0
+        return _train_here(args)
+
+
+def _train_here(args) -> int:
+    """This process's share: alone, or as one rank of a group torchrun started."""
+    from cnncompress.training import distributed
     if distributed.init_from_env(args.device):  # started by torchrun
         try:
             return train(args)
@@ -78,10 +92,12 @@ def train(args) -> int:
     """One process's training (rank 0 of a group, or the only one, writes the outputs)."""
     import torch
 
-    from .. import distributed, models
-    from ..data import build_dataset
-    from ..train import Trainer, error_rate, preset, save_weights
-    from ..training_figure import plot_history
+    from cnncompress import models
+
+    from cnncompress.training import distributed
+    from cnncompress.data import build_dataset
+    from cnncompress.training.trainer import Trainer, error_rate, preset, save_weights
+    from cnncompress.experiments.bench_figures import plot_history
     train_set, val_set, test_set = (build_dataset(args.data, split, input_size=args.input_size,
                                                   val_fraction=args.val_fraction) for split in ("train", "val", "test"))
     torch.manual_seed(args.seed)  # the same initial weights for the same seed (and on every DDP rank)

@@ -15,7 +15,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import InputError, input_error
+from cnncompress.errors import InputError, input_error
 
 
 @dataclass(frozen=True)

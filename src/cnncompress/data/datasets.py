@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import InputError, input_error
-from . import assets, formats
-from .transforms import add_noise, prepare
+from cnncompress.errors import InputError, input_error
+from cnncompress.data import assets, formats
+from cnncompress.data.transforms import add_noise, prepare
 
 MNIST_CLASSES = [str(d) for d in range(10)]
 FASHION_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]

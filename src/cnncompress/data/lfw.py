@@ -12,8 +12,8 @@ import functools
 
 import numpy as np
 
-from ..errors import InputError
-from .datasets import register_dataset
+from cnncompress.errors import InputError
+from cnncompress.data.datasets import register_dataset
 
 LFW_FACES = 100
 LFW_TEST_FRACTION = 0.25
@@ -66,7 +66,7 @@ def detect_faces(image: np.ndarray, min_size: int = 60, max_size: int = 400, sca
 
 def crop_face(image: np.ndarray, margin: float = 0.0) -> np.ndarray:
     """The largest detected face of ``image`` as a grey uint8 crop (optionally enlarged by ``margin``)."""
-    from .transforms import to_channels
+    from cnncompress.data.transforms import to_channels
 
     boxes = detect_faces(image)
     if not boxes:
@@ -85,8 +85,8 @@ def crop_face(image: np.ndarray, margin: float = 0.0) -> np.ndarray:
 def _read_faces_detect(path, split):
     from pathlib import Path
 
-    from . import formats
-    from ..errors import input_error
+    from cnncompress.data import formats
+    from cnncompress.errors import input_error
     faces = []
     for image in formats.read_faces(Path(path)):
         try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .lfw import LFW_FACES
+from cnncompress.data.lfw import LFW_FACES
 
 PHOTOS = ("camera", "astronaut", "coffee", "chelsea", "rocket", "horse", "page", "text", "moon", "grass", "brick",
           "gravel", "coins", "clock", "hubble_deep_field", "retina", "cell", "immunohistochemistry", "microaneurysms")

@@ -3,7 +3,7 @@ table + plots.
 
 What each row's numbers mean (DESIGN §5):
 
-* Accuracy is the **deployed** model's: the row's ``.ccz`` loaded back and ``methods.to_inference``d (int8 runs
+* Accuracy is the **deployed** model's: the row's ``.ccz`` loaded back and ``deploy.to_inference``d (int8 runs
   its QDQ graph in onnxruntime, XNOR its bit-packed kernel), scored once on the **test** split; which test images
   it got right is stored (``correct``, packed bits) so the report can bootstrap intervals. The training-form
   model's test accuracy is kept as ``accuracy_training_form``. Every choice (early stopping, which epoch's
@@ -21,6 +21,10 @@ Resumable: baselines and controls train with per-epoch checkpoints under ``OUT/b
 for other seeds) and ``OUT/controls/``; every finished row is appended to ``OUT/rows.jsonl`` and skipped on re-run,
 so a kill loses at most the row in progress (and even its finished fine-tuning epochs are kept).
 
+Failures are not results: an ordinary error is a recorded error row; a row that failed because of the machine
+(``errors.failure_kind``: full disk, read-only folder, out of memory, a timed-out child) is marked ``failed``, shown
+in this run's table, NOT recorded, and retried by the next run (``cnncompress bench`` then exits non-zero).
+
 Rows run in this process, in order, or through an executor (``experiments.executors``: Ray tasks on a cluster)
 handed to ``Bench.run``: the driver trains the baselines and controls first (``prepare``), every row then runs
 ``safe_run_row`` wherever the executor puts it (writing its ``.ccz`` and ``result.json`` atomically into its own
@@ -31,6 +35,7 @@ module, never the reverse.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -43,19 +48,21 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .. import engines, measure, methods, models, storage
-from ..data import build_dataset
-from ..early_exit import EarlyExitNet
-from ..errors import InputError
-from ..train import TrainConfig, atomic_write, best_epoch, checkpoint_info, load_weights, save_weights
-from . import engine_race, stats
-from .environment import environment
-from .compress_one import apply_pipeline, load_for_inference
-from .recipe import BASELINE, Recipe, Row, baseline_settings, finetune_settings, load_recipe, select_rows
-from .bench_figures import plot_all
-from .probed_trainer import ProbedTrainer, TrainProbe
-from .report import row_line, write_outputs
+from cnncompress import deploy, measure, methods, models, storage
+from cnncompress.data import build_dataset
+from cnncompress.methods.early_exit import EarlyExitNet
+from cnncompress.errors import InputError, failure_kind
+from cnncompress.training.trainer import (ProbedTrainer, TrainConfig, TrainProbe, atomic_write, best_epoch, checkpoint_info,
+                                         load_weights, save_weights)
+from cnncompress.experiments import engine_race, stats
+from cnncompress.experiments.environment import environment
+from cnncompress.models.entry_point import is_entry_point, resolve
+from cnncompress.pipeline import apply_pipeline, load_for_inference
+from cnncompress.experiments.recipe import BASELINE, Recipe, Row, baseline_settings, finetune_settings, load_recipe, select_rows
+from cnncompress.experiments.bench_figures import plot_all
+from cnncompress.experiments.report import row_line, write_outputs
 
+APPEND = os.O_WRONLY | os.O_APPEND | os.O_CREAT
 SPLITS = {"accuracy": "test", "selection": "val", "training": "train"}
 """Which split each number comes from: accuracies (once), choices made during training, training itself."""
 
@@ -109,10 +116,19 @@ class Bench:
         return rows
 
     def _append(self, row: dict) -> None:
-        with open(self.rows_path, "a") as handle:
-            handle.write(json.dumps(row) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        """Append one line to ``rows.jsonl``; a failed write (full disk) is cut back off, leaving no partial line."""
+        view, fd = memoryview((json.dumps(row) + "\n").encode()), os.open(self.rows_path, APPEND, 0o644)
+        start = os.fstat(fd).st_size
+        try:
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)
+            raise OSError(error.errno, error.strerror, str(self.rows_path)) from error
+        finally:
+            os.close(fd)
 
     def row_folder(self, row: Row) -> Path:
         return self.out / "rows" / row.key
@@ -157,7 +173,7 @@ class Bench:
                              settings.get("width", 1.0))
         config = self.baseline_config(name, seed)
         if weights.exists():
-            model = load_weights(weights)
+            model = load_weights(weights, model=_network(name))
             history, stopped = _history(folder / "checkpoint.json", config)
         else:
             started = time.perf_counter()
@@ -292,7 +308,7 @@ class Bench:
         folder.mkdir(parents=True, exist_ok=True)
         ccz = storage.save(model, folder / "model.ccz")
         infos = [methods.info(stage["method"]) for stage in row.pipeline] if row.method != BASELINE else []
-        fast = load_for_inference(ccz)  # the deployed model: what is scored and timed
+        fast = load_for_inference(ccz, _network(row.model))  # the deployed model: what is scored and timed
         correct = measure.correct(fast, self.test_set)
         trained_form = measure.accuracy(model, self.test_set)
         train_ms = measure.train_step_time(model, self.train_set, models.DEFAULT_BATCH_SIZE.get(row.model, 32),
@@ -301,18 +317,19 @@ class Bench:
         ort, ort_error = self._ort_latency(model, fast, shape, example)
         torch_stats, exit_rate = self._torch_latency(fast, shape, example)
         race = {} if exit_rate is not None else engine_race.race(  # early exits: timed per image, in PyTorch
-            fast, self.baseline(row.model, row.seed), shape, example, engines.precision_of(i.name for i in infos),
+            fast, self.baseline(row.model, row.seed), shape, example, deploy.precision_of(i.name for i in infos),
             recipe.threads)
         throughput = measure.throughput(fast, shape, num_threads=recipe.threads, example=self.test_set.images[:32])
         base_torch, base_ort = self.baseline_latency(row, shape, example, per_sample=exit_rate is not None)
         memory = measure.peak_memories(ccz, [("train", models.DEFAULT_BATCH_SIZE.get(row.model, 32)), ("infer", 1)],
-                                       recipe.threads) if recipe.memory else [None, None]
+                                       recipe.threads, entry=row.model if is_entry_point(row.model) else None
+                                       ) if recipe.memory else [None, None]
         baseline_key = (row.model, recipe.baseline_seed(row.model, row.seed))
         result = {
             "key": row.key, "model": row.model, "method": row.method, "label": row.label, "config": row.config,
             "seed": row.seed, "finetune_epochs": row.finetune, "total_finetune": row.total_finetune,
             "accuracy": 100.0 * float(correct.float().mean()), "accuracy_split": SPLITS["accuracy"],
-            "accuracy_form": "deployed (.ccz loaded back, methods.to_inference)",
+            "accuracy_form": "deployed (.ccz loaded back, deploy.to_inference)",
             "accuracy_training_form": trained_form, "correct": stats.pack(correct.numpy()),
             "images": len(correct), "selection_split": SPLITS["selection"],
             "train_ms_step": train_ms, "epoch_s": history[-1]["seconds"] if history else None,
@@ -335,7 +352,9 @@ class Bench:
 
     def safe_run_row(self, row: Row) -> dict:
         """``run_row`` with a failing method turned into an error row; the result is also written atomically to
-        ``OUT/rows/<key>/result.json`` next to the row's ``.ccz`` (the driver's ``rows.jsonl`` is the record)."""
+        ``OUT/rows/<key>/result.json`` next to the row's ``.ccz`` (the driver's ``rows.jsonl`` is the record).
+        A row that failed because of the machine (``failure_kind``) comes back with ``failed`` set to the kind
+        and no ``result.json``: it is not a result, the driver does not record it and the next run retries it."""
         try:
             result = self.run_row(row)
         except InputError:
@@ -344,6 +363,10 @@ class Bench:
             result = {"key": row.key, "model": row.model, "method": row.method, "label": row.label,
                       "config": row.config, "seed": row.seed, "error": f"{type(error).__name__}: {error}",
                       "node": platform.node()}
+            kind = failure_kind(error)
+            if kind:
+                result["failed"] = kind
+                return result
         atomic_write(self.row_folder(row) / "result.json", json.dumps(result).encode())
         return result
 
@@ -361,9 +384,11 @@ class Bench:
         bar = tqdm(total=len(todo), desc="bench rows", disable=not interactive, unit="row")
         for count, result in enumerate(results, start=1):
             done[result["key"]] = result
-            if not result.get("lost"):  # a row whose workers all died is not recorded: a re-run retries it
+            if not result.get("lost") and not result.get("failed"):  # not results: a re-run retries them
                 self._append(result)
             line = f"[{count}/{len(todo)}] {row_line(self.attach_control(dict(result)))}"
+            if result.get("failed"):
+                line += f" ({result['failed']}: not recorded, a rerun retries it)"
             if interactive:
                 bar.set_postfix_str(f"{result['model']}/{result['label']}")
                 bar.update()
@@ -387,3 +412,8 @@ def run_bench(recipe_path: str | Path, out: str | Path, data: str | None = None,
     write_outputs(rows, out, environment(), str(recipe_path), splits=SPLITS)
     plot_all(rows, Path(out))
     return rows
+
+
+def _network(model: str):
+    """A recipe model that is a user network's entry point: its builder (the recipe names it); else None."""
+    return resolve(model) if is_entry_point(model) else None

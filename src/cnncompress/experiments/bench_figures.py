@@ -1,4 +1,5 @@
-"""The bench run's figures (Rassadin & Savchenko Figs. 1-6 in form): per-model training and validation error per
+"""The error curve of one training run (``plot_history``: ``cnncompress train`` writes it as ``error_curve.png``) and
+the bench run's figures (Rassadin & Savchenko Figs. 1-6 in form): per-model training and validation error per
 epoch (``error_curves_<model>.png``: the baseline, its matched controls and every row's fine-tuning, continued
 from the baseline's best epoch), and accuracy against ``.ccz`` size and against batch-1 latency
 (``accuracy_vs_size.png``, ``accuracy_vs_latency.png``: one numbered marker per table line, the same numbers as
@@ -8,8 +9,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ..train import best_record
-from .report import best_ms, group_seeds
+from cnncompress.training.trainer import best_record
+from cnncompress.experiments.report import best_ms, group_seeds
 
 
 def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -176,3 +177,30 @@ def plot_all(rows: list[dict], out: Path) -> list[Path]:
         _scatter(numbered, value, xlabel, f"Accuracy vs {name.split('_vs_')[1][:-4]} (one marker per row; "
                  "star: baseline; dashed: Pareto front)", paths[-1])
     return paths
+
+
+def plot_history(history: list[dict], path: str | Path, title: str = "") -> Path:
+    """Per-epoch training and validation error (%) and training loss, to PNG; the best validation epoch marked."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for key, label, style in (("train_error", "training error %", "--"), ("val_error", "validation error %", "-")):
+        points = [(h["epoch"], 100 * h[key]) for h in history if key in h]
+        if points:
+            ax.plot(*zip(*points), style, marker="o", label=label)
+    best = best_record(history)
+    if best is not None:
+        ax.axvline(best["epoch"], color="grey", linestyle=":", label=f"best validation epoch {best['epoch']}")
+    ax2 = ax.twinx()
+    ax2.plot(epochs, [h["train_loss"] for h in history], color="tab:green", linestyle="-.", alpha=0.6,
+             label="training loss")
+    ax.set_xlabel("epoch"), ax.set_ylabel("error (%)"), ax2.set_ylabel("training loss")
+    ax.set_title(title)
+    handles = [h for axis in (ax, ax2) for h in axis.get_legend_handles_labels()[0]]
+    ax2.legend(handles, [h.get_label() for h in handles], loc="upper right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

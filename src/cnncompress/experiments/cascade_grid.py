@@ -22,7 +22,7 @@ import csv
 import json
 from pathlib import Path
 
-from . import schema
+from cnncompress.experiments import schema
 
 DEFAULTS = {"datasets": ["mnist5k"], "losses": ["firm"], "positions": ["p2"], "seeds": [0], "epochs": 20,
             "pretrain_epochs": None, "threshold": 0.6, "penalty": 0.6, "alpha": 128.0, "penalties": [],
@@ -58,7 +58,7 @@ model's validation accuracy."""
 def _train(model, train_set, val_set, config, seed, loss_fn=None, epochs=None):
     """The paper's training (fixed lr, SGD with the recipe's momentum and batch); ends on the epoch with the lowest
     validation error (at the model's exit threshold for cascades)."""
-    from ..train import Trainer, TrainConfig, cross_entropy_loss
+    from cnncompress.training.trainer import Trainer, TrainConfig, cross_entropy_loss
     cfg = TrainConfig(epochs=config["epochs"] if epochs is None else epochs, lr=config["lr"],
                       momentum=config["momentum"], batch_size=config["batch_size"], seed=seed, schedule="paper")
     return Trainer(model, train_set, val_set, cfg, loss_fn=loss_fn or cross_entropy_loss, progress=False).fit()
@@ -75,10 +75,10 @@ def run_grid(config: dict, out: Path, log=print) -> dict:
     """Train base + every (dataset, seed, loss, position, penalty) cascade; returns the results dict."""
     import torch
 
-    from .. import models
-    from ..data import build_dataset
-    from ..early_exit import attach_exit, cascade_finetune_loss, threshold_sweep
-    from ..train import error_rate
+    from cnncompress import models
+    from cnncompress.data import build_dataset
+    from cnncompress.methods.early_exit import attach_exit, cascade_finetune_loss, threshold_sweep
+    from cnncompress.training.trainer import error_rate
     results = {"config": config, "base": [], "runs": []}
     for data in config["datasets"]:
         train_set, val_set, test_set = (build_dataset(data, split) for split in ("train", "val", "test"))
@@ -143,7 +143,7 @@ def run_grid(config: dict, out: Path, log=print) -> dict:
 
 
 def _save_model(net, path: Path, log) -> None:
-    from .. import storage
+    from cnncompress import storage
     try:
         storage.save(net, path)
     except (RuntimeError, ValueError, TypeError) as error:

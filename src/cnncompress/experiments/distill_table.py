@@ -1,4 +1,4 @@
-"""Distillation experiments (Rassadin & Savchenko 2017 §4, Table 3) around ``cnncompress.distill``.
+"""Distillation experiments (Rassadin & Savchenko 2017 §4, Table 3) around ``cnncompress.training.distill``.
 
 ``distill_once(cfg, out)``: one teacher -> student distillation from a dict of the ``cnncompress distill`` options
 (teacher spec, student architecture, unlabelled/held-out/labelled data specs, targets, training settings); writes
@@ -13,15 +13,15 @@ import json
 import statistics
 from pathlib import Path
 
-from ..errors import InputError, input_error
-from ..loading import input_format, load_model
-from . import schema
+from cnncompress.errors import InputError, input_error
+from cnncompress.models.loading import input_format, load_model
+from cnncompress.experiments import schema
 
 
 def _held_out(unlabeled, heldout):
     """If the held-out split is the same images as the unlabelled one (``faces:<dir>``), split off 20%."""
     import torch
-    from ..data import ImageDataset
+    from cnncompress.data import ImageDataset
     if heldout is None or heldout.images.shape != unlabeled.images.shape \
             or not torch.equal(heldout.images, unlabeled.images):
         return unlabeled, heldout
@@ -40,9 +40,9 @@ TRAINING = ("epochs", "lr", "momentum", "weight_decay", "batch_size", "optimizer
 
 def distill_once(cfg: dict, out: Path | None, progress: bool = False) -> dict:
     """One distillation from a dict of the CLI options; returns the result row (also written to out/)."""
-    from .. import models, storage
-    from ..data import build_dataset, split_validation
-    from ..distill import distill, size_report
+    from cnncompress import models, storage
+    from cnncompress.data import build_dataset, split_validation
+    from cnncompress.training.distill import distill, size_report
     teacher = load_model(cfg["teacher"])
     fmt = input_format(teacher)
     kw = {"input_size": fmt["input_size"], "channels": fmt["channels"], "mean": fmt["mean"], "std": fmt["std"]}
@@ -147,10 +147,10 @@ def train_teacher(spec: dict, out: Path | None) -> str:
 
     import torch
 
-    from .. import models
-    from ..data import build_dataset
-    from ..data.assets import cache_dir
-    from ..train import Trainer, error_rate, preset, save_weights
+    from cnncompress import models
+    from cnncompress.data import build_dataset
+    from cnncompress.data.assets import cache_dir
+    from cnncompress.training.trainer import Trainer, error_rate, preset, save_weights
     cfg = dict(spec["train"])
     key = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
     folder = (out / "teacher") if out else cache_dir() / "teachers" / key

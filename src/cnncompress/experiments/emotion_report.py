@@ -98,7 +98,7 @@ def claim(rows: list[dict], label: str, faces: int, min_ratio: float = 8.0, min_
     seeds with a 95 % bootstrap interval over images and seeds (``stats.delta_interval`` against zero).
     ``verdict``: True when both means reach ``min_agreement``, "within noise" when an interval reaches it, else
     False. Rows without per-image vectors (older runs) count with their single seed only."""
-    from .stats import delta_interval
+    from cnncompress.experiments.stats import delta_interval
     seeds = [r for r in rows[1:] if r.get("label") == label and r.get("agree_vector")]
     if not seeds:
         return {"seeds": 0}

@@ -9,7 +9,7 @@ that ship with scikit-image, ``data.transfer``: the teacher's answers on any ima
 faces alone were too few): the batch-norm statistics are first re-estimated on those images
 (``distill.recalibrate_batch_norm``), then the copy is distilled with them frozen, and the untuned copy is kept
 when the validation faces say recovery did not help. Post-training methods (fp16, int8) are not retrained. The
-``optimize`` row chooses pruning and k-means bits per layer for 1/8 of the file (``cnncompress.optimizer``, scored
+``optimize`` row chooses pruning and k-means bits per layer for 1/8 of the file (``cnncompress.budget.optimizer``, scored
 by agreement with the original on the val faces and natural crops) before recovering like the others. For each
 row:
 
@@ -40,9 +40,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import InputError
-from .emotion_report import describe, meets
-from .emotion_rows import (FULL, FULL_ONLY, HINT_POINTS, LARGEST_CONVS, QUICK, RECOVERY_STEPS,  # noqa: F401
+from cnncompress import deploy
+from cnncompress.errors import InputError
+from cnncompress.experiments.emotion_report import describe, meets
+from cnncompress.experiments.emotion_rows import (FULL, FULL_ONLY, HINT_POINTS, LARGEST_CONVS, QUICK, RECOVERY_STEPS,  # noqa: F401
                            ROWS, SCORING_TRANSFER, SENSITIVE_CONVS)  # (re-exported)
 
 
@@ -59,7 +60,7 @@ def _agreement_vector(model, images: torch.Tensor, reference: torch.Tensor) -> n
 
 def _interval(agree: np.ndarray) -> dict:
     """Agreement (%) with a 95 % bootstrap interval over the images (stats.delta_interval against zero)."""
-    from .stats import delta_interval
+    from cnncompress.experiments.stats import delta_interval
     result = delta_interval([(agree, np.zeros_like(agree))])
     clip = lambda v: round(min(100.0, max(0.0, v)), 6)  # noqa: E731 - float sums can land a hair past 100
     return {"agreement": clip(result["delta"]), "low": clip(result["low"]), "high": clip(result["high"]),
@@ -67,11 +68,11 @@ def _interval(agree: np.ndarray) -> dict:
 
 
 def _latency(model, shape: tuple[int, ...], threads: int = 1) -> dict:
-    from .. import engines
+    from cnncompress import deploy
     try:
-        timed = engines.fastest_deployed(model, shape, threads=threads)
+        timed = deploy.fastest_deployed(model, shape, threads=threads)
     except InputError as error:  # no engine of its precision can run it
-        return {"precision": engines.model_precision(model), "engine": None, "ms": None, "skipped": str(error)}
+        return {"precision": deploy.model_precision(model), "engine": None, "ms": None, "skipped": str(error)}
     return {key: timed[key] for key in ("precision", "engine", "ms", "skipped")}
 
 
@@ -85,9 +86,9 @@ def top2_margins(logits: torch.Tensor) -> list[float]:
 def faces(spec: str, teacher) -> dict:
     """Unlabelled faces decoded for the teacher: ``train`` (distillation), ``val`` (chooses the epoch) and
     ``heldout`` (reported only), as in ``cnncompress distill``."""
-    from ..data import build_dataset, split_validation
-    from ..loading import input_format
-    from .distill_table import _held_out
+    from cnncompress.data import build_dataset, split_validation
+    from cnncompress.models.loading import input_format
+    from cnncompress.experiments.distill_table import _held_out
     fmt = input_format(teacher)
     kw = {"input_size": fmt["input_size"], "channels": fmt["channels"], "mean": fmt["mean"], "std": fmt["std"]}
     pool = build_dataset(spec, "train+val", **kw)
@@ -103,7 +104,7 @@ def faces(spec: str, teacher) -> dict:
 def _transfer_inputs(fmt: dict, count: int, seed: int, nonfaces: bool = True) -> torch.Tensor:
     """``data.transfer.transfer_images`` (LFW's non-faces, then ``count`` natural crops; only the crops without
     ``nonfaces``) decoded as the teacher's input (size, channels, normalisation)."""
-    from ..data.transfer import natural_crops, transfer_images
+    from cnncompress.data.transfer import natural_crops, transfer_images
     pixels = transfer_images(fmt["input_size"], count, seed) if nonfaces else natural_crops(fmt["input_size"], count,
                                                                                               seed)
     raw = torch.from_numpy(pixels).float()[:, None] / 255.0
@@ -112,7 +113,7 @@ def _transfer_inputs(fmt: dict, count: int, seed: int, nonfaces: bool = True) ->
 
 def _unlabelled(images: torch.Tensor, like, name: str):
     """``images`` as one dataset with label -1, with the classes, normalisation and split of dataset ``like``."""
-    from ..data.datasets import ImageDataset
+    from cnncompress.data.datasets import ImageDataset
     return ImageDataset(images, torch.full((len(images),), -1, dtype=torch.int64), like.classes, name, like.mean,
                         like.std, like.split)
 
@@ -121,7 +122,7 @@ def transfer_set(data: dict, settings: dict, seed: int = 0):
     """The unlabelled images a copy distils on: the training faces and ``copies - 1`` augmented copies of each, then
     ``settings["transfer"]`` non-face images (``data.transfer``: LFW non-faces + crops of scikit-image's
     photographs), decoded as the teacher's input. One dataset (label -1)."""
-    from ..distill import augment_copies
+    from cnncompress.training.distill import augment_copies
     train = data["train"]
     images = torch.cat([augment_copies(train.images, settings["copies"], seed=seed),
                         _transfer_inputs(data["format"], settings["transfer"], seed)])
@@ -137,7 +138,7 @@ def selection_set(data: dict, settings: dict, seed: int = 0):
     3-point steps of agreement (one row ended at 83-91 % held-out agreement over three seeds); 256 crops beside
     them (the 2026-12-02 run) weighed non-faces 32:1, and a change that raised agreement on that set by 2 points
     at every seed lowered it on the held-out faces (``moving-indices``, docs/results/table-emotion)."""
-    from ..distill import augment_copies
+    from cnncompress.training.distill import augment_copies
     crops = _transfer_inputs(data["format"], settings["select_transfer"], 10_000 + seed, nonfaces=False)
     val, count = data["val"].images, max(settings["select_faces"], len(data["val"]))
     faces = augment_copies(val, -(-count // len(val)), seed=30_000 + seed)[:count]  # copy-major: originals first
@@ -148,9 +149,9 @@ def _optimized(model, config: dict, teacher, data: dict, settings: dict, seed: i
     """The ``optimize`` step of a row: per-layer settings chosen by sensitivity, scored by agreement with the
     original on the val faces (augmented) and ``SCORING_TRANSFER`` natural crops; no fine-tuning here (the row
     recovers as every other row)."""
-    from ..distill import augment_copies
-    from ..optimizer import optimize, teacher_labelled
-    from ..sensitivity import Setting
+    from cnncompress.training.distill import augment_copies
+    from cnncompress.budget.optimizer import optimize, teacher_labelled
+    from cnncompress.budget.sensitivity import Setting
     val = data["val"]
     images = torch.cat([augment_copies(val.images, settings["copies"], seed=20_000 + seed),
                         _transfer_inputs(data["format"], SCORING_TRANSFER, seed=1)])
@@ -166,7 +167,7 @@ def _norms_as_affine(model):
     """Each BatchNorm as the per-channel affine it computes (``batchnorm_folding.norms_to_affine``: 2 tensors per
     channel in the file instead of 4); with fp16 as the file's float codec the new values are rounded to fp16 here,
     so the copy measured is the copy in the file."""
-    from ..batchnorm_folding import ChannelAffine, norms_to_affine
+    from cnncompress.methods.batchnorm_folding import ChannelAffine, norms_to_affine
     model, _ = norms_to_affine(model)
     if getattr(model, "metadata", {}).get("float_codec") == "fp16":
         for module in model.modules():
@@ -180,7 +181,7 @@ def astronaut_input(fmt: dict) -> torch.Tensor:
     """The astronaut's face, decoded as the model's input (grey, size, normalisation)."""
     import torch.nn.functional as F
 
-    from ..data.lfw import astronaut_face
+    from cnncompress.data.lfw import astronaut_face
     face = torch.from_numpy(astronaut_face().astype(np.float32) / 255.0)[None, None]
     face = F.interpolate(face, size=(fmt["input_size"], fmt["input_size"]), mode="bilinear", align_corners=False)
     return ((face - fmt["mean"]) / fmt["std"]).repeat(1, fmt["channels"], 1, 1)
@@ -189,9 +190,9 @@ def astronaut_input(fmt: dict) -> torch.Tensor:
 def run_row(label: str, pipeline: list, recover: bool, teacher, data: dict, settings: dict, seed: int,
             folder: Path, reference: dict) -> dict:
     """One compressed copy: apply, recover (distil from the original), measure. Returns the row."""
-    from .. import methods, storage
-    from ..distill import augment_copies, distill, recalibrate_batch_norm
-    from ..methods import share
+    from cnncompress import methods, storage
+    from cnncompress.training.distill import augment_copies, distill, recalibrate_batch_norm
+    from cnncompress.methods import share
     started = time.perf_counter()
     model = copy.deepcopy(teacher).eval()
     try:
@@ -204,7 +205,7 @@ def run_row(label: str, pipeline: list, recover: bool, teacher, data: dict, sett
                     model = _optimized(model, config, teacher, data, settings, seed, folder)
                     continue
                 if method == "fold-bn":  # a deployment step, not a compression method (batchnorm_folding)
-                    from ..batchnorm_folding import fold_batch_norms
+                    from cnncompress.methods.batchnorm_folding import fold_batch_norms
                     model, _ = fold_batch_norms(model, data["val"].images[:8])
                     continue
                 config = methods.with_data(method, config, data["train"].images)
@@ -212,14 +213,14 @@ def run_row(label: str, pipeline: list, recover: bool, teacher, data: dict, sett
     except InputError as error:
         return {"label": label, "pipeline": pipeline, "not_applicable": str(error)}
     images, out = reference["heldout_images"], reference["heldout_out"]
-    before = _agreement_vector(methods.to_inference(copy.deepcopy(model)), images, out)
+    before = _agreement_vector(deploy.to_inference(copy.deepcopy(model)), images, out)
     history, kept = None, "no (post-training)"
     if recover:
         select = selection_set(data, settings, seed)
         val_images = augment_copies(select.images, settings["heldout_copies"], seed=20_000 + seed)
         with torch.inference_mode():
             val_out = teacher(val_images)
-        val_before = _agreement_vector(methods.to_inference(copy.deepcopy(model)), val_images, val_out).mean()
+        val_before = _agreement_vector(deploy.to_inference(copy.deepcopy(model)), val_images, val_out).mean()
         untuned = copy.deepcopy(model.state_dict())
         # the compressed layers change what the batch norms see: re-estimate their statistics on the unlabelled
         # faces first, then distil with them frozen (``freeze_norm``: a few hundred images would drag them)
@@ -235,14 +236,14 @@ def run_row(label: str, pipeline: list, recover: bool, teacher, data: dict, sett
                              cache_dir=folder / "teacher-cache", hints=hints.get("points", ()),
                              hint_weight=hints.get("weight", 1.0))
         history = result.history
-        val_after = _agreement_vector(methods.to_inference(copy.deepcopy(model)), val_images, val_out).mean()
+        val_after = _agreement_vector(deploy.to_inference(copy.deepcopy(model)), val_images, val_out).mean()
         kept = "distilled"
         if val_after < val_before:  # the selection images (never the held-out ones) say recovery did not help
             model.load_state_dict(untuned)
             kept = "distilled, no gain on val: untuned kept"
     if any(method == "norms-as-affine" for method, _ in pipeline):
         model = _norms_as_affine(model)
-    deployed = methods.to_inference(copy.deepcopy(model)).eval()
+    deployed = deploy.to_inference(copy.deepcopy(model)).eval()
     agree = _agreement_vector(deployed, images, out)
     faces_only = agree[:len(data["heldout"])]
     path = storage.save(model, folder / "model.ccz")
@@ -262,9 +263,9 @@ def run(out: str | Path, faces_spec: str = "lfw-faces", quick: bool = False, pro
         rows: tuple | None = None, **overrides) -> list[dict]:
     """Every row of ``rows`` (default ``ROWS``) on ``fer-minixception`` into ``out``; finished rows with the same
     settings are reused. ``overrides``: any of ``FULL``'s settings (copies, epochs, lr, seeds ...)."""
-    from .. import storage
-    from ..distill import augment_copies
-    from ..loading import load_model
+    from cnncompress import storage
+    from cnncompress.training.distill import augment_copies
+    from cnncompress.models.loading import load_model
     out = Path(out)
     unknown = set(overrides) - set(FULL)
     if unknown:
@@ -328,18 +329,18 @@ def _row(out: Path, folders: dict, label: str, pipeline: list, recover: bool, se
 
 
 def retime(results: list[dict], folders: dict, teacher, shape: tuple[int, ...]) -> list[dict]:
-    """Every row's latency and the original's timed again in one interleaved race (``engines.race``: each model on
+    """Every row's latency and the original's timed again in one interleaved race (``deploy.race``: each model on
     the engines of its precision, the original on the fp32 engines), so the × faster column compares times taken
     under the same load, also for rows reused from an earlier run. A row whose model no engine runs keeps its own
     figure."""
-    from .. import engines, methods, storage
-    contenders = {"original": (teacher, engines.names("fp32"))}
+    from cnncompress import deploy, methods, storage
+    contenders = {"original": (teacher, deploy.names("fp32"))}
     for row in results[1:]:
         path = folders.get((row["label"], row.get("seed"))) / "model.ccz" if "bytes" in row else None
         if path is not None and path.is_file():
-            deployed = methods.to_inference(storage.load(path)).eval()
-            contenders[(row["label"], row["seed"])] = (deployed, engines.names(engines.model_precision(deployed)))
-    times, _ = engines.race(contenders, shape, threads=1, runs=15)
+            deployed = deploy.to_inference(storage.load(path)).eval()
+            contenders[(row["label"], row["seed"])] = (deployed, deploy.names(deploy.model_precision(deployed)))
+    times, _ = deploy.race(contenders, shape, threads=1, runs=15)
     for row in results:
         key = "original" if row is results[0] else (row["label"], row.get("seed"))
         timed = {engine: ms for (who, engine), ms in times.items() if who == key}

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import engines
+from cnncompress import deploy
 
 
 
@@ -21,8 +21,8 @@ def race(row_model, baseline, shape: tuple[int, ...], example: torch.Tensor, row
          threads: int | None = 1, runs: int = 20, block: int = 3) -> dict:
     """``{"engine", "engine_ms", "engines_ms", "baseline_engine", "baseline_engine_ms", "baseline_engines_ms",
     "engines_skipped"}``; the ``engine`` keys are None when no engine of the row's precision can run it."""
-    times, skipped = engines.race({"row": (row_model, engines.names(row_precision)),
-                                   "base": (baseline, engines.names("fp32"))}, shape, threads, runs, block,
+    times, skipped = deploy.race({"row": (row_model, deploy.names(row_precision)),
+                                   "base": (baseline, deploy.names("fp32"))}, shape, threads, runs, block,
                                   example[:1].to(torch.float32))
     row_ms = {name: ms for (side, name), ms in times.items() if side == "row"}
     base_ms = {name: ms for (side, name), ms in times.items() if side == "base"}

@@ -12,7 +12,7 @@ import torch
 def environment() -> dict:
     """What the numbers were measured on: device, threads, library versions, git commit, which XNOR kernel
     ran (``bitpack.kernel_path``: AVX-512 VPOPCNTDQ, scalar popcount or numpy) and the precision of its large float
-    stem convs (``binarize_graph.stem_precision``: bf16 on AMX, else fp32), which HashedNets expand kernel
+    stem convs (``deploy.xnor.stem_precision``: bf16 on AMX, else fp32), which HashedNets expand kernel
     (``hashed.kernel_path``: C or torch), torch's CPU capability, and the
     engines' facts (``engines.engine_environment``: ISA flags, AMX, bf16, OpenVINO version and precisions)."""
     import onnxruntime
@@ -21,14 +21,11 @@ def environment() -> dict:
                                 cwd=Path(__file__).parent).stdout.strip()
     except OSError:
         commit = ""
-    cpu = ""
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    from ..engines import engine_environment
-    from ..kernels import bitpack, hashed
-    from ..methods.binarize_graph import stem_precision
+    from cnncompress import hardware
+    cpu = hardware.cpu_name()
+    from cnncompress.deploy import engine_environment
+    from cnncompress.kernels import bitpack, hashed
+    from cnncompress.deploy.xnor import stem_precision
     return {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "python": platform.python_version(),
             "cpu": cpu, "cores": os.cpu_count(), "git_commit": commit, "node": platform.node(),
             "xnor_kernel": bitpack.kernel_path(), "xnor_float_stem": stem_precision("auto"),

@@ -26,10 +26,10 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from ..errors import InputError
-from ..train import atomic_write
-from .bench import Bench
-from .recipe import Recipe, Row
+from cnncompress.errors import InputError
+from cnncompress.training.trainer import atomic_write
+from cnncompress.experiments.bench import Bench
+from cnncompress.experiments.recipe import Recipe, Row
 
 BASELINE_FILES = ("model.safetensors", "checkpoint.json")  # weights + training history
 _DATASETS: dict[tuple, tuple] = {}  # per worker process: (data, input_size) -> (train, val, test), loaded once
@@ -59,7 +59,7 @@ def import_ray():
 
 
 def _datasets(recipe: Recipe) -> tuple:
-    from ..data import build_dataset
+    from cnncompress.data import build_dataset
     key = (recipe.data, recipe.input_size)
     if key not in _DATASETS:
         _DATASETS[key] = tuple(build_dataset(recipe.data, split, input_size=recipe.input_size)

@@ -31,9 +31,9 @@ def fixed_point_sweep(fls=DEFAULT_FLS, roundings=("nearest", "stochastic"), word
 
     Every run starts from the same seeded initialisation and data order; the fp32 run is the reference.
     """
-    from .. import methods, models
-    from ..data import build_dataset
-    from ..train import TrainConfig, Trainer, error_rate
+    from cnncompress import methods, models
+    from cnncompress.data import build_dataset
+    from cnncompress.training.trainer import TrainConfig, Trainer, error_rate
     train_set = build_dataset(dataset, "train", input_size=48)
     test_set = build_dataset(dataset, "test", input_size=48)
     if train_images:

@@ -46,9 +46,9 @@ from pathlib import Path
 
 import torch
 
-from .. import methods, models
-from ..errors import InputError, input_error
-from . import schema
+from cnncompress import methods, models
+from cnncompress.errors import InputError, input_error
+from cnncompress.experiments import schema
 
 BASELINE = "baseline"
 MAX_ROWS = 100000
@@ -131,7 +131,7 @@ def finetune_settings(recipe: "Recipe", model: str) -> dict:
 
 def _check_training(source, recipe: "Recipe") -> None:
     """Every model's baseline and fine-tuning settings make a valid ``TrainConfig`` (checked before training)."""
-    from ..train import TrainConfig
+    from cnncompress.training.trainer import TrainConfig
     for model in recipe.baselines:
         for what, settings in (("baselines." + model, baseline_settings(recipe, model)),
                                ("finetune", finetune_settings(recipe, model))):
@@ -142,8 +142,16 @@ def _check_training(source, recipe: "Recipe") -> None:
 
 
 def _check_baseline(source, name, settings) -> dict:
+    from cnncompress.models.entry_point import is_entry_point, resolve
+    if is_entry_point(name):  # a user network: FILE.py:FUNCTION or package.module:FUNCTION, checked importable now
+        try:
+            resolve(name)
+        except InputError as error:
+            raise input_error(source, f"baselines: {error}") from error
+        return settings
     if name not in models.available():
-        raise input_error(source, f"unknown model {name!r} in baselines (known: {', '.join(models.available())})")
+        raise input_error(source, f"unknown model {name!r} in baselines (known: {', '.join(models.available())}, or "
+                                  f"a user network FILE.py:FUNCTION)")
     return settings
 
 
@@ -256,7 +264,7 @@ def validate_rows(source, rows: list[Row], recipe: Recipe | None = None) -> None
 
 def _check_layer_names(row: Row, config: dict, recipe: Recipe, skeletons: dict) -> None:
     """``layers``/``exclude`` of a row's first stage against its model, built on the meta device (no memory)."""
-    from .. import surgery
+    from cnncompress import surgery
     if not any(key in config for key in ("layers", "exclude")) or row.model not in recipe.baselines:
         return
     if row.model not in skeletons:
@@ -266,7 +274,7 @@ def _check_layer_names(row: Row, config: dict, recipe: Recipe, skeletons: dict) 
     model = skeletons[row.model]
     for key in ("layers", "exclude"):
         if key in config and config[key] not in ("all", (), [], None):
-            surgery.select(model, config[key], types=(torch.nn.Module,))
+            surgery.select(model, config[key], types=(torch.nn.Module,), required=False)
 
 
 def load_recipe(path: str | Path) -> Recipe:

@@ -18,7 +18,7 @@ import json
 import statistics
 from pathlib import Path
 
-from . import stats
+from cnncompress.experiments import stats
 
 COLUMNS = [
     ("model", "model"), ("label", "method"), ("total_finetune", "ft ep"), ("train_ms_step", "train ms/step"),
@@ -184,7 +184,7 @@ def text_table(rows: list[dict]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)
 
 
-NOTES = ("acc %: the deployed model (.ccz loaded back, methods.to_inference: int8 in onnxruntime, XNOR bit-packed) "
+NOTES = ("acc %: the deployed model (.ccz loaded back, deploy.to_inference: int8 in onnxruntime, XNOR bit-packed) "
          "on the test split, used once; training-form accuracy in results.json. Fine-tuning ends on the best epoch "
          "of the val split (carved from train). control %: the baseline trained as many epochs in all as the row "
          "(baseline + `ft ep` fine-tuning epochs, same fine-tuning config and seed), uncompressed. Δ acc: row - "

@@ -16,9 +16,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import InputError
-from .report import add_ratios, best_ms, group_seeds
-from .stats import seed_interval
+from cnncompress.errors import InputError
+from cnncompress.experiments.report import add_ratios, best_ms, group_seeds
+from cnncompress.experiments.stats import seed_interval
 
 EXPERIMENTS = ("table2", "table3", "cascade", "table-emotion")
 
@@ -160,7 +160,7 @@ def table2_report(rows: list[dict], source: str) -> list[str]:
 
 
 def run_table2(out: Path, recipe_path: Path, progress: bool = True) -> list[str]:
-    from .bench import run_bench
+    from cnncompress.experiments.bench import run_bench
     rows = run_bench(recipe_path, out / "table2", progress=progress)
     models = dict.fromkeys(row["model"] for row in rows)
     return table2_report(rows, str(recipe_path)) + ["![accuracy vs size](table2/accuracy_vs_size.png)", ""] + \
@@ -200,7 +200,7 @@ def table3_findings(tables: dict[str, list[dict]]) -> list[Finding]:
 
 
 def run_table3(out: Path, recipe_path: Path, seeds: list[int] | None) -> list[str]:
-    from .distill_table import run_recipe, table
+    from cnncompress.experiments.distill_table import run_recipe, table
     tables = run_recipe(recipe_path, out / "table3", seeds)
     lines = ["## Table 3 — distillation on unlabelled images (Rassadin & Savchenko 2017 §4)", "",
              "Paper (student SqueezeNet-1.1 distilled on 13,813 PubFig83 faces, tested on RaFD):", "",
@@ -260,7 +260,7 @@ def cascade_findings(results: dict) -> list[Finding]:
 
 
 def run_cascade(out: Path, recipe_path: Path | None, quick: bool) -> list[str]:
-    from .cascade_grid import load_config, run_study
+    from cnncompress.experiments.cascade_grid import load_config, run_study
     config = load_config(recipe_path) if recipe_path and not quick else load_config(None, QUICK_CASCADE)
     folder = out / "cascade"
     results, figures = run_study(config, folder)
@@ -272,7 +272,7 @@ def run_cascade(out: Path, recipe_path: Path | None, quick: bool) -> list[str]:
 
 
 def run_emotion(out: Path, faces: str, quick: bool) -> list[str]:
-    from . import emotion_report, emotion_table
+    from cnncompress.experiments import emotion_report, emotion_table
     rows = emotion_table.run(out / "table-emotion", faces, quick=quick)
     lines = ["## Table emotion: the real emotion CNN compressed without labels", "",
              "Each method is applied to the pretrained `fer-minixception`; the compressed copy re-estimates its "

@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import input_error
+from cnncompress.errors import input_error
 
 ANYTHING = None  # an item spec that accepts any value (method option values)
 

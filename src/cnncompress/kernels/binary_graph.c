@@ -3,7 +3,7 @@
    Built together with kernels/bitpack.c (whose pack / bit-im2col / XNOR-GEMM / LRN / max-pool functions it calls)
    by kernels/native.py; driven by kernels/binary_graph.py, which lays out the op table and preallocates every
    buffer per input shape. The pure reference of a chain is the same layers run one by one as PyTorch modules
-   (methods/binarize_graph.py); the tests compare the two.
+   (deploy/xnor.py); the tests compare the two.
 
    Ops (one image at a time, NCHW float activations between ops):
      CONV     out[o,p] = bias[o] + sum_k W[o,k] colsT[k,p]      (float conv: im2col + a 4x32 register tile)
@@ -17,14 +17,31 @@
    output filters / channels / pixels across `threads` POSIX threads started for that op; smaller ops (every
    op at the 48x48 FER size) run on the calling thread, so a small net pays no hand-off at all. */
 #include <pthread.h>
-#ifdef __AVX512F__
-#include <immintrin.h>
-#endif
 #include <math.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* the ISA path, as in bitpack.c (kernel_isa() there names it): CNNCOMPRESS_FORCE_SCALAR, else AVX-512F, AVX2 + FMA
+   (also under AVX-512), NEON (aarch64) */
+#if !defined(CNNCOMPRESS_FORCE_SCALAR)
+#if defined(__AVX512F__)
+#define CCZ_AVX512 1
+#endif
+#if defined(__AVX2__) && defined(__FMA__)
+#define CCZ_AVX2 1
+#endif
+#if defined(__ARM_NEON) && defined(__aarch64__)
+#define CCZ_NEON 1
+#endif
+#endif
+#if defined(CCZ_AVX512) || defined(CCZ_AVX2)
+#include <immintrin.h>
+#endif
+#ifdef CCZ_NEON
+#include <arm_neon.h>
+#endif
 
 void pack_chw(const float* x, int C, int H, int W, int ph, int pw, int Cw, uint64_t* out, float* absmean);
 void pack_rows(const float* x, int R, int K, int Kw, uint64_t* out);
@@ -35,6 +52,7 @@ void xnor_gemm(const uint64_t* a, int M, const uint64_t* b, int N, int K, int nb
 void maxpool_f32(const float* x, int C, int H, int W, int k, int s, int OH, int OW, float* out);
 void lrn_f32(const float* x, int C, int HW, long stride, int size, float alpha, float beta, float kk, float* out,
              float* sum);
+void lrn_apply_075(const float* a, const float* sum, int n, float kk, float scale, float* out);
 
 enum { OP_CONV = 0, OP_XCONV = 1, OP_XLINEAR = 2, OP_LINEAR = 3, OP_RELU = 4, OP_LRN = 5, OP_MAXPOOL = 6,
        OP_AFFINE = 7 };
@@ -123,10 +141,12 @@ static void im2col_f32(const op_t* op, const float* x, float* colsT) {
       }
 }
 
-/* acc[i][j] = sum_k w_i[k] colsT[k, p + j] for 4 filters x 32 pixels */
+/* acc[i][j] = sum_k w_i[k] colsT[k, p + j] for 4 filters x 32 pixels. AVX-512: 8 accumulators of 16 floats;
+   AVX2 + FMA: two passes of 4 filters x 16 pixels (8 accumulators of 8 floats: enough independent FMAs to hide
+   their latency in 16 registers); NEON: two passes of 4 x 16 (16 accumulators of 4 floats); else plain loops. */
 static void conv_tile(const float* colsT, int64_t Ppad, int64_t K, const float* w0, int64_t p, float acc[4][32]) {
   const float *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;
-#ifdef __AVX512F__
+#if defined(CCZ_AVX512)
   __m512 a00 = _mm512_setzero_ps(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
   for (int64_t k = 0; k < K; k++) {
     const float* c = colsT + k * Ppad + p;
@@ -140,6 +160,37 @@ static void conv_tile(const float* colsT, int64_t Ppad, int64_t K, const float* 
   _mm512_storeu_ps(acc[1], a10); _mm512_storeu_ps(acc[1] + 16, a11);
   _mm512_storeu_ps(acc[2], a20); _mm512_storeu_ps(acc[2] + 16, a21);
   _mm512_storeu_ps(acc[3], a30); _mm512_storeu_ps(acc[3] + 16, a31);
+#elif defined(CCZ_AVX2)
+  for (int h = 0; h < 32; h += 16) {
+    __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
+    for (int64_t k = 0; k < K; k++) {
+      const float* c = colsT + k * Ppad + p + h;
+      __m256 x0 = _mm256_loadu_ps(c), x1 = _mm256_loadu_ps(c + 8), w;
+      w = _mm256_broadcast_ss(w0 + k); a00 = _mm256_fmadd_ps(w, x0, a00); a01 = _mm256_fmadd_ps(w, x1, a01);
+      w = _mm256_broadcast_ss(w1 + k); a10 = _mm256_fmadd_ps(w, x0, a10); a11 = _mm256_fmadd_ps(w, x1, a11);
+      w = _mm256_broadcast_ss(w2 + k); a20 = _mm256_fmadd_ps(w, x0, a20); a21 = _mm256_fmadd_ps(w, x1, a21);
+      w = _mm256_broadcast_ss(w3 + k); a30 = _mm256_fmadd_ps(w, x0, a30); a31 = _mm256_fmadd_ps(w, x1, a31);
+    }
+    _mm256_storeu_ps(acc[0] + h, a00); _mm256_storeu_ps(acc[0] + h + 8, a01);
+    _mm256_storeu_ps(acc[1] + h, a10); _mm256_storeu_ps(acc[1] + h + 8, a11);
+    _mm256_storeu_ps(acc[2] + h, a20); _mm256_storeu_ps(acc[2] + h + 8, a21);
+    _mm256_storeu_ps(acc[3] + h, a30); _mm256_storeu_ps(acc[3] + h + 8, a31);
+  }
+#elif defined(CCZ_NEON)
+  for (int h = 0; h < 32; h += 16) {
+    float32x4_t a[4][4];
+    for (int i = 0; i < 4; i++)
+      for (int j = 0; j < 4; j++) a[i][j] = vdupq_n_f32(0.0f);
+    for (int64_t k = 0; k < K; k++) {
+      const float* c = colsT + k * Ppad + p + h;
+      float32x4_t x[4] = {vld1q_f32(c), vld1q_f32(c + 4), vld1q_f32(c + 8), vld1q_f32(c + 12)};
+      float wk[4] = {w0[k], w1[k], w2[k], w3[k]};
+      for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 4; j++) a[i][j] = vfmaq_n_f32(a[i][j], x[j], wk[i]);
+    }
+    for (int i = 0; i < 4; i++)
+      for (int j = 0; j < 4; j++) vst1q_f32(acc[i] + h + 4 * j, a[i][j]);
+  }
 #else
   memset(acc, 0, sizeof(float) * 4 * 32);
   for (int64_t k = 0; k < K; k++) {
@@ -174,12 +225,39 @@ static void conv_share(share_t* s) {
     }
 }
 
+/* sum_k w[k] x[k]: 2 (AVX2) / 4 (NEON) vector accumulators, then the lanes (the compiler does not reorder a
+   float sum by itself); scalar: in order */
+static float dot_f32(const float* w, const float* x, int64_t K) {
+  int64_t k = 0;
+  float acc = 0.0f;
+#if defined(CCZ_AVX2)
+  __m256 s0 = _mm256_setzero_ps(), s1 = s0;
+  for (; k + 16 <= K; k += 16) {
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + k), _mm256_loadu_ps(x + k), s0);
+    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(w + k + 8), _mm256_loadu_ps(x + k + 8), s1);
+  }
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(_mm256_add_ps(s0, s1)), _mm256_extractf128_ps(_mm256_add_ps(s0, s1), 1));
+  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  acc = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+#elif defined(CCZ_NEON)
+  float32x4_t s0 = vdupq_n_f32(0.0f), s1 = s0, s2 = s0, s3 = s0;
+  for (; k + 16 <= K; k += 16) {
+    s0 = vfmaq_f32(s0, vld1q_f32(w + k), vld1q_f32(x + k));
+    s1 = vfmaq_f32(s1, vld1q_f32(w + k + 4), vld1q_f32(x + k + 4));
+    s2 = vfmaq_f32(s2, vld1q_f32(w + k + 8), vld1q_f32(x + k + 8));
+    s3 = vfmaq_f32(s3, vld1q_f32(w + k + 12), vld1q_f32(x + k + 12));
+  }
+  acc = vaddvq_f32(vaddq_f32(vaddq_f32(s0, s1), vaddq_f32(s2, s3)));
+#endif
+  for (; k < K; k++) acc += w[k] * x[k];
+  return acc;
+}
+
 static void linear_share(share_t* s) {
   const op_t* op = s->op;
   for (int64_t o = s->lo; o < s->hi; o++) {
     const float* w = op->weight + o * op->K;
-    float acc = 0.0f;
-    for (int64_t k = 0; k < op->K; k++) acc += w[k] * s->in[k];
+    float acc = dot_f32(w, s->in, op->K);
     float v = acc + (op->bias ? op->bias[o] : 0.0f);
     op->out[o] = op->relu && v < 0.0f ? 0.0f : v;
   }
@@ -310,30 +388,6 @@ void run_chain(const op_t* ops, int n_ops, const float* x, int batch, long in_si
   }
 }
 
-/* out[c] = v[c] * (kk + scale * out[c])^-0.75 (out holds the window sums on entry). With AVX-512:
-   r = 1/sqrt(d) from rsqrt14 and one Newton step (r' = r (1.5 - 0.5 d r^2), relative error ~2^-27), then
-   d^-0.75 = r * sqrt(r) = r^2 / sqrt(r) = r^2 * rsqrt(r), rsqrt(r) refined the same way: FMAs instead of two
-   square roots and a division per element (those were 0.8 ms of VGG-S conv1's 1.1 M outputs at 224).
-   Elsewhere and for the tail: v / (sqrt(d) sqrt(sqrt(d))), as lrn_f32 in bitpack.c. */
-static void lrn_075(const float* v, float* out, int C, float kk, float scale) {
-  int c = 0;
-#ifdef __AVX512F__
-  const __m512 half = _mm512_set1_ps(0.5f), three_halves = _mm512_set1_ps(1.5f);
-  for (; c + 16 <= C; c += 16) {
-    __m512 d = _mm512_fmadd_ps(_mm512_set1_ps(scale), _mm512_loadu_ps(out + c), _mm512_set1_ps(kk));
-    __m512 r = _mm512_rsqrt14_ps(d);
-    r = _mm512_mul_ps(r, _mm512_fnmadd_ps(_mm512_mul_ps(half, d), _mm512_mul_ps(r, r), three_halves));
-    __m512 q = _mm512_rsqrt14_ps(r);
-    q = _mm512_mul_ps(q, _mm512_fnmadd_ps(_mm512_mul_ps(half, r), _mm512_mul_ps(q, q), three_halves));
-    _mm512_storeu_ps(out + c, _mm512_mul_ps(_mm512_loadu_ps(v + c), _mm512_mul_ps(_mm512_mul_ps(r, r), q)));
-  }
-#endif
-  for (; c < C; c++) {
-    float d = kk + scale * out[c];
-    out[c] = v[c] / (sqrtf(d) * sqrtf(sqrtf(d)));
-  }
-}
-
 static atomic_int epilogue_out_of_memory;  /* set by a share that could not allocate its scratch rows */
 
 /* The float stem's epilogue on a bf16 NHWC conv output (oneDNN's channels_last bf16 conv), one pooled output row
@@ -343,7 +397,7 @@ static atomic_int epilogue_out_of_memory;  /* set by a share that could not allo
      v = float(src[y, x, c]) (exact), v = max(v, 0) if relu,
      v = v / (k + alpha/size * sum_{c' in [c - size/2, c + (size-1)/2]} v_c'^2)^beta   if lrn_size > 0,
      out[c, oy, ox] = max over rows [oy*sh, oy*sh + kh) and columns [ox*sh, ox*sh + kh), clipped to the image.
-   Reference: the same PyTorch layers run one by one on src.float() (methods/binarize_graph.py Bf16Conv). */
+   Reference: the same PyTorch layers run one by one on src.float() (deploy/xnor.py Bf16Conv). */
 static void epilogue_share(share_t* sh) {
   const op_t* op = sh->op;
   const uint16_t* s = (const uint16_t*)sh->in;
@@ -379,7 +433,7 @@ static void epilogue_share(share_t* sh) {
           for (int64_t j = -lo; j <= hi; j++)
             for (int64_t c = 0; c < C; c++) sum[c] += v[c + j] * v[c + j];
           if (beta == 0.75f)
-            lrn_075(v, sum, (int)C, kk, scale);
+            lrn_apply_075(v, sum, (int)C, kk, scale, sum);  /* bitpack.c: d^-0.75 by rsqrt + Newton */
           else
             for (int64_t c = 0; c < C; c++) sum[c] = v[c] * powf(kk + scale * sum[c], -beta);
         } else {

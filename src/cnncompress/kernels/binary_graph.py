@@ -6,7 +6,7 @@ on onnxruntime. ``NativeChain(specs).run(x)`` runs the chain for one input shape
 table and every buffer (packed words, bit-im2col, K, the float im2col of a float conv, each op's output) are laid
 out once per input shape and reused.
 
-``specs`` are plain dicts (tensors and numbers; no modules), built by ``methods/binarize_graph.py``:
+``specs`` are plain dicts (tensors and numbers; no modules), built by ``deploy/xnor.py``:
 
     {"kind": "conv", "weight": (O, C, kh, kw), "bias", "stride", "padding", "relu"}
     {"kind": "xconv", "wbits", "alpha", "bias", "kernel", "stride", "padding", "input_scale",
@@ -17,7 +17,7 @@ out once per input shape and reused.
     "ceil_mode"}   {"kind": "flatten"} (no op: the next op reads the same memory as one vector)
 
 ``StemEpilogue`` is the other entry point: the ReLU / LRN / max-pool after a float conv that ran in bf16 on oneDNN
-(``methods/binarize_graph.py`` ``Bf16Conv``), on its bf16 channels_last output, in one pass.
+(``deploy/xnor.py`` ``Bf16Conv``), on its bf16 channels_last output, in one pass.
 
 Formulas per op are in the C file's header; the pure reference of a chain is its layers run one by one as
 PyTorch modules (the tests compare the two). Threads: ops of at least ``MIN_WORK`` multiply-adds (or word pairs)
@@ -30,9 +30,9 @@ import functools
 
 import torch
 
-from . import native as _native
-from .bitpack import ARGTYPES as _BITPACK_ARGTYPES
-from .bitpack_reference import n_words, pool_size
+from cnncompress.kernels import native as _native
+from cnncompress.kernels.bitpack import ARGTYPES as _BITPACK_ARGTYPES
+from cnncompress.kernels.bitpack_reference import n_words, pool_size
 
 KINDS = {"conv": 0, "xconv": 1, "xlinear": 2, "linear": 3, "relu": 4, "lrn": 5, "maxpool": 6, "affine": 7}
 _INTS = ("kind", "C", "H", "W", "O", "OH", "OW", "kh", "kw", "sh", "sw", "ph", "pw", "relu", "input_scale", "K",
@@ -47,13 +47,18 @@ class Op(ctypes.Structure):
                 ("lrn_alpha", "lrn_beta", "lrn_k")] + [(name, ctypes.c_void_p) for name in _POINTERS])
 
 
-@functools.lru_cache(maxsize=1)
 def native() -> ctypes.CDLL | None:
-    """``bitpack.c`` + ``binary_graph.c`` in one library, or None (one warning) when it cannot be built."""
+    """``bitpack.c`` + ``binary_graph.c`` in one library for the path ``$CNNCOMPRESS_ISA`` asks for (the native best
+    when unset), or None (one warning) when it cannot be built."""
+    return _library(_native.requested_isa())
+
+
+@functools.lru_cache(maxsize=None)
+def _library(isa: str | None) -> ctypes.CDLL | None:
     _P, _I, _L = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
     argtypes = {**_BITPACK_ARGTYPES, "run_chain": [_P, _I, _P, _I, _L, _P, _L, _I, _L],
                 "stem_epilogue": [_P, _P, _L, _P, _I, _L], "op_size": []}
-    lib = _native.load("binary_graph", argtypes, parts=("bitpack", "binary_graph"))
+    lib = _native.load("binary_graph", argtypes, parts=("bitpack", "binary_graph"), isa=isa)
     if lib is not None and lib.op_size() != ctypes.sizeof(Op):
         raise RuntimeError(f"binary_graph.c op_t has {lib.op_size()} bytes, the ctypes Op {ctypes.sizeof(Op)}")
     return lib
@@ -61,6 +66,12 @@ def native() -> ctypes.CDLL | None:
 
 def available() -> bool:
     return native() is not None
+
+
+def kernel_path() -> str:
+    """The path the chains run: ``"c-avx512-vpopcnt"``, ``"c-avx512"``, ``"c-avx2"``, ``"c-neon"``, ``"c-scalar"``
+    (``kernel_isa()`` of bitpack.c, linked in), or ``"none"`` (no library: the layers run one by one)."""
+    return _native.kernel_path(native(), "none")
 
 
 STEM_EPILOGUE = ("relu", "lrn", "maxpool")  # the ops a bf16 stem's epilogue takes, each optional, in this order

@@ -11,10 +11,12 @@ holds channels ``c .. c+63`` of pixel (y, x); weights ``(o, ky, kx, c // 64)`` a
 exact correction ``corr[o, p] = sum over padded taps of sign(W)`` (one float conv of the padding mask,
 cached per input size) is subtracted, so the fast path equals ``conv2d(sign(x), sign(W), padding=p)``.
 
-Fast path: the C kernels of ``kernels/bitpack.c`` (AVX-512 VPOPCNTDQ when the CPU has it, scalar popcount
-otherwise), compiled at first use and loaded with ctypes by ``kernels/native.py`` (``-O3 -march=native``, one
-build per CPU kind, cached in ``$CNNCOMPRESS_CACHE``). Without a compiler a numpy fallback (``numpy.bitwise_count``
-on 64-bit words) runs, with one warning; ``kernel_path()`` says which path runs. The GEMM is split over output
+Fast path: the C kernels of ``kernels/bitpack.c`` (AVX-512 VPOPCNTDQ, AVX2 vpshufb-LUT popcount, NEON vcnt or
+scalar POPCNT, whichever the CPU has; ``CNNCOMPRESS_ISA=scalar|avx2|avx512|neon`` forces one, see
+``kernels/native.py``), compiled at first use and loaded with ctypes by ``kernels/native.py`` (``-O3
+-march=native``, one build per CPU kind and forced path, cached in ``$CNNCOMPRESS_CACHE``). Without a compiler a
+numpy fallback (``numpy.bitwise_count`` on 64-bit words) runs, with one warning; ``kernel_path()`` says which path
+runs. The GEMM is split over output
 filters across ``torch.get_num_threads()`` Python threads (ctypes releases the GIL; no OpenMP, whose spinning
 workers fought torch's own pool on 2 cores and cost ~30 ms per layer). The pure twins (``reference_*``, the
 formulas) live in ``kernels/bitpack_reference.py`` and are re-exported here; the tests compare them.
@@ -28,8 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import native as _native
-from .bitpack_reference import (  # noqa: F401  (the references are re-exported beside their fast twins)
+from cnncompress.kernels import native as _native
+from cnncompress.kernels.bitpack_reference import (  # noqa: F401  (the references are re-exported beside their fast twins)
     WORD, n_words, pool_size, reference_box_mean, reference_local_response_norm, reference_max_pool2d,
     reference_pack_rows, reference_xnor_conv2d, reference_xnor_gemm, reference_xnor_linear, sign)
 
@@ -41,22 +43,27 @@ ARGTYPES = {  # the C signatures of kernels/bitpack.c
     "xnor_gemm": [_P, _I, _P, _I, _I, _I, _P, _P, _P, _P, _P, _L, _L],
     "maxpool_f32": [_P, _I, _I, _I, _I, _I, _I, _I, _P],
     "lrn_f32": [_P, _I, _I, _L, _I, _F, _F, _F, _P, _P],
+    "lrn_apply_075": [_P, _P, _I, _F, _F, _P],
+    "kernel_isa": [],
 }
 
 
-@functools.lru_cache(maxsize=1)
 def native() -> ctypes.CDLL | None:
-    """The compiled ``bitpack.c``, or None (with one warning) when it cannot be built."""
-    return _native.load("bitpack", ARGTYPES)
+    """The compiled ``bitpack.c`` for the path ``$CNNCOMPRESS_ISA`` asks for (the native best when unset), or None
+    (with one warning) when it cannot be built; ``native.IsaError`` when that path cannot run here."""
+    return _library(_native.requested_isa())
+
+
+@functools.lru_cache(maxsize=None)
+def _library(isa: str | None) -> ctypes.CDLL | None:
+    return _native.load("bitpack", ARGTYPES, isa=isa)
 
 
 def kernel_path() -> str:
-    """Which binary kernel runs in this process: ``"c-avx512-vpopcnt"``, ``"c-popcount"`` (scalar C popcount,
-    CPU without VPOPCNTDQ) or ``"numpy"`` (no compiler, or ``CNNCOMPRESS_NO_NATIVE=1``)."""
-    lib = native()
-    if lib is None:
-        return "numpy"
-    return "c-avx512-vpopcnt" if lib.has_vpopcnt() else "c-popcount"
+    """Which binary kernel runs in this process: ``"c-avx512-vpopcnt"``, ``"c-avx512"`` (AVX-512 without VPOPCNTDQ:
+    the AVX2 popcount GEMM), ``"c-avx2"``, ``"c-neon"``, ``"c-scalar"`` (plain C POPCNT) or ``"numpy"`` (no compiler,
+    or ``CNNCOMPRESS_NO_NATIVE=1``)."""
+    return _native.kernel_path(native(), "numpy")
 
 
 def _ptr(tensor: torch.Tensor | None):

@@ -1,7 +1,8 @@
 /* HashedNets expand and its gradient (cnncompress): the fast twins of kernels/hashed.py's reference_expand.
 
    Loaded by cnncompress/kernels/hashed.py through kernels/native.py (compiled at first use with
-   -O3 -march=native). Slots follow kernels/hashed.py: slot = h(e) + K * [xi(e) = -1], so
+   -O3 -march=native, or the flags of a path forced by $CNNCOMPRESS_ISA). Slots follow kernels/hashed.py:
+   slot = h(e) + K * [xi(e) = -1], so
 
        gather:  out[e]        = (slot < K) ? w[slot] : -w[slot - K]
        scatter: grad_w[h(e)] += xi(e) * grad_out[e]      (for e in [start, stop))
@@ -13,6 +14,23 @@
 #include <stdint.h>
 
 #define PREFETCH 64
+
+/* The target this library was compiled for (hashed.kernel_path() prefixes "c-"). No hand-written SIMD here: a
+   random gather/scatter over a table in L3 is bound by its loads (AVX2's vpgatherdd is no faster on AMD than 8
+   scalar loads); the compiler vectorises what it can (the row build of hashed_linear_grad) for that target. */
+const char* kernel_isa(void) {
+#if defined(CNNCOMPRESS_FORCE_SCALAR)
+  return "scalar";
+#elif defined(__AVX512F__)
+  return "avx512";
+#elif defined(__AVX2__) && defined(__FMA__)
+  return "avx2";
+#elif defined(__ARM_NEON) && defined(__aarch64__)
+  return "neon";
+#else
+  return "scalar";
+#endif
+}
 
 /* the bucket a slot points at: slot - K for the negated half of the table */
 static inline uint32_t bucket(uint32_t slot, uint32_t k) { return slot - (slot >= k) * k; }

@@ -41,7 +41,7 @@ import functools
 import numpy as np
 import torch
 
-from . import native as _native
+from cnncompress.kernels import native as _native
 
 MASK32 = 0xFFFFFFFF
 M1, M2 = 0x7FEB352D, 0x846CA68B
@@ -165,19 +165,25 @@ def reference_expand(buckets: torch.Tensor, slots: torch.Tensor) -> torch.Tensor
 
 _P, _L, _I = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
 ARGTYPES = {"hashed_gather": [_P, _P, _L, _L, _I, _P], "hashed_scatter": [_P, _P, _L, _L, _I, _P],
-            "hashed_linear_grad": [_P, _P, _L, _L, _L, _P, _L, _L, _I, _P, _P]}
+            "hashed_linear_grad": [_P, _P, _L, _L, _L, _P, _L, _L, _I, _P, _P], "kernel_isa": []}
 PARALLEL_MIN = 1 << 16  # below this many virtual weights one thread does the whole call
 
 
-@functools.lru_cache(maxsize=1)
 def native():
-    """The compiled ``hashed.c``, or None (one warning) when it cannot be built."""
-    return _native.load("hashed", ARGTYPES)
+    """The compiled ``hashed.c`` for the path ``$CNNCOMPRESS_ISA`` asks for (the native best when unset), or None
+    (one warning) when it cannot be built."""
+    return _library(_native.requested_isa())
+
+
+@functools.lru_cache(maxsize=None)
+def _library(isa: str | None):
+    return _native.load("hashed", ARGTYPES, isa=isa)
 
 
 def kernel_path() -> str:
-    """``"c"`` (kernels/hashed.c) or ``"torch"`` (reference_expand: index_select / index_add_)."""
-    return "torch" if native() is None else "c"
+    """``"c-<target>"`` (kernels/hashed.c built for ``avx512``, ``avx2``, ``neon`` or ``scalar``: plain C with
+    prefetches, vectorised only by the compiler) or ``"torch"`` (reference_expand: index_select / index_add_)."""
+    return _native.kernel_path(native(), "torch")
 
 
 def _threads(n: int) -> int:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..timing import best, time_calls
+from cnncompress.timing import best, time_calls
 
 
 def to_csr(weight: torch.Tensor) -> torch.Tensor:

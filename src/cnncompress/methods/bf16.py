@@ -22,16 +22,13 @@ the model stays in fp32 compute. ``metadata["bf16_compute"]`` of the deployed mo
 """
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
 
-from .. import onnx_export, surgery
-from ..engines import cpu, openvino
-from ..engines.torch_bf16 import TorchBf16Model
-from ..layers import CompressedLayer, base_config, register_layer
-from .registry import MethodInfo, register
+from cnncompress import surgery
+
+from cnncompress.layers import CompressedLayer, base_config, register_layer
+from cnncompress.methods.registry import MethodInfo, register
 
 GRAPH_NOTE = ("float graph (bf16-valued weights as fp32 tensors; run it at bf16 precision, e.g. OpenVINO "
               "INFERENCE_PRECISION_HINT=bf16)")
@@ -109,45 +106,6 @@ def apply_bf16(model: nn.Module, layers="all", exclude=()) -> nn.Module:
     return model
 
 
-def _carry(source: nn.Module, target: nn.Module, compute: str) -> nn.Module:
-    for attribute in ("spec", "compression_history"):
-        if hasattr(source, attribute):
-            setattr(target, attribute, copy.deepcopy(getattr(source, attribute)))
-    target.metadata = {**dict(getattr(source, "metadata", {}) or {}), "bf16_compute": compute}
-    return target.eval()
-
-
-def _float_graph(model: nn.Module) -> bytes:
-    spec = getattr(model, "spec", None) or {}
-    example = torch.zeros(1, spec.get("in_channels", 3), spec.get("input_size", 224), spec.get("input_size", 224))
-    return onnx_export.export_bytes(model, example)
-
-
-def to_inference_bf16(model: nn.Module) -> nn.Module:
-    """The model on real bf16 kernels: OpenVINO bf16, else PyTorch bf16, else (no bf16 on this CPU) itself in
-    fp32 compute; ``metadata["bf16_compute"]`` says which and why."""
-    if isinstance(model, (openvino.OpenVinoModel, TorchBf16Model)):
-        return model
-    reason = openvino.precision_missing("bf16")
-    if reason is None:
-        try:
-            deployed = openvino.OpenVinoModel(_float_graph(model), "bf16")
-            deployed.run()  # compile now: a graph OpenVINO cannot run falls back below, said so
-            return _carry(model, deployed, f"openvino-bf16 ({cpu.bf16_note()})")
-        except Exception as error:  # noqa: BLE001 - export or compile failed: the next engine, with the reason
-            reason = f"OpenVINO failed: {str(error).strip().splitlines()[0] if str(error).strip() else error}"
-    if cpu.has_bf16():
-        return _carry(model, TorchBf16Model(model), f"torch-bf16 ({reason}; {cpu.bf16_note()})")
-    return _carry(model, model, f"fp32 fallback: {cpu.bf16_note()} ({reason})")
-
-
-def bf16_graph(model: nn.Module) -> tuple[bytes | None, str]:
-    """The ``onnx_graph`` hook: the float graph (of a deployed ``OpenVinoModel``: the graph it compiled)."""
-    if isinstance(model, openvino.OpenVinoModel):
-        return model.onnx_model, GRAPH_NOTE
-    return None, GRAPH_NOTE
-
-
 register(MethodInfo(
     name="bf16", paper="Berthelier 2018 §2.5 (16-bit floating point); Kalamkar et al. 2019 (bfloat16)",
     size="real", speed="real", family="reduced precision",
@@ -155,4 +113,4 @@ register(MethodInfo(
                 "halves); inference in bf16 kernels: OpenVINO INFERENCE_PRECISION_HINT=bf16 (AMX/AVX512-BF16), "
                 "1.5-1.8x the fastest fp32 engine at 224 on AVX512-BF16 without AMX (benchmarks/bench_engines.py); "
                 "fp32 compute where the CPU has no bf16"),
-    apply_bf16, to_inference=to_inference_bf16, onnx_graph=bf16_graph)
+    apply_bf16)

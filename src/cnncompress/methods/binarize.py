@@ -28,13 +28,12 @@ from collections import OrderedDict
 
 from torch import nn
 
-from .. import surgery
-from .binarize_graph import NativeSequential, to_inference  # noqa: F401
-from .binarize_inference import (FastLocalResponseNorm, FastMaxPool2d, SignedConv2d, SignedLinear,  # noqa: F401
-                                 XnorConv2d, XnorLinear, fast_float_layers)
-from .binarize_layers import (SCALES, BinaryConv2d, BinaryLinear, BlockNorm1d, BlockNorm2d, _Binary,  # noqa: F401
+from cnncompress import surgery
+from cnncompress.methods.binarize_inference import (FastLocalResponseNorm, FastMaxPool2d, SignedConv2d, SignedLinear,  # noqa: F401
+                                 XnorConv2d, XnorLinear, fast_float_layers, to_inference)
+from cnncompress.methods.binarize_layers import (SCALES, BinaryConv2d, BinaryLinear, BlockNorm1d, BlockNorm2d, _Binary,  # noqa: F401
                               ste_sign, stochastic_sign)
-from .registry import MethodInfo, register
+from cnncompress.methods.registry import MethodInfo, register
 
 
 def _eligible(layer: nn.Module) -> bool:

@@ -19,10 +19,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import surgery
-from ..kernels import bitpack
-from ..layers import CompressedLayer, base_config, register_layer
-from .binarize_layers import BinaryConv2d, BinaryLinear, _Binary, conv_fields, linear_fields
+from cnncompress import surgery
+from cnncompress.kernels import bitpack
+from cnncompress.layers import CompressedLayer, base_config, register_layer
+from cnncompress.methods.binarize_layers import BinaryConv2d, BinaryLinear, _Binary, conv_fields, linear_fields
 
 
 def _signed_weight(layer: _Binary) -> torch.Tensor:

@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..kernels.bitpack_reference import sign
-from ..layers import CompressedLayer, register_layer
-from ..storage import codec_bitpack  # noqa: F401  (registers the codec the layers' storage_codecs name)
+from cnncompress.kernels.bitpack_reference import sign
+from cnncompress.layers import CompressedLayer, register_layer
+from cnncompress.storage import codec_bitpack  # noqa: F401  (registers the codec the layers' storage_codecs name)
 
 SCALES = ("filter", "layer", "none")
 

@@ -47,8 +47,8 @@ def check_fits(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | No
 
 
 def _from_spec(model: nn.Module, spec: str):
-    from ..data import build_dataset
-    from ..errors import InputError
+    from cnncompress.data import build_dataset
+    from cnncompress.errors import InputError
     channels, size, _ = model_shape(model)
     try:
         return build_dataset(spec, "train", input_size=size, channels=channels)

@@ -24,10 +24,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import surgery
-from . import decompose_rank as ranks
-from .decompose_layers import DECOMPOSED, CPConv2d, MergedCPConv2d, TTLinear, TuckerConv2d, _weight
-from .registry import MethodInfo, register
+from cnncompress import surgery
+from cnncompress.methods import decompose_rank as ranks
+from cnncompress.methods.decompose_layers import DECOMPOSED, CPConv2d, MergedCPConv2d, TTLinear, TuckerConv2d, _weight
+from cnncompress.methods.registry import MethodInfo, register
 
 PAPERS = {
     "cp": "Lebedev et al. 2014, Speeding-up CNNs using fine-tuned CP-decomposition (arXiv:1412.6553)",

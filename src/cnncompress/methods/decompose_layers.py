@@ -24,8 +24,8 @@ import torch
 from tensorly.decomposition import parafac, partial_tucker, tensor_train_matrix
 from torch import nn
 
-from ..layers import CompressedLayer, register_layer
-from . import decompose_rank as ranks
+from cnncompress.layers import CompressedLayer, register_layer
+from cnncompress.methods import decompose_rank as ranks
 
 
 def _weight(module: nn.Module) -> np.ndarray:

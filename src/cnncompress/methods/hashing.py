@@ -31,10 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import surgery
-from ..kernels import hashed as kernel
-from ..layers import CompressedLayer, conv_config, linear_config, register_layer
-from .registry import MethodInfo, register
+from cnncompress import surgery
+from cnncompress.kernels import hashed as kernel
+from cnncompress.layers import CompressedLayer, conv_config, linear_config, register_layer
+from cnncompress.methods.registry import MethodInfo, register
 
 MODES = ("expand", "on-the-fly")
 INITS = ("mean", "fresh")

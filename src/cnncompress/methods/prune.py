@@ -22,11 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import surgery
-from ..kernels.sparse import CSRWeight, choose_path, csr_linear
-from ..layers import CompressedLayer, conv_config, linear_config, register_layer
-from ..storage import codec_codebook, codec_sparse  # noqa: F401  (registers csr, codebook, huffman)
-from .registry import MethodInfo, register
+from cnncompress import surgery
+from cnncompress.kernels.sparse import CSRWeight, choose_path, csr_linear
+from cnncompress.layers import CompressedLayer, conv_config, linear_config, register_layer
+from cnncompress.storage import codec_codebook, codec_sparse  # noqa: F401  (registers csr, codebook, huffman)
+from cnncompress.methods.registry import MethodInfo, register
 
 CONV_INDEX_BITS, FC_INDEX_BITS = 8, 5
 MAX_LAYER_SPARSITY = 0.99  # global scope: no layer loses more than this

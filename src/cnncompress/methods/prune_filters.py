@@ -27,11 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import surgery
-from ..layers import BranchConcat, SequentialForward, conv_config
-from .calibration import take
-from .prune import check_fraction
-from .registry import MethodInfo, register
+from cnncompress import surgery
+from cnncompress.layers import BranchConcat, SequentialForward, conv_config
+from cnncompress.methods.calibration import take
+from cnncompress.methods.prune import check_fraction
+from cnncompress.methods.registry import MethodInfo, register
 
 PASS_THROUGH = (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.Dropout, nn.Identity, nn.AdaptiveAvgPool2d)
 
@@ -295,7 +295,10 @@ def prune_filters(model: nn.Module, importance: Importance, flops: float = 0.5, 
     check_fraction("min_keep", min_keep, low_open=True)
     if not isinstance(round_to, int) or round_to < 1:
         raise ValueError("round_to must be an integer >= 1")
-    graph = trace(model)
+    try:
+        graph = trace(model)
+    except ValueError as error:  # not a chain this module can follow: the dependency graph (prune_groups)
+        return _prune_by_groups(model, importance, flops, layers, min_keep, round_to, exclude, error)
     prunable = set(graph.prunable)
     candidates = [p for p, _ in surgery.select(model, layers, types=(nn.Conv2d,), exclude=exclude,
                                                where=lambda p, _: p in prunable)]
@@ -318,6 +321,26 @@ def prune_filters(model: nn.Module, importance: Importance, flops: float = 0.5, 
                             "channels": {p: model.get_submodule(p).out_channels for p in candidates},
                             "kept": {p: index.tolist() for p, index in origin.items()}}
     return model
+
+
+def _prune_by_groups(model: nn.Module, importance: Importance, flops: float, layers, min_keep: float, round_to: int,
+                     exclude, why: ValueError) -> nn.Module:
+    """Filter pruning through the dependency graph of Torch-Pruning (``prune_groups``) for a network ``trace``
+    cannot follow (``why``); needs the network's input shape (its card)."""
+    from cnncompress.methods.calibration import model_shape
+    from cnncompress.methods.prune_groups import prune_groups
+    channels, size, _ = model_shape(model)
+    if not (channels and size):
+        raise ValueError(f"{why}; the dependency-graph pruner needs the input shape, which the card of "
+                         f"{type(model).__name__} does not give (compress it with data, or set model.spec)")
+    if importance.name not in ("l1", "taylor"):
+        raise ValueError(f"{why}; the dependency-graph pruner takes the l1 or taylor criterion, not {importance.name}")
+    convs = [p for p, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    chosen = {p for p, _ in surgery.select(model, layers, types=(nn.Conv2d,), exclude=exclude)}
+    data = (importance.images, importance.labels) if importance.name == "taylor" else None
+    return prune_groups(model, importance.name, flops, (channels, size, size), global_ranking=importance.global_ranking,
+                        min_keep=min_keep, round_to=round_to, ignored=[p for p in convs if p not in chosen], data=data,
+                        steps=importance.steps)
 
 
 def prune_l1(model: nn.Module, flops: float = 0.5, layers="all", min_keep: float = 0.1, round_to: int = 8,

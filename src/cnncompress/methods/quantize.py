@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import surgery
-from ..layers import CompressedLayer, base_config, register_layer
-from .registry import MethodInfo, register
+from cnncompress import surgery
+from cnncompress.layers import CompressedLayer, base_config, register_layer
+from cnncompress.methods.registry import MethodInfo, register
 
 
 class RoundNearest(nn.Module):

@@ -15,14 +15,16 @@ a method never picks a dataset of its own (``methods.calibration`` checks that t
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 from dataclasses import dataclass, field
 from typing import Callable
 
 from torch import nn
 
-from ..errors import InputError
-from .option_check import check_values
+from cnncompress import model_card
+from cnncompress.errors import InputError
+from cnncompress.methods.option_check import check_values
 
 REALNESS = ("real", "simulated", "none")
 
@@ -39,6 +41,7 @@ class MethodInfo:
     family: the group of methods the default bench shows one representative row of (``binarize``, ``hashing``,
     ``decompose``, ``prune``, ``deep compression``, ``reduced precision``, ``early exit``).
     data_option: the apply option that takes the run's data (``calibration``, ``data``), or ``""``.
+    handles: which layers and structures it compresses (``HANDLES`` fills it for the built-in methods).
     bench: rows for the quick recipe (``rows: auto``): dicts with ``model`` (``vgg_s``/``squeezenet1_1``/...),
     ``config`` (apply kwargs), optional ``finetune`` epochs and ``label``. One method per family has one.
     """
@@ -51,6 +54,9 @@ class MethodInfo:
     bench: tuple = field(default_factory=tuple)
     family: str = ""
     data_option: str = ""
+    handles: str = ""
+    """Which layer types and network structures the method compresses, and what it leaves as it is (one line for
+    ``cnncompress methods``)."""
 
     def __post_init__(self):
         if self.size not in REALNESS or self.speed not in REALNESS:
@@ -62,6 +68,9 @@ class Method:
     info: MethodInfo
     apply_fn: Callable[..., nn.Module]
     to_inference: Callable[[nn.Module], nn.Module] | None = None
+    """``to_inference(model) -> model``: the method's own step toward the deployed form, in PyTorch and the
+    package's kernels only (fast kernel layers swapped in); ``deploy.to_inference`` runs it, then any runtime step
+    ``deploy`` owns for the method (an int8 / bf16 engine, native XNOR blocks)."""
     finetune_loss: Callable | None = None
     """``loss(model, images, labels) -> loss`` used when fine-tuning this method (default: cross-entropy)."""
     onnx_graph: Callable[[nn.Module], tuple[bytes | None, str]] | None = None
@@ -83,8 +92,36 @@ def register(info: MethodInfo, apply_fn: Callable[..., nn.Module],
     ``finetune_loss(model, images, labels) -> loss`` replaces cross-entropy when fine-tuning;
     ``onnx_graph(model) -> (bytes | None, note)`` supplies the method's ONNX export (see ``Method``).
     """
+    if not info.handles and info.name in HANDLES:
+        info = dataclasses.replace(info, handles=HANDLES[info.name])
     METHODS[info.name] = Method(info, apply_fn, to_inference, finetune_loss, onnx_graph)
     return METHODS[info.name]
+
+
+HANDLES = {
+    "binaryconnect": "every Conv2d/Linear (grouped and depthwise too) inside any structure; BatchNorm kept (its "
+                     "statistics re-estimated by `compress`)",
+    "bwn": "every Conv2d/Linear (grouped and depthwise too) inside any structure; BatchNorm kept (re-estimated)",
+    "xnor": "Conv2d/Linear, first and last kept float; the bit-packed kernel takes groups=1 convs, others run "
+            "their float equivalent; residual, concatenating and depthwise nets run",
+    "binact": "Conv2d/Linear inputs binarised; any structure",
+    "hashed": "every Conv2d/Linear (groups=1) inside any structure",
+    "cp": "Conv2d with groups=1 and a kxk kernel, k>1 (a 1x1 or depthwise conv is refused by name)",
+    "tucker": "Conv2d with groups=1 and a kxk kernel, k>1",
+    "tt": "Linear layers only (a network without one is refused)",
+    "prune-l1": "Conv2d filters, through residual adds, concatenations, depthwise convs and BatchNorm (coupled "
+                "channels removed together: Torch-Pruning's dependency graph where the net is not a plain chain)",
+    "prune-taylor": "Conv2d filters, through residual adds, concatenations, depthwise convs and BatchNorm (as prune-l1)",
+    "prune-magnitude": "every Conv2d/Linear weight (unstructured masks); any structure",
+    "kmeans": "every Conv2d/Linear weight; any structure",
+    "deep-compression": "every Conv2d/Linear weight (prune, share, Huffman); any structure",
+    "int8": "every Conv2d/Linear (its QDQ graph: any ONNX-exportable structure)",
+    "bf16": "every float tensor; any structure",
+    "fp16": "every float tensor; any structure",
+    "fixed-point": "every Conv2d/Linear (weights, activations, gradients); any structure",
+    "early-exit": "an exit after any named module of any network torch.fx can trace (the deployed graph is cut "
+                  "there); a network that cannot be traced is refused by name",
+}
 
 
 def load_builtin() -> None:
@@ -94,7 +131,7 @@ def load_builtin() -> None:
     import pkgutil
     from pathlib import Path
 
-    importlib.import_module("cnncompress.batchnorm_folding")
+    importlib.import_module("cnncompress.methods.batchnorm_folding")
 
     for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
         if module.name != "registry":
@@ -115,6 +152,26 @@ def available() -> list[str]:
 
 def info(name: str) -> MethodInfo:
     return get(name).info
+
+
+def options(name: str) -> list[dict]:
+    """Every option of method ``name``: its name, type, default, range and choices (``option_check``'s tables)."""
+    from cnncompress.methods.option_check import CHOICES, RANGES
+    found = []
+    for option, parameter in list(inspect.signature(get(name).apply_fn).parameters.items())[1:]:
+        if parameter.kind in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL):
+            continue
+        annotation = parameter.annotation
+        kind = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+        entry = {"option": option, "type": "" if annotation is inspect.Parameter.empty else str(kind),
+                 "default": None if parameter.default is inspect.Parameter.empty else parameter.default}
+        if option in RANGES:
+            low, high, brackets = RANGES[option]
+            entry["range"] = f"{brackets[0]}{low:g}, {high:g}{brackets[1]}"
+        if option in CHOICES:
+            entry["choices"] = list(CHOICES[option])
+        found.append(entry)
+    return found
 
 
 def check_config(name: str, config: dict) -> None:
@@ -142,9 +199,18 @@ def apply(model: nn.Module, name: str, **config) -> nn.Module:
         result = method.apply_fn(copied, **config)
     except (ValueError, TypeError) as error:
         raise InputError(f"method {name}: {error}") from error
-    result.spec = getattr(model, "spec", getattr(result, "spec", None))
-    result.metadata = {**dict(getattr(model, "metadata", {})), **dict(getattr(result, "metadata", {}) or {})}
-    result.compression_history = list(getattr(model, "compression_history", [])) + [
+    except RuntimeError as error:  # a structure the method cannot follow (shapes that do not meet): refused, said
+        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise InputError(f"method {name} cannot compress {type(model).__name__}: {first}") from error
+    before, after = model_card.read(model), model_card.read(result)
+    spec = before.spec if before.spec is not None else after.spec
+    if spec is None:  # a network built by the user's own code: the compressed copy gets a card
+        spec = {"name": model_card.USER_MODEL, "class": type(model).__name__}
+    if model_card.is_user(spec):
+        model_card.keep_float_skeleton(model, result)
+    result.spec = spec
+    result.metadata = {**before.metadata, **after.metadata}
+    result.compression_history = before.compression_history + [
         {"method": name, "config": {k: _jsonable(v) for k, v in config.items()}}]
     return result
 
@@ -161,19 +227,6 @@ def _jsonable(value):
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
     return repr(value)
-
-
-def to_inference(model: nn.Module) -> nn.Module:
-    """Swap in the fast kernels of every method in the model's history (identity when there are none).
-
-    A method that is not registered in this process (a user's own) has no fast kernel to swap in: skipped.
-    """
-    load_builtin()
-    for entry in getattr(model, "compression_history", []):
-        method = METHODS.get(entry["method"])
-        if method is not None and method.to_inference is not None:
-            model = method.to_inference(model)
-    return model
 
 
 def with_data(name: str, config: dict, data) -> dict:

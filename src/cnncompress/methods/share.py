@@ -33,12 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import surgery
-from ..kernels.sparse import CSRWeight, choose_path, csr_linear
-from ..layers import CompressedLayer, base_config, conv_config, linear_config, register_layer
-from ..storage import codec_codebook, codec_sparse  # noqa: F401  (registers csr, codebook, huffman)
-from .prune import CONV_INDEX_BITS, FC_INDEX_BITS, MaskedLayer, prune_magnitude, select_layers
-from .registry import MethodInfo, register
+from cnncompress import surgery
+from cnncompress.kernels.sparse import CSRWeight, choose_path, csr_linear
+from cnncompress.layers import CompressedLayer, base_config, conv_config, linear_config, register_layer
+from cnncompress.storage import codec_codebook, codec_sparse  # noqa: F401  (registers csr, codebook, huffman)
+from cnncompress.methods.prune import CONV_INDEX_BITS, FC_INDEX_BITS, MaskedLayer, prune_magnitude, select_layers
+from cnncompress.methods.registry import MethodInfo, register
 
 CODINGS = ("plain", "huffman")
 HUFFMAN_INDEX_BITS = 8
@@ -247,7 +247,7 @@ def kmeans(model: nn.Module, conv_bits: int = 8, fc_bits: int = 5, layers="all",
 
 def file_bytes(model: nn.Module) -> int:
     """Bytes of ``model`` saved as a ``.ccz`` (written to a temporary file)."""
-    from ..storage import save
+    from cnncompress.storage import save
     with tempfile.TemporaryDirectory() as folder:
         return save(model, Path(folder) / "stage.ccz").stat().st_size
 

@@ -1,10 +1,10 @@
 """Reference models: VGG-S, SqueezeNet 1.1, the cascade CNN (and the mini-Xception teacher when added)."""
-from .cascade_cnn import CascadeCNN
-from .mini_xception import MiniXception, load_pretrained, load_teacher  # registers "mini_xception", its layers
-from .registry import (DEFAULT_BATCH_SIZE, DEFAULT_FINETUNE, DEFAULT_TRAINING, available, build, build_from_spec,
+from cnncompress.models.cascade_cnn import CascadeCNN
+from cnncompress.models.mini_xception import MiniXception, load_pretrained, load_teacher  # registers "mini_xception", its layers
+from cnncompress.models.registry import (DEFAULT_BATCH_SIZE, DEFAULT_FINETUNE, DEFAULT_TRAINING, available, build, build_from_spec,
                        register_model)
-from .squeezenet import SqueezeNet11
-from .vgg_s import VGGS
+from cnncompress.models.squeezenet import SqueezeNet11
+from cnncompress.models.vgg_s import VGGS
 
 # Recommended baseline training (train.preset(name)) and fine-tuning after compression (train.preset(name,
 # "finetune"): 1 epoch, cosine with 5% warm-up, at finetune's lr); batch_size= is the papers' batch.
@@ -25,8 +25,8 @@ __all__ = ["available", "build", "build_from_spec", "register_model", "DEFAULT_B
 
 
 def _register_storage() -> None:
-    from ..layers import register_layer
-    from .squeezenet import Fire
+    from cnncompress.layers import register_layer
+    from cnncompress.models.squeezenet import Fire
 
     for cls in (VGGS, SqueezeNet11, CascadeCNN, Fire):
         register_layer(cls)

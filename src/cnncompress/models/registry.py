@@ -9,7 +9,7 @@ from typing import Callable
 
 from torch import nn
 
-from ..errors import InputError
+from cnncompress.errors import InputError
 
 BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 DEFAULT_BATCH_SIZE: dict[str, int] = {}
@@ -36,7 +36,12 @@ def register_model(name: str, builder: Callable[..., nn.Module], batch_size: int
 
 def build(name: str, num_classes: int = 8, in_channels: int = 3, input_size: int = 224, width: float = 1.0,
           **extra) -> nn.Module:
-    """Build model ``name``; raises InputError for unknown names or bad sizes."""
+    """Build model ``name``; raises InputError for unknown names or bad sizes. ``name`` may be a user network's
+    entry point (``FILE.py:FUNCTION`` or ``package.module:FUNCTION``, ``models.entry_point``): it is called with
+    those of ``num_classes``, ``in_channels``, ``input_size``, ``width`` its signature takes."""
+    from cnncompress.models.entry_point import build_for, is_entry_point
+    if name not in BUILDERS and is_entry_point(name):
+        return build_for(name, num_classes=num_classes, in_channels=in_channels, input_size=input_size, width=width)
     if name not in BUILDERS:
         raise InputError(f"unknown model {name!r}; known: {', '.join(sorted(BUILDERS))}")
     if not (0 < width <= MAX_WIDTH) or num_classes < 1 or in_channels < 1 or input_size < 8:
@@ -53,6 +58,12 @@ def build(name: str, num_classes: int = 8, in_channels: int = 3, input_size: int
 
 
 def build_from_spec(spec: dict) -> nn.Module:
+    """The registered model ``spec`` describes. A user network's spec is refused: its file records an entry point,
+    but a file is data, never a reason to import code (the caller names the network: ``storage.load(path,
+    model=...)``, ``--model``)."""
+    if spec.get("name") == "user":
+        raise InputError(f"a user network ({spec.get('class', '?')}): name its builder to rebuild it "
+                         f"(--model {spec.get('entry_point') or 'FILE.py:FUNCTION'})")
     return build(**spec)
 
 

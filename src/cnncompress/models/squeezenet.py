@@ -8,7 +8,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from ..layers import BranchConcat, SequentialForward
+from cnncompress.layers import BranchConcat, SequentialForward
 
 
 class Fire(BranchConcat, nn.Module):

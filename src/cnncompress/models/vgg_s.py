@@ -13,7 +13,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from ..layers import SequentialForward
+from cnncompress.layers import SequentialForward
 
 
 def _scaled(channels: int, width: float) -> int:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..layers import LAYERS, NAMES, register_layer, type_name  # noqa: F401  (re-exported for storage users)
-from ..surgery import replace
+from cnncompress.layers import LAYERS, NAMES, register_layer, type_name  # noqa: F401  (re-exported for storage users)
+from cnncompress.surgery import replace
 
 
 def signature(module: nn.Module) -> tuple:
@@ -47,16 +47,32 @@ def construct(description: dict) -> nn.Module:
     return module
 
 
+def _same(module: nn.Module, other: nn.Module | None) -> bool:
+    """``module`` is ``other`` as the skeleton builds it: the same type and configuration. A type that is not
+    registered (a user's own container) has no readable configuration: the same class with the same children's
+    names counts as the same (its children are compared one by one)."""
+    if other is None or type(other) is not type(module):
+        return False
+    if type(module) not in NAMES:  # new children (an exit head) are sub-trees of their own: written as such
+        names = [n for n, _ in module.named_children()]
+        return [n for n in names if n in other._modules] == [n for n, _ in other.named_children()]
+    return signature(other) == signature(module)
+
+
 def diff(model: nn.Module, skeleton: nn.Module) -> dict[str, dict]:
-    """Topmost sub-trees of ``model`` that differ from ``skeleton``: {path: describe(sub-tree)}."""
+    """Topmost sub-trees of ``model`` that differ from ``skeleton``: {path: describe(sub-tree)}. A differing
+    sub-tree must be made of registered types (a ``ValueError`` names the first layer that is not)."""
     reference = dict(skeleton.named_modules())
     changed: dict[str, dict] = {}
     for path, module in model.named_modules():
         if any(path == p or path.startswith(p + ".") or p == "" for p in changed):
             continue
-        other = reference.get(path)
-        if other is None or type(other) is not type(module) or signature(other) != signature(module):
-            changed[path] = describe(module)
+        if not _same(module, reference.get(path)):
+            try:
+                changed[path] = describe(module)
+            except TypeError as error:
+                raise ValueError(f"layer {path or '(root)'} ({type(module).__name__}) differs from the float network "
+                                 f"and cannot be written: {error}") from error
     return changed
 
 

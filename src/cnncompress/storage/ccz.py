@@ -31,10 +31,11 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..errors import InputError, input_error
-from ..layers import compressed_layers
-from . import architecture
-from .codecs import MAX_ELEMENTS, TORCH_DTYPES, dtype_name, get_codec, numel
+from cnncompress.errors import InputError, input_error
+from cnncompress.layers import compressed_layers
+from cnncompress.model_card import USER_MODEL, float_skeleton, is_user, set_float_skeleton
+from cnncompress.storage import architecture
+from cnncompress.storage.codecs import MAX_ELEMENTS, TORCH_DTYPES, dtype_name, get_codec, numel
 
 MAGIC = b"CCZ\x00"
 VERSION = 4
@@ -63,7 +64,8 @@ def configure(*, build_skeleton: Callable[[dict], nn.Module] | None = None,
         _HOOKS["before_read"].append(before_read)
 
 
-def _skeleton(spec: dict) -> nn.Module:
+def build_skeleton(spec: dict) -> nn.Module:
+    """The float model ``spec`` describes, built by the configured skeleton builder (``models.build_from_spec``)."""
     if not _HOOKS["build_skeleton"]:
         raise RuntimeError("storage has no skeleton builder: import cnncompress (or call storage.configure)")
     return _HOOKS["build_skeleton"][0](spec)
@@ -87,11 +89,8 @@ def save(model: nn.Module, path: str | Path, *, float_codec: str | None = None, 
     by default the model's ``metadata["float_codec"]`` (set by the ``fp16`` method), else ``fp32``.
     """
     float_codec = float_codec or (getattr(model, "metadata", {}) or {}).get("float_codec", "fp32")
-    spec = getattr(model, "spec", None)
-    if not spec:
-        raise ValueError("model has no .spec; build it with cnncompress.models.build")
-    with torch.device("meta"):
-        skeleton = _skeleton(spec)
+    spec = getattr(model, "spec", None) or {"name": USER_MODEL, "class": type(model).__name__}
+    skeleton = _float_skeleton(model, spec)
     plan = _codec_plan(model, float_codec)
     entries, blobs, offset, payload = [], [], 0, hashlib.sha256()
     for name, tensor in model.state_dict().items():
@@ -124,6 +123,47 @@ def save(model: nn.Module, path: str | Path, *, float_codec: str | None = None, 
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _float_skeleton(model: nn.Module, spec: dict) -> nn.Module:
+    """The float network ``model`` was compressed from, which the file's architecture diff is taken against: built
+    from ``spec`` for a registered model; for a user's own network the one its card holds (``methods.apply``
+    keeps it), or the network itself when nothing was applied to it."""
+    if not is_user(spec):
+        with torch.device("meta"):
+            return build_skeleton(spec)
+    skeleton = float_skeleton(model)
+    if skeleton is not None:
+        return skeleton
+    if not getattr(model, "compression_history", None):
+        return model
+    raise ValueError(f"cannot tell which layers of {spec.get('class', 'the network')} were compressed (it holds no "
+                     f"float skeleton): compress it with cnncompress.methods.apply")
+
+
+def user_skeleton(path: Path, spec: dict, network) -> nn.Module:
+    """The float skeleton of a user network's file, on the meta device, from what the caller names: a built
+    ``nn.Module`` (copied) or a builder called with the recorded kwargs. Never anything the file names."""
+    if network is None:
+        entry = spec.get("entry_point")
+        how = f"--model {entry}" if entry else "--model FILE.py:FUNCTION"
+        raise input_error(path, f"holds a user network ({spec.get('class', '?')}"
+                                f"{', entry point ' + entry if entry else ''}); name it to load the file ({how}, or "
+                                f"storage.load(path, model=builder_or_module))")
+    if isinstance(network, nn.Module):
+        import copy
+        return copy.deepcopy(network).to("meta")
+    kwargs = spec.get("kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise input_error(path, "user network kwargs must be an object")
+    try:
+        with torch.device("meta"):
+            built = network(**kwargs)
+    except Exception as error:  # noqa: BLE001 - the caller's builder failed: said in one line, naming the file
+        raise input_error(path, f"the network builder raised {type(error).__name__}: {error}") from error
+    if not isinstance(built, nn.Module):
+        raise input_error(path, f"the network builder returned {type(built).__name__}, not an nn.Module")
+    return built
 
 
 def encode_manifest(manifest: dict, version: int = VERSION) -> bytes:
@@ -232,7 +272,7 @@ def _check_tensor_entries(path: Path, entries: list, blob_bytes: int, version: i
         end = max(end, offset + length)
 
 
-def _rebuild(path: Path, manifest: dict, device: str) -> nn.Module:
+def _rebuild(path: Path, manifest: dict, device: str, network=None) -> nn.Module:
     """The model skeleton of the manifest. ``device="meta"``: nothing allocated (validation). ``"cpu"``: the float
     skeleton stays on ``meta`` and only the compressed layers of the architecture diff are built for real; the
     remaining meta tensors are then allocated empty and filled from the file, so loading never holds the
@@ -243,9 +283,13 @@ def _rebuild(path: Path, manifest: dict, device: str) -> nn.Module:
     changes = manifest.get("architecture", {})
     if not isinstance(changes, dict):
         raise input_error(path, "architecture must be an object")
+    user = user_skeleton(path, spec, network) if is_user(spec) else None  # its errors name the file already
     try:
-        with torch.device("meta"):
-            model = _skeleton(spec)
+        if user is not None:
+            model = user
+        else:
+            with torch.device("meta"):
+                model = build_skeleton(spec)
         if device == "meta":
             with torch.device("meta"):
                 return architecture.apply_diff(model, changes)
@@ -284,11 +328,15 @@ def _materialize(model: nn.Module) -> None:
                 module._buffers[name] = torch.empty_like(buffer, device="cpu")
 
 
-def load(path: str | Path) -> nn.Module:
-    """Read a ``.ccz`` and return the model (eval mode, CPU), with ``.spec``, ``.compression_history``, ``.metadata``."""
+def load(path: str | Path, model=None) -> nn.Module:
+    """Read a ``.ccz`` and return the model (eval mode, CPU), with ``.spec``, ``.compression_history``, ``.metadata``.
+
+    ``model``: for a file of a user's own network, the network to fill (a built ``nn.Module``, or the function
+    that builds it: called with the kwargs the file records); the file names its entry point but is never
+    allowed to import it. Ignored for the toolkit's registered models."""
     path = Path(path)
     manifest, blob_start = read_manifest(path)
-    probe = _rebuild(path, manifest, "meta")
+    probe = _rebuild(path, manifest, "meta", model)
     expected = {name: list(t.shape) for name, t in probe.state_dict().items()}
     declared = {entry["name"]: entry["shape"] for entry in manifest["tensors"]}
     if expected != declared:
@@ -320,8 +368,10 @@ def load(path: str | Path) -> nn.Module:
                                                                         tuple(entry["shape"]), entry["dtype"])
             except (ValueError, KeyError, RuntimeError, TypeError, AttributeError, OverflowError, IndexError) as error:
                 raise input_error(path, f"tensor {entry['name']}: cannot decode ({error})") from error
-    model = _rebuild(path, manifest, "cpu")
+    network, model = model, _rebuild(path, manifest, "cpu", model)
     model.load_state_dict(state, strict=True)
+    if is_user(manifest["spec"]) and network is not None:  # a later save diffs against the same float network
+        set_float_skeleton(model, user_skeleton(path, manifest["spec"], network))
     model.spec = manifest["spec"]
     model.compression_history = list(manifest.get("compression", []))
     model.metadata = dict(manifest.get("metadata", {}))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .codecs import numel, register_codec
+from cnncompress.storage.codecs import numel, register_codec
 
 SCALES = ("filter", "none")
 

@@ -19,8 +19,8 @@ import struct
 import numpy as np
 import torch
 
-from .codec_sparse import pack_bits, packed_length, positions_from_steps, relative_steps, unpack_bits
-from .codecs import TORCH_DTYPES, numel, register_codec
+from cnncompress.storage.codec_sparse import pack_bits, packed_length, positions_from_steps, relative_steps, unpack_bits
+from cnncompress.storage.codecs import TORCH_DTYPES, numel, register_codec
 
 MAX_CODE_BITS = 20
 HEAD = struct.Struct("<H")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .codecs import TORCH_DTYPES, numel, register_codec
+from cnncompress.storage.codecs import TORCH_DTYPES, numel, register_codec
 
 
 def quantize_per_channel(tensor: torch.Tensor, axis: int = 0, symmetric: bool = True

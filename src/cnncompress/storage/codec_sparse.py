@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .codecs import TORCH_DTYPES, numel, register_codec
+from cnncompress.storage.codecs import TORCH_DTYPES, numel, register_codec
 
 FLOAT_VALUES = {"fp32": (np.float32, 4), "fp16": (np.float16, 2)}
 

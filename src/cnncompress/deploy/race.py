@@ -1,0 +1,151 @@
+"""Which engine runs a model fastest here, timed interleaved in one process, and the facts a result needs.
+
+``fastest`` prepares every engine asked for (those that cannot run are skipped with a one-line note), then times
+them taking turns (``measure.alternating``: turns of ``block`` calls, the first not counted, order rotating), so
+that load drift on a shared machine hits all of them alike. ``fastest_fp32`` restricts the race to fp32 engines:
+the baseline a speed-up is measured against never changes precision silently.
+"""
+from __future__ import annotations
+
+import platform
+
+import torch
+from torch import nn
+
+from cnncompress.errors import InputError
+from cnncompress.timing import DEFAULT_THREADS, alternating
+from cnncompress import hardware as cpu
+from cnncompress.deploy import openvino
+from cnncompress.deploy.engines import ENGINES, EngineUnavailable, get, model_precision, names
+
+
+def _engine_list(engines) -> list[str]:
+    if engines is None:
+        return list(ENGINES)
+    if isinstance(engines, str):
+        engines = [engines]
+    chosen = [get(name).name for name in engines]  # unknown name: InputError
+    if not chosen:
+        raise InputError("no engine named; engines: " + ", ".join(ENGINES))
+    return list(dict.fromkeys(chosen))
+
+
+TOLERANCE = {"fp32": 1e-3, "bf16": 5e-2, "int8": 1e-1}  # max |engine - model| / (1 + max |model|)
+
+
+def prepared(model, input_shape: tuple[int, ...], engines=None,
+             threads: int | None = DEFAULT_THREADS, check: bool = True) -> tuple[dict, dict]:
+    """``({engine: run}, {engine: why skipped})`` for the engines asked for (default: all).
+
+    ``check`` (a module ``model``): each engine's output on a seeded probe input is compared with the model's own
+    forward; an engine that computes something else (e.g. an ONNX export that froze a native kernel's output into
+    a constant) is skipped, never timed: max |Δ| must be within ``TOLERANCE[precision]`` x (1 + max |output|)."""
+    runs, skipped = {}, {}
+    probe = torch.randn(*input_shape, generator=torch.Generator().manual_seed(1))
+    reference = None
+    if check and isinstance(model, nn.Module):
+        with torch.inference_mode():
+            reference = model(probe).float()
+    for name in _engine_list(engines):
+        try:
+            run = get(name).prepare(model, input_shape, threads)
+            if reference is not None:
+                with torch.inference_mode():
+                    error = float((run(probe).float() - reference).abs().max())
+                allowed = TOLERANCE[get(name).precision] * (1 + float(reference.abs().max()))
+                if not error <= allowed:
+                    skipped[name] = f"output differs from the model (max |Δ| {error:.3g} > {allowed:.3g})"
+                    continue
+            runs[name] = run
+        except EngineUnavailable as error:
+            skipped[name] = str(error).removeprefix(f"engine {name}: ")
+        except Exception as error:  # noqa: BLE001 - an engine that fails on this model is skipped, said so
+            lines = str(error).strip().splitlines()
+            skipped[name] = f"failed: {type(error).__name__}: {lines[0] if lines else ''}"
+    return runs, skipped
+
+
+def fastest(model: nn.Module | bytes, input_shape: tuple[int, ...], engines=None,
+            threads: int | None = DEFAULT_THREADS, runs: int = 20, block: int = 3,
+            example: torch.Tensor | None = None) -> dict:
+    """Median ms per call of every engine that can run ``model`` on ``input_shape`` at ``threads``, timed
+    interleaved; returns ``{engine: median_ms, ..., "fastest": name, "skipped": {engine: one-line reason}}``.
+
+    ``engines``: names (default: all; an unknown one is an ``InputError``). ``runs`` turns of ``block`` calls
+    each; ``example``: the input (default: seeded N(0,1) noise). No engine able to run it: ``InputError``.
+    """
+    if not isinstance(runs, int) or runs < 1 or not isinstance(block, int) or block < 1:
+        raise InputError(f"runs and block must be positive integers, got {runs!r}, {block!r}")
+    calls, skipped = prepared(model, input_shape, engines, threads)
+    if not calls:
+        raise InputError("no engine can run the model: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+    times = _interleaved(calls, input_shape, threads, runs, block, example)
+    return {**times, "fastest": min(times, key=times.get), "skipped": skipped}
+
+
+def _interleaved(calls: dict, input_shape: tuple[int, ...], threads: int | None, runs: int, block: int,
+                 example: torch.Tensor | None) -> dict:
+    """``{key: median ms}`` of prepared runs taking turns on one input (``example`` or seeded N(0,1) noise), with
+    torch's threads at ``threads`` for the race (restored after)."""
+    x = example if example is not None else torch.randn(*input_shape, generator=torch.Generator().manual_seed(0))
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            return alternating({key: (lambda run=run: run(x)) for key, run in calls.items()}, runs, block=block,
+                               warmup=2)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def race(contenders: dict, input_shape: tuple[int, ...], threads: int | None = DEFAULT_THREADS, runs: int = 20,
+         block: int = 3, example: torch.Tensor | None = None) -> tuple[dict, dict]:
+    """Several models, each on several engines, timed in one interleaved race (``measure.alternating``), so that
+    the models compared see the same load. ``contenders``: ``{key: (model, engine names)}``. Returns ``({(key,
+    engine): median ms}, {(key, engine): why skipped})``; a model no engine can run has no times, not an error."""
+    calls, skipped = {}, {}
+    for key, (model, engine_names) in contenders.items():
+        runs_of, why = prepared(model, input_shape, engine_names, threads)
+        calls.update({(key, name): run for name, run in runs_of.items()})
+        skipped.update({(key, name): reason for name, reason in why.items()})
+    if not calls:
+        return {}, skipped
+    return _interleaved(calls, input_shape, threads, runs, block, example), skipped
+
+
+def fastest_deployed(model: nn.Module, input_shape: tuple[int, ...], engine: str | None = None,
+                     threads: int | None = 1, runs: int = 15) -> dict:
+    """``{"precision", "engine", "ms", "engines_ms", "skipped"}`` of a deployed model at batch 1 on ``engine``, or
+    on the fastest engine of the precision it is meant to run at (``model_precision``). ``InputError`` when no
+    such engine can run it."""
+    precision = model_precision(model)
+    timed = fastest(model, input_shape, [engine] if engine else names(precision), threads, runs)
+    best = timed["fastest"]
+    return {"precision": precision, "engine": best, "ms": timed[best], "skipped": timed["skipped"],
+            "engines_ms": {k: v for k, v in timed.items() if k not in ("fastest", "skipped")}}
+
+
+def fastest_fp32(model: nn.Module | bytes, input_shape: tuple[int, ...], threads: int | None = DEFAULT_THREADS,
+                 runs: int = 20, block: int = 3, engines=None) -> dict:
+    """``fastest`` over the fp32 engines only (default: every fp32 engine): the strongest fp32 baseline."""
+    chosen = names("fp32") if engines is None else [e for e in _engine_list(engines) if get(e).precision == "fp32"]
+    if not chosen:
+        raise InputError(f"no fp32 engine among {engines}; fp32 engines: {', '.join(names('fp32'))}")
+    return fastest(model, input_shape, chosen, threads, runs, block)
+
+
+def engine_environment() -> dict:
+    """What a result file records about the engines: CPU model and ISA flags (AMX, AVX512-BF16, VNNI,
+    VPOPCNTDQ), what bf16 runs on, OpenVINO (version, device, capabilities, precision hints or why it is
+    missing), onnxruntime and torch versions, and which engines can run here."""
+    try:
+        import onnxruntime
+        ort_version = onnxruntime.__version__
+    except ImportError:
+        ort_version = None
+    return {"cpu": cpu.cpu_name(), "machine": platform.machine(), "isa": cpu.isa_flags(), "amx": cpu.has_amx(),
+            "bf16": cpu.bf16_note(), "openvino": openvino.environment(), "onnxruntime": ort_version,
+            "torch": torch.__version__,
+            "engines": {name: (engine.precision, engine.available().reason or "available")
+                        for name, engine in ENGINES.items()}}
