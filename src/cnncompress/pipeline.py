@@ -71,11 +71,11 @@ def load_for_inference(path: str | Path, network=None) -> nn.Module:
     return deploy.to_inference(storage.load(path, model=network))
 
 
-def check_data_fits(model: nn.Module, dataset, spec: str) -> None:
+def check_data_fits(model: nn.Module, dataset, dataset_name: str) -> None:
     """``--data`` must fit the model: its class count (the images are decoded at the model's size and channels)."""
     from cnncompress.methods.calibration import check_fits
     try:
-        check_fits(model, dataset.images, None, len(dataset.classes), f"--data {spec}")
+        check_fits(model, dataset.images, None, len(dataset.classes), f"--data {dataset_name}")
     except ValueError as error:
         raise InputError(str(error)) from error
 

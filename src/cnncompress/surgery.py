@@ -25,7 +25,7 @@ from typing import Callable, Iterable, Sequence, Union
 
 from torch import nn
 
-LayerSpec = Union[str, Sequence[str], None]
+LayerSelection = Union[str, Sequence[str], None]
 KINDS: dict[str, tuple[type, ...]] = {"conv": (nn.Conv2d,), "linear": (nn.Linear,), "fc": (nn.Linear,)}
 WEIGHT_LAYERS: tuple[type, ...] = (nn.Conv2d, nn.Linear)
 
@@ -41,15 +41,15 @@ def candidates(model: nn.Module, types: tuple[type, ...] = WEIGHT_LAYERS,
             if path and isinstance(module, types) and (where is None or where(path, module))]
 
 
-def _items(spec: LayerSpec, option: str) -> list[str]:
-    if spec is None:
+def _items(selection: LayerSelection, option: str) -> list[str]:
+    if selection is None:
         return ["all"]
-    if isinstance(spec, str):
-        return [spec]
-    if isinstance(spec, (list, tuple)) and spec and all(isinstance(item, str) and item for item in spec):
-        return list(spec)
+    if isinstance(selection, str):
+        return [selection]
+    if isinstance(selection, (list, tuple)) and selection and all(isinstance(i, str) and i for i in selection):
+        return list(selection)
     raise ValueError(f"{option} must be 'all', 'conv', 'linear', a layer path or glob, or a non-empty list of "
-                     f"them; got {spec!r}")
+                     f"them; got {selection!r}")
 
 
 def _matches(item: str, path: str, module: nn.Module) -> bool:
@@ -73,10 +73,10 @@ def _no_match(model: nn.Module, pool: list[tuple[str, nn.Module]], item: str, op
     return ValueError(f"{option}: no layer matches {item!r}; {kinds} layers: {names}")
 
 
-def _chosen(model: nn.Module, pool: list[tuple[str, nn.Module]], spec: LayerSpec, option: str,
+def _chosen(model: nn.Module, pool: list[tuple[str, nn.Module]], selection: LayerSelection, option: str,
             types: tuple[type, ...]) -> set[str]:
     chosen: set[str] = set()
-    for item in _items(spec, option):
+    for item in _items(selection, option):
         hits = {path for path, module in pool if _matches(item, path, module)}
         if not hits and item not in ("all", *KINDS):
             raise _no_match(model, pool, item, option, types)
@@ -84,8 +84,8 @@ def _chosen(model: nn.Module, pool: list[tuple[str, nn.Module]], spec: LayerSpec
     return chosen
 
 
-def select(model: nn.Module, layers: LayerSpec = "all", *, types: tuple[type, ...] = WEIGHT_LAYERS,
-           exclude: LayerSpec = (), keep_first: bool = False, keep_last: bool = False,
+def select(model: nn.Module, layers: LayerSelection = "all", *, types: tuple[type, ...] = WEIGHT_LAYERS,
+           exclude: LayerSelection = (), keep_first: bool = False, keep_last: bool = False,
            where: Where | None = None, required: bool = True) -> list[tuple[str, nn.Module]]:
     """The layers of ``model`` that ``layers`` names (module docstring: the rule), in network order.
 
@@ -121,7 +121,7 @@ def replace(model: nn.Module, path: str, module: nn.Module) -> nn.Module:
 
 
 def replace_layers(model: nn.Module, convert: Callable[[str, nn.Module], nn.Module | None],
-                   layers: LayerSpec = "all", *, types: tuple[type, ...] = WEIGHT_LAYERS, **rule) -> nn.Module:
+                   layers: LayerSelection = "all", *, types: tuple[type, ...] = WEIGHT_LAYERS, **rule) -> nn.Module:
     """For each layer ``select(model, layers, types=types, **rule)`` chooses, put ``convert(path, layer)`` in its
     place (``None`` leaves it). Returns the root (which changes only when the model itself is replaced)."""
     for path, module in select(model, layers, types=types, **rule):

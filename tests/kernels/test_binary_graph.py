@@ -33,8 +33,8 @@ def threads(request, monkeypatch):
     torch.set_num_threads(before)
 
 
-def _run(specs, x):
-    return G.NativeChain(specs, tuple(x.shape[1:])).run(x)
+def _run(op_descs, x):
+    return G.NativeChain(op_descs, tuple(x.shape[1:])).run(x)
 
 
 @pytest.mark.parametrize("c,o,k,stride,padding,size", [(1, 24, 7, 2, 0, 48), (3, 5, 3, 1, 1, 13), (4, 33, 5, 3, 2, 17),
@@ -105,17 +105,17 @@ def test_stem_epilogue_on_bf16_channels_last_equals_torch(threads, ops, beta, po
     torch.manual_seed(len(ops))
     y = (torch.randn(2, 19, 23, 17) * 3).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
     kernel, stride, ceil = pool
-    specs, expected = [], y.float()
+    op_descs, expected = [], y.float()
     if "relu" in ops:
-        specs.append({"kind": "relu"})
+        op_descs.append({"kind": "relu"})
         expected = F.relu(expected)
     if "lrn" in ops:
-        specs.append({"kind": "lrn", "size": 5, "alpha": 5e-3, "beta": beta, "k": 2.0})
+        op_descs.append({"kind": "lrn", "size": 5, "alpha": 5e-3, "beta": beta, "k": 2.0})
         expected = F.local_response_norm(expected, 5, alpha=5e-3, beta=beta, k=2.0)
     if "maxpool" in ops:
-        specs.append({"kind": "maxpool", "kernel": kernel, "stride": stride, "ceil_mode": ceil})
+        op_descs.append({"kind": "maxpool", "kernel": kernel, "stride": stride, "ceil_mode": ceil})
         expected = F.max_pool2d(expected, kernel, stride, ceil_mode=ceil)
-    epilogue = G.StemEpilogue(specs, tuple(y.shape[1:]))
+    epilogue = G.StemEpilogue(op_descs, tuple(y.shape[1:]))
     out = epilogue.run(y)
     assert out.is_contiguous() and out.dtype == torch.float32 and tuple(out.shape[1:]) == epilogue.out_shape
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)

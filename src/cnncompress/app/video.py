@@ -72,11 +72,11 @@ class VideoSource:
             self._container = None
 
 
-def open_source(spec: str | Path | None = None, camera: int | None = None, fps: float = 30.0) -> VideoSource:
+def open_source(source: str | Path | None = None, camera: int | None = None, fps: float = 30.0) -> VideoSource:
     """The frame source for a video file, a folder of images, or ``camera`` N (see the module docstring)."""
     if camera is not None:
         return _open_camera(camera)
-    path = Path(spec)
+    path = Path(source)
     if path.is_dir():
         return _open_folder(path, fps)
     return _open_file(path)

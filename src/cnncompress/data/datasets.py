@@ -167,8 +167,8 @@ def _read_faces(path, split):
     return images, np.full(len(images), -1, dtype=np.int64), []
 
 
-def parse_spec(spec: str) -> tuple[str, str | None]:
-    name, _, path = spec.partition(":")
+def parse_dataset_name(dataset: str) -> tuple[str, str | None]:
+    name, _, path = dataset.partition(":")
     if name not in REGISTRY:
         raise InputError(f"unknown dataset {name!r}; known: {', '.join(sorted(REGISTRY))}")
     entry = REGISTRY[name]
@@ -183,10 +183,10 @@ def check_val_fraction(value) -> float:
     return float(value)
 
 
-def build_dataset(spec: str, split: str = "train", *, input_size: int | None = None,
+def build_dataset(dataset: str, split: str = "train", *, input_size: int | None = None,
                   channels: int | None = None, mean: float = 0.5, std: float = 0.5,
                   val_fraction: float = DEFAULT_VAL_FRACTION) -> ImageDataset:
-    """Read dataset ``spec`` ("name[:path]") and prepare it as float tensors (N, C, size, size).
+    """Read dataset ``dataset`` ("name[:path]") and prepare it as float tensors (N, C, size, size).
 
     Splits: ``test`` (touched once, for the reported number), ``val`` (a seeded, stratified ``val_fraction`` of
     the dataset's training split: every choice made during training uses it), ``train`` (the rest of the
@@ -196,7 +196,7 @@ def build_dataset(spec: str, split: str = "train", *, input_size: int | None = N
     if split not in SPLITS:
         raise InputError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     val_fraction = check_val_fraction(val_fraction)
-    name, path = parse_spec(spec)
+    name, path = parse_dataset_name(dataset)
     entry = REGISTRY[name]
     images, labels, classes = entry.read(path, "test" if split == "test" else "train")
     if split in ("train", "val"):
@@ -204,13 +204,13 @@ def build_dataset(spec: str, split: str = "train", *, input_size: int | None = N
         chosen = keep if split == "train" else held
         images, labels = [images[i] for i in chosen], np.asarray(labels)[chosen]
     if len(images) == 0:
-        raise InputError(f"{spec}: the {split} split is empty (too few images per class)")
+        raise InputError(f"{dataset}: the {split} split is empty (too few images per class)")
     size = int(input_size or entry.default_size)
     chans = int(channels or entry.default_channels)
     if size < 8 or size > 1024 or chans not in (1, 3):
         raise InputError(f"bad input_size {size} or channels {chans} (size 8..1024, channels 1 or 3)")
     tensor = prepare(images, size, chans, mean, std)
-    return ImageDataset(tensor, torch.as_tensor(np.asarray(labels), dtype=torch.int64), classes, spec, mean, std,
+    return ImageDataset(tensor, torch.as_tensor(np.asarray(labels), dtype=torch.int64), classes, dataset, mean, std,
                         split)
 
 

@@ -60,7 +60,7 @@ def _conv_ok(conv: nn.Conv2d, shape: tuple) -> bool:
     return conv.weight.numel() * oh * ow <= FLOAT_CONV_MACS
 
 
-def _spec(layer: nn.Module, shape: tuple) -> dict | None:
+def _op_desc(layer: nn.Module, shape: tuple) -> dict | None:
     """The op of ``layer`` (for an input of ``shape`` without the batch), or None when it has none."""
     if isinstance(layer, XnorConv2d):
         return {"kind": "xconv", "wbits": layer.wbits, "alpha": layer.alpha, "bias": layer.bias,
@@ -88,15 +88,15 @@ def _spec(layer: nn.Module, shape: tuple) -> dict | None:
     return None
 
 
-def _merge(specs: list[dict], spec: dict) -> None:
-    """Append ``spec``, fusing: an affine (BatchNorm) into the binary layer after it, a ReLU into the op before."""
-    last = specs[-1] if specs else None
-    if spec["kind"] == "relu" and last and last["kind"] in _RELU_FUSES and not last.get("relu"):
+def _merge(op_descs: list[dict], op_desc: dict) -> None:
+    """Append ``op_desc``, fusing: an affine (BatchNorm) into the binary layer after it, a ReLU into the op before."""
+    last = op_descs[-1] if op_descs else None
+    if op_desc["kind"] == "relu" and last and last["kind"] in _RELU_FUSES and not last.get("relu"):
         last["relu"] = True
-    elif spec["kind"] in ("xconv", "xlinear") and last and last["kind"] == "affine" and not last.get("relu"):
-        specs[-1] = {**spec, "scale": last["scale"], "shift": last["shift"]}
+    elif op_desc["kind"] in ("xconv", "xlinear") and last and last["kind"] == "affine" and not last.get("relu"):
+        op_descs[-1] = {**op_desc, "scale": last["scale"], "shift": last["shift"]}
     else:
-        specs.append(spec)
+        op_descs.append(op_desc)
 
 
 class QuietConv:
@@ -147,11 +147,11 @@ class Bf16Conv:
         self.conv = copy.deepcopy(conv).eval().to(torch.bfloat16).to(memory_format=torch.channels_last)
         self.layers = epilogue
         conv_shape = tuple(conv(torch.zeros(1, *shape)).shape[1:])
-        specs, out = [], conv_shape
+        op_descs, out = [], conv_shape
         for layer in epilogue:
-            specs.append(_spec(layer, out))
-            out = binary_graph.output_shape(specs[-1], out)
-        self.epilogue = binary_graph.StemEpilogue(specs, conv_shape)
+            op_descs.append(_op_desc(layer, out))
+            out = binary_graph.output_shape(op_descs[-1], out)
+        self.epilogue = binary_graph.StemEpilogue(op_descs, conv_shape)
 
     def _conv(self, x: torch.Tensor) -> torch.Tensor:
         previous = torch.get_num_threads()
@@ -178,10 +178,10 @@ def _epilogue(leaves: list[nn.Module]) -> list[nn.Module]:
     """The leading layers of ``leaves`` a bf16 stem's epilogue takes (``binary_graph.STEM_EPILOGUE``)."""
     taken, kinds = [], list(binary_graph.STEM_EPILOGUE)
     for layer in leaves:
-        spec = _spec(layer, (1, 4, 4))  # the kind only; the shapes are laid out by Bf16Conv
-        if spec is None or spec["kind"] not in kinds:
+        op_desc = _op_desc(layer, (1, 4, 4))  # the kind only; the shapes are laid out by Bf16Conv
+        if op_desc is None or op_desc["kind"] not in kinds:
             break
-        kinds = kinds[kinds.index(spec["kind"]) + 1:]
+        kinds = kinds[kinds.index(op_desc["kind"]) + 1:]
         taken.append(layer)
     return taken
 
@@ -191,20 +191,20 @@ def lower(block: nn.Module, shape: tuple, threads: int = 1, stem: str = "auto") 
     the float convs too large for the native stem: in bf16 with their ReLU / LRN / pool (``Bf16Conv``) where
     ``stem_precision(stem)`` says so, else on onnxruntime with sleeping threads when ``threads`` > 1
     (``QuietConv``), else PyTorch's oneDNN (the module itself)."""
-    steps, specs, start = [], [], shape
+    steps, op_descs, start = [], [], shape
     bf16 = stem_precision(stem) == "bf16"
     leaves = [leaf for leaf in _leaves(block) if not isinstance(leaf, _DROPPED)]
     i = 0
     with torch.no_grad():
         while i < len(leaves):
             layer, i = leaves[i], i + 1
-            spec = _spec(layer, shape)
-            if spec is not None:
-                _merge(specs, spec)
-                shape = binary_graph.output_shape(spec, shape)
+            op_desc = _op_desc(layer, shape)
+            if op_desc is not None:
+                _merge(op_descs, op_desc)
+                shape = binary_graph.output_shape(op_desc, shape)
                 continue
-            if specs:
-                steps.append(binary_graph.NativeChain(specs, start))
+            if op_descs:
+                steps.append(binary_graph.NativeChain(op_descs, start))
             if type(layer) is nn.Conv2d and bf16:
                 epilogue = _epilogue(leaves[i:])
                 step = Bf16Conv(layer, shape, epilogue)
@@ -215,9 +215,9 @@ def lower(block: nn.Module, shape: tuple, threads: int = 1, stem: str = "auto") 
                         else None) or layer
                 shape = tuple(layer(torch.zeros(1, *shape)).shape[1:])
             steps.append(step)
-            specs, start = [], shape
-        if specs:
-            steps.append(binary_graph.NativeChain(specs, start))
+            op_descs, start = [], shape
+        if op_descs:
+            steps.append(binary_graph.NativeChain(op_descs, start))
     return steps
 
 

@@ -139,7 +139,7 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def train_teacher(spec: dict, out: Path | None) -> str:
+def train_teacher(settings: dict, out: Path | None) -> str:
     """A recipe teacher given as ``{train: {model, data, width, input_size, epochs, lr, ...}}``: trained once with
     the Trainer and the model's preset for what the recipe leaves out (validation split for the epoch kept; reused
     when ``model.safetensors`` exists), returned as a file path."""
@@ -151,7 +151,7 @@ def train_teacher(spec: dict, out: Path | None) -> str:
     from cnncompress.data import build_dataset
     from cnncompress.data.assets import cache_dir
     from cnncompress.training.trainer import Trainer, error_rate, preset, save_weights
-    cfg = dict(spec["train"])
+    cfg = dict(settings["train"])
     key = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
     folder = (out / "teacher") if out else cache_dir() / "teachers" / key
     path = folder / "model.safetensors"

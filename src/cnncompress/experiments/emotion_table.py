@@ -83,7 +83,7 @@ def top2_margins(logits: torch.Tensor) -> list[float]:
     return [round(float(m), 6) for m in top[:, 0] - top[:, 1]]
 
 
-def faces(spec: str, teacher) -> dict:
+def faces(dataset: str, teacher) -> dict:
     """Unlabelled faces decoded for the teacher: ``train`` (distillation), ``val`` (chooses the epoch) and
     ``heldout`` (reported only), as in ``cnncompress distill``."""
     from cnncompress.data import build_dataset, split_validation
@@ -91,11 +91,11 @@ def faces(spec: str, teacher) -> dict:
     from cnncompress.experiments.distill_table import _held_out
     fmt = input_format(teacher)
     kw = {"input_size": fmt["input_size"], "channels": fmt["channels"], "mean": fmt["mean"], "std": fmt["std"]}
-    pool = build_dataset(spec, "train+val", **kw)
-    heldout = build_dataset(spec, "test", **kw)
+    pool = build_dataset(dataset, "train+val", **kw)
+    heldout = build_dataset(dataset, "test", **kw)
     pool, heldout = _held_out(pool, heldout)
     if len(pool) < 2 or heldout is None or len(heldout) == 0:
-        raise InputError(f"{spec}: need at least 3 decodable face images (found {len(pool)} + "
+        raise InputError(f"{dataset}: need at least 3 decodable face images (found {len(pool)} + "
                          f"{0 if heldout is None else len(heldout)})")
     train, val = split_validation(pool)
     return {"train": train, "val": val, "heldout": heldout, "format": fmt}

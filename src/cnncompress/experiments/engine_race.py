@@ -39,7 +39,7 @@ NOISE = 0.05  # interleaved medians on a shared 2-core CPU move by a few per cen
 
 
 def preset_label(speedups: dict) -> str:
-    """The speed label a speed-"real" method earns from measurements at several presets: ``speedups`` maps a
+    """The speed label a speed-"real" method earns from measurements at several input sizes: ``speedups`` maps a
     preset (input size) to its speed-ups vs the fastest fp32 engine (one per thread count; None: not measured).
     With ``worst`` the slowest of a preset's ratios: ``real`` when worst >= 1 + NOISE, ``none`` when worst < 1 -
     NOISE, else ``same speed``; e.g. ``"none at 48 (0.72×); real at 224 (2.10×)"``, ``"not measured"`` when nothing

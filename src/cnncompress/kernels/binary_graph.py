@@ -2,11 +2,11 @@
 
 At the 48x48 FER size every layer of an XNOR VGG-S costs microseconds of arithmetic, and the per-layer path
 (a Python module call, a ctypes call, packing and a torch allocation per layer) cost more than the whole float net
-on onnxruntime. ``NativeChain(specs).run(x)`` runs the chain for one input shape in a single ctypes call: the op
+on onnxruntime. ``NativeChain(op_descs).run(x)`` runs the chain for one input shape in a single ctypes call: the op
 table and every buffer (packed words, bit-im2col, K, the float im2col of a float conv, each op's output) are laid
 out once per input shape and reused.
 
-``specs`` are plain dicts (tensors and numbers; no modules), built by ``deploy/xnor.py``:
+``op_descs`` are plain dicts (tensors and numbers; no modules), built by ``deploy/xnor.py``:
 
     {"kind": "conv", "weight": (O, C, kh, kw), "bias", "stride", "padding", "relu"}
     {"kind": "xconv", "wbits", "alpha", "bias", "kernel", "stride", "padding", "input_scale",
@@ -78,21 +78,21 @@ STEM_EPILOGUE = ("relu", "lrn", "maxpool")  # the ops a bf16 stem's epilogue tak
 
 
 class StemEpilogue:
-    """The ops of ``specs`` (a prefix of ReLU, LRN, max-pool, each at most once, in that order) on a float conv's
+    """The ops of ``op_descs`` (a prefix of ReLU, LRN, max-pool, each at most once, in that order) on a float conv's
     bf16 output stored channels_last ``(N, C, H, W)`` (oneDNN's bf16 conv), written as float NCHW by one native
     pass (``stem_epilogue`` in the C file): one pooled row at a time, the full-size float activation is never
     written. VGG-S conv1 at 224 (96 x 109 x 109 -> 96 x 37 x 37): the float path wrote and read 4.5 MB three times
     (ReLU, LRN, pool: 1.6 ms on one thread). Reference: the same layers in PyTorch on ``x.float()``."""
 
-    def __init__(self, specs: list[dict], in_shape: tuple[int, int, int]):
-        kinds = [spec["kind"] for spec in specs]
+    def __init__(self, op_descs: list[dict], in_shape: tuple[int, int, int]):
+        kinds = [op_desc["kind"] for op_desc in op_descs]
         if kinds != [k for k in STEM_EPILOGUE if k in kinds]:
             raise ValueError(f"a stem epilogue takes {STEM_EPILOGUE} in that order, got {kinds}")
         self.in_shape, shape = tuple(in_shape), tuple(in_shape)
-        for spec in specs:
-            shape = output_shape(spec, shape)
+        for op_desc in op_descs:
+            shape = output_shape(op_desc, shape)
         self.out_shape = shape
-        byk = {spec["kind"]: spec for spec in specs}
+        byk = {op_desc["kind"]: op_desc for op_desc in op_descs}
         lrn, pool = byk.get("lrn"), byk.get("maxpool")
         op = self.op = Op()
         (op.C, op.H, op.W), (op.O, op.OH, op.OW) = in_shape, shape
@@ -121,24 +121,24 @@ def _contiguous(tensor: torch.Tensor | None, dtype=torch.float32) -> torch.Tenso
     return None if tensor is None else tensor.detach().to(dtype).contiguous()
 
 
-def _kernel(spec: dict) -> tuple[int, int]:
-    return tuple(spec["kernel"]) if spec["kind"] == "xconv" else tuple(spec["weight"].shape[2:])
+def _kernel(op_desc: dict) -> tuple[int, int]:
+    return tuple(op_desc["kernel"]) if op_desc["kind"] == "xconv" else tuple(op_desc["weight"].shape[2:])
 
 
-def output_shape(spec: dict, shape: tuple) -> tuple:
-    """The shape (no batch) one op of ``spec`` makes of an input of ``shape``: (C, H, W), or (K,) for vectors."""
-    kind = spec["kind"]
+def output_shape(op_desc: dict, shape: tuple) -> tuple:
+    """The shape (no batch) one op of ``op_desc`` makes of an input of ``shape``: (C, H, W), or (K,) for vectors."""
+    kind = op_desc["kind"]
     c, h, w = shape if len(shape) == 3 else (shape[0], 1, 1)
     if kind == "flatten":
         return (c * h * w,)
     if kind in ("conv", "xconv"):
-        (kh, kw), (sh, sw), (ph, pw) = _kernel(spec), spec["stride"], spec["padding"]
-        filters = (spec["wbits"] if kind == "xconv" else spec["weight"]).shape[0]
+        (kh, kw), (sh, sw), (ph, pw) = _kernel(op_desc), op_desc["stride"], op_desc["padding"]
+        filters = (op_desc["wbits"] if kind == "xconv" else op_desc["weight"]).shape[0]
         return filters, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
     if kind in ("xlinear", "linear"):
-        return ((spec["wbits"] if kind == "xlinear" else spec["weight"]).shape[0],)
+        return ((op_desc["wbits"] if kind == "xlinear" else op_desc["weight"]).shape[0],)
     if kind == "maxpool":
-        k, s, ceil = spec["kernel"], spec["stride"], spec["ceil_mode"]
+        k, s, ceil = op_desc["kernel"], op_desc["stride"], op_desc["ceil_mode"]
         return c, pool_size(h, k, s, ceil), pool_size(w, k, s, ceil)
     return tuple(shape)  # relu, affine, lrn
 
@@ -146,14 +146,14 @@ def output_shape(spec: dict, shape: tuple) -> tuple:
 class NativeChain:
     """The compiled chain for one input shape ``(C, H, W)``; ``run(x)`` takes ``(N, C, H, W)`` float."""
 
-    def __init__(self, specs: list[dict], in_shape: tuple[int, int, int]):
+    def __init__(self, op_descs: list[dict], in_shape: tuple[int, int, int]):
         self.in_shape = tuple(in_shape)
         self.keep: list[torch.Tensor] = []  # every tensor the op table points into
-        specs = list(specs)
-        self.ops = (Op * sum(spec["kind"] != "flatten" for spec in specs))()
+        op_descs = list(op_descs)
+        self.ops = (Op * sum(op_desc["kind"] != "flatten" for op_desc in op_descs))()
         shape, ops = self.in_shape, iter(self.ops)
-        for spec in specs:
-            shape = self._lay_out(op=None if spec["kind"] == "flatten" else next(ops), spec=spec, shape=shape)
+        for op_desc in op_descs:
+            shape = self._lay_out(op=None if op_desc["kind"] == "flatten" else next(ops), op_desc=op_desc, shape=shape)
         self.out_shape = shape
 
     def _ptr(self, tensor: torch.Tensor | None):
@@ -165,45 +165,45 @@ class NativeChain:
     def _buffer(self, numel: int, dtype=torch.float32):
         return self._ptr(torch.empty(max(1, numel), dtype=dtype))
 
-    def _lay_out(self, op: Op | None, spec: dict, shape: tuple) -> tuple:
-        kind, out = spec["kind"], output_shape(spec, shape)
+    def _lay_out(self, op: Op | None, op_desc: dict, shape: tuple) -> tuple:
+        kind, out = op_desc["kind"], output_shape(op_desc, shape)
         if op is None:  # flatten
             return out
         c, h, w = shape if len(shape) == 3 else (shape[0], 1, 1)
-        op.kind, op.C, op.H, op.W, op.relu = KINDS[kind], c, h, w, int(bool(spec.get("relu")))
-        op.scale, op.shift = self._ptr(_contiguous(spec.get("scale"))), self._ptr(_contiguous(spec.get("shift")))
-        op.bias = self._ptr(_contiguous(spec.get("bias")))
+        op.kind, op.C, op.H, op.W, op.relu = KINDS[kind], c, h, w, int(bool(op_desc.get("relu")))
+        op.scale, op.shift = self._ptr(_contiguous(op_desc.get("scale"))), self._ptr(_contiguous(op_desc.get("shift")))
+        op.bias = self._ptr(_contiguous(op_desc.get("bias")))
         if kind in ("conv", "xconv"):
-            op.kh, op.kw = _kernel(spec)
-            (op.sh, op.sw), (op.ph, op.pw) = spec["stride"], spec["padding"]
+            op.kh, op.kw = _kernel(op_desc)
+            (op.sh, op.sw), (op.ph, op.pw) = op_desc["stride"], op_desc["padding"]
         elif kind == "maxpool":
-            op.kh = op.kw = spec["kernel"]
-            op.sh = op.sw = spec["stride"]
+            op.kh = op.kw = op_desc["kernel"]
+            op.sh = op.sw = op_desc["stride"]
         op.O, op.OH, op.OW = (out[0], 1, 1) if len(out) == 1 else out
         pixels = op.OH * op.OW
         if kind == "conv":
             op.K, op.Ppad = c * op.kh * op.kw, -(-pixels // 32) * 32
             weight = torch.zeros(-(-op.O // 4) * 4, op.K)  # rows padded to whole 4-filter tiles
-            weight[:op.O] = spec["weight"].detach().float().reshape(op.O, -1)
+            weight[:op.O] = op_desc["weight"].detach().float().reshape(op.O, -1)
             op.weight, op.scratch = self._ptr(weight), self._buffer(op.K * op.Ppad)
         elif kind == "xconv":
             cw = n_words(c)
-            op.Kw, op.nbits, op.input_scale = op.kh * op.kw * cw, c * op.kh * op.kw, int(spec["input_scale"])
-            op.wbits, op.alpha = self._ptr(_contiguous(spec["wbits"], torch.int64)), self._ptr(_contiguous(spec["alpha"]))
-            op.corr = self._ptr(_contiguous(spec["correction"]((h, w)), torch.int32))
+            op.Kw, op.nbits, op.input_scale = op.kh * op.kw * cw, c * op.kh * op.kw, int(op_desc["input_scale"])
+            op.wbits, op.alpha = self._ptr(_contiguous(op_desc["wbits"], torch.int64)), self._ptr(_contiguous(op_desc["alpha"]))
+            op.corr = self._ptr(_contiguous(op_desc["correction"]((h, w)), torch.int32))
             op.packed = self._buffer((h + 2 * op.ph) * (w + 2 * op.pw) * cw, torch.int64)
             op.cols = self._buffer(pixels * op.Kw, torch.int64)
             op.affined, op.absmean, op.kscale = self._buffer(c * h * w), self._buffer(h * w), self._buffer(pixels)
         elif kind == "xlinear":
             op.K = c * h * w
-            op.Kw, op.nbits, op.input_scale = n_words(op.K), op.K, int(spec["input_scale"])
-            op.wbits, op.alpha = self._ptr(_contiguous(spec["wbits"], torch.int64)), self._ptr(_contiguous(spec["alpha"]))
+            op.Kw, op.nbits, op.input_scale = n_words(op.K), op.K, int(op_desc["input_scale"])
+            op.wbits, op.alpha = self._ptr(_contiguous(op_desc["wbits"], torch.int64)), self._ptr(_contiguous(op_desc["alpha"]))
             op.packed, op.affined, op.kscale = self._buffer(op.Kw, torch.int64), self._buffer(op.K), self._buffer(1)
         elif kind == "linear":
             op.K = c * h * w
-            op.weight = self._ptr(_contiguous(spec["weight"]))
+            op.weight = self._ptr(_contiguous(op_desc["weight"]))
         elif kind == "lrn":
-            op.lrn_size, op.lrn_alpha, op.lrn_beta, op.lrn_k = spec["size"], spec["alpha"], spec["beta"], spec["k"]
+            op.lrn_size, op.lrn_alpha, op.lrn_beta, op.lrn_k = op_desc["size"], op_desc["alpha"], op_desc["beta"], op_desc["k"]
             op.scratch = self._buffer(h * w)
         op.out = self._buffer(op.O * pixels)
         return out

@@ -4,7 +4,9 @@
 files ship as package data, ``pyproject.toml``), compiles it with ``gcc -O3 -march=native -fno-math-errno
 -shared -fPIC`` into ``$CNNCOMPRESS_CACHE`` (default ``~/.cache/cnncompress``) and opens it with ctypes. The
 compiled file is named ``<name>-<key>.so``, key = a hash of the source, the flags and the CPU's flags
-(``-march=native``: one build per CPU kind, never a stale build after an edit). No compiler, a failed build, or
+(``-march=native``: one build per CPU kind, never a stale build after an edit). Beside it lies
+``<name>-<key>.so.sha256``, written at build time; a library whose bytes do not match it (truncated, damaged,
+replaced) is rebuilt before it is loaded (one warning), never loaded as it is. No compiler, a failed build, or
 ``CNNCOMPRESS_NO_NATIVE=1``: ``None`` (with one ``RuntimeWarning`` for a failure), and the caller runs its
 numpy/torch fallback. Nothing here knows what the kernels compute.
 
@@ -142,7 +144,27 @@ def compile_library(name: str, out: Path, flags: tuple[str, ...] = CFLAGS, parts
                                 capture_output=True, text=True)
         if result.returncode != 0:
             raise OSError(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "gcc failed")
+        digest = Path(tmp) / (out.name + ".sha256")
+        digest.write_text(_sha256(target))
+        os.replace(digest, _digest_path(out))  # the digest first: a library without its digest is never trusted
         os.replace(target, out)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _digest_path(library: Path) -> Path:
+    return library.with_name(library.name + ".sha256")
+
+
+def verified(library: Path) -> bool:
+    """True when ``library`` is the file this module built: its sha256 matches the digest written beside it at
+    build time. A truncated, damaged or foreign file (or one without a digest) is not loaded: it is rebuilt."""
+    try:
+        return library.is_file() and _digest_path(library).read_text().strip() == _sha256(library)
+    except OSError:
+        return False
 
 
 def load(name: str, argtypes: dict[str, list], flags: tuple[str, ...] = CFLAGS,
@@ -157,7 +179,10 @@ def load(name: str, argtypes: dict[str, list], flags: tuple[str, ...] = CFLAGS,
     flags = tuple(flags) + isa_flags(isa)
     try:
         path = library_path(name, flags, parts, isa)
-        if not path.exists():
+        if not verified(path):  # missing, damaged or foreign: built anew, never loaded as it is
+            if path.exists() and _digest_path(path).exists():  # (a build from before digests: rebuilt quietly)
+                warnings.warn(f"cnncompress: compiled kernel {path} does not match its build digest; rebuilding it",
+                              RuntimeWarning, stacklevel=3)
             compile_library(name, path, flags, parts)
         lib = ctypes.CDLL(str(path))
     except OSError as error:  # FileNotFoundError (no gcc) is an OSError

@@ -44,7 +44,7 @@ def _eligible(layer: nn.Module) -> bool:
 
 def binarize(model: nn.Module, *, binary_weights: bool, scale: str, binary_input: bool, input_scale: bool = True,
              stochastic: bool = False, keep_first: bool = True, keep_last: bool = True, insert_bn: bool = True,
-             layers: surgery.LayerSpec = "all") -> nn.Module:
+             layers: surgery.LayerSelection = "all") -> nn.Module:
     """Replace the eligible Conv2d/Linear layers ``layers`` names (in place) by their binary layers; returns the
     model. The first/last conv-or-linear layer stays full precision when ``keep_first``/``keep_last``."""
     if any(isinstance(m, _Binary) for _, m in surgery.candidates(model)):
@@ -77,7 +77,7 @@ def _check_bool(**values) -> None:
 
 
 def apply_binaryconnect(model: nn.Module, stochastic: bool = False, keep_first: bool = True,
-                        keep_last: bool = True, layers: surgery.LayerSpec = "all") -> nn.Module:
+                        keep_last: bool = True, layers: surgery.LayerSelection = "all") -> nn.Module:
     """BinaryConnect: W_b = H sign(W) (H: per-layer constant), real inputs."""
     _check_bool(stochastic=stochastic, keep_first=keep_first, keep_last=keep_last)
     return binarize(model, binary_weights=True, scale="layer", binary_input=False, stochastic=stochastic,
@@ -85,7 +85,7 @@ def apply_binaryconnect(model: nn.Module, stochastic: bool = False, keep_first: 
 
 
 def apply_bwn(model: nn.Module, stochastic: bool = False, keep_first: bool = True, keep_last: bool = True,
-              layers: surgery.LayerSpec = "all") -> nn.Module:
+              layers: surgery.LayerSelection = "all") -> nn.Module:
     """Binary-Weight-Network: W ~ alpha_o sign(W_o), alpha_o = mean |W_o| per output filter, real inputs."""
     _check_bool(stochastic=stochastic, keep_first=keep_first, keep_last=keep_last)
     return binarize(model, binary_weights=True, scale="filter", binary_input=False, stochastic=stochastic,
@@ -93,7 +93,7 @@ def apply_bwn(model: nn.Module, stochastic: bool = False, keep_first: bool = Tru
 
 
 def apply_xnor(model: nn.Module, input_scale: bool = True, stochastic: bool = False, keep_first: bool = True,
-               keep_last: bool = True, insert_bn: bool = True, layers: surgery.LayerSpec = "all") -> nn.Module:
+               keep_last: bool = True, insert_bn: bool = True, layers: surgery.LayerSelection = "all") -> nn.Module:
     """XNOR-Net: binary weights (alpha per filter) and binary inputs (scale K), BN -> sign -> conv blocks."""
     _check_bool(input_scale=input_scale, stochastic=stochastic, keep_first=keep_first, keep_last=keep_last,
                 insert_bn=insert_bn)
@@ -103,7 +103,7 @@ def apply_xnor(model: nn.Module, input_scale: bool = True, stochastic: bool = Fa
 
 
 def apply_binact(model: nn.Module, input_scale: bool = True, keep_first: bool = True, keep_last: bool = True,
-                 insert_bn: bool = True, layers: surgery.LayerSpec = "all") -> nn.Module:
+                 insert_bn: bool = True, layers: surgery.LayerSelection = "all") -> nn.Module:
     """Binarized activations only (XNOR-Net without weight binarization): real weights, sign(x) K inputs."""
     _check_bool(input_scale=input_scale, keep_first=keep_first, keep_last=keep_last, insert_bn=insert_bn)
     return binarize(model, binary_weights=False, scale="none", binary_input=True, input_scale=input_scale,

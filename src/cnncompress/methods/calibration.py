@@ -46,12 +46,12 @@ def check_fits(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | No
                              f"(labels 0..{num_classes - 1}; unlabelled images cannot be used here)")
 
 
-def _from_spec(model: nn.Module, spec: str):
+def _from_dataset(model: nn.Module, dataset: str):
     from cnncompress.data import build_dataset
     from cnncompress.errors import InputError
     channels, size, _ = model_shape(model)
     try:
-        return build_dataset(spec, "train", input_size=size, channels=channels)
+        return build_dataset(dataset, "train", input_size=size, channels=channels)
     except InputError as error:
         raise ValueError(str(error)) from error
 
@@ -72,7 +72,7 @@ def take(model: nn.Module, data, count: int, seed: int = 0, what: str = "data",
                          f"ImageDataset or images)")
     classes = None
     if isinstance(data, str):
-        data = _from_spec(model, data)
+        data = _from_dataset(model, data)
     if hasattr(data, "images") and hasattr(data, "labels"):
         classes = len(data.classes) if getattr(data, "classes", None) else None
         images, labels = torch.as_tensor(data.images), torch.as_tensor(data.labels)

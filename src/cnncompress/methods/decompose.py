@@ -99,13 +99,26 @@ def cp_to_inference(model: nn.Module) -> nn.Module:
 
 
 def apply_tucker(model: nn.Module, layers, rank="auto", energy: float = 0.9, n_iter_max: int = 100) -> nn.Module:
-    """Replace each conv in ``layers`` by its Tucker-2 layer; ``rank`` may also be ``[rank_out, rank_in]``."""
+    """Replace each conv in ``layers`` by its Tucker-2 layer; ``rank`` may also be ``[rank_out, rank_in]``. With
+    ``rank="auto"`` a conv whose Tucker-2 form would hold as many weights as it does is kept (listed in
+    ``metadata["tucker_kept"]``); none shrinking is a ``ValueError``."""
     ranks.check_rank(rank)
     energy = ranks.check_energy(energy)
+    replaced, kept = 0, []
     for name, conv in _layers(model, layers, nn.Conv2d):
         _check_conv(name, conv)
         r_out, r_in = ranks.tucker2_ranks(_weight(conv), rank, energy)
+        kh, kw = conv.kernel_size
+        tucker = r_in * conv.in_channels + r_out * r_in * kh * kw + conv.out_channels * r_out
+        if rank == "auto" and tucker >= conv.weight.numel():  # the automatic rank would not shrink it: kept as is
+            kept.append(name)
+            continue
         model = surgery.replace(model, name, tucker2_conv(conv, r_out, r_in, n_iter_max=n_iter_max))
+        replaced += 1
+    if not replaced:
+        raise ValueError(f"no chosen conv gets smaller at the automatic Tucker-2 ranks (kept: {', '.join(kept)})")
+    if kept:
+        model.metadata = {**getattr(model, "metadata", {}), "tucker_kept": kept}
     return model
 
 

@@ -43,8 +43,13 @@ def trace(model: nn.Module) -> fx.GraphModule:
 def _cut(graph: fx.Graph, position: str) -> int:
     """Index (in the graph's node order) of the last node computed inside the module ``position``."""
     nodes = list(graph.nodes)
-    inside = [i for i, node in enumerate(nodes) if node.op in ("call_module", "get_attr")
-              and (node.target == position or str(node.target).startswith(position + "."))]
+
+    def within(path) -> bool:
+        return path == position or str(path).startswith(position + ".")
+    # a node belongs to the module when fx recorded it inside that module's forward (``nn_module_stack``: also the
+    # functional ops of a hand-written forward, e.g. a DenseNet block's ``torch.cat``) or it calls one of its parts
+    inside = [i for i, node in enumerate(nodes) if any(within(path) for path in node.meta.get("nn_module_stack", {}))
+              or (node.op in ("call_module", "get_attr") and within(node.target))]
     if not inside:
         raise ValueError(f"early-exit: the traced graph has no module {position!r}")
     return max(inside)

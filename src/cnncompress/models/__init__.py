@@ -8,7 +8,7 @@ from cnncompress.models.vgg_s import VGGS
 
 # Recommended baseline training (train.preset(name)) and fine-tuning after compression (train.preset(name,
 # "finetune"): 1 epoch, cosine with 5% warm-up, at finetune's lr); batch_size= is the papers' batch.
-# Chosen on mnist5k's validation split at the bench presets (48x48 grey: vgg_s x0.25, squeezenet1_1 x0.5); test
+# Chosen on mnist5k's validation split at the bench's input sizes (48x48 grey: vgg_s x0.25, squeezenet1_1 x0.5); test
 # accuracies over 3 seeds and the commands are in README ("Training defaults").
 register_model("vgg_s", VGGS, batch_size=20, training={
     "optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "cosine", "warmup": 0.05,

@@ -28,21 +28,21 @@ from cnncompress.storage.weights_file import load_weights
 RUN_FOLDER_FILES = ("model.ccz", "model.safetensors")  # what a run folder may hold, in order of preference
 
 
-def model_file(spec: str | Path) -> Path | None:
-    """The file ``spec`` names (for a run folder: its ``model.ccz``, else its ``model.safetensors``); None for a
+def model_file(source: str | Path) -> Path | None:
+    """The file ``source`` names (for a run folder: its ``model.ccz``, else its ``model.safetensors``); None for a
     pretrained name."""
-    if str(spec) in PRETRAINED:
+    if str(source) in PRETRAINED:
         return None
-    path = Path(spec)
+    path = Path(source)
     if path.is_dir():
         found = [path / name for name in RUN_FOLDER_FILES if (path / name).is_file()]
         if not found:
             raise input_error(path, f"folder holds neither {' nor '.join(RUN_FOLDER_FILES)}")
         return found[0]
     if path.exists() and not path.is_file():
-        raise input_error(spec, "not a regular file (a FIFO or device is never read)")
+        raise input_error(source, "not a regular file (a FIFO or device is never read)")
     if not path.is_file():
-        raise input_error(spec, f"no such model file or folder (pretrained names: {', '.join(sorted(PRETRAINED))})")
+        raise input_error(source, f"no such model file or folder (pretrained names: {', '.join(sorted(PRETRAINED))})")
     return path
 
 

@@ -15,7 +15,7 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 DEFAULT_BATCH_SIZE: dict[str, int] = {}
 DEFAULT_TRAINING: dict[str, dict] = {}
 """Per model, the recommended baseline training settings (``TrainConfig`` keys; ``train.preset(name)`` turns them
-into a config). Chosen on the validation split of mnist5k at the CPU presets; the measurements are in README."""
+into a config). Chosen on the validation split of mnist5k at the CPU input sizes; the measurements are in README."""
 DEFAULT_FINETUNE: dict[str, dict] = {}
 """Per model, what fine-tuning after compression changes in ``DEFAULT_TRAINING`` (``train.preset(name,
 "finetune")``; on top of ``train.FINETUNE``)."""

@@ -2,7 +2,7 @@
 per-epoch checkpoints, bit-exact resume, error-curve history.
 
 Rassadin & Savchenko 2017 train with SGD, momentum 0.9, lr 0.001 fixed, batch 20 (VGG-S) / 32 (SqueezeNet):
-``schedule="paper"``. At the CPU presets those settings stay far from convergence in a few epochs, so each model
+``schedule="paper"``. At the CPU input sizes those settings stay far from convergence in a few epochs, so each model
 has a recommended preset (``preset(name)``, table in ``models.DEFAULT_TRAINING``: cosine schedule with warm-up,
 VGG-S SGD, the BN-free SqueezeNet AdamW) chosen on the validation split; ``preset(name, "finetune")`` is the
 matching fine-tuning of a compressed model (``FINETUNE``).
@@ -146,7 +146,7 @@ def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
 FINETUNE = {"epochs": 1, "lr_scale": 0.1, "schedule": "cosine", "warmup": 0.05, "patience": 0}
 """Fine-tuning a compressed model: ``epochs`` (1-3) of the baseline's optimiser, cosine over the fine-tuning steps
 after a short linear warm-up, at the model's fine-tuning lr (``models.DEFAULT_FINETUNE``; else ``lr_scale`` x the
-baseline's). Measured on the bench presets (README): VGG-S SGD 0.003 (0.001 left BWN at 87.6% after one cosine
+baseline's). Measured at the bench's input sizes (README): VGG-S SGD 0.003 (0.001 left BWN at 87.6% after one cosine
 epoch, 0.003 at 96.4%); SqueezeNet AdamW 0.002 (a compressed SqueezeNet starts at 10%: it needs the full lr)."""
 
 
