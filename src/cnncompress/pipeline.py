@@ -103,6 +103,16 @@ def compress_and_measure(model: nn.Module, method: str, config: dict, out: str |
             check_data_fits(model, datasets[split], data)
         return datasets[split]
 
+    created = not out.exists()
+    try:
+        return _compress_and_write(model, method, config, out, data, finetune, lr, threads, fp16, dataset, spec)
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):  # nothing half-made left behind
+            out.rmdir()
+        raise
+
+
+def _compress_and_write(model, method, config, out, data, finetune, lr, threads, fp16, dataset, spec) -> dict:
     compressed, row = compress(model, method, dataset("train") if data else None, finetune,
                                val=dataset("val") if data else None, lr=lr, work=out / "train", **config)
     if data:  # what the deployed form checks itself on, and what a later export or predict decodes

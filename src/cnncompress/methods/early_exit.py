@@ -38,7 +38,7 @@ from cnncompress.methods.cascade_losses import (DEFAULT_ALPHA, DEFAULT_PENALTY, 
                                                LOSS_NAMES, cascade_loss, f_alpha, firm_cascade_loss,
                                                firm_cascade_probability, g_alpha, msdnet_sum_loss,
                                                soft_cascade_loss, soft_cascade_probability)
-from cnncompress.methods.exit_graph import GraphExit, attach_graph_exit, exit_features
+from cnncompress.methods.exit_graph import GraphExit, attach_graph_exit, exit_features, exit_head
 from cnncompress.methods.registry import MethodInfo, register
 
 
@@ -189,17 +189,7 @@ def attach_exit(model: nn.Module, position: str = "p2", *, input_shape: tuple[in
             if expected.shape != got.shape or not torch.allclose(expected, got, rtol=1e-4, atol=1e-4):
                 raise ValueError(f"{type(model).__name__} does not run its children in order; cannot split it")
         num_classes = net.rest(hidden).shape[1]
-    head = []
-    if head_pool:
-        if hidden.dim() != 4 or min(hidden.shape[2:]) < head_pool:
-            raise ValueError(f"head_pool={head_pool} needs a feature map of at least that size at {path}, "
-                             f"got {tuple(hidden.shape[1:])}")
-        # a fixed average pool (not adaptive: that does not export to ONNX with a dynamic batch)
-        kernel = (hidden.shape[2] // head_pool, hidden.shape[3] // head_pool)
-        head.append(("pool", nn.AvgPool2d(kernel, kernel)))
-    features = nn.Sequential(OrderedDict(head))(hidden)[0].numel()
-    layers = head + [("flatten", nn.Flatten()), ("fc", nn.Linear(features, num_classes))]
-    net.exit_head = nn.Sequential(OrderedDict(layers))
+    net.exit_head = exit_head(hidden, num_classes, head_pool, path)
     net.train(was_training)
     return carry(model, net)
 

@@ -111,6 +111,14 @@ def attach_graph_exit(model: nn.Module, position: str, input_shape: tuple[int, .
     model.eval()
     with torch.no_grad():
         hidden, final = exit_features(model, position, torch.randn(2, *input_shape))
+    model.exit_head = exit_head(hidden, final.shape[1], head_pool, position)
+    return model.train(was_training)
+
+
+def exit_head(hidden: torch.Tensor, num_classes: int, head_pool: int, position: str) -> nn.Sequential:
+    """The exit classifier for features like ``hidden`` (a batch): ``[pool ->] Flatten -> Linear`` (the paper's
+    [FC -> softmax]); ``head_pool`` > 0 first average-pools to about head_pool x head_pool with a fixed kernel (an
+    adaptive pool does not export to ONNX with a dynamic batch)."""
     head = []
     if head_pool:
         if hidden.dim() != 4 or min(hidden.shape[2:]) < head_pool:
@@ -119,9 +127,7 @@ def attach_graph_exit(model: nn.Module, position: str, input_shape: tuple[int, .
         kernel = (hidden.shape[2] // head_pool, hidden.shape[3] // head_pool)
         head.append(("pool", nn.AvgPool2d(kernel, kernel)))
     features = nn.Sequential(OrderedDict(head))(hidden)[0].numel()
-    model.exit_head = nn.Sequential(OrderedDict(head + [("flatten", nn.Flatten()),
-                                                        ("fc", nn.Linear(features, final.shape[1]))]))
-    return model.train(was_training)
+    return nn.Sequential(OrderedDict(head + [("flatten", nn.Flatten()), ("fc", nn.Linear(features, num_classes))]))
 
 
 class GraphExit(nn.Module):

@@ -34,7 +34,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from cnncompress import measure
@@ -174,9 +174,8 @@ def teacher_logits(teacher: nn.Module, images: torch.Tensor, cache_dir: str | Pa
     if logits.ndim != 2:
         raise InputError(f"teacher output has shape {tuple(logits.shape)}; expected (N, classes)")
     root.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({"logits": logits.contiguous()}, str(tmp), metadata={"n": str(len(images))})
-    tmp.replace(path)
+    from cnncompress.storage.checkpoint_io import atomic_safetensors  # a unique temporary name, removed on failure
+    atomic_safetensors(path, {"logits": logits.contiguous()}, {"n": str(len(images))})
     return logits, False
 
 
