@@ -12,15 +12,14 @@ one-line InputError (exit 2).
 """
 from __future__ import annotations
 
+import copy
+import sys
+import tempfile
 from pathlib import Path
 from typing import Callable
 
-from torch import nn
-
-import copy
-import sys
-
 import torch
+from torch import nn
 
 from cnncompress import deploy, measure, methods, model_card, storage
 from cnncompress.errors import InputError
@@ -131,6 +130,12 @@ def _compress_and_write(model, method, config, out, data, finetune, lr, threads,
     shape = tuple(example.shape) if example is not None else \
         (1, spec["in_channels"], spec["input_size"], spec["input_size"])
     stats = measure.latency(fast, shape, num_threads=threads)
+    with tempfile.TemporaryDirectory() as scratch:  # the float model's file, written the same way
+        float_bytes = measure.file_bytes(storage.save(model, Path(scratch) / "float.ccz"))
+    row["float_bytes"], row["smaller"] = float_bytes, measure.file_bytes(path) < float_bytes
+    if methods.info(method).size == "real" and not row["smaller"]:
+        print(f"warning: {method} on {type(model).__name__}: the file ({measure.file_bytes(path):,} bytes) is not "
+              f"smaller than the float model's ({float_bytes:,} bytes)", file=sys.stderr)
     row.update({"method": method, "config": config, "file": str(path), "file_bytes": measure.file_bytes(path),
                 "params": measure.param_count(compressed), "torch_ms": round(stats["median_ms"], 3),
                 "layout": stats["layout"], **({"data_given": given} if given else {})})
