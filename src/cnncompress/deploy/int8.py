@@ -188,6 +188,23 @@ def _runs_graph(model: nn.Module) -> bool:
     return isinstance(model, OrtInt8Model) or getattr(model, "runtime", "") == OPENVINO_RUNTIME
 
 
+def fake_quant_twin(graph: bytes, threads: int | None = None):
+    """``run(x) -> logits`` of the QDQ ``graph`` with every QuantizeLinear / DequantizeLinear computed as itself in
+    fp32 (onnxruntime with graph optimisation off: nothing is fused into int8 kernels). Its answers are the
+    quantisation's alone; an int8 engine that disagrees with it loses accuracy in its own integer arithmetic."""
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        array = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        return torch.from_numpy(session.run(None, {name: array})[0])
+    return run
+
+
 def to_openvino_int8(model: nn.Module) -> nn.Module:
     """The same int8 QDQ graph run by OpenVINO instead of onnxruntime (``engines.OpenVinoModel``, precision int8:
     the QDQ ops become OpenVINO's int8 convolutions / matmuls, VNNI or AMX-INT8; the float remainder stays f32).

@@ -33,13 +33,54 @@ def _engine_list(engines) -> list[str]:
 TOLERANCE = {"fp32": 1e-3, "bf16": 5e-2, "int8": 1e-1}  # max |engine - model| / (1 + max |model|)
 
 
+AGREEMENT = 0.99
+"""Top-1 agreement an engine must reach on the real images it is checked on, against its reference."""
+
+
+def _predictions(run, images: torch.Tensor, batch: int) -> torch.Tensor:
+    with torch.inference_mode():
+        return torch.cat([run(images[i:i + batch]).float().argmax(1) for i in range(0, len(images) - batch + 1, batch)])
+
+
+def _reference(model: nn.Module, precision: str, input_shape: tuple[int, ...], threads: int | None):
+    """What an engine of ``precision`` must agree with: the model's own forward (fp32, bf16), or for int8 its
+    fake-quant twin: the same QDQ graph run with every quantise/dequantise in fp32 arithmetic (onnxruntime with
+    graph optimisation off, so no int8 kernel runs): what differs from it is the engine's int8 arithmetic."""
+    if precision != "int8":
+        return model, "the model's own forward"
+    from cnncompress.deploy.engines import int8_graph
+    from cnncompress.deploy.int8 import fake_quant_twin
+    return fake_quant_twin(int8_graph(model, input_shape), threads), "its fake-quant twin"
+
+
+def _check_on_images(name: str, run, model: nn.Module, images: torch.Tensor, input_shape: tuple[int, ...],
+                     threads: int | None, references: dict) -> str | None:
+    """Why engine ``name`` is not used (its top-1 agreement with its reference on ``images`` < ``AGREEMENT``), or
+    None."""
+    precision = get(name).precision
+    if precision not in references:
+        reference, what = _reference(model, precision, input_shape, threads)
+        references[precision] = (_predictions(reference, images, input_shape[0]), what)
+    expected, what = references[precision]
+    agreement = float((_predictions(run, images, input_shape[0]) == expected).float().mean())
+    if agreement < AGREEMENT:
+        return f"agrees with {what} on {100 * agreement:.1f} % of {len(expected)} real images (< {100 * AGREEMENT:g} %)"
+    return None
+
+
 def prepared(model, input_shape: tuple[int, ...], engines=None,
-             threads: int | None = DEFAULT_THREADS, check: bool = True) -> tuple[dict, dict]:
+             threads: int | None = DEFAULT_THREADS, check: bool = True,
+             images: torch.Tensor | None = None) -> tuple[dict, dict]:
     """``({engine: run}, {engine: why skipped})`` for the engines asked for (default: all).
 
-    ``check`` (a module ``model``): each engine's output on a seeded probe input is compared with the model's own
-    forward; an engine that computes something else (e.g. an ONNX export that froze a native kernel's output into
-    a constant) is skipped, never timed: max |Δ| must be within ``TOLERANCE[precision]`` x (1 + max |output|)."""
+    ``check`` (a module ``model``): with ``images`` (real images of the run, e.g. 32 of its validation split), each
+    engine's top-1 on them must agree with its reference (``_reference``: the model's forward, or for int8 engines
+    the fake-quant twin) on at least ``AGREEMENT`` of them, else it is skipped with the figure; without images,
+    its output on a seeded probe input is compared with the model's own forward (an engine that computes
+    something else, e.g. an ONNX export that froze a native kernel's output into a constant, is skipped): max |Δ|
+    within ``TOLERANCE[precision]`` x (1 + max |output|)."""
+    if images is not None and check and isinstance(model, nn.Module):
+        return _prepared_on_images(model, input_shape, engines, threads, images)
     runs, skipped = {}, {}
     probe = torch.randn(*input_shape, generator=torch.Generator().manual_seed(1))
     reference = None
@@ -56,6 +97,25 @@ def prepared(model, input_shape: tuple[int, ...], engines=None,
                 if not error <= allowed:
                     skipped[name] = f"output differs from the model (max |Δ| {error:.3g} > {allowed:.3g})"
                     continue
+            runs[name] = run
+        except EngineUnavailable as error:
+            skipped[name] = str(error).removeprefix(f"engine {name}: ")
+        except Exception as error:  # noqa: BLE001 - an engine that fails on this model is skipped, said so
+            lines = str(error).strip().splitlines()
+            skipped[name] = f"failed: {type(error).__name__}: {lines[0] if lines else ''}"
+    return runs, skipped
+
+
+def _prepared_on_images(model: nn.Module, input_shape: tuple[int, ...], engines, threads: int | None,
+                        images: torch.Tensor) -> tuple[dict, dict]:
+    runs, skipped, references = {}, {}, {}
+    for name in _engine_list(engines):
+        try:
+            run = get(name).prepare(model, input_shape, threads)
+            why = _check_on_images(name, run, model, images, input_shape, threads, references)
+            if why:
+                skipped[name] = why
+                continue
             runs[name] = run
         except EngineUnavailable as error:
             skipped[name] = str(error).removeprefix(f"engine {name}: ")
@@ -100,13 +160,15 @@ def _interleaved(calls: dict, input_shape: tuple[int, ...], threads: int | None,
 
 
 def race(contenders: dict, input_shape: tuple[int, ...], threads: int | None = DEFAULT_THREADS, runs: int = 20,
-         block: int = 3, example: torch.Tensor | None = None) -> tuple[dict, dict]:
+         block: int = 3, example: torch.Tensor | None = None, images: torch.Tensor | None = None
+         ) -> tuple[dict, dict]:
     """Several models, each on several engines, timed in one interleaved race (``measure.alternating``), so that
     the models compared see the same load. ``contenders``: ``{key: (model, engine names)}``. Returns ``({(key,
-    engine): median ms}, {(key, engine): why skipped})``; a model no engine can run has no times, not an error."""
+    engine): median ms}, {(key, engine): why skipped})``; a model no engine can run has no times, not an error.
+    ``images``: real images every engine is checked on first (``prepared``)."""
     calls, skipped = {}, {}
     for key, (model, engine_names) in contenders.items():
-        runs_of, why = prepared(model, input_shape, engine_names, threads)
+        runs_of, why = prepared(model, input_shape, engine_names, threads, images=images)
         calls.update({(key, name): run for name, run in runs_of.items()})
         skipped.update({(key, name): reason for name, reason in why.items()})
     if not calls:

@@ -318,7 +318,7 @@ class Bench:
         torch_stats, exit_rate = self._torch_latency(fast, shape, example)
         race = {} if exit_rate is not None else engine_race.race(  # early exits: timed per image, in PyTorch
             fast, self.baseline(row.model, row.seed), shape, example, deploy.precision_of(i.name for i in infos),
-            recipe.threads)
+            recipe.threads, images=(self.val_set if self.val_set is not None else self.train_set).images[:32])
         throughput = measure.throughput(fast, shape, num_threads=recipe.threads, example=self.test_set.images[:32])
         base_torch, base_ort = self.baseline_latency(row, shape, example, per_sample=exit_rate is not None)
         memory = measure.peak_memories(ccz, [("train", models.DEFAULT_BATCH_SIZE.get(row.model, 32)), ("infer", 1)],

@@ -18,12 +18,13 @@ from cnncompress import deploy
 
 
 def race(row_model, baseline, shape: tuple[int, ...], example: torch.Tensor, row_precision: str = "fp32",
-         threads: int | None = 1, runs: int = 20, block: int = 3) -> dict:
+         threads: int | None = 1, runs: int = 20, block: int = 3, images: torch.Tensor | None = None) -> dict:
     """``{"engine", "engine_ms", "engines_ms", "baseline_engine", "baseline_engine_ms", "baseline_engines_ms",
-    "engines_skipped"}``; the ``engine`` keys are None when no engine of the row's precision can run it."""
+    "engines_skipped"}``; the ``engine`` keys are None when no engine of the row's precision can run it.
+    ``images``: real images (the run's validation split) every engine is checked on before it is timed."""
     times, skipped = deploy.race({"row": (row_model, deploy.names(row_precision)),
                                    "base": (baseline, deploy.names("fp32"))}, shape, threads, runs, block,
-                                  example[:1].to(torch.float32))
+                                  example[:1].to(torch.float32), images)
     row_ms = {name: ms for (side, name), ms in times.items() if side == "row"}
     base_ms = {name: ms for (side, name), ms in times.items() if side == "base"}
     row_best = min(row_ms, key=row_ms.get) if row_ms else None
