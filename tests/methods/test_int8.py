@@ -158,3 +158,13 @@ def _int8_weighted_nodes(graph: bytes) -> list[str]:
     dequantized = {n.output[0]: n.input[0] for n in proto.graph.node if n.op_type == "DequantizeLinear"}
     return sorted(dequantized[n.input[1]].removesuffix("_quantized") for n in proto.graph.node
                   if n.op_type in ("Conv", "Gemm", "MatMul") and n.input[1] in dequantized)
+
+
+def test_int8_calibrates_on_an_unlabelled_face_set():
+    """Calibration is label-free: an unlabelled ImageDataset (labels -1, e.g. lfw-faces or faces:DIR) is accepted."""
+    from cnncompress.data import build_dataset
+    teacher = models.build("mini_xception", num_classes=7, in_channels=1, input_size=64).eval()
+    faces = build_dataset("lfw-faces", "train", input_size=64, channels=1)
+    assert bool((faces.labels < 0).all())
+    quantized = methods.apply(teacher, "int8", calibration=faces)
+    assert quantized.int8_calibration.num_images == len(faces)

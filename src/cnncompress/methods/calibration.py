@@ -93,6 +93,8 @@ def take(model: nn.Module, data, count: int, seed: int = 0, what: str = "data",
     else:
         raise ValueError(f"{what}: expected a dataset spec, an ImageDataset, images or (images, labels), "
                          f"got {type(data).__name__}")
+    if not labelled and labels is not None and len(labels) and bool((torch.as_tensor(labels) < 0).all()):
+        labels, classes = None, None  # an unlabelled set (faces:DIR, lfw-faces): its images are all a calibration needs
     if len(images) == 0:
         raise ValueError(f"{what}: the data is empty")
     check_fits(model, images, labels, classes, what)
