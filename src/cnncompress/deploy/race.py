@@ -79,40 +79,22 @@ def prepared(model, input_shape: tuple[int, ...], engines=None,
     its output on a seeded probe input is compared with the model's own forward (an engine that computes
     something else, e.g. an ONNX export that froze a native kernel's output into a constant, is skipped): max |Δ|
     within ``TOLERANCE[precision]`` x (1 + max |output|)."""
-    if images is not None and check and isinstance(model, nn.Module):
-        return _prepared_on_images(model, input_shape, engines, threads, images)
+    checked = check and isinstance(model, nn.Module)
+    if checked and images is not None:
+        references: dict = {}
+
+        def why_not(name: str, run) -> str | None:
+            return _check_on_images(name, run, model, images, input_shape, threads, references)
+    elif checked:
+        why_not = _probe_check(model, input_shape)
+    else:
+        def why_not(name: str, run) -> None:
+            return None
     runs, skipped = {}, {}
-    probe = torch.randn(*input_shape, generator=torch.Generator().manual_seed(1))
-    reference = None
-    if check and isinstance(model, nn.Module):
-        with torch.inference_mode():
-            reference = model(probe).float()
     for name in _engine_list(engines):
         try:
             run = get(name).prepare(model, input_shape, threads)
-            if reference is not None:
-                with torch.inference_mode():
-                    error = float((run(probe).float() - reference).abs().max())
-                allowed = TOLERANCE[get(name).precision] * (1 + float(reference.abs().max()))
-                if not error <= allowed:
-                    skipped[name] = f"output differs from the model (max |Δ| {error:.3g} > {allowed:.3g})"
-                    continue
-            runs[name] = run
-        except EngineUnavailable as error:
-            skipped[name] = str(error).removeprefix(f"engine {name}: ")
-        except Exception as error:  # noqa: BLE001 - an engine that fails on this model is skipped, said so
-            lines = str(error).strip().splitlines()
-            skipped[name] = f"failed: {type(error).__name__}: {lines[0] if lines else ''}"
-    return runs, skipped
-
-
-def _prepared_on_images(model: nn.Module, input_shape: tuple[int, ...], engines, threads: int | None,
-                        images: torch.Tensor) -> tuple[dict, dict]:
-    runs, skipped, references = {}, {}, {}
-    for name in _engine_list(engines):
-        try:
-            run = get(name).prepare(model, input_shape, threads)
-            why = _check_on_images(name, run, model, images, input_shape, threads, references)
+            why = why_not(name, run)
             if why:
                 skipped[name] = why
                 continue
@@ -123,6 +105,21 @@ def _prepared_on_images(model: nn.Module, input_shape: tuple[int, ...], engines,
             lines = str(error).strip().splitlines()
             skipped[name] = f"failed: {type(error).__name__}: {lines[0] if lines else ''}"
     return runs, skipped
+
+
+def _probe_check(model: nn.Module, input_shape: tuple[int, ...]):
+    """``why_not(name, run)`` of the check without images: the engine's output on a seeded probe input against
+    the model's own forward, within ``TOLERANCE[precision]`` x (1 + max |output|)."""
+    probe = torch.randn(*input_shape, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        reference = model(probe).float()
+
+    def why_not(name: str, run) -> str | None:
+        with torch.inference_mode():
+            error = float((run(probe).float() - reference).abs().max())
+        allowed = TOLERANCE[get(name).precision] * (1 + float(reference.abs().max()))
+        return None if error <= allowed else f"output differs from the model (max |Δ| {error:.3g} > {allowed:.3g})"
+    return why_not
 
 
 def fastest(model: nn.Module | bytes, input_shape: tuple[int, ...], engines=None,

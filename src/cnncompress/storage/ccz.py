@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Callable
@@ -36,6 +35,7 @@ from cnncompress.errors import InputError, input_error
 from cnncompress.layers import compressed_layers
 from cnncompress.model_card import USER_MODEL, float_skeleton, is_user, set_float_skeleton
 from cnncompress.storage import architecture
+from cnncompress.storage.checkpoint_io import atomic_chunks
 from cnncompress.storage.codecs import MAX_ELEMENTS, TORCH_DTYPES, dtype_name, get_codec, numel
 
 MAGIC = b"CCZ\x00"
@@ -113,29 +113,8 @@ def save(model: nn.Module, path: str | Path, *, float_codec: str | None = None, 
     encoded = encode_manifest(manifest)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle_fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # unique per writer
-    tmp = Path(name)
-    try:
-        with os.fdopen(handle_fd, "wb") as handle:
-            handle.write(pack_header(encoded))
-            handle.write(encoded)
-            for blob in blobs:
-                handle.write(blob)
-        os.chmod(tmp, 0o666 & ~_umask())  # the mode of any other output (mkstemp makes 0600)
-        os.replace(tmp, path)
-    except OSError as error:
-        if error.filename is None:  # a full disk names no file: say which one was being written
-            raise OSError(error.errno, error.strerror, str(path)) from error
-        raise
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_chunks(path, [pack_header(encoded), encoded, *blobs])  # whole or not at all, under a unique name
     return path
-
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
 
 
 def _float_skeleton(model: nn.Module, spec: dict) -> nn.Module:

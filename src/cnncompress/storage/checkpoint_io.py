@@ -70,11 +70,19 @@ def _reraise(error: BaseException, path: Path):
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``path`` whole or not at all: a unique temporary file beside it renamed over it. A failed write (full
     disk, read-only folder) removes the temporary file and raises an ``OSError`` naming ``path``."""
+    atomic_chunks(path, [data])
+
+
+def atomic_chunks(path: Path, chunks) -> None:
+    """``atomic_write`` of the concatenation of ``chunks`` (bytes), written one after the other (never joined in
+    memory)."""
     path = Path(path)
     tmp = None
     try:
         tmp = _temporary(path)
-        tmp.write_bytes(data)
+        with open(tmp, "wb") as handle:
+            for chunk in chunks:
+                handle.write(chunk)
         _publish(tmp, path)
     except OSError as error:
         _reraise(error, path)
