@@ -109,6 +109,7 @@ def apply_bf16(model: nn.Module, layers="all", exclude=()) -> nn.Module:
 register(MethodInfo(
     name="bf16", paper="Berthelier 2018 §2.5 (16-bit floating point); Kalamkar et al. 2019 (bfloat16)",
     size="real", speed="real", family="reduced precision",
+    handles="every float tensor; any structure",
     description="conv/linear weights (and every float tensor) rounded to bfloat16, stored in 2 bytes (file "
                 "halves); inference in bf16 kernels: OpenVINO INFERENCE_PRECISION_HINT=bf16 (AMX/AVX512-BF16), "
                 "1.5-1.8x the fastest fp32 engine at 224 on AVX512-BF16 without AMX (benchmarks/bench_engines.py); "

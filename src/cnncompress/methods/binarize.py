@@ -120,16 +120,24 @@ def onnx_graph(model: nn.Module) -> tuple[None, str]:
 PAPER = "Courbariaux 2015; Rastegari 2016 (XNOR-Net); Rassadin & Savchenko 2017 §3"
 FAMILY = "binarize"
 register(MethodInfo("binaryconnect", "Courbariaux et al. 2015, BinaryConnect", size="real", speed="none",
-                    family=FAMILY, description="weights H*sign(W), 1 bit/weight on disk; inference runs fp32 BLAS"),
+                    family=FAMILY,
+                    handles="every Conv2d/Linear (grouped and depthwise too) inside any structure; BatchNorm kept "
+                            "(its statistics re-estimated by `compress`)",
+                    description="weights H*sign(W), 1 bit/weight on disk; inference runs fp32 BLAS"),
          apply_binaryconnect, to_inference, onnx_graph=onnx_graph)
 register(MethodInfo("bwn", "Rastegari et al. 2016, Binary-Weight-Networks", size="real", speed="none", family=FAMILY,
+                    handles="every Conv2d/Linear (grouped and depthwise too) inside any structure; BatchNorm kept "
+                            "(re-estimated)",
                     description="weights alpha_o*sign(W), 1 bit/weight + fp32 alpha per filter; inference fp32 BLAS"),
          apply_bwn, to_inference, onnx_graph=onnx_graph)
 register(MethodInfo("xnor", "Rastegari et al. 2016, XNOR-Net", size="real", speed="real", family=FAMILY,
+                    handles="Conv2d/Linear, first and last kept float; the bit-packed kernel takes groups=1 convs, "
+                            "others run their float equivalent; residual, concatenating and depthwise nets run",
                     description="binary weights and inputs; bit-packed XNOR-popcount C kernel at inference",
                     bench=({"model": "vgg_s", "config": {}, "finetune": 3, "label": "XNOR-Net"},)),
          apply_xnor, to_inference, onnx_graph=onnx_graph)
 register(MethodInfo("binact", "Rassadin & Savchenko 2017 (XNOR-Net w/o weight binarization)", size="simulated",
                     speed="none", family=FAMILY,
+                    handles="Conv2d/Linear inputs binarised; any structure",
                     description="binary activations, real weights: no file saving, no fast kernel"),
          apply_binact, to_inference, onnx_graph=onnx_graph)

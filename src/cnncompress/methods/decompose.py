@@ -151,6 +151,7 @@ def reconstruction_error(original: nn.Module, layer: nn.Module) -> float:
 # ----------------------------------------------------------------------------------------------- registry
 register(MethodInfo(
     "cp", PAPERS["cp"], size="real", speed="real", family="decompose",
+    handles="Conv2d with groups=1 and a kxk kernel, k>1 (a 1x1 or depthwise conv is refused by name)",
     description="CP-ALS (tensorly parafac) per conv: 1x1 -> kx1 dw -> 1xk dw -> 1x1; inference merges the two "
                 "depthwise convs (exact)",
     bench=({"model": "squeezenet1_1", "config": {"layers": ["features.fire8.expand3x3", "features.fire9.expand3x3"],
@@ -160,10 +161,12 @@ register(MethodInfo(
 
 register(MethodInfo(
     "tucker", PAPERS["tucker"], size="real", speed="real", family="decompose",
+    handles="Conv2d with groups=1 and a kxk kernel, k>1",
     description="Tucker-2 (tensorly partial_tucker) per conv: 1x1 -> kxk core -> 1x1"),
     apply_tucker)
 
 register(MethodInfo(
     "tt", PAPERS["tt"], size="real", speed="real", family="decompose",
+    handles="Linear layers only (a network without one is refused)",
     description="Tensor-Train matrix (tensorly tensor_train_matrix) for Linear layers, 2 cores by default"),
     apply_tt)

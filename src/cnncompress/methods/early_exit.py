@@ -335,6 +335,8 @@ def graph_exit_runtime(model: nn.Module) -> nn.Module:
 
 register(
     MethodInfo("early-exit", PAPER, size="none", speed="real", family="early exit",
+               handles="an exit after any named module of any network torch.fx can trace (the deployed graph is cut "
+                       "there); a network that cannot be traced is refused by name",
                description="intermediate [FC->softmax] exit; samples with max(V1) > threshold skip the rest",
                bench=({"model": "vgg_s", "config": {"position": "features.pool2", "threshold": 0.6, "loss": "sum",
                                                     "head_pool": 2},

@@ -335,6 +335,7 @@ register(MethodInfo(
     name="hashed",
     paper="Chen et al. 2015 (HashedNets), as in Rassadin & Savchenko 2017 §3",
     size="real", speed="none", family="hashing",
+    handles="every Conv2d/Linear (groups=1) inside any structure",
     description="hashing trick: each Linear/Conv2d weight (and bias) shares compression x n buckets chosen by a "
                 "fixed 32-bit hash with a sign hash; the file stores only buckets + seed; inference expands the "
                 "dense weights once (baseline speed, no speed-up claimed)",

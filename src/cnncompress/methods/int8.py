@@ -171,7 +171,9 @@ imported), so this method imports no runtime."""
 register(MethodInfo(
     name="int8", paper="Berthelier 2018 §2.5; Rassadin & Savchenko 2017 §1 (8-bit inference)",
     size="real", speed="real", family="reduced precision", data_option="calibration",
+    handles="every Conv2d/Linear (its QDQ graph: any ONNX-exportable structure)",
     description="post-training static int8: per-channel symmetric weights, uint8 activations calibrated by min/max "
-                "on the run's training images; int8 kernels (deploy: onnxruntime / OpenVINO QDQ); .ccz stores int8 weights + scales",
+                "on the run's training images; int8 kernels (deploy: onnxruntime / OpenVINO QDQ); .ccz stores int8 "
+                "weights + scales",
     bench=({"model": "vgg_s", "config": {}, "finetune": 0, "label": "int8 (ORT QDQ)"},)),
     apply_int8, to_inference=check_calibrated)

@@ -256,6 +256,7 @@ def prune_to_inference(model: nn.Module) -> nn.Module:
 register(MethodInfo(
     name="prune-magnitude", paper="Han et al. 2015, Learning both weights and connections (survey §2.3)",
     size="real", speed="real", family="prune",
+    handles="every Conv2d/Linear weight (unstructured masks); any structure",
     description="unstructured magnitude pruning, masks kept through fine-tuning; CSR storage with relative "
                 "indices; fc layers run torch CSR at batch 1 only where timing shows it wins"),
     prune_magnitude, to_inference=prune_to_inference)

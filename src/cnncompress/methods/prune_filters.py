@@ -365,6 +365,8 @@ def prune_taylor(model: nn.Module, flops: float = 0.5, layers="all", min_keep: f
 register(MethodInfo(
     name="prune-l1", paper="Li et al. 2017, Pruning filters for efficient ConvNets (survey §2.3)", size="real",
     speed="real", family="prune",
+    handles="Conv2d filters, through residual adds, concatenations, depthwise convs and BatchNorm (coupled channels "
+            "removed together: Torch-Pruning's dependency graph where the net is not a plain chain)",
     description="L1-norm filter pruning; filters and the next layer's input channels physically removed, result is "
                 "a smaller dense model",
     bench=({"model": "vgg_s", "config": {"flops": 0.5}, "finetune": 1, "label": "L1 filters -50% FLOPs"},)),
@@ -372,5 +374,6 @@ register(MethodInfo(
 register(MethodInfo(
     name="prune-taylor", paper="Molchanov et al. 2016, Pruning CNNs for resource efficient inference (survey §2.3)",
     size="real", speed="real", family="prune", data_option="data",
+    handles="Conv2d filters, through residual adds, concatenations, depthwise convs and BatchNorm (as prune-l1)",
     description="Taylor-criterion filter pruning on the run's training images (global ranking, physical removal)"),
     prune_taylor)

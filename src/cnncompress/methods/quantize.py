@@ -338,6 +338,7 @@ def apply_fp16(model: nn.Module, compute: str = "fp32", layers="all", exclude=()
 register(MethodInfo(
     name="fixed-point", paper="Gupta et al. 2015 (survey §2.5 eq. 1-2); Courbariaux et al. 2014 (dynamic)",
     size="simulated", speed="none", family="reduced precision",
+    handles="every Conv2d/Linear (weights, activations, gradients); any structure",
     description="<IL,FL> fixed point (default 16-bit <4,12>) for weights, activations and back-propagated errors; "
                 "round-to-nearest or stochastic rounding; fp32 update rounded back; simulated in float32 (no "
                 "fixed-point kernel runs: slower than fp32, no speed-up claimed)"),
@@ -346,6 +347,7 @@ register(MethodInfo(
 register(MethodInfo(
     name="fp16", paper="Berthelier 2018 §2.5 (16-bit floating point)", size="real", speed="none",
     family="reduced precision",
+    handles="every float tensor; any structure",
     description="conv/linear weights in IEEE fp16 (file halves); inference computes in fp32 by default "
                 "(CPU fp16 kernels are slower, see docs/quantize.md)"),
     apply_fp16)

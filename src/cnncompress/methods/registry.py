@@ -15,7 +15,6 @@ a method never picks a dataset of its own (``methods.calibration`` checks that t
 from __future__ import annotations
 
 import copy
-import dataclasses
 import inspect
 from dataclasses import dataclass, field
 from typing import Callable
@@ -41,7 +40,7 @@ class MethodInfo:
     family: the group of methods the default bench shows one representative row of (``binarize``, ``hashing``,
     ``decompose``, ``prune``, ``deep compression``, ``reduced precision``, ``early exit``).
     data_option: the apply option that takes the run's data (``calibration``, ``data``), or ``""``.
-    handles: which layers and structures it compresses (``HANDLES`` fills it for the built-in methods).
+    handles: which layers and structures it compresses, and what it refuses (``cnncompress methods``).
     bench: rows for the quick recipe (``rows: auto``): dicts with ``model`` (``vgg_s``/``squeezenet1_1``/...),
     ``config`` (apply kwargs), optional ``finetune`` epochs and ``label``. One method per family has one.
     """
@@ -92,36 +91,10 @@ def register(info: MethodInfo, apply_fn: Callable[..., nn.Module],
     ``finetune_loss(model, images, labels) -> loss`` replaces cross-entropy when fine-tuning;
     ``onnx_graph(model) -> (bytes | None, note)`` supplies the method's ONNX export (see ``Method``).
     """
-    if not info.handles and info.name in HANDLES:
-        info = dataclasses.replace(info, handles=HANDLES[info.name])
     METHODS[info.name] = Method(info, apply_fn, to_inference, finetune_loss, onnx_graph)
     return METHODS[info.name]
 
 
-HANDLES = {
-    "binaryconnect": "every Conv2d/Linear (grouped and depthwise too) inside any structure; BatchNorm kept (its "
-                     "statistics re-estimated by `compress`)",
-    "bwn": "every Conv2d/Linear (grouped and depthwise too) inside any structure; BatchNorm kept (re-estimated)",
-    "xnor": "Conv2d/Linear, first and last kept float; the bit-packed kernel takes groups=1 convs, others run "
-            "their float equivalent; residual, concatenating and depthwise nets run",
-    "binact": "Conv2d/Linear inputs binarised; any structure",
-    "hashed": "every Conv2d/Linear (groups=1) inside any structure",
-    "cp": "Conv2d with groups=1 and a kxk kernel, k>1 (a 1x1 or depthwise conv is refused by name)",
-    "tucker": "Conv2d with groups=1 and a kxk kernel, k>1",
-    "tt": "Linear layers only (a network without one is refused)",
-    "prune-l1": "Conv2d filters, through residual adds, concatenations, depthwise convs and BatchNorm (coupled "
-                "channels removed together: Torch-Pruning's dependency graph where the net is not a plain chain)",
-    "prune-taylor": "Conv2d filters, through residual adds, concatenations, depthwise convs and BatchNorm (as prune-l1)",
-    "prune-magnitude": "every Conv2d/Linear weight (unstructured masks); any structure",
-    "kmeans": "every Conv2d/Linear weight; any structure",
-    "deep-compression": "every Conv2d/Linear weight (prune, share, Huffman); any structure",
-    "int8": "every Conv2d/Linear (its QDQ graph: any ONNX-exportable structure)",
-    "bf16": "every float tensor; any structure",
-    "fp16": "every float tensor; any structure",
-    "fixed-point": "every Conv2d/Linear (weights, activations, gradients); any structure",
-    "early-exit": "an exit after any named module of any network torch.fx can trace (the deployed graph is cut "
-                  "there); a network that cannot be traced is refused by name",
-}
 
 
 def load_builtin() -> None:

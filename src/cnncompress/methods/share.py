@@ -305,12 +305,14 @@ def share_to_inference(model: nn.Module) -> nn.Module:
 register(MethodInfo(
     name="kmeans", paper="Gong et al. 2014; Han et al. 2016 (survey §2.4)", size="real", speed="none",
     family="deep compression",
+    handles="every Conv2d/Linear weight; any structure",
     description="per-layer k-means weight sharing (linear init, 2^b clusters), centroids fine-tuned with summed "
                 "gradients; b-bit indices + fp32 centroids in the file"),
     kmeans, to_inference=share_to_inference)
 register(MethodInfo(
     name="deep-compression", paper="Han et al. 2016, Deep Compression (survey §2.4)", size="real", speed="real",
     family="deep compression",
+    handles="every Conv2d/Linear weight (prune, share, Huffman); any structure",
     description="prune (Han's VGG ratios) -> k-means sharing (8-bit conv, 5-bit fc) -> Huffman; fc layers use "
                 "torch CSR at inference where timing shows it wins; bytes per stage in model.compression_stages",
     bench=({"model": "vgg_s", "config": {"conv_sparsity": 0.8, "conv_bits": 6}, "finetune": 1,

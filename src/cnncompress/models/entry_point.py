@@ -6,8 +6,8 @@ model's card gets ``spec = {"name": "user", "entry_point": entry, "kwargs": kwar
 files record the entry point, but loading never imports it on a file's say-so (a file is data, not code):
 ``storage.load(path, model=...)`` / ``--model`` must name it again (``USER``).
 
-``adopt(model)`` gives a network built by the user's own code a card (``spec = {"name": "user", "class": ...}``)
-so that ``storage.save``, the trainer and the bench take it as it is: no registration.
+A network built by the user's own code with no entry point at all needs nothing either: ``methods.apply`` gives
+its compressed copy a card (``spec = {"name": "user", "class": ...}``) and ``storage.save`` takes it as it is.
 
 Bad entry points are one-line ``InputError``s: no such file or module, no such function, the function raised,
 or it returned something that is not an ``nn.Module``.
@@ -94,13 +94,6 @@ def build_for(entry: str, **sizes) -> nn.Module:
     kwargs = {k: v for k, v in sizes.items() if takes_any or k in parameters}
     model = build_user(entry, **kwargs)
     model.spec.update({k: sizes[k] for k in ("in_channels", "input_size") if k in sizes})
-    return model
-
-
-def adopt(model: nn.Module) -> nn.Module:
-    """Give a network built by the user's own code a card (in place) when it has none; returns it."""
-    if not getattr(model, "spec", None):
-        model.spec = {"name": USER, "class": type(model).__name__}
     return model
 
 
