@@ -67,27 +67,35 @@ def _reraise(error: BaseException, path: Path):
     raise converted from error
 
 
+def _atomic(path: Path, write, errors: tuple = (OSError,)) -> None:
+    """``write(tmp)`` into a unique temporary file beside ``path``, then renamed over it with the usual output mode;
+    a failure removes the temporary file and raises an ``OSError`` naming ``path``."""
+    path = Path(path)
+    tmp = None
+    try:
+        tmp = _temporary(path)
+        write(tmp)
+        _publish(tmp, path)
+    except errors as error:
+        _reraise(error, path)
+    finally:
+        _discard(tmp)
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``path`` whole or not at all: a unique temporary file beside it renamed over it. A failed write (full
     disk, read-only folder) removes the temporary file and raises an ``OSError`` naming ``path``."""
-    atomic_chunks(path, [data])
+    _atomic(path, lambda tmp: tmp.write_bytes(data))
 
 
 def atomic_chunks(path: Path, chunks) -> None:
     """``atomic_write`` of the concatenation of ``chunks`` (bytes), written one after the other (never joined in
     memory)."""
-    path = Path(path)
-    tmp = None
-    try:
-        tmp = _temporary(path)
+    def write(tmp: Path) -> None:
         with open(tmp, "wb") as handle:
             for chunk in chunks:
                 handle.write(chunk)
-        _publish(tmp, path)
-    except OSError as error:
-        _reraise(error, path)
-    finally:
-        _discard(tmp)
+    _atomic(path, write)
 
 
 def atomic_json(path: Path, payload: dict) -> None:
@@ -97,16 +105,8 @@ def atomic_json(path: Path, payload: dict) -> None:
 def atomic_safetensors(path: Path, tensors: dict, metadata: dict | None = None) -> None:
     """``safetensors.save_file`` whole or not at all (``atomic_write``'s rules; the file gets the usual output
     mode, not safetensors' 0600). A full disk is an ``OSError`` naming ``path``, not a ``SafetensorError``."""
-    path = Path(path)
-    tmp = None
-    try:
-        tmp = _temporary(path)
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-        _publish(tmp, path)
-    except (OSError, SafetensorError) as error:
-        _reraise(error, path)
-    finally:
-        _discard(tmp)
+    _atomic(path, lambda tmp: save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
+                                        metadata=metadata), (OSError, SafetensorError))
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
