@@ -43,3 +43,28 @@ def test_a_selection_that_matches_nothing_is_an_error():
     with pytest.raises(InputError) as error:
         cnncompress.compress(net, "tt", layers="linear")
     assert "selects no Linear layer of Sequential" in str(error.value)
+
+
+def test_a_compressed_int8_file_carries_probes_of_the_run_and_checks_itself(tmp_path, vgg):
+    """The file is written with probes of the run's validation images; loaded back it checks itself here."""
+    from cnncompress import storage
+    from cnncompress.pipeline import compress_and_measure
+    from cnncompress.storage import probe_section as probe_store
+    row = compress_and_measure(vgg, "int8", {}, tmp_path / "q", data="mnist5k", threads=1)
+    assert row["probes"]["count"] == 32 and row["probes"]["source"] == "mnist5k val split" and \
+        row["probes"]["bytes"] > 0 and "fake-quant twin" in row["probes"]["reference"], row["probes"]
+    check = row["probe_check"]
+    assert check["passed"] and check["agreement"] >= 99.0 and check["engine"] == "onnxruntime-int8-qdq", check
+    assert probe_store.of(storage.load(row["file"])).count == 32
+
+
+def test_probes_are_never_noise(tmp_path, vgg):
+    from cnncompress.pipeline import compress_and_measure
+    row = compress_and_measure(vgg, "int8", {"calibration": "noise", "num_calibration": 8}, tmp_path / "n",
+                               threads=1)
+    assert row["probes"] == {"count": 0, "source": "none: the run has no real images (give --data)"}
+    assert "probe_check" in row and row["probe_check"] is None
+    calibrated = compress_and_measure(vgg, "int8", {"calibration": "mnist5k", "num_calibration": 8},
+                                      tmp_path / "c", threads=1)
+    assert calibrated["probes"]["count"] == 32 and calibrated["probes"]["source"] == "the run's calibration images"
+    assert calibrated["probe_check"]["passed"]

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from cnncompress import deploy, measure, methods, model_card, storage
+from cnncompress.deploy import probes as deploy_probes
 from cnncompress.errors import InputError
 
 RECALIBRATION_IMAGES = 1024
@@ -83,7 +84,9 @@ def compress_and_measure(model: nn.Module, method: str, config: dict, out: str |
                          finetune: int = 0, lr: float = 0.001, threads: int = 2, fp16: bool = False) -> dict:
     """``compress`` ``model`` with ``method`` and ``config`` (a data-dependent method gets ``data``'s training split;
     BatchNorm statistics re-estimated; ``finetune`` epochs on ``data``, default the dataset the model records, the
-    val split picking the epoch; the collapse check), write ``out/model.ccz`` and return its row: file bytes (and
+    val split picking the epoch; the collapse check), write ``out/model.ccz`` (with probes of the run's real images
+    where its deployed numerics depend on the engine or CPU: ``deploy.probes``; ``row["probes"]``, and
+    ``row["probe_check"]`` the file's check on this machine) and return its row: file bytes (and
     whether the file is smaller than the float model's), parameters, batch-1 PyTorch latency of the deployed model
     (the file loaded back, ``to_inference``d) and its test accuracy when a dataset is known."""
     from cnncompress.data import build_dataset
@@ -99,7 +102,8 @@ def compress_and_measure(model: nn.Module, method: str, config: dict, out: str |
         if split not in datasets:
             datasets[split] = build_dataset(data, split, input_size=spec.get("input_size"),
                                             channels=spec.get("in_channels"))
-            check_data_fits(model, datasets[split], data)
+            if split != "test":  # the test split is sealed; its format is the training split's
+                check_data_fits(model, datasets[split], data)
         return datasets[split]
 
     created = not out.exists()
@@ -112,6 +116,7 @@ def compress_and_measure(model: nn.Module, method: str, config: dict, out: str |
 
 
 def _compress_and_write(model, method, config, out, data, finetune, lr, threads, fp16, dataset, spec) -> dict:
+    from cnncompress.data import final_evaluation
     compressed, row = compress(model, method, dataset("train") if data else None, finetune,
                                val=dataset("val") if data else None, lr=lr, work=out / "train", **config)
     if data:  # what the deployed form checks itself on, and what a later export or predict decodes
@@ -124,9 +129,14 @@ def _compress_and_write(model, method, config, out, data, finetune, lr, threads,
         given[f"{method}.{option}"] = "the run's " + describe_data(dataset("train"))
     test_set = dataset("test") if data else None
     compressed = compressed.cpu().eval()
-    path = storage.save(compressed, out / "model.ccz", float_codec="fp16" if fp16 else None)
+    images, source = probe_images(compressed, method, config, dataset("val") if data else None, data)
+    path, probes = deploy_probes.save(compressed, out / "model.ccz", images, source, model,
+                                      float_codec="fp16" if fp16 else None)
     fast = load_for_inference(path, model)
-    example = test_set.images[:1] if test_set is not None else None
+    if deploy_probes.needs_probes(compressed):
+        row["probes"] = _probe_row(path, probes, source)
+        row["probe_check"] = model_card.read(fast).metadata.get("probe_check")
+    example = dataset("val").images[:1] if data else None  # a real validation image
     shape = tuple(example.shape) if example is not None else \
         (1, spec["in_channels"], spec["input_size"], spec["input_size"])
     stats = measure.latency(fast, shape, num_threads=threads)
@@ -140,10 +150,34 @@ def _compress_and_write(model, method, config, out, data, finetune, lr, threads,
                 "params": measure.param_count(compressed), "torch_ms": round(stats["median_ms"], 3),
                 "layout": stats["layout"], **({"data_given": given} if given else {})})
     if test_set is not None:
-        row["accuracy"] = round(measure.accuracy(fast, test_set), 2)
-        row["accuracy_split"] = "test"
+        with final_evaluation(test_set):  # the run's one read of the sealed test split
+            row["accuracy"] = round(measure.accuracy(fast, test_set), 2)
+        row["accuracy_split"], row["test_evaluations"] = "test", test_set.evaluations
         row["accuracy_form"] = "deployed (.ccz loaded back, deploy.to_inference)"
     return row
+
+
+def probe_images(model: nn.Module, method: str, config: dict, val, data: str | None):
+    """``(images, source)`` a file that checks itself carries probes of (``deploy.probes``): the run's validation
+    split, else the images its calibration option names (never noise); ``(None, why not)`` without real images."""
+    if not deploy_probes.needs_probes(model):
+        return None, "not needed"
+    if val is not None:
+        return val.images, f"{data} val split"
+    option = methods.info(method).data_option
+    value = config.get(option) if option else None
+    if value is None or (isinstance(value, str) and value == "noise"):
+        return None, "none: the run has no real images (give --data)"
+    from cnncompress.methods.calibration import take
+    return take(model, value, deploy_probes.COUNT, what=f"{method} {option}")[0], f"the run's {option} images"
+
+
+def _probe_row(path: Path, probes, source: str) -> dict:
+    if probes is None:
+        return {"count": 0, "source": source}
+    section = storage.read_manifest(path)[0]["probes"]
+    return {"count": probes.count, "source": source, "reference": probes.form,
+            "bytes": section["inputs"]["length"] + section["reference"]["length"]}
 
 
 def _splits(model: nn.Module, data, val, input_size: int | None, channels: int | None):

@@ -60,7 +60,7 @@ def threads(count: int | None):
 
 
 def alternating(calls: dict, runs: int, block: int = 1, warmup: int = 2, minimum: dict | None = None,
-                pause: float = 0.0) -> dict:
+                pause: float = 0.0, rounds: dict | None = None) -> dict:
     """Median ms per call of several competing calls timed in one process, taking turns so that drift in machine
     load hits all of them alike; the order rotates each round so that none always follows another.
 
@@ -69,7 +69,9 @@ def alternating(calls: dict, runs: int, block: int = 1, warmup: int = 2, minimum
     warm-cache latency of one engine, without the thread-pool spin and cache eviction the previous engine leaves
     behind (call-by-call alternation of PyTorch and onnxruntime at two threads on two cores measured int8
     VGG-S at 1.0x of fp32 where turns of 5 calls measured 1.75x). ``pause`` seconds of sleep before each turn let
-    the previous engine's spinning worker threads go idle. ``minimum`` (a dict) receives each fastest run.
+    the previous engine's spinning worker threads go idle. ``minimum`` (a dict) receives each fastest run;
+    ``rounds`` (a dict) receives each call's per-round ms (the median of its turn in that round), the raw data a
+    paired interval over rounds is drawn from (round i of every call ran under the same load).
     """
     if runs < 1 or block < 1:
         raise ValueError(f"runs and block must be positive, got {runs}, {block}")
@@ -77,13 +79,18 @@ def alternating(calls: dict, runs: int, block: int = 1, warmup: int = 2, minimum
     for name in names:
         time_calls(calls[name], 0, warmup)
     samples = {name: [] for name in names}
+    per_round = {name: [] for name in names}
     for round_index in range(runs):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
             if pause:
                 time.sleep(pause)
             untimed = 1 if block > 1 else 0  # a turn of k > 1 calls: the first one is not counted
-            samples[name].extend(time_calls(calls[name], block - untimed, warmup=untimed))
+            turn = time_calls(calls[name], block - untimed, warmup=untimed)
+            samples[name].extend(turn)
+            per_round[name].append(1000 * median(turn))
+    if rounds is not None:
+        rounds.update(per_round)
     if minimum is not None:
         minimum.update({name: 1000 * best(values) for name, values in samples.items()})
     return {name: 1000 * median(values) for name, values in samples.items()}

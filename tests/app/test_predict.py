@@ -106,3 +106,22 @@ def test_classifier_softmax_equals_torch_and_survives_large_logits():
     out = softmax(logits)
     assert out.dtype == np.float32 and np.allclose(out.sum(1), 1.0)
     np.testing.assert_allclose(out, torch.softmax(torch.from_numpy(logits).double(), 1).float().numpy(), atol=1e-7)
+
+
+def test_predict_reports_the_probe_check_of_a_file_that_checks_itself(run_cli, tmp_path, astronaut):
+    """A .ccz with probes: ``predict`` says on stderr that its engine agreed with them here (one line)."""
+    import torch
+    from cnncompress import methods, models
+    from cnncompress.data import build_dataset
+    from cnncompress.deploy import probes
+    torch.manual_seed(0)
+    net = models.build("vgg_s", num_classes=10, in_channels=1, input_size=48, width=0.125).eval()
+    val = build_dataset("mnist5k", "val", input_size=48)
+    path, _ = probes.save(methods.apply(net, "int8", calibration=val.images[:32]), tmp_path / "q.ccz",
+                          val.images, "mnist5k val split")
+    code, out, err = run_cli("predict", path, astronaut, "--whole-image")
+    assert code == 0, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("probe check: int8 on onnxruntime-int8-qdq: 32/32 probe images"), \
+        lines
+    assert lines[0].endswith("engine used")

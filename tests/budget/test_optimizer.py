@@ -254,7 +254,7 @@ def test_fp16_rest_is_measured_in_every_file_and_cached_apart(tmp_path, digits, 
 
 def test_unlabelled_data_scores_agreement_with_the_original():
     from cnncompress.budget.optimizer import is_unlabelled, teacher_labelled
-    faces = build_dataset("lfw-faces", "test")
+    faces = build_dataset("lfw-faces", "val")
     assert is_unlabelled(faces) and not is_unlabelled(build_dataset("mnist5k", "val"))
     torch.manual_seed(0)
     model = models.build("cascade_cnn", 10, 1, 64, width=0.25).eval()

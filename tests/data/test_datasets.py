@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from cnncompress.data import assets, build_dataset, split_validation, stratified_split
+from cnncompress.data import (SealedSplitError, assets, build_dataset, final_evaluation, split_validation,
+                              stratified_split)
 from cnncompress.errors import InputError
 
 
@@ -13,9 +14,10 @@ def test_mnist5k_split_is_fixed_and_stratified():
     train = build_dataset("mnist5k", "train")
     test = build_dataset("mnist5k", "test")
     assert len(train) == 3600 and len(test) == 1000
-    assert np.bincount(test.labels.numpy()).tolist() == [100] * 10
     again = build_dataset("mnist5k", "test")
-    assert (again.images == test.images).all()
+    with final_evaluation(test, again):
+        assert np.bincount(test.labels.numpy()).tolist() == [100] * 10
+        assert (again.images == test.images).all()
     assert train.images.shape == (3600, 1, 28, 28) and -1.0 <= float(train.images.min()) < float(train.images.max()) <= 1.0
 
 
@@ -26,7 +28,8 @@ def _rows(dataset) -> set:
 def test_train_val_test_are_disjoint_and_train_val_is_their_union():
     train, val, test, both = (build_dataset("mnist5k", split) for split in ("train", "val", "test", "train+val"))
     assert (len(train), len(val), len(both)) == (3600, 400, 4000)
-    rows = [_rows(d) for d in (train, val, test)]
+    with final_evaluation(test):
+        rows = [_rows(d) for d in (train, val, test)]
     assert all(len(r) == len(d) for r, d in zip(rows, (train, val, test)))  # no duplicate images in mnist5k
     assert rows[0].isdisjoint(rows[1]) and rows[0].isdisjoint(rows[2]) and rows[1].isdisjoint(rows[2])
     assert _rows(both) == rows[0] | rows[1]
@@ -75,14 +78,29 @@ def test_noisy_mnist_is_noisy_and_seeded():
     clean = build_dataset("mnist5k", "test")
     noisy = build_dataset("noisy-mnist5k", "test")
     again = build_dataset("noisy-mnist5k", "test")
-    assert (noisy.labels == clean.labels).all()
-    assert (noisy.images == again.images).all()
-    assert float((noisy.images - clean.images).abs().mean()) > 0.1
+    with final_evaluation(clean, noisy, again):
+        assert (noisy.labels == clean.labels).all()
+        assert (noisy.images == again.images).all()
+        assert float((noisy.images - clean.images).abs().mean()) > 0.1
 
 
 def test_resize_for_models():
     ds = build_dataset("mnist5k", "test", input_size=48, channels=3)
-    assert ds.images.shape == (1000, 3, 48, 48)
+    assert (len(ds), ds.channels, ds.input_size) == (1000, 3, 48)  # shape is not data: readable while sealed
+
+
+def test_the_test_split_is_sealed_outside_its_final_evaluation():
+    test = build_dataset("mnist5k", "test")
+    for read in (lambda: test.images, lambda: test.labels, lambda: test[0]):
+        with pytest.raises(SealedSplitError, match="sealed"):
+            read()
+    assert test.evaluations == 0
+    with final_evaluation(test):
+        first = test.images[:2].clone()
+    with pytest.raises(SealedSplitError):  # closed again after the block
+        test.images
+    assert test.evaluations == 1 and first.shape == (2, 1, 28, 28)
+    assert not build_dataset("mnist5k", "val").sealed and not build_dataset("mnist5k", "train").sealed
 
 
 def test_stratified_split_disjoint():

@@ -19,7 +19,7 @@ def base():
 @pytest.fixture(scope="module")
 def images():
     from cnncompress.data import build_dataset
-    return build_dataset("mnist5k", "test", input_size=48).images[:200]
+    return build_dataset("mnist5k", "val", input_size=48).images[:200]
 
 
 @pytest.mark.parametrize("method, config", [(None, {}), ("fp16", {}), ("tucker", {"layers": ["features.fire9.expand3x3"], "rank": 8}),
@@ -174,3 +174,27 @@ def test_the_int8_method_stores_the_exporter_names_deploy_knows():
     from cnncompress.deploy import onnx_export
     from cnncompress.methods import int8
     assert int8.EXPORTERS == onnx_export.EXPORTERS and int8.OPSET == onnx_export.OPSET
+
+
+def test_a_ccz_export_carries_probes_of_the_val_split_and_reports_its_check(run_cli, tmp_path, base, images):
+    """An int8 file exported as .ccz gets probes of the model's dataset's val split (never noise); the export
+    reports the file's check on this machine, in the JSON and in one stderr line; re-exported it keeps them."""
+    from cnncompress.storage import probe_section as probe_store
+    path = storage.save(methods.apply(base, "int8", calibration=images[:64]), tmp_path / "q.ccz")
+    code, out, err = run_cli("export", path, "--format", "ccz", "--out", tmp_path / "checked.ccz")
+    assert code == 0, err
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["probes"] == {"count": 32, "source": "mnist5k val split"}
+    check = report["probe_check"]
+    assert check["passed"] and check["engine"] == "onnxruntime-int8-qdq" and check["agreement"] >= 99.0, check
+    assert err.strip().splitlines() == [f"probe check: int8 on onnxruntime-int8-qdq: {check['agreeing']}/32 probe "
+                                        f"images agree with the file's reference ({check['agreement']:g} % >= 99 %) "
+                                        f"on {check['cpu']} [{check['isa']}]; engine used"]
+    carried = probe_store.of(storage.load(tmp_path / "checked.ccz"))
+    code, out, err = run_cli("export", tmp_path / "checked.ccz", "--format", "ccz", "--out", tmp_path / "again.ccz",
+                             "--fp16")
+    assert code == 0, err
+    assert torch.equal(probe_store.of(storage.load(tmp_path / "again.ccz")).codes, carried.codes)
+    base_file = storage.save(base, tmp_path / "float.ccz")
+    code, out, err = run_cli("export", base_file, "--format", "ccz", "--out", tmp_path / "float2.ccz")
+    assert code == 0 and "probes" not in json.loads(out.strip().splitlines()[-1]) and err == ""

@@ -118,6 +118,8 @@ def test_rows_get_matched_controls_deployed_accuracy_and_intervals(tmp_path, dep
     correct = stats.unpack(deployed["correct"], deployed["images"])
     assert deployed["images"] == 1000 and 100 * correct.mean() == pytest.approx(deployed["accuracy"])
     assert base["accuracy_split"] == "test" and base["selection_split"] == "val"
+    assert [r["test_evaluations"] for r in rows] == [1] * len(rows)  # the sealed test split, read once per row
+    assert scaled["control"]["accuracy"] is not None
     assert all("train_error" in h and "val_error" in h for h in base["history"])
     add_ratios(rows)
     line = group_seeds(rows)[2]

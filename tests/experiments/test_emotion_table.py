@@ -108,11 +108,13 @@ def test_norms_as_affine_row_is_measured_on_the_file_it_writes(tmp_path):
     loaded = deploy.to_inference(storage.load(tmp_path / f"{emotion_table.slug(row[0])}-s0" / "model.ccz")).eval()
     assert any(isinstance(m, ChannelAffine) for m in loaded.modules())
     assert not any(isinstance(m, nn.BatchNorm2d) for m in loaded.modules())
+    from cnncompress.data import final_evaluation
     from cnncompress.training.distill import augment_copies
     from cnncompress.models.loading import load_model
     teacher = load_model("fer-minixception").eval()
-    images = augment_copies(emotion_table.faces("lfw-faces", teacher)["heldout"].images, FAST["heldout_copies"],
-                            seed=10_000)
+    heldout = emotion_table.faces("lfw-faces", teacher)["heldout"]
+    with final_evaluation(heldout):
+        images = augment_copies(heldout.images, FAST["heldout_copies"], seed=10_000)
     with torch.inference_mode():
         same = (loaded(images).argmax(1) == teacher(images).argmax(1)).float()
     assert 100 * same.mean().item() == pytest.approx(affine["agreement_heldout_aug"]["agreement"])
@@ -154,7 +156,7 @@ def test_selection_set_weighs_val_faces_as_much_as_crops_and_holds_every_val_fac
     val = data["val"].images
     assert len(chosen) == 40 and (chosen.labels == -1).all()
     assert torch.equal(chosen.images[:len(val)], val)  # copy 0 of each val face is the face itself
-    held = data["heldout"].images.flatten(1)
+    held = data["heldout"]._images.flatten(1)  # which faces (identity), not what a model says about them
     assert not any((held == image.flatten()).all(1).any() for image in chosen.images)  # no held-out face in it
     few = emotion_table.selection_set(data, {**settings, "select_faces": 1}, seed=0)
     assert len(few) == len(val) + 20  # never fewer faces than the val faces

@@ -1,88 +1,61 @@
+import json
+from pathlib import Path
+
 import numpy as np
+import pytest
 
-from cnncompress.experiments import stats
-from cnncompress.experiments.reproduce import (PAPER_TABLE2, cascade_findings, paper_rows, table2_findings,
-                                               table2_report, table3_findings)
+from cnncompress.experiments import findings, stats
+from cnncompress.experiments.reproduce_render import PAPER_TABLE2, first_mismatch, render, verify
 
-
-def _row(label, acc, mb, ms, train=10.0, model="vgg_s", config=None):
-    method = "baseline" if "baseline" in label else label
-    return {"label": label, "model": model, "method": method, "config": config or {}, "accuracy": acc,
-            "file_bytes": int(mb * 1e6), "torch_ms": ms, "ort_ms": ms * 2, "train_ms_step": train}
-
-
-PAPER_LIKE = [_row("VGG-S (baseline)", 97, 372, 33), _row("SqueezeNet-1.1 (baseline)", 89, 2.8, 5, model="sq"),
-              _row("SqueezeNet-1.1, CP-Decomposition", 87.5, 2.1, 7.7, model="sq", config={"rank": 192}),
-              _row("HashedNets", 96, 68, 158, train=295),
-              _row("Binary-Weight-Network (BWN)", 98.5, 11.6, 33), _row("XNOR-Net", 58, 11.6, 34),
-              _row("XNOR-Net w/o weights binarization", 88, 11.6, 34)]
+REPO = Path(__file__).resolve().parents[2]
+FINDING = """findings:
+  - {id: P-base, paper: pimpley, section: cascade, claim: "base beats firm", paper_figure: "Base > Firm",
+     measure: {kind: cascade_between, metric: accuracy, a: {run: base, data: d}, b: {data: d, loss: firm,
+     position: p2}}, direction: above, margin: 0}
+"""
 
 
-def test_paper_numbers_satisfy_every_table2_finding():
-    findings = table2_findings({r["label"]: r for r in PAPER_LIKE})
-    assert len(findings) == 11 and all(f.held for f in findings), [f.claim for f in findings if not f.held]
-
-
-def test_findings_can_fail_and_missing_rows_are_not_checked():
-    rows = {r["label"]: dict(r) for r in PAPER_LIKE}
-    rows["XNOR-Net"]["accuracy"] = 98.0
-    del rows["HashedNets"]
-    verdicts = {f.claim: f.held for f in table2_findings(rows)}
-    assert verdicts["XNOR-Net loses much accuracy (>10 points below BWN)"] is False
-    assert verdicts["HashedNets infer much slower (paper 4.7x)"] is None
-    report = "\n".join(table2_report(list(rows.values()), "r.yaml"))
-    assert "does not hold" in report and "not checked" in report
-    assert all(label in report for label, *_ in PAPER_TABLE2)
-
-
-def test_cp_row_at_another_rank_is_not_compared_with_the_paper():
-    rows = [dict(r) for r in PAPER_LIKE]
-    rows[2]["config"] = {"rank": 48}
-    assert "SqueezeNet-1.1, CP-Decomposition" not in paper_rows(rows)
-    verdicts = {f.claim: f.held for f in table2_findings(paper_rows(rows))}
-    assert verdicts["CP decomposition shrinks SqueezeNet"] is None  # not checked
-    report = "\n".join(table2_report(rows, "r.yaml"))
-    assert "not the paper's setting: rank=48 (paper: 192)" in report
-
-
-def test_seeds_are_averaged_and_changes_get_an_interval():
+def _report_folder(tmp_path: Path) -> Path:
     rng = np.random.default_rng(0)
-    control = rng.random(200) < 0.9
-    rows = [dict(r) for r in PAPER_LIKE if r["label"] != "Binary-Weight-Network (BWN)"]
-    for seed, acc in ((0, 98.0), (1, 99.0)):
-        correct = control.copy()
-        correct[:seed + 3] = True
-        rows.append({**_row("Binary-Weight-Network (BWN)", acc, 11.6, 33), "seed": seed,
-                     "correct": stats.pack(correct), "images": 200,
-                     "control": {"accuracy": 97.0, "correct": stats.pack(control), "images": 200, "epochs": 1}})
-    bwn = paper_rows(rows)["Binary-Weight-Network (BWN)"]
-    assert bwn["accuracy"] == 98.5 and bwn["seeds"] == 2 and bwn["ci_low"] <= bwn["delta"] <= bwn["ci_high"]
-    report = "\n".join(table2_report(rows, "r.yaml"))
-    assert "98.50 ± 0.71" in report and f"{bwn['delta']:+.2f} [" in report
+    n = 500
+    base, firm = rng.random(n) < 0.99, rng.random(n) < 0.80
+    folder = tmp_path / "rep"
+    (folder / "cascade").mkdir(parents=True)
+    (folder / "findings.yaml").write_text("# registered_from: findings.yaml (last changed 2026-12-07)\n" + FINDING)
+    (folder / "meta.json").write_text(json.dumps({"sections": ["cascade"], "quick": True, "seconds": 12.0,
+                                                  "date": "2026-12-07", "environment": {"cpu": "test CPU"}}))
+    run = {"data": "d", "seed": 0, "loss": "firm", "position": "p2", "penalty": 0.6, "accuracy": float(firm.mean()),
+           "exit_rate": 0.5, "base_accuracy": float(base.mean()), "chosen_threshold": 0.6,
+           "chosen_accuracy": float(firm.mean()), "chosen_exit_rate": 0.5, "correct_bits": stats.pack(firm),
+           "exit_bits": stats.pack(rng.random(n) < 0.5), "images": n, "test_evaluations": 1}
+    (folder / "cascade" / "results.json").write_text(json.dumps({
+        "config": {"penalty": 0.6, "threshold": 0.6, "thresholds": [0.6]},
+        "base": [{"data": "d", "seed": 0, "accuracy": float(base.mean()), "correct_bits": stats.pack(base),
+                  "images": n, "test_evaluations": 1}], "runs": [run]}))
+    (folder / "report.md").write_text(render(folder))
+    return folder
 
 
-def test_table3_softmax_vs_labels():
-    rows = [{"targets": "labels", "accuracy": 0.40, "agreement_heldout": 0.5},
-            {"targets": "softmax", "accuracy": 0.47, "agreement_heldout": 0.45}]
-    verdicts = [f.held for f in table3_findings({"x": rows})]
-    assert verdicts == [True, False]
+def test_the_report_recomputes_from_its_raw_files_and_a_changed_number_is_named(tmp_path, run_cli):
+    folder = _report_folder(tmp_path)
+    text = (folder / "report.md").read_text()
+    assert "**holds**" in text and "`P-base`" in text and "test CPU" in text
+    assert verify(folder) is None
+    code, out, _ = run_cli("reproduce", "verify", folder)
+    assert code == 0 and "recomputes" in out
+    low = text.split("pts [", 1)[1].split(",", 1)[0]  # the interval's lower end of the finding
+    changed = text.replace(f"pts [{low},", f"pts [{float(low) + 0.5:.1f},", 1)
+    assert changed != text
+    (folder / "report.md").write_text(changed)
+    code, _, err = run_cli("reproduce", "verify", folder)
+    assert code == 1 and f"'{float(low) + 0.5:.1f}' where the raw files give '{low}'" in err and "line" in err
+    code, _, err = run_cli("reproduce", "verify", tmp_path / "nothing")
+    assert code == 2
 
 
-def _run(loss, position, accuracy, exit_rate, data="mnist5k"):
-    sweep = [{"threshold": t, "exit_rate": max(0.0, exit_rate * (1 - t)) if t < 1 else 0.0, "accuracy": accuracy}
-             for t in (0.0, 0.5, 1.0)]
-    return {"data": data, "loss": loss, "position": position, "penalty": 0.6, "accuracy": accuracy,
-            "exit_rate": exit_rate, "base_accuracy": 0.99, "sweep": sweep}
-
-
-def test_cascade_findings():
-    runs = [_run("sum", "p1", 0.90, 0.5), _run("sum", "p2", 0.95, 0.6), _run("soft", "p1", 0.93, 0.3),
-            _run("soft", "p2", 0.96, 0.4), _run("firm", "p1", 0.94, 0.7), _run("firm", "p2", 0.97, 0.8)]
-    findings = cascade_findings({"runs": runs, "config": {"threshold": 0.6, "penalty": 0.6}})
-    assert len(findings) == 5 and all(f.held for f in findings)
-    runs[-1]["accuracy"] = 0.995
-    findings = cascade_findings({"runs": runs, "config": {"threshold": 0.6, "penalty": 0.6}})
-    assert findings[0].held is False
+def test_first_mismatch_names_the_number():
+    assert first_mismatch("a 1.5 b\nc", "a 1.5 b\nc") is None
+    assert "'1.6'" in first_mismatch("x\na 1.5 b", "x\na 1.6 b") and "line 2" in first_mismatch("x\na", "x\nb")
 
 
 def test_reproduce_cli_rejects_missing_recipe(run_cli, tmp_path):
@@ -97,24 +70,14 @@ def test_quick_and_full_together_are_refused(run_cli, tmp_path):
     assert code == 2 and "--quick and --full" in err and not (tmp_path / "r").exists()
 
 
-def test_quick_recipes_are_the_paper_rows_with_one_seed():
+def test_quick_recipe_holds_the_paper_rows_and_every_row_a_table2_finding_names():
     from cnncompress.commands.reproduce import RECIPES
     from cnncompress.experiments.recipe import load_recipe
     quick = load_recipe(RECIPES / "quick" / "table2.yaml")
-    assert quick.seeds == [0] and {r.label for r in quick.rows} == {label for label, *_ in PAPER_TABLE2}
+    labels = {r.label for r in quick.rows}
+    assert quick.seeds == [0] and {label for label, *_ in PAPER_TABLE2} <= labels
+    _, registered = findings.load(REPO / "experiments" / "findings.yaml")
+    named = {f.measure[k] for f in registered if f.section == "table2" for k in ("row", "other") if k in f.measure}
+    assert named <= labels, named - labels
 
 
-def test_a_difference_whose_interval_covers_zero_is_within_noise():
-    from cnncompress.experiments.reproduce import NOISE, table3_findings
-    from cnncompress.experiments.stats import seed_interval
-    assert seed_interval([1.0]) is None  # one seed: no spread, no interval
-    wide, clear = seed_interval([2.0, -1.0, 0.5]), seed_interval([2.0, 2.2, 1.9])
-    assert wide["within_noise"] and wide["low"] < 0 < wide["high"]
-    assert not clear["within_noise"] and 1.9 < clear["delta"] < 2.1 and clear["low"] > 0
-    rows = [{"targets": t, "seed": s, "accuracy": a, "agreement_heldout": g}
-            for s, (la, sa) in enumerate([(0.90, 0.92), (0.91, 0.90), (0.89, 0.91)])
-            for t, a, g in (("labels", la, 0.5), ("softmax", sa, 0.6 + 0.01 * s))]
-    verdicts = {f.claim: f for f in table3_findings({"t": rows})}
-    accuracy = verdicts["[t] softmax targets beat label-only (test accuracy)"]
-    assert accuracy.held == NOISE and "within noise" in accuracy.line() and "over seeds" in accuracy.ours
-    assert verdicts["[t] softmax targets beat label-only (held-out agreement with the teacher)"].held is True

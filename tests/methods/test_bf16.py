@@ -108,7 +108,7 @@ def trained():
     model = models.build("cascade_cnn", 10, 1, 48)  # learns fastest of the models here (~80 % after one epoch)
     Trainer(model, train, None, TrainConfig(epochs=1, lr=0.02, momentum=0.9, batch_size=32, seed=0),
             progress=False).fit()
-    return model.eval(), build_dataset("mnist5k", "test", input_size=48)
+    return model.eval(), build_dataset("mnist5k", "val", input_size=48)
 
 
 def test_accuracy_is_within_noise_of_fp32(trained, tmp_path):

@@ -39,7 +39,7 @@ def test_codec_round_trip_and_error_bound():
 def trained():
     torch.manual_seed(0)
     train = build_dataset("mnist5k", "train", input_size=48)
-    test = build_dataset("mnist5k", "test", input_size=48)
+    test = build_dataset("mnist5k", "val", input_size=48)
     train.images, train.labels = train.images[:1200], train.labels[:1200]
     model = models.build("vgg_s", 10, 1, 48, 0.25)
     Trainer(model, train, None, TrainConfig(epochs=1, lr=0.01, momentum=0.9, batch_size=32, seed=0),

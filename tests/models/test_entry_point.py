@@ -58,3 +58,17 @@ def test_a_bad_entry_point_is_one_line(nets, entry, words):
 
 def test_resolving_twice_imports_the_file_once(nets):
     assert resolve(f"{nets}:build") is resolve(f"{nets}:build")
+
+
+def test_check_outputs_names_the_entry_point_and_the_mismatch(nets):
+    from cnncompress.models.entry_point import check_outputs
+    model = build_user(f"{nets}:build")
+    assert check_outputs(model, torch.zeros(2, 1, 16, 16), 3, "digits") == 3
+    assert check_outputs(model, torch.zeros(2, 1, 16, 16), None, "faces") == 3  # unlabelled: any class count
+    for images, classes, words in ((torch.zeros(2, 1, 16, 16), 10, "gives 3 outputs per image; digits has 10 classes"),
+                                   (torch.zeros(2, 3, 16, 16), 3, "cannot take the images of digits [3, 16, 16]")):
+        with pytest.raises(InputError) as error:
+            check_outputs(model, images, classes, "digits")
+        assert str(error.value).startswith(f"--model {nets}:build: ") and words in str(error.value)
+        assert len(str(error.value).splitlines()) == 1
+    assert model.training  # left in the mode it came in

@@ -40,3 +40,14 @@ def test_bad_specs_are_clean_errors(tmp_path):
         assert str(spec) in str(error.value) and "\n" not in str(error.value)
     with pytest.raises(InputError, match="unknown pretrained"):
         models.load_pretrained("not-a-teacher")
+
+
+def test_an_entry_point_as_the_source_builds_the_network_and_its_classes_are_counted(tmp_path):
+    (tmp_path / "nets.py").write_text("from torch import nn\n\ndef five():\n    return nn.Sequential(nn.Conv2d(1, 2, 3), "
+                                      "nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 5))\n")
+    model = load_model(f"{tmp_path}/nets.py:five")  # as distill --teacher nets.py:five names it
+    assert model.spec["entry_point"] == f"{tmp_path}/nets.py:five" and not model.training
+    fmt = input_format(model)  # no card: 64x64 grey, its classes counted by one forward
+    assert (fmt["input_size"], fmt["channels"], fmt["classes"]) == (64, 1, ["0", "1", "2", "3", "4"])
+    with pytest.raises(InputError, match="has no function six"):
+        load_model(f"{tmp_path}/nets.py:six")

@@ -9,7 +9,7 @@ from cnncompress import models
 
 from cnncompress.storage import checkpoint_io
 from cnncompress.storage.checkpoint_io import read_checkpoint, write_checkpoint
-from cnncompress.data import build_dataset
+from cnncompress.data import build_dataset, final_evaluation
 from cnncompress.errors import InputError
 from cnncompress.training.trainer import Trainer, TrainConfig, error_rate, learning_rate, load_weights, preset, save_weights
 
@@ -17,7 +17,7 @@ from cnncompress.training.trainer import Trainer, TrainConfig, error_rate, learn
 @pytest.fixture(scope="module")
 def tiny_data():
     train = build_dataset("mnist5k", "train")
-    test = build_dataset("mnist5k", "test")
+    test = build_dataset("mnist5k", "val")  # held-out images for these unit tests (the test split is sealed)
     for ds, n in ((train, 256), (test, 128)):
         ds.images, ds.labels = ds.images[:n], ds.labels[:n]
     return train, test
@@ -356,7 +356,8 @@ def test_train_command_selects_on_validation_and_reports_test_once(run_cli, tmp_
     assert f"best validation epoch {summary['best_epoch']} of" in out
     loaded = load_weights(tmp_path / "run" / "model.safetensors")
     test = build_dataset("mnist5k", "test")
-    assert 1 - error_rate(loaded, test) == pytest.approx(summary["test_accuracy"])
+    with final_evaluation(test):
+        assert 1 - error_rate(loaded, test) == pytest.approx(summary["test_accuracy"])
 
 
 def test_freeze_norm_keeps_batch_norm_statistics():
@@ -382,3 +383,13 @@ def test_best_record_is_the_lowest_validation_error_and_the_latest_of_equals():
                {"epoch": 4, "val_error": 0.2}, {"epoch": 5, "val_error": 0.25}]
     assert best_record(history)["epoch"] == 4
     assert best_record([{"epoch": 1}, {"epoch": 2}]) is None and best_record([]) is None
+
+
+def test_no_choice_can_read_the_sealed_test_split(tiny_data):
+    """Early stopping / the epoch a run ends on read their split every epoch: handed the test split, they fail."""
+    from cnncompress.data import SealedSplitError
+    from cnncompress.training.trainer import Trainer, TrainConfig
+    train, _ = tiny_data
+    with pytest.raises(SealedSplitError, match="sealed"):
+        Trainer(_model(), train, build_dataset("mnist5k", "test"), TrainConfig(epochs=1, batch_size=64),
+                progress=False).fit()

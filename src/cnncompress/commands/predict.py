@@ -3,12 +3,20 @@
 INPUT is a photo (one line per face), a video file or a folder of frames (a summary: frames, faces, time per
 stage, FPS; ``--out`` annotated video, ``--jsonl`` per-frame records); ``--camera N`` reads a camera;
 ``--compare ORIGINAL COMPRESSED VIDEO`` runs both models on the same detections.
+
+Your own network (``commands.add_model_arguments``): ``--model FILE.py:FUNCTION --weights W.safetensors INPUT...``
+builds and fills it (every positional is then an input); ``MODEL --model FILE.py:FUNCTION INPUT...`` loads a
+``.ccz`` / ``.safetensors`` / run folder written for it; with ``--compare`` the compressed file is rebuilt with the
+same ``--model``. Without a file or ``--weights``, the first positional is an input when it is not a model file
+(the function then returns the network ready to use).
 """
 from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
+from cnncompress.commands import add_model_arguments, load_model_arguments
 from cnncompress.errors import InputError
 from cnncompress import deploy
 
@@ -16,7 +24,7 @@ from cnncompress import deploy
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("predict", help="find faces in photos, videos or a camera and predict the "
                                                    "emotion of each")
-    parser.add_argument("model", help="fer-minixception, a .ccz, a model.safetensors from `train`, or a run folder")
+    add_model_arguments(parser, "the model")
     parser.add_argument("inputs", nargs="*", metavar="INPUT",
                         help="photos (png, jpg, ...), videos (mp4, avi, webm, mkv, ...) or folders of frames")
     parser.add_argument("--json", action="store_true", help="one JSON object per photo / per video summary")
@@ -44,14 +52,46 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+def _split_positionals(args) -> list[str]:
+    """The inputs, after ``args.model`` is settled: with ``--model`` and ``--weights`` (or no model file first)
+    the network is named by its flags and every positional is an input."""
+    from cnncompress.models.loading import RUN_FOLDER_FILES
+    inputs = list(args.inputs)
+    if args.entry and args.model is not None:
+        first = Path(args.model)
+        is_file = first.suffix.lower() in (".ccz", ".safetensors") or (
+            first.is_dir() and any((first / name).is_file() for name in RUN_FOLDER_FILES))
+        if args.weights or not is_file:
+            inputs.insert(0, args.model)
+            args.model = None
+    if args.model is None and not args.entry:
+        raise InputError("predict: name the model (fer-minixception, a .ccz, a model.safetensors, a run folder, or "
+                         "--model FILE.py:FUNCTION)")
+    return inputs
+
+
+def _user_model(args, path: str | None):
+    """A user network (``--model``; from ``path`` when given, else as ``add_model_arguments`` names it), checked
+    to take the face crops predict feeds it (``loading.input_format``: its card's shape, else 64x64 grey)."""
+    import torch
+    from cnncompress.models.entry_point import check_outputs
+    from cnncompress.models.loading import input_format, load_model
+    model = load_model(path, args.entry) if path else load_model_arguments(args)
+    fmt = input_format(model)
+    crop = torch.zeros(1, fmt["channels"], fmt["input_size"], fmt["input_size"])
+    check_outputs(model, crop, len(fmt["classes"]) or None, "face crops")
+    return model
+
+
 def run(args) -> int:
     from cnncompress.app.video import is_video
-    inputs = list(args.inputs)
-    models = [args.model]
+    inputs = _split_positionals(args)
+    models = [_user_model(args, None) if args.entry else args.model]
     if args.compare:
         if not inputs:
             raise InputError("--compare: give ORIGINAL COMPRESSED and a video, a folder of frames or --camera N")
-        models.append(inputs.pop(0))
+        compressed = inputs.pop(0)
+        models.append(_user_model(args, compressed) if args.entry else compressed)
     if args.camera is not None and inputs:
         raise InputError(f"--camera {args.camera}: takes no input files (got {inputs[0]})")
     if args.camera is None and not inputs:
@@ -69,11 +109,19 @@ def run(args) -> int:
             _video(args, models, item)
             continue
         if photo_model is None:
-            from cnncompress import methods
             from cnncompress.models.loading import load_model
-            photo_model = deploy.to_inference(load_model(args.model))
+            first = models[0]
+            photo_model = deploy.to_inference(first if not isinstance(first, str) else load_model(first))
+            _say_probe_check(photo_model)
         _photo(args, photo_model, item)
     return 0
+
+
+def _say_probe_check(model) -> None:
+    from cnncompress.app.predict import probe_check_line
+    line = probe_check_line(model)
+    if line:
+        print(line, file=sys.stderr)
 
 
 def _photo(args, model, image) -> None:

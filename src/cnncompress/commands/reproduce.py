@@ -1,5 +1,7 @@
-"""``cnncompress reproduce [table2|table3|cascade|table-emotion|all] [--quick] --out DIR``: the papers' experiments -> report.md
-(``cnncompress.experiments.reproduce.write_report``). Finished runs under DIR are reused (kill it any time)."""
+"""``cnncompress reproduce [table2|table3|cascade|table-emotion|all] [--quick] --out DIR``: the papers' experiments -> raw
+results + report.md (``cnncompress.experiments.reproduce.write_report``). Finished runs under DIR are reused (kill it
+any time). ``cnncompress reproduce verify DIR``: recompute DIR/report.md from DIR's raw files; exit 1 naming the
+first number that differs."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,7 +13,8 @@ RECIPES = Path(__file__).resolve().parents[3] / "experiments"  # the repository'
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("reproduce", help="run the papers' experiments; report paper vs ours")
-    parser.add_argument("what", nargs="*", help="table2, table3, cascade, table-emotion or all (default: all)")
+    parser.add_argument("what", nargs="*", help="table2, table3, cascade, table-emotion or all (default: all); or "
+                        "`verify DIR`: recompute DIR/report.md from its raw files (exit 1 naming the first mismatch)")
     parser.add_argument("--out", default="results/reproduce")
     parser.add_argument("--table2-recipe", help="default experiments/table2.yaml (--quick: experiments/quick/)")
     parser.add_argument("--table3-recipe", help="default experiments/table3.yaml (--quick: experiments/quick/)")
@@ -28,10 +31,26 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+def verify(folder: str) -> int:
+    import sys
+
+    from cnncompress.experiments.reproduce_render import verify as check
+    mismatch = check(folder)
+    if mismatch:
+        print(f"{folder}: {mismatch}", file=sys.stderr)
+        return 1
+    print(f"{folder}/report.md: every number and verdict recomputes from the raw files")
+    return 0
+
+
 def run(args) -> int:
+    from cnncompress.errors import InputError
+    if args.what[:1] == ["verify"]:
+        if len(args.what) != 2:
+            raise InputError("reproduce verify: give one folder, e.g. `cnncompress reproduce verify docs/results/reproduce`")
+        return verify(args.what[1])
     from cnncompress.experiments.reproduce import write_report
     if args.quick and args.full:
-        from cnncompress.errors import InputError
         raise InputError("--quick and --full contradict each other; give one")
     from cnncompress.storage.run_lock import lock_folder
     recipes = RECIPES / "quick" if args.quick else RECIPES

@@ -4,6 +4,13 @@ Settings default to the model's preset (``train.preset``, ``models.DEFAULT_TRAIN
 selection (``--patience``, the best epoch kept) uses the validation split (``--val-fraction`` of the training
 split); the test split is evaluated once, at the end, for the printed accuracy (also in ``summary.json``).
 
+``--model`` is a registered architecture (``vgg_s``, ``squeezenet1_1``, ``cascade_cnn``, ...) or your own network's
+entry point (``FILE.py:FUNCTION`` or ``package.module:FUNCTION``): ``models.build`` calls the function with those of
+``num_classes``, ``in_channels``, ``input_size``, ``width`` (the dataset's) its signature takes, none for ``def
+build():``; a network that cannot take the dataset's images or does not give one output per class is a one-line
+error naming the entry point and the mismatch, before anything is written. ``--weights`` starts from a
+safetensors state dict.
+
 Data-parallel: ``--ddp N`` starts N processes on this machine (DistributedDataParallel, gloo on CPU, nccl on one
 GPU per process); the same command under torchrun (``torchrun --nproc-per-node N --no-python cnncompress train
 ...``, also across machines with ``--nnodes``/``--rdzv-endpoint``) joins the group torchrun describes. Rank 0
@@ -17,6 +24,7 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
+from cnncompress.commands import add_weights_argument
 from cnncompress.storage.run_lock import add_wait_argument
 
 FLAGS = ("epochs", "lr", "momentum", "batch_size", "weight_decay", "schedule", "patience", "optimizer", "augment")
@@ -25,7 +33,11 @@ FLAGS = ("epochs", "lr", "momentum", "batch_size", "weight_decay", "schedule", "
 def add_parser(subparsers) -> None:
     from cnncompress.training.trainer import OPTIMIZERS, SCHEDULES
     parser = subparsers.add_parser("train", help="train a model (checkpoint every epoch, --resume)")
-    parser.add_argument("--model", required=True, help="vgg_s | squeezenet1_1 | cascade_cnn | ...")
+    parser.add_argument("--model", required=True, metavar="NAME|FILE.py:FUNCTION",
+                        help="vgg_s | squeezenet1_1 | cascade_cnn | ..., or your own network: the function that "
+                             "builds it (a file path or package.module; given those of num_classes, in_channels, "
+                             "input_size, width its signature takes)")
+    add_weights_argument(parser, "initial weights: a safetensors state dict that fits --model")
     parser.add_argument("--data", default="mnist5k", help="dataset spec name[:path] (default mnist5k)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--epochs", type=int, help="most epochs (default: the model's preset)")
@@ -60,6 +72,9 @@ def run(args) -> int:
     if args.ddp < 0 or args.ddp > 256:
         raise InputError(f"--ddp {args.ddp}: give a number of processes in 1..256")
     check_val_fraction(args.val_fraction)
+    from cnncompress.models.entry_point import is_entry_point, resolve
+    if is_entry_point(args.model):
+        resolve(args.model)  # a missing file or function fails before any folder or process exists
     preset(args.model, **_overrides(args))  # bad settings fail here, before any process starts
     if os.environ.get("RANK", "0") != "0":  # torchrun's other ranks: rank 0 holds --out's lock for the group
         return _train_here(args)
@@ -88,11 +103,22 @@ def _overrides(args) -> dict:
     return {**given, "seed": args.seed, "device": args.device}
 
 
+def _build(args, train_set):
+    """``--model`` built for ``train_set`` (checked to fit it) and filled with ``--weights``."""
+    from cnncompress import models
+    from cnncompress.models.entry_point import check_outputs
+    from cnncompress.models.loading import fill_weights
+    model = models.build(args.model, num_classes=train_set.num_classes, in_channels=train_set.channels,
+                         input_size=train_set.input_size, width=args.width)
+    check_outputs(model, train_set.images, train_set.num_classes, args.data)
+    if args.weights:
+        fill_weights(model, args.weights)
+    return model
+
+
 def train(args) -> int:
     """One process's training (rank 0 of a group, or the only one, writes the outputs)."""
     import torch
-
-    from cnncompress import models
 
     from cnncompress.training import distributed
     from cnncompress.data import build_dataset
@@ -101,8 +127,7 @@ def train(args) -> int:
     train_set, val_set, test_set = (build_dataset(args.data, split, input_size=args.input_size,
                                                   val_fraction=args.val_fraction) for split in ("train", "val", "test"))
     torch.manual_seed(args.seed)  # the same initial weights for the same seed (and on every DDP rank)
-    model = models.build(args.model, num_classes=train_set.num_classes, in_channels=train_set.channels,
-                         input_size=train_set.input_size, width=args.width)
+    model = _build(args, train_set)
     out = Path(args.out)
     trainer = Trainer(model, train_set, val_set, preset(args.model, **_overrides(args)), out_dir=out,
                       train_probe=len(val_set))
@@ -113,7 +138,10 @@ def train(args) -> int:
     model.metadata = {"classes": train_set.classes, "mean": train_set.mean, "std": train_set.std,
                       "dataset": args.data}
     save_weights(model.cpu(), out / "model.safetensors", {"cnncompress.metadata": json.dumps(model.metadata)})
-    accuracy, best = 1 - error_rate(model, test_set), trainer.best_epoch  # the test split, once
+    from cnncompress.data import final_evaluation
+    with final_evaluation(test_set):  # the test split, once
+        accuracy = 1 - error_rate(model, test_set)
+    best = trainer.best_epoch
     (out / "history.json").write_text(json.dumps(history, indent=1))
     (out / "summary.json").write_text(json.dumps({"test_accuracy": accuracy, "best_epoch": best, "epochs_run":
                                                   len(history), "config": asdict(trainer.config)}, indent=1))

@@ -6,6 +6,7 @@ with ``@register_dataset``.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -27,27 +28,62 @@ DEFAULT_VAL_FRACTION = 0.1
 SPLITS = ("train", "val", "test", "train+val")
 
 
+class SealedSplitError(RuntimeError):
+    """The test split was read outside its one final evaluation (a bug: a choice must not see test data)."""
+
+
 class ImageDataset(Dataset):
-    """Prepared images (N, C, H, W) float32 and int64 labels (-1 = unlabelled), plus what a model needs to know."""
+    """Prepared images (N, C, H, W) float32 and int64 labels (-1 = unlabelled), plus what a model needs to know.
+
+    A ``sealed`` dataset (every ``test`` split ``build_dataset`` returns) refuses to hand out its images or labels
+    except inside ``final_evaluation(dataset)``, which counts each opening in ``evaluations``: the reported number
+    is computed once, and no selection (an epoch, a threshold, a row, a learning rate) can read the test split.
+    Its length, shape and classes stay readable (they are not data)."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes: list[str], name: str,
-                 mean: float = 0.5, std: float = 0.5, split: str = ""):
-        self.images, self.labels, self.classes, self.name = images, labels, list(classes), name
+                 mean: float = 0.5, std: float = 0.5, split: str = "", sealed: bool = False):
+        self._images, self._labels, self.classes, self.name = images, labels, list(classes), name
         self.mean, self.std, self.split = mean, std, split
+        self.sealed, self.evaluations, self._open = sealed, 0, 0
+
+    def _check(self) -> None:
+        if self.sealed and not self._open:
+            raise SealedSplitError(f"{self.name}: the {self.split or 'test'} split is sealed; only a final evaluation "
+                                   "(data.final_evaluation) may read it")
+
+    @property
+    def images(self) -> torch.Tensor:
+        self._check()
+        return self._images
+
+    @images.setter
+    def images(self, value: torch.Tensor) -> None:
+        self._check()
+        self._images = value
+
+    @property
+    def labels(self) -> torch.Tensor:
+        self._check()
+        return self._labels
+
+    @labels.setter
+    def labels(self, value: torch.Tensor) -> None:
+        self._check()
+        self._labels = value
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self._labels)
 
     def __getitem__(self, index):
         return self.images[index], self.labels[index]
 
     @property
     def channels(self) -> int:
-        return int(self.images.shape[1])
+        return int(self._images.shape[1])
 
     @property
     def input_size(self) -> int:
-        return int(self.images.shape[-1])
+        return int(self._images.shape[-1])
 
     @property
     def num_classes(self) -> int:
@@ -188,7 +224,7 @@ def build_dataset(dataset: str, split: str = "train", *, input_size: int | None 
                   val_fraction: float = DEFAULT_VAL_FRACTION) -> ImageDataset:
     """Read dataset ``dataset`` ("name[:path]") and prepare it as float tensors (N, C, size, size).
 
-    Splits: ``test`` (touched once, for the reported number), ``val`` (a seeded, stratified ``val_fraction`` of
+    Splits: ``test`` (sealed: read only inside ``final_evaluation``, once, for the reported number), ``val`` (a seeded, stratified ``val_fraction`` of
     the dataset's training split: every choice made during training uses it), ``train`` (the rest of the
     training split) and ``train+val`` (the whole training split). ``input_size`` and ``channels`` default to the
     dataset's native values. Pixels are ``(x/255-mean)/std``.
@@ -211,7 +247,21 @@ def build_dataset(dataset: str, split: str = "train", *, input_size: int | None 
         raise InputError(f"bad input_size {size} or channels {chans} (size 8..1024, channels 1 or 3)")
     tensor = prepare(images, size, chans, mean, std)
     return ImageDataset(tensor, torch.as_tensor(np.asarray(labels), dtype=torch.int64), classes, dataset, mean, std,
-                        split)
+                        split, sealed=split == "test")
+
+
+@contextlib.contextmanager
+def final_evaluation(*datasets: ImageDataset):
+    """Open sealed ``datasets`` for one final evaluation (counted in each one's ``evaluations``); everything the
+    reported number needs from them is read inside this block, once."""
+    for dataset in datasets:
+        dataset.evaluations += 1
+        dataset._open += 1
+    try:
+        yield datasets[0] if len(datasets) == 1 else datasets
+    finally:
+        for dataset in datasets:
+            dataset._open -= 1
 
 
 def split_validation(dataset: ImageDataset, val_fraction: float = DEFAULT_VAL_FRACTION,

@@ -114,13 +114,14 @@ def deployed(model: nn.Module) -> nn.Module:
 
 
 def check_images(model: nn.Module, data: str | None, count: int = 64) -> tuple[torch.Tensor, str]:
-    """Images for a parity check: the test split of ``data`` (default: the dataset the model records), else
-    ``count`` seeded random inputs (said so in the returned description)."""
+    """Images for a parity check: the validation split of ``data`` (default: the dataset the model records; the
+    test split is sealed for final evaluations), else ``count`` seeded random inputs (said so in the returned
+    description)."""
     from cnncompress.data import build_dataset
     spec = model.spec
     data = data or (getattr(model, "metadata", {}) or {}).get("dataset")
     if data:
-        return build_dataset(data, "test", input_size=spec["input_size"], channels=spec["in_channels"]).images, data
+        return build_dataset(data, "val", input_size=spec["input_size"], channels=spec["in_channels"]).images, data
     images = torch.randn(count, spec["in_channels"], spec["input_size"], spec["input_size"],
                          generator=torch.Generator().manual_seed(0))
     return images, f"{count} random inputs (no dataset recorded; pass --data)"
@@ -209,14 +210,15 @@ def _export_openvino(model: nn.Module, out: Path, data: str | None) -> dict:
         try:
             staged_xml, staged_bin, note, precision = export_openvino_ir(model, folder / xml.name)
             images, source = check_images(model, data)
-            check = compare_with_openvino(deployed(model), staged_xml, images, precision)
+            reference = deployed(model)
+            check = compare_with_openvino(reference, staged_xml, images, precision)
         except OpenVinoUnavailable as error:
             raise InputError(f"{xml}: {error}") from error
         publish([(staged_bin, xml.with_suffix(".bin")), (staged_xml, xml)])
     size = xml.stat().st_size + xml.with_suffix(".bin").stat().st_size
     return {"file": str(xml), "weights": str(xml.with_suffix(".bin")), "bytes": size, "exported": note,
             "engine": "openvino", "checked_on": source,
-            "checked_against": "the deployed model (to_inference)", **_rounded(check)}
+            "checked_against": "the deployed model (to_inference)", **_rounded(check), **_probe_check(reference)}
 
 
 def export_model(model: nn.Module, fmt: str, out: str | Path, data: str | None = None,
@@ -224,18 +226,16 @@ def export_model(model: nn.Module, fmt: str, out: str | Path, data: str | None =
     """``cnncompress export``: write ``model`` as ``.ccz``, ONNX or OpenVINO IR. An ONNX file is checked in
     onnxruntime and an IR in OpenVINO (compiled at fp32) against the model that really runs (``to_inference``:
     int8 with quantised activations, XNOR bit-packed). Files are written under a temporary name and moved into
-    place only when complete and checked: a failed export leaves nothing."""
-    from cnncompress import storage
+    place only when complete and checked: a failed export leaves nothing. A ``.ccz`` whose deployed numerics
+    depend on the engine or CPU carries probes (``deploy.probes``) and reports its check here (``probe_check``);
+    every export reports the check of the deployed model it compared against."""
     out = Path(out)
     targets = [out.with_suffix(".xml"), out.with_suffix(".bin")] if fmt == "openvino" else [out]
     for target in [out, *targets]:
         if target.is_dir():
             raise InputError(f"{target}: is a folder; --out takes a file name (nothing was written)")
     if fmt == "ccz":  # written in a private staging folder beside ``out`` (a unique name), then moved into place
-        with staging(out) as folder:
-            path = storage.save(model, folder / out.name, float_codec="fp16" if fp16 else None)
-            publish([(path, out)])
-        return {"file": str(out), "bytes": out.stat().st_size}
+        return _export_ccz(model, out, data, fp16)
     if fmt == "openvino":
         return _export_openvino(model, out, data)
     if fmt != "onnx":
@@ -243,7 +243,51 @@ def export_model(model: nn.Module, fmt: str, out: str | Path, data: str | None =
     with staging(out) as folder:
         path, note = export_onnx_file(model, folder / out.name)
         images, source = check_images(model, data)
-        check = compare_with_onnxruntime(deployed(model), path, images)
+        reference = deployed(model)
+        check = compare_with_onnxruntime(reference, path, images)
         publish([(path, out)])
     return {"file": str(out), "bytes": out.stat().st_size, "exported": note, "checked_on": source,
-            "checked_against": "the deployed model (to_inference)", **_rounded(check)}
+            "checked_against": "the deployed model (to_inference)", **_rounded(check), **_probe_check(reference)}
+
+
+def _probe_check(model: nn.Module) -> dict:
+    """``{"probe_check": record}`` of a deployed model that checked itself on its probes (``self_check``)."""
+    record = (getattr(model, "metadata", None) or {}).get("probe_check")
+    return {"probe_check": record} if record else {}
+
+
+def probe_source(model: nn.Module, data: str | None):
+    """What a ``.ccz`` export of ``model`` carries probes of (``deploy.probes``): the probes it carries already
+    (their images kept), else the validation split of ``data`` (default: the dataset the model records); ``(None,
+    why)`` without real images. Never noise."""
+    from cnncompress.storage import probe_section as probe_store
+    carried = probe_store.of(model)
+    if carried is not None:
+        return carried, carried.source
+    data = data or (getattr(model, "metadata", {}) or {}).get("dataset")
+    if not data:
+        return None, "none: no dataset recorded (pass --data)"
+    from cnncompress.data import build_dataset
+    spec = model.spec
+    split = build_dataset(data, "val", input_size=spec.get("input_size"), channels=spec.get("in_channels"))
+    return split.images, f"{data} val split"
+
+
+def _export_ccz(model: nn.Module, out: Path, data: str | None, fp16: bool) -> dict:
+    """The ``.ccz`` (with probes where its deployed numerics depend on the engine or CPU), and its check here."""
+    from cnncompress import model_card, storage
+    from cnncompress.deploy import probes
+    from cnncompress.deploy.runtime import to_inference
+    needed = probes.needs_probes(model)
+    images, source = probe_source(model, data) if needed else (None, "")
+    network = model_card.float_skeleton(model) if model_card.is_user(getattr(model, "spec", None)) else None
+    with staging(out) as folder:
+        path, written = probes.save(model, folder / out.name, images, source, network,
+                                    float_codec="fp16" if fp16 else None)
+        publish([(path, out)])
+    report = {"file": str(out), "bytes": out.stat().st_size}
+    if needed:
+        report["probes"] = {"count": written.count if written else 0, "source": source}
+        if written is not None:
+            report.update(_probe_check(to_inference(storage.load(out, model=network))))
+    return report

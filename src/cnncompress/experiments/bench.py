@@ -3,19 +3,16 @@ table + plots.
 
 What each row's numbers mean (DESIGN §5):
 
-* Accuracy is the **deployed** model's: the row's ``.ccz`` loaded back and ``deploy.to_inference``d (int8 runs
-  its QDQ graph in onnxruntime, XNOR its bit-packed kernel), scored once on the **test** split; which test images
-  it got right is stored (``correct``, packed bits) so the report can bootstrap intervals. The training-form
-  model's test accuracy is kept as ``accuracy_training_form``. Every choice (early stopping, which epoch's
-  weights a training run ends with) is made on the **val** split carved from train.
+* Accuracy is the **deployed** model's (the ``.ccz`` loaded back, ``deploy.to_inference``d) on the **sealed test**
+  split, read in one ``final_evaluation`` per row (``test_evaluations``); per-image bits (``correct``) let the
+  report bootstrap intervals; ``accuracy_training_form``: the training form's. Every choice uses the **val** split.
 * Δaccuracy is against a **matched control**: the baseline fine-tuned for the same number of epochs as the row
   (``Row.total_finetune``) with the same fine-tuning config and seed, uncompressed. One control per (model, seed,
   epochs), trained by the driver before any row runs, resumable, under ``OUT/controls/``. A method is never
   credited with an extra epoch of training.
 * Data-dependent methods (``MethodInfo.data_option``: int8 calibration, Taylor importance) get the run's
   training split unless the recipe row sets the option; the row says what they got (``data_given``).
-* Models whose cost depends on the image (early exits) are timed at batch 1 over the whole test split (mean),
-  their baseline the same way, and the row carries the exit rate.
+* Early exits (cost depends on the image): timed at batch 1 over the test split (mean), baseline alike; exit rate.
 
 Resumable: baselines and controls train with per-epoch checkpoints under ``OUT/baselines/<model>`` (``-seed<k>``
 for other seeds) and ``OUT/controls/``; every finished row is appended to ``OUT/rows.jsonl`` and skipped on re-run,
@@ -25,11 +22,9 @@ Failures are not results: an ordinary error is a recorded error row; a row that 
 (``errors.failure_kind``: full disk, read-only folder, out of memory, a timed-out child) is marked ``failed``, shown
 in this run's table, NOT recorded, and retried by the next run (``cnncompress bench`` then exits non-zero).
 
-Rows run in this process, in order, or through an executor (``experiments.executors``: Ray tasks on a cluster)
-handed to ``Bench.run``: the driver trains the baselines and controls first (``prepare``), every row then runs
-``safe_run_row`` wherever the executor puts it (writing its ``.ccz`` and ``result.json`` atomically into its own
-folder) and only the driver appends to ``rows.jsonl`` and attaches the controls. The executors import this
-module, never the reverse.
+Rows run in this process or through an executor (``experiments.executors``: Ray tasks) handed to ``Bench.run``:
+the driver trains baselines and controls first (``prepare``), rows run ``safe_run_row`` wherever the executor puts
+them, and only the driver appends to ``rows.jsonl`` and attaches the controls.
 
 ``run_bench`` is the whole job behind ``cnncompress bench``: recipe file -> rows -> tables and plots.
 """
@@ -49,7 +44,7 @@ import torch
 from tqdm import tqdm
 
 from cnncompress import deploy, measure, methods, models, storage
-from cnncompress.data import build_dataset
+from cnncompress.data import build_dataset, final_evaluation
 from cnncompress.methods.early_exit import EarlyExitNet
 from cnncompress.errors import InputError, failure_kind
 from cnncompress.training.trainer import (ProbedTrainer, TrainConfig, TrainProbe, atomic_write, best_epoch, checkpoint_info,
@@ -210,10 +205,12 @@ class Bench:
             torch.manual_seed(seed)
             history = self._trainer(model, self.finetune_config(name, seed, epochs), folder / "train").fit(resume=True)
         model = model.cpu().eval()
-        correct = measure.correct(model, self.test_set)
+        opened = self.test_set.evaluations
+        with final_evaluation(self.test_set):
+            correct = measure.correct(model, self.test_set)
         result = {"model": name, "seed": seed, "epochs": epochs, "split": "test",
                   "accuracy": 100.0 * float(correct.float().mean()), "correct": stats.pack(correct.numpy()),
-                  "images": len(correct), "history": history}
+                  "images": len(correct), "history": history, "test_evaluations": self.test_set.evaluations - opened}
         if epochs:
             atomic_write(done, json.dumps(result).encode())
             self.say(f"control {name} seed {seed} +{epochs} ep: test accuracy {result['accuracy']:.2f}% "
@@ -309,18 +306,21 @@ class Bench:
         ccz = storage.save(model, folder / "model.ccz")
         infos = [methods.info(stage["method"]) for stage in row.pipeline] if row.method != BASELINE else []
         fast = load_for_inference(ccz, _network(row.model))  # the deployed model: what is scored and timed
-        correct = measure.correct(fast, self.test_set)
-        trained_form = measure.accuracy(model, self.test_set)
         train_ms = measure.train_step_time(model, self.train_set, models.DEFAULT_BATCH_SIZE.get(row.model, 32),
                                            loss_fn=loss_fn, num_threads=recipe.threads)
-        example = self.test_set.images[:1]  # a real test image
+        selection = self.val_set if self.val_set is not None else self.train_set
+        example = selection.images[:1]  # a real validation image
+        opened = self.test_set.evaluations
+        with final_evaluation(self.test_set):  # the row's one read of the test split (early exits: timed on it)
+            correct = measure.correct(fast, self.test_set)
+            trained_form = measure.accuracy(model, self.test_set)
+            torch_stats, exit_rate = self._torch_latency(fast, shape, example)
+            base_torch, base_ort = self.baseline_latency(row, shape, example, per_sample=exit_rate is not None)
         ort, ort_error = self._ort_latency(model, fast, shape, example)
-        torch_stats, exit_rate = self._torch_latency(fast, shape, example)
         race = {} if exit_rate is not None else engine_race.race(  # early exits: timed per image, in PyTorch
             fast, self.baseline(row.model, row.seed), shape, example, deploy.precision_of(i.name for i in infos),
-            recipe.threads, images=(self.val_set if self.val_set is not None else self.train_set).images[:32])
-        throughput = measure.throughput(fast, shape, num_threads=recipe.threads, example=self.test_set.images[:32])
-        base_torch, base_ort = self.baseline_latency(row, shape, example, per_sample=exit_rate is not None)
+            recipe.threads, images=selection.images[:32])
+        throughput = measure.throughput(fast, shape, num_threads=recipe.threads, example=selection.images[:32])
         memory = measure.peak_memories(ccz, [("train", models.DEFAULT_BATCH_SIZE.get(row.model, 32)), ("infer", 1)],
                                        recipe.threads, entry=row.model if is_entry_point(row.model) else None
                                        ) if recipe.memory else [None, None]
@@ -332,6 +332,7 @@ class Bench:
             "accuracy_form": "deployed (.ccz loaded back, deploy.to_inference)",
             "accuracy_training_form": trained_form, "correct": stats.pack(correct.numpy()),
             "images": len(correct), "selection_split": SPLITS["selection"],
+            "test_evaluations": self.test_set.evaluations - opened,
             "train_ms_step": train_ms, "epoch_s": history[-1]["seconds"] if history else None,
             "torch_ms": torch_stats["median_ms"], "torch_mean_ms": torch_stats["mean_ms"],
             "torch_layout": torch_stats["layout"], "latency_protocol": torch_stats["protocol"],

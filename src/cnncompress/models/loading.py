@@ -10,7 +10,8 @@ of one line naming it. ``distill``, ``compress``, ``export`` and ``predict`` all
 A user's own network: ``entry`` (``--model FILE.py:FUNCTION`` or ``package.module:FUNCTION``, named by the caller)
 builds it (``models.entry_point``); ``weights`` (``--weights``: a safetensors state dict, or one written by
 cnncompress) fills it; a ``.ccz`` / ``.safetensors`` written for a user network is rebuilt with ``entry`` (the file
-records its entry point, but is never allowed to import it).
+records its entry point, but is never allowed to import it). A ``source`` that is an entry point and no file
+(``distill --teacher nets.py:big``) names the network the same way as ``entry``.
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from torch import nn
 
 from cnncompress import models, storage
 from cnncompress.errors import InputError, input_error
-from cnncompress.models.entry_point import build_user, resolve
+from cnncompress.model_card import is_user
+from cnncompress.models.entry_point import build_user, check_outputs, is_entry_point, resolve
 from cnncompress.models.mini_xception import EMOTION_CLASSES, PRETRAINED, load_keras_weights
 from cnncompress.storage.weights_file import load_weights
 
@@ -50,6 +52,8 @@ def load_model(source: str | Path | None = None, entry: str | None = None, weigh
                ) -> nn.Module:
     """The model ``source`` (and / or ``entry``, ``weights``) names (see the module docstring), in eval mode, with
     ``.metadata`` where known."""
+    if source is not None and entry is None and is_entry_point(str(source)) and not Path(source).exists():
+        source, entry = None, str(source)
     if source is None:
         if entry is None:
             raise InputError("name a model: a .ccz / .safetensors file, a run folder, a pretrained name, or "
@@ -113,9 +117,25 @@ def _load_safetensors(path: Path, builder=None) -> nn.Module:
 
 
 def input_format(model: nn.Module) -> dict:
-    """What images a model expects: input_size, channels, mean, std, classes (from .metadata / .spec)."""
+    """What images a model expects: input_size, channels, mean, std, classes (from .metadata / .spec; default 64x64
+    grey, mean = std = 0.5). A user network whose card names no classes (built from its entry point alone) has
+    them counted by one forward of a blank image of that shape (``"0"``, ``"1"``, ...; none if it cannot run one)."""
     meta, spec = dict(getattr(model, "metadata", {}) or {}), dict(getattr(model, "spec", {}) or {})
-    return {"input_size": int(meta.get("input_size", spec.get("input_size", 64))),
-            "channels": int(meta.get("channels", spec.get("in_channels", 1))),
-            "mean": float(meta.get("mean", 0.5)), "std": float(meta.get("std", 0.5)),
-            "classes": list(meta.get("classes") or [str(i) for i in range(int(spec.get("num_classes", 0)))])}
+    fmt = {"input_size": int(meta.get("input_size", spec.get("input_size", 64))),
+           "channels": int(meta.get("channels", spec.get("in_channels", 1))),
+           "mean": float(meta.get("mean", 0.5)), "std": float(meta.get("std", 0.5)),
+           "classes": list(meta.get("classes") or [str(i) for i in range(int(spec.get("num_classes", 0)))])}
+    if not fmt["classes"] and is_user(spec):
+        fmt["classes"] = [str(i) for i in range(_count_outputs(model, fmt))]
+    return fmt
+
+
+def _count_outputs(model: nn.Module, fmt: dict) -> int:
+    """Scores one forward of a blank ``fmt``-shaped image gives (0 when the network cannot run it: where it is
+    run, that is said in one line)."""
+    import torch
+    try:
+        return check_outputs(model, torch.zeros(1, fmt["channels"], fmt["input_size"], fmt["input_size"]), None,
+                             "a blank image")
+    except InputError:
+        return 0

@@ -15,8 +15,10 @@ for each of a small model's ~100 tensors, 3.6 KB of a 33 KB emotion CNN file).
 The manifest holds the model spec (``models.build`` arguments), the architecture diff against that float
 skeleton (only registered layer types), the compression history (method + config), free metadata (classes,
 normalisation), the blob section's sha256, and per tensor: name, codec, codec meta, dtype, shape, offset and length
-in the blob section, and CRC-32. ``load`` validates all of it against the file size and the rebuilt architecture
-before decoding a single tensor; it never unpickles or executes anything from the file.
+in the blob section, and CRC-32; optionally ``probes``: real images and the outputs of the model's exact form,
+which ``deploy.to_inference`` checks the deployed engine against (``storage.probe_section``). ``load`` validates all of it
+against the file size and the rebuilt architecture before decoding a single tensor; it never unpickles or executes
+anything from the file.
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ from torch import nn
 from cnncompress.errors import InputError, input_error
 from cnncompress.layers import compressed_layers
 from cnncompress.model_card import USER_MODEL, float_skeleton, is_user, set_float_skeleton
-from cnncompress.storage import architecture
+from cnncompress.storage import architecture, probe_section
 from cnncompress.storage.checkpoint_io import atomic_chunks
 from cnncompress.storage.codecs import MAX_ELEMENTS, TORCH_DTYPES, dtype_name, get_codec, numel
 
@@ -83,11 +85,13 @@ def _codec_plan(model: nn.Module, default: str) -> dict[str, tuple[str, dict]]:
     return {name: plan.get(name, (default if state[name].is_floating_point() else "raw", {})) for name in state}
 
 
-def save(model: nn.Module, path: str | Path, *, float_codec: str | None = None, metadata: dict | None = None) -> Path:
+def save(model: nn.Module, path: str | Path, *, float_codec: str | None = None, metadata: dict | None = None,
+         probes: probe_section.Probes | None = None) -> Path:
     """Write ``model`` to ``path`` as a ``.ccz`` (atomically). Returns the path.
 
     ``float_codec`` (``fp32`` or ``fp16``) applies to float tensors whose layer declares no codec of its own;
-    by default the model's ``metadata["float_codec"]`` (set by the ``fp16`` method), else ``fp32``.
+    by default the model's ``metadata["float_codec"]`` (set by the ``fp16`` method), else ``fp32``. ``probes``
+    (``deploy.probes`` makes them) are written only when given, and must be for the model's compression history.
     """
     float_codec = float_codec or (getattr(model, "metadata", {}) or {}).get("float_codec", "fp32")
     spec = getattr(model, "spec", None) or {"name": USER_MODEL, "class": type(model).__name__}
@@ -103,12 +107,20 @@ def save(model: nn.Module, path: str | Path, *, float_codec: str | None = None, 
         blobs.append(data)
         payload.update(data)
         offset += len(data)
+    section = None
+    if probes is not None:
+        if not probe_section.belongs(probes, model):
+            raise ValueError("probes were computed for another compression history than the model's")
+        section, probe_blobs = probe_section.encode(probes, offset)
+        blobs += probe_blobs
+        for data in probe_blobs:
+            payload.update(data)
     manifest = {
         "format": "ccz", "version": VERSION, "spec": spec, "payload_sha256": payload.hexdigest(),
         "architecture": architecture.diff(model, skeleton),
         "compression": getattr(model, "compression_history", []),
         "metadata": {**getattr(model, "metadata", {}), **(metadata or {})},
-        "tensors": entries,
+        "tensors": entries, **({"probes": section} if section else {}),
     }
     encoded = encode_manifest(manifest)
     path = Path(path)
@@ -227,6 +239,8 @@ def read_manifest(path: str | Path) -> tuple[dict, int]:
     if version >= 4 and not isinstance(manifest.get("payload_sha256"), str):
         raise input_error(path, "corrupt manifest (no payload sha256)")
     _check_tensor_entries(path, manifest["tensors"], size - start - manifest_length, version)
+    if "probes" in manifest:
+        probe_section.check(path, manifest["probes"], size - start - manifest_length, manifest.get("spec"))
     return manifest, start + manifest_length
 
 
@@ -360,6 +374,9 @@ def load(path: str | Path, model=None) -> nn.Module:
                                                                         tuple(entry["shape"]), entry["dtype"])
             except (ValueError, KeyError, RuntimeError, TypeError, AttributeError, OverflowError, IndexError) as error:
                 raise input_error(path, f"tensor {entry['name']}: cannot decode ({error})") from error
+        probes = None if "probes" not in manifest else probe_section.decode(
+            path, manifest["probes"], lambda at, length: _read_at(handle, blob_start + at, length),
+            list(manifest.get("compression", [])))
     network, model = model, _rebuild(path, manifest, "cpu", model)
     model.load_state_dict(state, strict=True)
     if is_user(manifest["spec"]) and network is not None:  # a later save diffs against the same float network
@@ -367,12 +384,18 @@ def load(path: str | Path, model=None) -> nn.Module:
     model.spec = manifest["spec"]
     model.compression_history = list(manifest.get("compression", []))
     model.metadata = dict(manifest.get("metadata", {}))
+    if probes is not None:
+        probe_section.attach(model, probes)
     return model.eval()
 
 
+def _read_at(handle, at: int, length: int) -> bytes:
+    handle.seek(at)
+    return handle.read(length)
+
+
 def _blob_crc(handle, blob_start: int, entry: dict) -> int:
-    handle.seek(blob_start + entry["offset"])
-    return zlib.crc32(handle.read(entry["length"]))
+    return zlib.crc32(_read_at(handle, blob_start + entry["offset"], entry["length"]))
 
 
 def payload_bytes(path: str | Path) -> int:

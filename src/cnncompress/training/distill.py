@@ -24,6 +24,8 @@ recipe runner live in ``cnncompress.experiments.distill_table``.
 """
 from __future__ import annotations
 
+import contextlib
+
 import hashlib
 import json
 import math
@@ -215,6 +217,7 @@ class DistillResult:
     agreement_heldout_aug: float = float("nan")  # on held-out images and their augmented copies
     heldout_majority: float = float("nan")     # reference: always answering the teacher's most common class
     accuracy: float | None = None               # on a labelled test set, when one is given
+    test_evaluations: int = 0                   # times the held-out / test data were read (1: once, at the end)
     teacher_cached: bool = False
     seconds: float = 0.0
     agreement_val: float = float("nan")         # on the validation images (+ copies) that chose the epoch
@@ -227,17 +230,19 @@ class DistillResult:
 
 def _check_compatible(teacher_out: torch.Tensor, student: nn.Module, images: torch.Tensor, labeled) -> None:
     classes = teacher_out.shape[1]
+    entry = (getattr(student, "spec", None) or {}).get("entry_point")
+    who = f"student {entry}" if entry else "student"  # a user network: named by its entry point
     with torch.no_grad():
         was = student.training
         try:
             out = student.eval()(images[:1])
         except RuntimeError as error:
-            raise InputError(f"student cannot take the images {tuple(images.shape[1:])}: "
+            raise InputError(f"{who} cannot take the images {tuple(images.shape[1:])}: "
                              f"{str(error).splitlines()[0]}") from error
         finally:
             student.train(was)
     if out.shape[-1] != classes:
-        raise InputError(f"student has {out.shape[-1]} outputs but the teacher has {classes} classes")
+        raise InputError(f"{who} has {out.shape[-1]} outputs but the teacher has {classes} classes")
     if labeled is not None:
         if labeled.num_classes != classes:
             raise InputError(f"labelled set {labeled.name} has {labeled.num_classes} classes but the teacher has "
@@ -313,11 +318,6 @@ def distill(teacher: nn.Module, student: nn.Module, unlabeled, targets: str = "s
         return (loss(logits, t_dev[index], true_dev[index], temperature, alpha)
                 + hint_weight * hint_loss(student_points, teacher_points))
 
-    ho_images = ho_out = None
-    if heldout is not None and len(heldout):
-        ho_images = augment_copies(heldout.images, max(1, heldout_copies), seed=10_000 + seed)
-        ho_out, _ = teacher_logits(teacher, ho_images, cache_dir, device=device)
-
     def evaluate(model):
         return 1.0 - agreement(model, val_images, val_out, device=device)
 
@@ -336,14 +336,21 @@ def distill(teacher: nn.Module, student: nn.Module, unlabeled, targets: str = "s
                            best_epoch=trainer.best_epoch, config=asdict(config))
     if val_images is not None:
         result.agreement_val = agreement(student, val_images, val_out, device=device)
-    if ho_images is not None:
-        result.agreement_heldout = agreement(student, ho_images[:len(heldout)], ho_out[:len(heldout)], device=device)
-        result.agreement_heldout_aug = agreement(student, ho_images, ho_out, device=device)
-        common = torch.bincount(t_out[:n].argmax(1), minlength=t_out.shape[1]).argmax()
-        result.heldout_majority = float((ho_out[:len(heldout)].argmax(1) == common).float().mean())
-    if test is not None and len(test) and int(test.labels.min()) >= 0:
-        from cnncompress.training.trainer import error_rate
-        result.accuracy = 1.0 - error_rate(student, test, device=device)
+    from cnncompress.data import final_evaluation
+    sealed = [d for d in (heldout, test) if d is not None and len(d)]
+    with final_evaluation(*sealed) if sealed else contextlib.nullcontext():  # the one read of held-out / test
+        if heldout is not None and len(heldout):
+            ho_images = augment_copies(heldout.images, max(1, heldout_copies), seed=10_000 + seed)
+            ho_out, _ = teacher_logits(teacher, ho_images, cache_dir, device=device)
+            result.agreement_heldout = agreement(student, ho_images[:len(heldout)], ho_out[:len(heldout)],
+                                                 device=device)
+            result.agreement_heldout_aug = agreement(student, ho_images, ho_out, device=device)
+            common = torch.bincount(t_out[:n].argmax(1), minlength=t_out.shape[1]).argmax()
+            result.heldout_majority = float((ho_out[:len(heldout)].argmax(1) == common).float().mean())
+        if test is not None and len(test) and int(test.labels.min()) >= 0:
+            from cnncompress.training.trainer import error_rate
+            result.accuracy = 1.0 - error_rate(student, test, device=device)
+    result.test_evaluations = max([d.evaluations for d in sealed], default=0)
     result.seconds = time.perf_counter() - started
     return result
 
