@@ -257,10 +257,16 @@ def compress(model: nn.Module, method: str, data=None, finetune: int = 0, *, val
     row["checked"] = val_set is not None and len(getattr(val_set, "classes", [])) > 1
     if row["checked"]:
         deployed = deploy.to_inference(copy.deepcopy(compressed)).eval()
-        row["val_accuracy"] = round(measure.accuracy(deployed, val_set), 2)
-        row["chance"] = round(100.0 / len(val_set.classes), 2)
-        row["collapsed"] = row["val_accuracy"] <= row["chance"] + CHANCE_MARGIN
-        if row["collapsed"]:
-            print(f"warning: {label}: validation accuracy {row['val_accuracy']:.1f} % is at chance "
-                  f"({row['chance']:.1f} %); the compressed model collapsed", file=sys.stderr)
+        row.update(collapse_check(measure.accuracy(deployed, val_set), len(val_set.classes), label))
     return compressed, row
+
+
+def collapse_check(val_accuracy: float, classes: int, label: str) -> dict:
+    """``{val_accuracy, chance, collapsed}`` of a compressed model scored on the validation split: collapsed when
+    within ``CHANCE_MARGIN`` points of chance (100 / classes); then one warning line naming chance on stderr."""
+    row = {"val_accuracy": round(val_accuracy, 2), "chance": round(100.0 / classes, 2)}
+    row["collapsed"] = row["val_accuracy"] <= row["chance"] + CHANCE_MARGIN
+    if row["collapsed"]:
+        print(f"warning: {label}: validation accuracy {row['val_accuracy']:.1f} % is at chance "
+              f"({row['chance']:.1f} %); the compressed model collapsed", file=sys.stderr)
+    return row

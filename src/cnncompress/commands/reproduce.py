@@ -25,8 +25,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--full", action="store_true",
                         help="cascade: the paper's full grid from the recipe (hours) instead of the quick CPU grid")
     parser.add_argument("--quick", action="store_true",
-                        help="the same report in minutes: Table 2's paper rows and Table 3's digits analogue with one "
-                             "seed (experiments/quick/*.yaml), the quick cascade grid")
+                        help="the same findings in ~20 minutes: Table 2's paper rows and the survey's methods at one "
+                             "seed, Table 3's digits analogue at two (experiments/quick/*.yaml), the quick cascade "
+                             "grid at two seeds; `all` leaves out table-emotion (name it to run it)")
     add_wait_argument(parser)
     parser.set_defaults(func=run)
 

@@ -144,23 +144,35 @@ def _torch_bf16(source, input_shape, threads) -> Run:
     return _with_threads(TorchBf16Model(_torch_module(source, "torch-bf16")), threads)
 
 
+ORT_SHARING = {"session.intra_op.allow_spinning": "0"}
+"""onnxruntime session entries that keep its threads off the cores between calls (onnxruntime "Thread
+management": by default the intra-op threads spin before blocking; "0": they block as soon as no work is left).
+There is no inter-op pool to quiet: sessions run sequentially (``ORT_SEQUENTIAL``, the default) with one inter-op
+thread. The intra-op thread count is always set (``threads``, or ``cpu.cores()`` for the engine's default):
+left at 0, onnxruntime attaches one thread to each physical core."""
+
+
 def _ort(graph: bytes, threads: int | None) -> Run:
     import numpy as np
 
     from cnncompress.deploy.onnx_export import session
-    runner = session(graph, threads)
+    runner = session(graph, threads or cpu.cores(), spinning=False)  # ORT_SHARING
     name = runner.get_inputs()[0].name
 
     def run(x: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
         return torch.from_numpy(runner.run(None, {name: array})[0])
+    run.session = runner  # what a test reads the applied options back from
     return run
 
 
 def _openvino(precision: str, graph_of: Callable) -> Callable[[object, tuple, int | None], Run]:
     def prepare(source, input_shape, threads) -> Run:
         graph = graph_of(source, input_shape, f"openvino-{precision}")
-        return openvino.runner(openvino.compile_graph(graph, precision, threads, input_shape))
+        compiled = openvino.compile_graph(graph, precision, threads, input_shape)
+        run = openvino.runner(compiled)
+        run.compiled = compiled  # what a test reads the applied properties back from
+        return run
     return prepare
 
 

@@ -101,7 +101,7 @@ class OrtInt8Model(nn.Module):
     def session(self, threads: int | None = None):
         threads = threads or torch.get_num_threads()
         if threads not in self._sessions:
-            self._sessions[threads] = onnx_export.session(self.onnx_model, threads)
+            self._sessions[threads] = onnx_export.session(self.onnx_model, threads, spinning=False)
         return self._sessions[threads]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,14 @@ in bf16 by default wherever the CPU supports it, so an "fp32" baseline would sil
   float remainder of an int8 QDQ graph) or ``Type.bf16``;
 * ``openvino.properties.inference_num_threads``: the thread count (like onnxruntime's intra-op threads);
 * ``openvino.properties.streams.num``: 1 (one request at a time: batch-1 latency);
-* ``openvino.properties.hint.performance_mode``: ``PerformanceMode.LATENCY``.
+* ``openvino.properties.hint.performance_mode``: ``PerformanceMode.LATENCY``;
+* ``openvino.properties.hint.enable_cpu_pinning``: False, ``hint.enable_cpu_reservation``: False (``SHARING``).
+  OpenVINO shares the cores with the other engines of a race and the user's own threads: with pinning on (the
+  Linux default of the latency hint, "Performance Hints and Thread Scheduling") the thread that runs an infer
+  request is bound to one core for the call (OpenVINO 2026.4 on a 2-core AMD EPYC: the calling thread's
+  ``Cpus_allowed_list`` reads ``0`` during ``infer``, ``0-1`` before and after), and an XNOR model timed beside
+  an OpenVINO f32 model slowed from 42.5-48.9 ms to 67.9-80.6 ms (issue 34, an AVX2 host; 50.6 ms with pinning
+  off). Reservation (default off) would keep the cores from others.
 
 After compiling, the precision the compiled model reports is read back and must be the one asked for.
 bf16 is offered only where ``Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")`` lists ``BF16``.
@@ -78,7 +85,8 @@ def version() -> str | None:
 
 
 def environment() -> dict:
-    """OpenVINO's version, CPU device name, capabilities and default inference precision (or why it is missing)."""
+    """OpenVINO's version, CPU device name, capabilities, default inference precision and the device's defaults of
+    the ``SHARING`` properties that every compile overrides (or why OpenVINO is missing)."""
     reason = missing()
     if reason:
         return {"available": False, "note": reason}
@@ -86,7 +94,8 @@ def environment() -> dict:
     return {"available": True, "version": version(), "device": str(core().get_property("CPU", "FULL_DEVICE_NAME")),
             "capabilities": capabilities(),
             "default_precision": core().get_property("CPU", hints.inference_precision()).to_string(),
-            "precision_hints": dict(_HINTS)}
+            "precision_hints": dict(_HINTS),
+            "device_defaults": {key: bool(core().get_property("CPU", key)) for key in SHARING}}
 
 
 def _read(graph: bytes):
@@ -108,13 +117,20 @@ def _type(precision: str):
     return {"f32": ov.Type.f32, "bf16": ov.Type.bf16}[_HINTS[precision]]
 
 
+SHARING = {"ENABLE_CPU_PINNING": False, "ENABLE_CPU_RESERVATION": False}
+"""Properties that keep OpenVINO from binding or reserving cores another engine needs (set on every compile)."""
+
+
 def config(precision: str, threads: int | None) -> dict:
-    """The ``compile_model`` configuration for ``precision`` at ``threads`` (0/None: OpenVINO's own choice)."""
+    """The ``compile_model`` configuration for ``precision`` at ``threads`` (0/None: OpenVINO's own choice), with
+    ``SHARING``'s properties."""
     import openvino.properties as props
     import openvino.properties.hint as hints
     import openvino.properties.streams as streams
     settings = {hints.inference_precision: _type(precision), streams.num: 1,
-                hints.performance_mode: hints.PerformanceMode.LATENCY}
+                hints.performance_mode: hints.PerformanceMode.LATENCY,
+                hints.enable_cpu_pinning: SHARING["ENABLE_CPU_PINNING"],
+                hints.enable_cpu_reservation: SHARING["ENABLE_CPU_RESERVATION"]}
     if threads:
         settings[props.inference_num_threads] = int(threads)
     return settings

@@ -1,22 +1,27 @@
 """Which engine runs a model fastest here, timed interleaved in one process, and the facts a result needs.
 
 ``fastest`` prepares every engine asked for (those that cannot run are skipped with a one-line note), then times
-them taking turns (``measure.alternating``: turns of ``block`` calls, the first not counted, order rotating), so
-that load drift on a shared machine hits all of them alike. ``fastest_fp32`` restricts the race to fp32 engines:
-the baseline a speed-up is measured against never changes precision silently.
+them taking turns (``measure.alternating``: turns of ``block`` calls, more for fast calls (``TURN_MS``), the first
+not counted, order rotating), so that load drift on a shared machine hits all of them alike. No engine may slow
+another: each is prepared not to pin or spin into the others' time (``sharing``), and
+``benchmarks/check_race_vs_alone.py`` checks the race against each engine timed alone in a fresh process.
+``fastest_fp32`` restricts the race to fp32 engines: the baseline a speed-up is measured against never changes
+precision silently.
 """
 from __future__ import annotations
 
+import math
+import os
 import platform
 
 import torch
 from torch import nn
 
 from cnncompress.errors import InputError
-from cnncompress.timing import DEFAULT_THREADS, alternating
+from cnncompress.timing import DEFAULT_THREADS, alternating, time_calls
 from cnncompress import hardware as cpu
 from cnncompress.deploy import openvino
-from cnncompress.deploy.engines import ENGINES, EngineUnavailable, get, model_precision, names
+from cnncompress.deploy.engines import ENGINES, ORT_SHARING, EngineUnavailable, get, model_precision, names
 
 
 def _engine_list(engines) -> list[str]:
@@ -129,7 +134,8 @@ def fastest(model: nn.Module | bytes, input_shape: tuple[int, ...], engines=None
     interleaved; returns ``{engine: median_ms, ..., "fastest": name, "skipped": {engine: one-line reason}}``.
 
     ``engines``: names (default: all; an unknown one is an ``InputError``). ``runs`` turns of ``block`` calls
-    each; ``example``: the input (default: seeded N(0,1) noise). No engine able to run it: ``InputError``.
+    each (at least: fast calls get longer turns, ``TURN_MS``); ``example``: the input (default: seeded N(0,1)
+    noise). No engine able to run it: ``InputError``.
     """
     if not isinstance(runs, int) or runs < 1 or not isinstance(block, int) or block < 1:
         raise InputError(f"runs and block must be positive integers, got {runs!r}, {block!r}")
@@ -140,18 +146,35 @@ def fastest(model: nn.Module | bytes, input_shape: tuple[int, ...], engines=None
     return {**times, "fastest": min(times, key=times.get), "skipped": skipped}
 
 
+TURN_MS, MAX_TURN = 10.0, 25
+"""A turn of ``block`` > 1 calls is lengthened until the fastest contender's turn lasts ``TURN_MS`` (at most
+``MAX_TURN`` calls): an engine that takes over from another runs slower for its first few calls, not only the
+first (``benchmarks/check_race_vs_alone.py``, VGG-S w0.25 48x48, 1 thread, each engine alone in a fresh process
+against the race: turns of 3 calls moved onnxruntime 0.24 -> 0.28 ms, OpenVINO f32 0.31 -> 0.36 ms, PyTorch
+1.40 -> 1.58 ms; turns of 11 calls 2-4 %). Calls of 10 ms or more keep turns of ``block``."""
+
+
+def _turn(calls: dict, block: int) -> int:
+    """Calls per turn: ``block``, lengthened for fast calls (``TURN_MS``; every call is made 3 times to see how
+    fast it is, which warms it up as well); ``block`` 1 (call by call) is kept, nothing called."""
+    if block <= 1:
+        return block
+    fastest = min(min(time_calls(call, 2, warmup=1)) for call in calls.values())
+    return max(block, min(MAX_TURN, math.ceil(TURN_MS / 1000 / max(fastest, 1e-9))))
+
+
 def _interleaved(calls: dict, input_shape: tuple[int, ...], threads: int | None, runs: int, block: int,
                  example: torch.Tensor | None) -> dict:
-    """``{key: median ms}`` of prepared runs taking turns on one input (``example`` or seeded N(0,1) noise), with
-    torch's threads at ``threads`` for the race (restored after)."""
+    """``{key: median ms}`` of prepared runs taking turns (``_turn`` calls each) on one input (``example`` or seeded
+    N(0,1) noise), with torch's threads at ``threads`` for the race (restored after)."""
     x = example if example is not None else torch.randn(*input_shape, generator=torch.Generator().manual_seed(0))
     previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
         with torch.inference_mode():
-            return alternating({key: (lambda run=run: run(x)) for key, run in calls.items()}, runs, block=block,
-                               warmup=2)
+            turns = {key: (lambda run=run: run(x)) for key, run in calls.items()}
+            return alternating(turns, runs, block=_turn(turns, block), warmup=0 if block > 1 else 2)
     finally:
         torch.set_num_threads(previous)
 
@@ -194,10 +217,28 @@ def fastest_fp32(model: nn.Module | bytes, input_shape: tuple[int, ...], threads
     return fastest(model, input_shape, chosen, threads, runs, block)
 
 
+OPENMP_WAIT = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+"""The variables that say how long PyTorch's OpenMP workers (oneDNN, ATen) spin after a parallel region. Read
+once, when libgomp loads (before any engine is prepared): unset, libgomp spins 300,000 iterations, then sleeps
+(``OMP_WAIT_POLICY=PASSIVE``: it sleeps at once). At one thread PyTorch starts no workers."""
+
+
+def sharing() -> dict:
+    """How each runtime is kept from pinning or spinning into the others' time: OpenVINO's compile properties
+    (``openvino.SHARING``), onnxruntime's session entries (``engines.ORT_SHARING``), the OpenMP wait variables
+    PyTorch runs under (as set in this process's environment), and the XNOR kernel's threads."""
+    return {"openvino": dict(openvino.SHARING),
+            "onnxruntime": {**ORT_SHARING, "execution_mode": "sequential (no inter-op pool)",
+                            "intra_op_num_threads": "always set (0 would pin one thread per core)"},
+            "torch": {name: os.environ.get(name, "unset") for name in OPENMP_WAIT},
+            "xnor": "native threads created and joined within each call (none left waiting)"}
+
+
 def engine_environment() -> dict:
     """What a result file records about the engines: CPU model and ISA flags (AMX, AVX512-BF16, VNNI,
     VPOPCNTDQ), what bf16 runs on, OpenVINO (version, device, capabilities, precision hints or why it is
-    missing), onnxruntime and torch versions, and which engines can run here."""
+    missing), onnxruntime and torch versions, how the engines share the cores (``sharing``), and which engines
+    can run here."""
     try:
         import onnxruntime
         ort_version = onnxruntime.__version__
@@ -205,6 +246,6 @@ def engine_environment() -> dict:
         ort_version = None
     return {"cpu": cpu.cpu_name(), "machine": platform.machine(), "isa": cpu.isa_flags(), "amx": cpu.has_amx(),
             "bf16": cpu.bf16_note(), "openvino": openvino.environment(), "onnxruntime": ort_version,
-            "torch": torch.__version__,
+            "torch": torch.__version__, "sharing": sharing(),
             "engines": {name: (engine.precision, engine.available().reason or "available")
                         for name, engine in ENGINES.items()}}

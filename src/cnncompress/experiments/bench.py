@@ -25,8 +25,6 @@ in this run's table, NOT recorded, and retried by the next run (``cnncompress be
 Rows run in this process or through an executor (``experiments.executors``: Ray tasks) handed to ``Bench.run``:
 the driver trains baselines and controls first (``prepare``), rows run ``safe_run_row`` wherever the executor puts
 them, and only the driver appends to ``rows.jsonl`` and attaches the controls.
-
-``run_bench`` is the whole job behind ``cnncompress bench``: recipe file -> rows -> tables and plots.
 """
 from __future__ import annotations
 
@@ -52,14 +50,13 @@ from cnncompress.training.trainer import (ProbedTrainer, TrainConfig, TrainProbe
 from cnncompress.experiments import engine_race, stats
 from cnncompress.experiments.environment import environment
 from cnncompress.models.entry_point import is_entry_point, resolve
-from cnncompress.pipeline import apply_pipeline, load_for_inference
+from cnncompress.pipeline import apply_pipeline, collapse_check, load_for_inference
 from cnncompress.experiments.recipe import BASELINE, Recipe, Row, baseline_settings, finetune_settings, load_recipe, select_rows
 from cnncompress.experiments.bench_figures import plot_all
 from cnncompress.experiments.report import row_line, write_outputs
 
 APPEND = os.O_WRONLY | os.O_APPEND | os.O_CREAT
-SPLITS = {"accuracy": "test", "selection": "val", "training": "train"}
-"""Which split each number comes from: accuracies (once), choices made during training, training itself."""
+SPLITS = {"accuracy": "test", "selection": "val", "training": "train"}  # where each number comes from
 
 
 def _realness(labels: list[str], default: str) -> str:
@@ -223,7 +220,8 @@ class Bench:
         if "error" in result or result.get("method") == BASELINE or "correct" not in result:
             return result
         control = self.control(result["model"], result["seed"], result.get("total_finetune", 0))
-        result["control"] = {k: control[k] for k in ("epochs", "accuracy", "correct", "images", "split", "history")}
+        kept = ("epochs", "accuracy", "correct", "images", "split", "history", "test_evaluations")
+        result["control"] = {k: control.get(k) for k in kept}
         result["delta"] = result["accuracy"] - control["accuracy"]
         return result
 
@@ -316,6 +314,8 @@ class Bench:
             trained_form = measure.accuracy(model, self.test_set)
             torch_stats, exit_rate = self._torch_latency(fast, shape, example)
             base_torch, base_ort = self.baseline_latency(row, shape, example, per_sample=exit_rate is not None)
+        checked = {} if row.method == BASELINE else collapse_check(  # a row at chance is said, never shipped quietly
+            measure.accuracy(fast, selection), selection.num_classes, row.label)
         ort, ort_error = self._ort_latency(model, fast, shape, example)
         race = {} if exit_rate is not None else engine_race.race(  # early exits: timed per image, in PyTorch
             fast, self.baseline(row.model, row.seed), shape, example, deploy.precision_of(i.name for i in infos),
@@ -344,7 +344,7 @@ class Bench:
             "size_real": _realness([i.size for i in infos], "real"),
             "speed_real": _realness([i.speed for i in infos], "none"),
             "ccz": str(ccz), "history": history, "threads": recipe.threads,
-            "node": platform.node(), "row_seconds": time.perf_counter() - started, **race,
+            "node": platform.node(), "row_seconds": time.perf_counter() - started, **race, **checked,
         }
         if row.method == BASELINE:
             result.update(best_epoch=best_epoch(history), epochs_run=len(history),

@@ -142,7 +142,9 @@ def accuracy_vs_control(raw, row) -> Evidence:
     if not pairs:
         return _missing(row)
     ci = stats.delta_interval(pairs, reps=REPS)
-    return Evidence(ci["delta"], ci["low"], ci["high"], " pts", f"{ci['seeds']} seed(s) x {ci['images']} images")
+    dead = "; the row COLLAPSED to chance" if any(r.get("collapsed") for r in rows.values()) else ""
+    return Evidence(ci["delta"], ci["low"], ci["high"], " pts",
+                    f"{ci['seeds']} seed(s) x {ci['images']} images{dead}")
 
 
 def accuracy_between(raw, row, other) -> Evidence:
@@ -260,10 +262,12 @@ def decided(finding: Finding, evidence: Evidence) -> str:
 
 
 def table(findings: list[Finding], raw: dict, section: str) -> list[str]:
-    """The findings of ``section`` as markdown rows: claim, paper, ours [95 % interval], rule, verdict."""
+    """The findings of ``section`` as markdown rows: claim, paper, ours [95 % interval], rule, verdict (no lines
+    when the section has none)."""
+    chosen = [f for f in findings if f.section == section]
     lines = ["| finding | paper | ours [95% interval] | claim holds when the interval is | verdict |",
-             "|---|---|---|---|---|"]
-    for finding in (f for f in findings if f.section == section):
+             "|---|---|---|---|---|"] if chosen else []
+    for finding in chosen:
         evidence = measure(finding, raw)
         verdict = decided(finding, evidence)
         why = " (no interval)" if verdict == INCONCLUSIVE and evidence.low is None else ""

@@ -155,6 +155,8 @@ def _cell(row: dict, key: str) -> str:
     if key == "delta_ci":
         return "n/a" if "delta" not in row else f"{row['delta']:+.2f} [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}]"
     if key == "noise":
+        if row.get("collapsed"):
+            return "COLLAPSED (at chance)"
         return "" if "delta" not in row else ("within noise" if row["within_noise"] else "")
     if key == "exit_rate" and row.get("exit_rate") is None:
         return ""
