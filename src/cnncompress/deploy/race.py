@@ -164,9 +164,10 @@ def _turn(calls: dict, block: int) -> int:
 
 
 def _interleaved(calls: dict, input_shape: tuple[int, ...], threads: int | None, runs: int, block: int,
-                 example: torch.Tensor | None) -> dict:
+                 example: torch.Tensor | None, rounds: dict | None = None) -> dict:
     """``{key: median ms}`` of prepared runs taking turns (``_turn`` calls each) on one input (``example`` or seeded
-    N(0,1) noise), with torch's threads at ``threads`` for the race (restored after)."""
+    N(0,1) noise), with torch's threads at ``threads`` for the race (restored after); ``rounds`` receives each
+    key's per-round ms (``timing.alternating``)."""
     x = example if example is not None else torch.randn(*input_shape, generator=torch.Generator().manual_seed(0))
     previous = torch.get_num_threads()
     if threads:
@@ -174,18 +175,19 @@ def _interleaved(calls: dict, input_shape: tuple[int, ...], threads: int | None,
     try:
         with torch.inference_mode():
             turns = {key: (lambda run=run: run(x)) for key, run in calls.items()}
-            return alternating(turns, runs, block=_turn(turns, block), warmup=0 if block > 1 else 2)
+            return alternating(turns, runs, block=_turn(turns, block), warmup=0 if block > 1 else 2, rounds=rounds)
     finally:
         torch.set_num_threads(previous)
 
 
 def race(contenders: dict, input_shape: tuple[int, ...], threads: int | None = DEFAULT_THREADS, runs: int = 20,
-         block: int = 3, example: torch.Tensor | None = None, images: torch.Tensor | None = None
-         ) -> tuple[dict, dict]:
+         block: int = 3, example: torch.Tensor | None = None, images: torch.Tensor | None = None,
+         rounds: dict | None = None) -> tuple[dict, dict]:
     """Several models, each on several engines, timed in one interleaved race (``measure.alternating``), so that
     the models compared see the same load. ``contenders``: ``{key: (model, engine names)}``. Returns ``({(key,
     engine): median ms}, {(key, engine): why skipped})``; a model no engine can run has no times, not an error.
-    ``images``: real images every engine is checked on first (``prepared``)."""
+    ``images``: real images every engine is checked on first (``prepared``); ``rounds`` receives every ``(key,
+    engine)``'s per-round ms (the raw data of an interval over rounds)."""
     calls, skipped = {}, {}
     for key, (model, engine_names) in contenders.items():
         runs_of, why = prepared(model, input_shape, engine_names, threads, images=images)
@@ -193,7 +195,7 @@ def race(contenders: dict, input_shape: tuple[int, ...], threads: int | None = D
         skipped.update({(key, name): reason for name, reason in why.items()})
     if not calls:
         return {}, skipped
-    return _interleaved(calls, input_shape, threads, runs, block, example), skipped
+    return _interleaved(calls, input_shape, threads, runs, block, example, rounds), skipped
 
 
 def fastest_deployed(model: nn.Module, input_shape: tuple[int, ...], engine: str | None = None,

@@ -35,41 +35,41 @@ QUICK_CASCADE = {"datasets": ["mnist5k", "noisy-mnist5k"], "losses": ["sum", "so
                  "penalties": [0.0, 1.0]}
 
 
-def _race_table2(out: Path, rows: list[dict]) -> None:
+def _race_table2(out: Path, rows: list[dict], data: str) -> None:
     """Every raced row's deployed model (its ``.ccz`` loaded back, ``to_inference``) on every engine of its
-    precision, interleaved in one race; the per-round medians go to ``table2/race.json``."""
-    import torch
-
+    precision, in one interleaved race (``deploy.race``: each engine first checked on 32 real validation images of
+    ``data``, one validation image timed); the per-round medians go to ``table2/race.json``."""
     from cnncompress import deploy, storage
-    from cnncompress.timing import alternating, threads
+    from cnncompress.data import build_dataset
+    first = min(x.get("seed", 0) for x in rows)
     chosen = {r["label"]: r for r in rows if r.get("label") in RACED and "error" not in r and r.get("ccz")
-              and r.get("seed", 0) == min(x.get("seed", 0) for x in rows)}
-    calls, skipped, shape = {}, {}, None
+              and r.get("seed", 0) == first}
+    contenders, shape = {}, None
     for label, row in chosen.items():
         model = deploy.to_inference(storage.load(row["ccz"])).eval()
         spec = getattr(model, "spec", {}) or {}
         shape = (1, spec.get("in_channels", 1), spec.get("input_size", 48), spec.get("input_size", 48))
-        runs, why = deploy.prepared(model, shape, deploy.names(deploy.model_precision(model)), RACE_THREADS)
-        calls.update({(label, engine): run for engine, run in runs.items()})
-        skipped.update({f"{label} / {engine}": reason for engine, reason in why.items()})
+        contenders[label] = (model, deploy.names(deploy.model_precision(model)))
     rounds: dict = {}
-    if calls:
-        x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
-        with threads(RACE_THREADS), torch.inference_mode():
-            alternating({key: (lambda run=run: run(x)) for key, run in calls.items()}, RACE_ROUNDS, block=RACE_BLOCK,
-                        rounds=rounds)
+    skipped = {}
+    if contenders:
+        val = build_dataset(data, "val", input_size=shape[-1], channels=shape[1]).images
+        _, why = deploy.race(contenders, shape, RACE_THREADS, RACE_ROUNDS, RACE_BLOCK, example=val[:1],
+                             images=val[:32], rounds=rounds)
+        skipped = {f"{label} / {engine}": reason for (label, engine), reason in why.items()}
     by_label: dict = {}
     for (label, engine), times in rounds.items():
         by_label.setdefault(label, {})[engine] = times
     (out / "table2" / "race.json").write_text(json.dumps({
         "input_shape": list(shape or ()), "threads": RACE_THREADS, "rounds_count": RACE_ROUNDS, "block": RACE_BLOCK,
-        "rounds": by_label, "skipped": skipped}, indent=1))
+        "input": "one validation image; engines checked on 32", "rounds": by_label, "skipped": skipped}, indent=1))
 
 
 def run_table2(out: Path, recipe_path: Path) -> list[str]:
     from cnncompress.experiments.bench import run_bench
+    from cnncompress.experiments.recipe import load_recipe
     rows = run_bench(recipe_path, out / "table2", progress=True)
-    _race_table2(out, rows)
+    _race_table2(out, rows, load_recipe(recipe_path).data)
     return []
 
 
