@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from cnncompress import deploy, methods, models, storage
-from cnncompress.data import build_dataset
+from cnncompress.data import ImageDataset, build_dataset, final_evaluation
 from cnncompress.errors import InputError
 from cnncompress.deploy.int8 import OrtInt8Model
 from cnncompress.methods.int8 import Int8Conv2d, Int8Linear
@@ -39,7 +39,9 @@ def test_codec_round_trip_and_error_bound():
 def trained():
     torch.manual_seed(0)
     train = build_dataset("mnist5k", "train", input_size=48)
-    test = build_dataset("mnist5k", "val", input_size=48)
+    sealed = build_dataset("mnist5k", "test", input_size=48)
+    with final_evaluation(sealed):  # these unit tests use the test images as plain held-out images
+        test = ImageDataset(sealed.images, sealed.labels, sealed.classes, sealed.name, sealed.mean, sealed.std)
     train.images, train.labels = train.images[:1200], train.labels[:1200]
     model = models.build("vgg_s", 10, 1, 48, 0.25)
     Trainer(model, train, None, TrainConfig(epochs=1, lr=0.01, momentum=0.9, batch_size=32, seed=0),

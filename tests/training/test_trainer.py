@@ -9,7 +9,7 @@ from cnncompress import models
 
 from cnncompress.storage import checkpoint_io
 from cnncompress.storage.checkpoint_io import read_checkpoint, write_checkpoint
-from cnncompress.data import build_dataset, final_evaluation
+from cnncompress.data import ImageDataset, build_dataset, final_evaluation
 from cnncompress.errors import InputError
 from cnncompress.training.trainer import Trainer, TrainConfig, error_rate, learning_rate, load_weights, preset, save_weights
 
@@ -17,7 +17,9 @@ from cnncompress.training.trainer import Trainer, TrainConfig, error_rate, learn
 @pytest.fixture(scope="module")
 def tiny_data():
     train = build_dataset("mnist5k", "train")
-    test = build_dataset("mnist5k", "val")  # held-out images for these unit tests (the test split is sealed)
+    sealed = build_dataset("mnist5k", "test")
+    with final_evaluation(sealed):  # these unit tests use the test images as plain held-out images
+        test = ImageDataset(sealed.images, sealed.labels, sealed.classes, sealed.name, sealed.mean, sealed.std)
     for ds, n in ((train, 256), (test, 128)):
         ds.images, ds.labels = ds.images[:n], ds.labels[:n]
     return train, test
