@@ -2,7 +2,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from cnncompress.experiments import findings, stats
 from cnncompress.experiments.reproduce_render import PAPER_TABLE2, first_mismatch, render, verify
