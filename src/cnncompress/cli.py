@@ -28,7 +28,21 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         importlib.import_module(f"{commands.__name__}.{module.name}").add_parser(subparsers)
+    parser.commands = subparsers.choices  # {command: its parser}, for ``_parse``
     return parser
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """``parser.parse_args``, except that a command's positionals may sit on either side of its flags
+    (``predict RUN --model X photo.jpg``): what plain parsing leaves over is parsed again by the command's own
+    parser, intermixed (``argparse.parse_intermixed_args``); anything it cannot place is the usual error, exit 2."""
+    args, extra = parser.parse_known_args(argv)
+    command = getattr(args, "command", None)
+    if not extra or command not in argv:
+        return parser.parse_args(argv)
+    own = parser.commands[command].parse_intermixed_args(argv[argv.index(command) + 1:])
+    vars(args).update(vars(own))
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     try:
         parser = build_parser()
-        args = parser.parse_args(argv)
+        args = _parse(parser, argv)
         if not getattr(args, "func", None):
             parser.print_help()
             return 2

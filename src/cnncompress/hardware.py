@@ -16,13 +16,19 @@ from pathlib import Path
 ISA_FLAGS = ("amx_tile", "amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx_vnni", "avx512_vpopcntdq",
              "avx512f", "avx512bw", "avx2", "fma", "popcnt", "asimd", "neon")
 CPUINFO = Path("/proc/cpuinfo")
+CPUINFO_VARIABLE = "CNNCOMPRESS_CPUINFO"
+"""A file in ``/proc/cpuinfo``'s format read instead of it: for a process whose CPU is not the one the kernel
+lists, e.g. one run by ``qemu-x86_64 -cpu Haswell`` to check the int8 numerics of an AVX2-only CPU on any x86
+host (``benchmarks/check_int8_on_avx2.py``); QEMU's user mode passes the host's ``/proc/cpuinfo`` through."""
 
 
 @functools.lru_cache(maxsize=1)
 def _cpuinfo() -> tuple[str, frozenset]:
-    """``(model name, flags)`` of the first processor listed in ``/proc/cpuinfo`` (empty where unreadable)."""
+    """``(model name, flags)`` of the first processor listed in ``/proc/cpuinfo`` (or the file named by
+    ``$CNNCOMPRESS_CPUINFO``; empty where unreadable)."""
+    source = Path(os.environ[CPUINFO_VARIABLE]) if os.environ.get(CPUINFO_VARIABLE) else CPUINFO
     try:
-        text = CPUINFO.read_text(errors="replace")
+        text = source.read_text(errors="replace")
     except OSError:
         return platform.processor() or platform.machine(), frozenset()
     name, flags = "", frozenset()

@@ -72,12 +72,17 @@ def load_for_inference(path: str | Path, network=None) -> nn.Module:
 
 
 def check_data_fits(model: nn.Module, dataset, dataset_name: str) -> None:
-    """``--data`` must fit the model: its class count (the images are decoded at the model's size and channels)."""
+    """``--data`` must fit the model: its class count (the images are decoded at the model's size and channels);
+    a user's network, whose card may not say how many classes it scores, runs one image to tell
+    (``entry_point.check_outputs``)."""
     from cnncompress.methods.calibration import check_fits
+    from cnncompress.models.entry_point import check_outputs
     try:
         check_fits(model, dataset.images, None, len(dataset.classes), f"--data {dataset_name}")
     except ValueError as error:
         raise InputError(str(error)) from error
+    if model_card.is_user(model_card.read(model).spec) and len(dataset):
+        check_outputs(model, dataset.images, len(dataset.classes), dataset_name)
 
 
 def compress_and_measure(model: nn.Module, method: str, config: dict, out: str | Path, data: str | None = None,

@@ -24,6 +24,17 @@ def test_astronaut_is_one_happy_face(run_cli, astronaut):
     assert 40 < r < 120 and 140 < c < 220 and h > 50
 
 
+def test_flags_may_sit_between_the_model_and_the_photos(run_cli, astronaut):
+    """``predict MODEL --json PHOTO`` (flags between positionals) parses as ``predict --json MODEL PHOTO``; an
+    unknown flag is still the usual one-line error, exit 2."""
+    code, out, err = run_cli("predict", "fer-minixception", "--json", astronaut, "--top", "2")
+    assert code == 0, err
+    face = json.loads(out.strip().splitlines()[-1])["faces"][0]
+    assert face["emotion"] == "happy" and len(face.get("top", [])) == 2, face
+    code, _, err = run_cli("predict", "fer-minixception", "--bogus", astronaut)
+    assert code == 2 and "unrecognized arguments: --bogus" in err
+
+
 def test_no_face_reports_zero_or_whole_image(run_cli, tmp_path):
     path = tmp_path / "flat.png"
     Image.fromarray(np.full((120, 120), 128, dtype=np.uint8)).save(path)

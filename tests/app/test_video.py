@@ -253,3 +253,23 @@ def test_failure_midway_leaves_no_output(run_cli, frames, tmp_path):
 def test_bad_video_flags(run_cli, clip, argv, problem):
     code, _, err = run_cli("predict", "fer-minixception", clip, *argv)
     assert code == 2 and _one_line(err) and problem in err
+
+
+def test_video_reports_the_probe_check_of_a_file_that_checks_itself(run_cli, clip, tmp_path):
+    """A ``.ccz`` with probes: the video summary says what its check found here (passed or refused), in text and
+    in JSON; a model without probes has none."""
+    from cnncompress import methods
+    from cnncompress.data import build_dataset
+    from cnncompress.deploy import probes
+    from cnncompress.models.loading import load_model
+    faces = build_dataset("lfw-faces", "train", input_size=64, channels=1)
+    path, _ = probes.save(methods.apply(load_model("fer-minixception"), "int8", calibration=faces.images[:32]),
+                          tmp_path / "q.ccz", faces.images, "LFW faces")
+    code, text, err = run_cli("predict", path, clip, "--max-frames", "4")
+    assert code == 0, err
+    checks = [line.strip() for line in text.splitlines() if "probe check:" in line]
+    assert len(checks) == 1 and checks[0].startswith("probe check: int8 on ") and "32 probe images" in checks[0], text
+    code, text, err = run_cli("predict", path, clip, "--max-frames", "4", "--json")
+    assert json.loads(text)["models"][0]["probe_check"] == checks[0]
+    code, text, err = run_cli("predict", "fer-minixception", clip, "--max-frames", "4", "--json")
+    assert code == 0 and json.loads(text)["models"][0]["probe_check"] is None

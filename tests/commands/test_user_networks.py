@@ -150,3 +150,15 @@ def test_distill_takes_entry_points_for_teacher_and_student(run_cli, here, tmp_p
                          "--out", tmp_path / name), words)
         assert not (tmp_path / name).exists()
     assert not (tmp_path / "s").exists()
+
+
+def test_compress_refuses_data_with_another_class_count_than_the_network_scores(run_cli, here, tmp_path):
+    """A user's network whose card names no classes is run once on an image of ``--data``: 7 scores against 3
+    classes is one line, exit 2, nothing written (before: a silently wrong accuracy)."""
+    nets, data = here / "nets.py", f"folder:{here / 'shapes'}"
+    _refused(run_cli("compress", "--model", f"{nets}:rgb", "--method", "fp16", "--data", data, "--out",
+                     tmp_path / "c"), f"{nets}:rgb", "gives 7 outputs per image", "has 3 classes")
+    assert not (tmp_path / "c").exists()
+    code, out, err = run_cli("compress", "--model", f"{nets}:colour", "--weights", here / "colour.safetensors",
+                             "--method", "fp16", "--data", data, "--out", tmp_path / "ok")
+    assert code == 0 and (tmp_path / "ok" / "model.ccz").is_file(), err

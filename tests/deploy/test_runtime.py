@@ -101,3 +101,27 @@ def test_the_exact_form_skips_every_engine_step(base, val):
     exact = runtime.exact_form(binary)
     assert [type(m) for m in exact.modules()] == [type(m) for m in binary.modules()]
     assert runtime.checked_methods(methods.apply(base, "fp16")) == []
+
+
+def test_an_engine_race_over_a_file_model_checks_engines_on_its_probes(int8_file, monkeypatch):
+    """A model loaded from a ``.ccz`` (and the deployed form of it) carries its probes; the race checks every
+    engine on those real images, never on noise: an int8 engine returning permuted logits is skipped with the
+    figure, the honest one runs."""
+    import dataclasses
+    import sys
+    loaded = storage.load(int8_file)
+    deployed = deploy.to_inference(storage.load(int8_file))
+    assert probe_store.of(deployed) is not None
+    shape = (1, 1, 48, 48)
+    for model in (loaded, deployed):
+        runs, skipped = deploy.prepared(model, shape, ["onnxruntime-int8"], threads=1)
+        assert list(runs) == ["onnxruntime-int8"], skipped
+    registry = sys.modules["cnncompress.deploy.engines"]
+    honest = registry.ENGINES["onnxruntime-int8"]
+    broken = dataclasses.replace(honest, _prepare=lambda s, sh, t: (lambda x, run=honest.prepare(s, sh, t):
+                                                                    run(x).roll(1, dims=1)))
+    monkeypatch.setitem(registry.ENGINES, "onnxruntime-int8", broken)
+    for model in (loaded, deployed):
+        runs, skipped = deploy.prepared(model, shape, ["onnxruntime-int8"], threads=1)
+        assert not runs and skipped["onnxruntime-int8"].startswith("agrees with its fake-quant twin on") and \
+            "of 32 real images" in skipped["onnxruntime-int8"], skipped

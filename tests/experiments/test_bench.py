@@ -132,27 +132,6 @@ def test_rows_get_matched_controls_deployed_accuracy_and_intervals(tmp_path, dep
     assert again[1]["control"]["accuracy"] == scaled["control"]["accuracy"]
 
 
-def test_early_exit_latency_is_the_mean_over_the_test_split(tmp_path):
-    class Split:
-        def __init__(self, n):
-            self.images, self.labels = torch.randn(n, 1, 48, 48), torch.randint(0, 10, (n,))
-            self.channels, self.num_classes, self.classes = 1, 10, [str(i) for i in range(10)]
-            self.mean = self.std = 0.5
-
-        def __len__(self):
-            return len(self.labels)
-    recipe = parse_recipe({**RECIPE, "input_size": 48, "rows": [{"model": "squeezenet1_1", "method": "baseline"}]})
-    bench = Bench(recipe, tmp_path, progress=False, datasets=(Split(8), Split(4), Split(24)))
-    torch.manual_seed(0)
-    net = models.build("vgg_s", 10, 1, 48, 0.125).eval()
-    for threshold, rate in ((0.0, 1.0), (1.0, 0.0)):
-        exits = methods.apply(net, "early-exit", position="features.pool2", threshold=threshold).eval()
-        timing, exit_rate = bench._torch_latency(exits, (1, 1, 48, 48), bench.test_set.images[:1])
-        assert timing["runs"] == 24 and timing["protocol"] == "mean over the 24 test images at batch 1"
-        assert exit_rate == rate
-    assert bench._torch_latency(net, (1, 1, 48, 48), bench.test_set.images[:1])[1] is None
-
-
 def test_only_with_an_unknown_name_fails_before_anything_is_written(tmp_path, test_method):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(json.dumps({**RECIPE, "rows": [{"model": "squeezenet1_1", "method": "baseline"},

@@ -105,8 +105,10 @@ def predict_video(models: list, video: str | Path | None = None, camera: int | N
         raise
     finally:
         source.close()
-    summary["models"] = [{"model": str(name) if isinstance(name, (str, Path)) else type(name).__name__, **entry}
-                         for name, entry in zip(models, summary["models"])]
+    from cnncompress.deploy.self_check import describe, record_of
+    summary["models"] = [{"model": str(name) if isinstance(name, (str, Path)) else type(name).__name__, **entry,
+                          "probe_check": describe(record_of(model))}  # None: the file carried no probes
+                         for name, entry, model in zip(models, summary["models"], loaded)]
     return summary
 
 

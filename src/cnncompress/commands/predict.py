@@ -170,6 +170,8 @@ def summary_lines(summary: dict) -> list[str]:
         lines.append(f"  {role} {model['model']} on {model['engine']}: {model['fps']:.1f} FPS, classify "
                      f"{model['classify_ms_per_frame']:.2f} ms/frame = {100 * model['classify_share']:.1f}% "
                      "of its frame time")
+        if model.get("probe_check"):  # the file's check of its engine here, passed or refused
+            lines.append(f"    {model['probe_check']}")
     if "agreement" in summary:
         a = summary["agreement"]
         lines.append(f"  top-1 agreement: {a['faces']}/{a['of_faces']} faces "

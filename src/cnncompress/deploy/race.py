@@ -22,6 +22,7 @@ from cnncompress.timing import DEFAULT_THREADS, alternating, time_calls
 from cnncompress import hardware as cpu
 from cnncompress.deploy import openvino
 from cnncompress.deploy.engines import ENGINES, ORT_SHARING, EngineUnavailable, get, model_precision, names
+from cnncompress.storage import probe_section
 
 
 def _engine_list(engines) -> list[str]:
@@ -81,10 +82,12 @@ def prepared(model, input_shape: tuple[int, ...], engines=None,
     ``check`` (a module ``model``): with ``images`` (real images of the run, e.g. 32 of its validation split), each
     engine's top-1 on them must agree with its reference (``_reference``: the model's forward, or for int8 engines
     the fake-quant twin) on at least ``AGREEMENT`` of them, else it is skipped with the figure; without images,
-    its output on a seeded probe input is compared with the model's own forward (an engine that computes
+    a model that carries a file's probes is checked the same way on the probe images; otherwise its output on a seeded probe input is compared with the model's own forward (an engine that computes
     something else, e.g. an ONNX export that froze a native kernel's output into a constant, is skipped): max |Δ|
     within ``TOLERANCE[precision]`` x (1 + max |output|)."""
     checked = check and isinstance(model, nn.Module)
+    if checked and images is None:
+        images = _file_probes(model, input_shape)
     if checked and images is not None:
         references: dict = {}
 
@@ -110,6 +113,16 @@ def prepared(model, input_shape: tuple[int, ...], engines=None,
             lines = str(error).strip().splitlines()
             skipped[name] = f"failed: {type(error).__name__}: {lines[0] if lines else ''}"
     return runs, skipped
+
+
+def _file_probes(model: nn.Module, input_shape: tuple[int, ...]) -> torch.Tensor | None:
+    """The real images a model loaded from a ``.ccz`` carries (its probes, ``storage.probe_section``; a deployed
+    model keeps them, ``self_check``) when they have ``input_shape``'s image shape, else None."""
+    probes = probe_section.of(model)
+    if probes is None:
+        return None
+    inputs = probes.inputs()
+    return inputs if tuple(inputs.shape[1:]) == tuple(input_shape[1:]) else None
 
 
 def _probe_check(model: nn.Module, input_shape: tuple[int, ...]):

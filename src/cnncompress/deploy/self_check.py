@@ -6,7 +6,7 @@ at batch 1 (as ``predict`` runs a face). At least ``THRESHOLD`` % (99): the depl
 engine is refused: one warning line on stderr (the methods, the engine, the agreement, the CPU, what runs
 instead) and the exact form runs instead. Either way the returned model records the result in
 ``metadata["probe_check"]`` (``record_of``; ``describe`` says it in one line: what ``cnncompress export`` and
-``predict`` print).
+``predict`` print) and carries the probes on, so that an engine race over it checks every engine on them.
 ``deploy.runtime.to_inference`` decides when to check; this module only checks.
 """
 from __future__ import annotations
@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from cnncompress import hardware, model_card
+from cnncompress.storage import probe_section
 from cnncompress.storage.probe_section import Probes
 
 THRESHOLD = 99.0
@@ -78,16 +79,19 @@ def check(deployed: nn.Module, probes: Probes, exact: Callable[[], nn.Module] | 
               "cpu": hardware.cpu_name(), "isa": " ".join(hardware.summary()["isa"]), "passed": True,
               "runs": "deployed engine"}
     if passed:
-        return _recorded(deployed, record)
+        return _recorded(deployed, record, probes)
     fallback = deployed if exact is None else exact()
     record.update(passed=False, runs="the deployed form: it is the exact form, there is no other" if exact is None
                   else f"the exact form ({engine_of(fallback)})")
     print(f"warning: {refusal(record)}", file=sys.stderr)
-    return _recorded(fallback, record)
+    return _recorded(fallback, record, probes)
 
 
-def _recorded(model: nn.Module, record: dict) -> nn.Module:
+def _recorded(model: nn.Module, record: dict, probes: Probes) -> nn.Module:
+    """``model`` with the check's record in its metadata, still carrying the file's probes (an engine race over it
+    checks every engine on those real images, ``deploy.race.prepared``)."""
     model.metadata = {**model_card.read(model).metadata, KEY: record}
+    probe_section.attach(model, probes)
     return model
 
 

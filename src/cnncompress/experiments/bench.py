@@ -34,7 +34,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -43,11 +42,10 @@ from tqdm import tqdm
 
 from cnncompress import deploy, measure, methods, models, storage
 from cnncompress.data import build_dataset, final_evaluation
-from cnncompress.methods.early_exit import EarlyExitNet
 from cnncompress.errors import InputError, failure_kind
 from cnncompress.training.trainer import (ProbedTrainer, TrainConfig, TrainProbe, atomic_write, best_epoch, checkpoint_info,
                                          load_weights, save_weights)
-from cnncompress.experiments import engine_race, stats
+from cnncompress.experiments import bench_latency as latency, engine_race, stats
 from cnncompress.experiments.environment import environment
 from cnncompress.models.entry_point import is_entry_point, resolve
 from cnncompress.pipeline import apply_pipeline, collapse_check, load_for_inference
@@ -250,53 +248,6 @@ class Bench:
         result["start_epoch"] = len(self._baseline_history[key])
         return result
 
-    def baseline_latency(self, row: Row, shape: tuple, example, per_sample: bool) -> tuple[float, float | None]:
-        """The fp32 baseline's batch-1 latency (PyTorch, onnxruntime) re-measured right after this row, so the
-        row's speed-up compares two timings taken in the same minute (minutes apart, load drift dominated);
-        ``per_sample``: PyTorch timed like the row, once per test image (mean)."""
-        recipe, base = self.recipe, self.baseline(row.model, row.seed)
-        if per_sample:
-            torch_ms = measure.per_sample_latency(base, self.test_set.images, recipe.threads)["mean_ms"]
-        else:
-            torch_ms = measure.latency(base, shape, runs=recipe.latency_runs, num_threads=recipe.threads,
-                                       example=example)["median_ms"]
-        try:
-            ort_ms = measure.onnx_latency(base, shape, runs=recipe.latency_runs, num_threads=recipe.threads,
-                                          fallback=False, example=example)["median_ms"]
-        except Exception:  # noqa: BLE001 - the baseline row records the export error itself
-            ort_ms = None
-        return torch_ms, ort_ms
-
-    def _ort_latency(self, model, fast, shape, example) -> tuple[float | None, str]:
-        """onnxruntime column: the model's own ONNX graph where the inference model is one (int8 QDQ), else the
-        exported float model; ``(None, reason)`` when it cannot be exported."""
-        source = getattr(fast, "onnx_model", None) or model
-        try:
-            with tempfile.TemporaryDirectory() as tmp:
-                if isinstance(source, bytes):
-                    (Path(tmp) / "m.onnx").write_bytes(source)
-                    source = Path(tmp) / "m.onnx"
-                return measure.onnx_latency(source, shape, runs=self.recipe.latency_runs,
-                                            num_threads=self.recipe.threads, fallback=False,
-                                            example=example)["median_ms"], ""
-        except Exception as error:  # noqa: BLE001 - a model that cannot export gets n/a and the reason
-            return None, f"{type(error).__name__}: {str(error).splitlines()[0][:120] if str(error) else ''}"
-
-    def _torch_latency(self, fast, shape, example) -> tuple[dict, float | None]:
-        """PyTorch batch-1 latency of the deployed model and its early-exit rate (None without exits). A model
-        whose cost depends on the image (an early exit) is timed once per test image, mean."""
-        exits = [m for m in fast.modules() if isinstance(m, EarlyExitNet)]
-        if not exits:
-            stats_ = measure.latency(fast, shape, runs=self.recipe.latency_runs, num_threads=self.recipe.threads,
-                                     example=example)
-            return {**stats_, "protocol": f"median of {stats_['runs']} runs on one test image"}, None
-        taken: list[int] = []
-        stats_ = measure.per_sample_latency(fast, self.test_set.images, self.recipe.threads,
-                                            after=lambda: taken.append(int(exits[0].last_exit[0])))
-        return ({**stats_, "median_ms": stats_["mean_ms"], "layout": "nchw",
-                 "protocol": f"mean over the {len(taken)} test images at batch 1"},
-                taken.count(0) / max(1, len(taken)))
-
     def measure_row(self, row: Row, model, history, folder: Path, loss_fn, started: float) -> dict:
         recipe = self.recipe
         shape = (1, self.train_set.channels, recipe.input_size, recipe.input_size)
@@ -312,11 +263,12 @@ class Bench:
         with final_evaluation(self.test_set):  # the row's one read of the test split (early exits: timed on it)
             correct = measure.correct(fast, self.test_set)
             trained_form = measure.accuracy(model, self.test_set)
-            torch_stats, exit_rate = self._torch_latency(fast, shape, example)
-            base_torch, base_ort = self.baseline_latency(row, shape, example, per_sample=exit_rate is not None)
+            torch_stats, exit_rate = latency.deployed(fast, shape, example, self.test_set.images, recipe)
+            base_torch, base_ort = latency.baseline(self.baseline(row.model, row.seed), shape, example,
+                                                    self.test_set.images if exit_rate is not None else None, recipe)
         checked = {} if row.method == BASELINE else collapse_check(  # a row at chance is said, never shipped quietly
             measure.accuracy(fast, selection), selection.num_classes, row.label)
-        ort, ort_error = self._ort_latency(model, fast, shape, example)
+        ort, ort_error = latency.onnxruntime(model, fast, shape, example, recipe)
         race = {} if exit_rate is not None else engine_race.race(  # early exits: timed per image, in PyTorch
             fast, self.baseline(row.model, row.seed), shape, example, deploy.precision_of(i.name for i in infos),
             recipe.threads, images=selection.images[:32])

@@ -39,6 +39,7 @@ from cnncompress.methods.cascade_losses import (DEFAULT_ALPHA, DEFAULT_PENALTY, 
                                                firm_cascade_probability, g_alpha, msdnet_sum_loss,
                                                soft_cascade_loss, soft_cascade_probability)
 from cnncompress.methods.exit_graph import GraphExit, attach_graph_exit, exit_features, exit_head
+from cnncompress.methods.prune_macs import total_macs
 from cnncompress.methods.registry import MethodInfo, register
 
 
@@ -231,35 +232,19 @@ def exit_inference(net: EarlyExitNet, x: torch.Tensor, threshold: float | None =
 
 
 def count_macs(net: EarlyExitNet, input_shape: tuple[int, ...]) -> dict[str, int]:
-    """Multiply-accumulates per sample of ``trunk``, ``exit_head`` and ``rest`` (Conv2d and Linear layers)."""
-    totals = {"trunk": 0, "exit_head": 0, "rest": 0}
-    handles = []
-
-    def hook_for(part):
-        def hook(module, inputs, output):
-            if isinstance(module, nn.Conv2d):
-                per_out = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
-                totals[part] += output[0].numel() * per_out
-            else:
-                totals[part] += module.in_features * module.out_features
-        return hook
-
-    for part in totals:
-        for module in getattr(net, part).modules():
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
-                handles.append(module.register_forward_hook(hook_for(part)))
+    """Multiply-accumulates per sample of ``trunk``, ``exit_head`` and ``rest``: each part's Conv2d and Linear
+    layers, counted by the package's one MAC counter (``prune_macs.layer_macs``, the formula pruning's ``flops=``
+    targets use)."""
     was_training = net.training
     net.eval()
     try:
         with torch.no_grad():
-            hidden = net.trunk(torch.zeros(1, *input_shape))
-            net.exit_head(hidden)
-            net.rest(hidden)
+            example = torch.zeros(1, *input_shape)
+            hidden = net.trunk(example)
+            return {"trunk": total_macs(net.trunk, example), "exit_head": total_macs(net.exit_head, hidden),
+                    "rest": total_macs(net.rest, hidden)}
     finally:
-        for handle in handles:
-            handle.remove()
         net.train(was_training)
-    return totals
 
 
 def expected_macs(macs: dict[str, int], exit_rate: float) -> float:
