@@ -20,3 +20,27 @@ def test_every_committed_row_read_its_test_split_once():
     assert counts and set(counts) == {1}
     for rows in json.loads((RESULTS / "table3" / "results.json").read_text()).values():
         assert {r["test_evaluations"] for r in rows} == {1}
+
+
+DOCS = RESULTS.parent
+
+
+def test_the_committed_emotion_crossfit_headline_and_report_recompute():
+    """docs/results/emotion-crossfit: the pooled headline (intervals, verdict) recomputes from the per-fold raw
+    records, the report renders to the committed text, and every face was held out once per seed."""
+    import json
+    from cnncompress.experiments import emotion_crossfit
+    folder = DOCS / "emotion-crossfit"
+    result = json.loads((folder / "results.json").read_text())
+    assert json.dumps(emotion_crossfit.headline(result["folds"]), sort_keys=True) == \
+        json.dumps(result["headline"], sort_keys=True)
+    assert emotion_crossfit.report(result) == (folder / "report.md").read_text()
+    counts = result["test_evaluations"]
+    assert set(counts["faces"].values()) == {result["pool_size"]} == {100}
+    assert all(set(per_face.values()) == {1} and len(per_face) == 100 for per_face in counts["per_face"].values())
+
+
+def test_the_committed_table2_paper_rows_read_their_test_split_once():
+    import json
+    rows = json.loads((DOCS / "table2-paper-rows" / "results.json").read_text())["rows"]
+    assert len(rows) == 24 and {r["test_evaluations"] for r in rows} == {1} and all(r["correct"] for r in rows)

@@ -82,9 +82,10 @@ def prepared(model, input_shape: tuple[int, ...], engines=None,
     ``check`` (a module ``model``): with ``images`` (real images of the run, e.g. 32 of its validation split), each
     engine's top-1 on them must agree with its reference (``_reference``: the model's forward, or for int8 engines
     the fake-quant twin) on at least ``AGREEMENT`` of them, else it is skipped with the figure; without images,
-    a model that carries a file's probes is checked the same way on the probe images; otherwise its output on a seeded probe input is compared with the model's own forward (an engine that computes
-    something else, e.g. an ONNX export that froze a native kernel's output into a constant, is skipped): max |Δ|
-    within ``TOLERANCE[precision]`` x (1 + max |output|)."""
+    a model that carries a file's probes is checked the same way on the probe images; otherwise its output on a
+    seeded probe input is compared with the model's own forward (an engine that computes something else, e.g. an
+    ONNX export that froze a native kernel's output into a constant, is skipped): max |Δ| within
+    ``TOLERANCE[precision]`` x (1 + max |output|)."""
     checked = check and isinstance(model, nn.Module)
     if checked and images is None:
         images = _file_probes(model, input_shape)
