@@ -137,7 +137,8 @@ def child(work: Path) -> dict:
             what = f"{files['data']} test split ({len(images)} images)"
         twin_labels = {bits: _labels(twin, images) for bits, twin in twins.items()}
         original_labels = _labels(original, images, 64)
-        record = {"images": what, "count": len(images), "probe_check": self_check.describe(self_check.record_of(deployed)),
+        record = {"images": what, "count": len(images),
+                  "probe_check": self_check.describe(self_check.record_of(deployed)),
                   "deployed_engine": self_check.engine_of(deployed),
                   "deployed_scheme": (getattr(deployed, "metadata", {}) or {}).get("int8_scheme"), "engines": {}}
         chosen = record["deployed_scheme"] or ""

@@ -268,7 +268,8 @@ def report(result: dict) -> str:
     lines = ["# emotion-crossfit: the emotion headline cross-fitted over the 100 LFW faces", "",
              f"`cnncompress reproduce emotion-crossfit{' --quick' if result.get('quick') else ''}`; "
              f"{result['started']} – {result['finished']} ({result['seconds'] / 60:.1f} min); CPU {machine['cpu']} "
-             f"({machine['machine']}, logical CPUs this process could run on: {machine['cores']}); commit {result['commit']}. Settings: "
+             f"({machine['machine']}, logical CPUs this process could run on: {machine['cores']}); "
+             f"commit {result['commit']}. Settings: "
              f"copies {settings['copies']}, epochs {settings['epochs']}, transfer {settings['transfer']}, "
              f"heldout_copies {settings['heldout_copies']}. Faces: {settings['faces']}, {result['pool_size']} faces "
              f"in {len(result['folds'])} folds (each held out once).", "",
