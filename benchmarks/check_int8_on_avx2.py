@@ -91,8 +91,8 @@ def _labels(run, images: torch.Tensor, batch: int = 1) -> torch.Tensor:
     return torch.cat([torch.as_tensor(run(images[i:i + batch])).argmax(1) for i in range(0, len(images), batch)])
 
 
-def _engines(int8) -> dict:
-    """``{name: (run, its twin's name)}``: what deploy picks here, and each scheme on each engine."""
+def _engines(int8) -> tuple[dict, dict]:
+    """``({name: (run, its twin's name)}, {bits: QDQ graph})``: each scheme on each engine, and the graphs."""
     from cnncompress.deploy.int8 import OrtInt8Model, int8_onnx, to_openvino_int8
     graphs = {"8-bit": int8_onnx(int8, reduce_range=False), "7-bit": int8_onnx(int8, reduce_range=True)}
     engines = {f"onnxruntime int8, {bits} weights": (OrtInt8Model(graph), bits) for bits, graph in graphs.items()}
@@ -171,7 +171,8 @@ def run_child(work: Path, emulated: bool) -> dict:
     command = [sys.executable, __file__, "--child", str(work)]
     if emulated:
         cpuinfo = work / "cpuinfo-haswell"
-        host = __import__("cnncompress.hardware", fromlist=["cpu_name"]).cpu_name()
+        from cnncompress.hardware import cpu_name
+        host = cpu_name()
         cpuinfo.write_text(f"processor\t: 0\nmodel name\t: QEMU TCG -cpu Haswell (AVX2, no VNNI), emulated on "
                            f"{host}\nflags\t\t: {HASWELL_FLAGS}\n")
         env["CNNCOMPRESS_CPUINFO"] = str(cpuinfo)

@@ -21,7 +21,7 @@ def teacher():
 def test_folds_partition_the_hundred_faces(teacher):
     held = []
     for k in range(cf.FOLDS):
-        data = emotion_table.faces("lfw-faces", teacher, fold=k, folds=cf.FOLDS)
+        data = cf.fold_faces("lfw-faces", teacher, k, cf.FOLDS)
         train, val, out = (set(data[key]) for key in ("train_index", "val_index", "heldout_index"))
         assert len(out) == len(data["heldout"]) == 25 and len(train) == len(data["train"]) == 67 and len(val) == 8
         assert not (train & val or train & out or val & out) and len(train | val | out) == data["pool_size"] == 100
@@ -29,9 +29,9 @@ def test_folds_partition_the_hundred_faces(teacher):
             data["heldout"].images
         held += data["heldout_index"]
     assert sorted(held) == list(range(100))  # every face held out exactly once
-    again = emotion_table.faces("lfw-faces", teacher, fold=2)
-    pool = emotion_table.faces("lfw-faces", teacher, fold=0)
-    assert again["heldout_index"] == emotion_table.faces("lfw-faces", teacher, fold=2)["heldout_index"]  # fixed seed
+    again = cf.fold_faces("lfw-faces", teacher, 2)
+    pool = cf.fold_faces("lfw-faces", teacher, 0)
+    assert again["heldout_index"] == cf.fold_faces("lfw-faces", teacher, 2)["heldout_index"]  # fixed seed
     by_index = {}  # the recorded indices name the images: a face's pixels are the same wherever it appears
     for data in (again, pool):
         for i, image in zip(data["train_index"], data["train"].images):
@@ -40,7 +40,7 @@ def test_folds_partition_the_hundred_faces(teacher):
     plain = emotion_table.faces("lfw-faces", teacher)  # without fold: unchanged 67 / 8 / 25 and no indices
     assert (len(plain["train"]), len(plain["val"]), len(plain["heldout"])) == (67, 8, 25) and "fold" not in plain
     with pytest.raises(InputError):
-        emotion_table.faces("lfw-faces", teacher, fold=4, folds=4)
+        cf.fold_faces("lfw-faces", teacher, 4, 4)
 
 
 def _row(label, selection, ratio, heldout=90.0):

@@ -268,14 +268,20 @@ def split_validation(dataset: ImageDataset, val_fraction: float = DEFAULT_VAL_FR
                      ) -> tuple[ImageDataset, ImageDataset]:
     """(train, val) parts of an already built dataset, carved exactly as ``build_dataset`` carves ``val`` from a
     training split (seeded, stratified; unlabelled sets are one class). For images a caller pools itself."""
-    keep, held = stratified_split(dataset.labels.numpy(), check_val_fraction(val_fraction), seed=VAL_SEED,
-                                  at_least_one=True)
+    keep, held = validation_indices(dataset, val_fraction)
 
     def part(index, split):
         index = torch.as_tensor(index, dtype=torch.int64)
         return ImageDataset(dataset.images[index], dataset.labels[index], dataset.classes, dataset.name,
                             dataset.mean, dataset.std, split)
     return part(keep, "train"), part(held, "val")
+
+
+def validation_indices(dataset: ImageDataset, val_fraction: float = DEFAULT_VAL_FRACTION):
+    """``(train positions, val positions)`` of ``dataset`` in ``split_validation``'s cut (the same seeded,
+    stratified split): for a caller that must know which images went where."""
+    return stratified_split(dataset.labels.numpy(), check_val_fraction(val_fraction), seed=VAL_SEED,
+                            at_least_one=True)
 
 
 def available() -> dict[str, str]:

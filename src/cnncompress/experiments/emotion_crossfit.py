@@ -10,7 +10,7 @@ Here the label-free pipeline is frozen first (decided 2026-12-07, before any run
   elsewhere + Huffman, BatchNorms as affine, fp16 rest". Settings: ``emotion_rows.FULL`` unchanged (``QUICK`` for
   ``--quick``).
 - **Folds**: the 100 faces of ``lfw-faces`` (its train+val pool of 75 and its sealed test split of 25, opened once
-  by ``emotion_table.faces(..., fold=k)``) permuted with a fixed seed (``emotion_table.FOLD_SEED``) and cut into 4
+  by ``fold_faces``) permuted with a fixed seed (``FOLD_SEED``) and cut into 4
   folds of 25. In fold k the other 75 faces are split by ``split_validation`` into train / val (67 / 8); the copy
   distils on the train faces (+ the transfer images), and the selection set (augmented val faces + natural crops,
   ``emotion_table.selection_set``) chooses its epoch and whether recovery is kept; fold k's 25 faces (each with 3
@@ -58,6 +58,7 @@ CANDIDATES = ("k-means 3-bit on the three largest convs, 4-bit elsewhere + Huffm
               "k-means 5-bit on the stem and depthwise convs, 3-bit on the three largest convs and the classifier, "
               "4-bit elsewhere + Huffman, BatchNorms as affine, fp16 rest")
 FOLDS = 4
+FOLD_SEED = 0  # the fixed permutation of the pooled faces that ``fold_faces`` cuts into folds
 PICK_SEED, CONFIRM_SEED = 0, 1
 MIN_RATIO, BAR = 8.0, 90.0
 AGREEMENT_CLAIM = Claim("above", 0.0)  # Δ = agreement − BAR points: non-inferiority against 90 %, margin 0
@@ -72,6 +73,36 @@ def candidates() -> list[tuple]:
     if missing:
         raise InputError(f"emotion-crossfit: candidate row(s) not in emotion_rows.ROWS: {'; '.join(missing)}")
     return [rows[label] for label in CANDIDATES]
+
+
+def fold_faces(dataset: str, teacher, fold: int, folds: int = FOLDS) -> dict:
+    """``emotion_table.faces`` for cross-fitting: every face pooled (the ``train+val`` pool, then the sealed
+    ``test`` split, opened here once through ``final_evaluation``: each face is held out in exactly one fold),
+    permuted with ``FOLD_SEED``, cut into ``folds`` near-equal folds; fold ``fold`` is ``heldout`` (sealed again:
+    read only inside ``final_evaluation``), the other faces are split by ``split_validation`` into train / val.
+    ``heldout_index`` / ``train_index`` / ``val_index``: each face's index in that pool (train+val pool first), so
+    folds can be pooled per face; ``pool_size``: how many faces."""
+    from cnncompress.data import final_evaluation, split_validation
+    from cnncompress.data.datasets import ImageDataset, validation_indices
+    if not (isinstance(folds, int) and folds >= 2) or not (isinstance(fold, int) and 0 <= fold < folds):
+        raise InputError(f"fold {fold!r} of {folds!r}: need 0 <= fold < folds and folds >= 2")
+    pool, test, fmt = emotion_table.pooled_faces(dataset, teacher)
+    with final_evaluation(test):  # once: cross-fitting holds each of these faces out in exactly one fold
+        images = torch.cat([pool.images, test.images])
+        labels = torch.cat([pool.labels, test.labels])
+    if len(images) < 3 * folds:
+        raise InputError(f"{pool.name}: {len(images)} faces are too few for {folds} folds")
+    order = np.random.default_rng(FOLD_SEED).permutation(len(images))
+    held = np.sort(np.array_split(order, folds)[fold])
+    rest = np.setdiff1d(np.arange(len(images)), held)  # sorted
+    rest_set = ImageDataset(images[rest], labels[rest], pool.classes, pool.name, pool.mean, pool.std, "train+val")
+    train, val = split_validation(rest_set)
+    keep, chosen = validation_indices(rest_set)  # the positions split_validation took
+    heldout = ImageDataset(images[held], labels[held], pool.classes, pool.name, pool.mean, pool.std, "test",
+                           sealed=True)
+    return {"train": train, "val": val, "heldout": heldout, "format": fmt, "fold": fold, "folds": folds,
+            "pool_size": len(images), "heldout_index": [int(i) for i in held],
+            "train_index": [int(rest[i]) for i in keep], "val_index": [int(rest[i]) for i in chosen]}
 
 
 def selection_view(row: dict) -> dict:
@@ -189,7 +220,7 @@ def run(out: str | Path, faces_spec: str = "lfw-faces", quick: bool = False, pro
     started, clock = datetime.now(timezone.utc), time.perf_counter()
     rows_to_run = candidates()
     settings = {**(QUICK if quick else FULL), "faces": faces_spec,
-                "crossfit": {"folds": FOLDS, "fold_seed": emotion_table.FOLD_SEED, "candidates": list(CANDIDATES),
+                "crossfit": {"folds": FOLDS, "fold_seed": FOLD_SEED, "candidates": list(CANDIDATES),
                              "pick_seed": PICK_SEED, "confirm_seed": CONFIRM_SEED, "min_ratio": MIN_RATIO}}
     for k in range(FOLDS):
         emotion_table._refuse_other_settings(out / f"fold{k}", settings)
@@ -198,7 +229,7 @@ def run(out: str | Path, faces_spec: str = "lfw-faces", quick: bool = False, pro
     original_bytes = storage.save(teacher, out / "original.ccz").stat().st_size
     folds, assignment = [], {}
     for k in range(FOLDS):
-        data = emotion_table.faces(faces_spec, teacher, fold=k, folds=FOLDS)
+        data = fold_faces(faces_spec, teacher, k, FOLDS)
         reference = _reference(teacher, data, settings, original_bytes)
         for i in data["heldout_index"]:
             assignment[i] = k

@@ -83,20 +83,10 @@ def top2_margins(logits: torch.Tensor) -> list[float]:
     return [round(float(m), 6) for m in top[:, 0] - top[:, 1]]
 
 
-FOLD_SEED = 0  # the fixed permutation of the pooled faces that ``faces(..., fold=k)`` cuts into folds
-
-
-def faces(dataset: str, teacher, fold: int | None = None, folds: int = 4) -> dict:
-    """Unlabelled faces decoded for the teacher: ``train`` (distillation), ``val`` (chooses the epoch) and
-    ``heldout`` (reported only), as in ``cnncompress distill``.
-
-    With ``fold`` (cross-fitting, ``emotion_crossfit``): every face is pooled (the ``train+val`` pool, then the
-    sealed ``test`` split, opened here once through ``final_evaluation``: each face is held out in exactly one
-    fold), permuted with ``FOLD_SEED``, cut into ``folds`` near-equal folds; fold ``fold`` is ``heldout`` (sealed
-    again: read only inside ``final_evaluation``), the other faces are split by ``split_validation`` into
-    train / val. ``heldout_index`` / ``train_index`` / ``val_index``: each face's index in that pool (train+val
-    pool first), so folds can be pooled per face; ``pool_size``: how many faces."""
-    from cnncompress.data import build_dataset, split_validation
+def pooled_faces(dataset: str, teacher) -> tuple:
+    """``(pool, heldout, format)``: ``dataset``'s faces decoded for the teacher, its ``train+val`` pool and its
+    sealed held-out split (``faces`` splits the pool; ``emotion_crossfit.fold_faces`` pools both)."""
+    from cnncompress.data import build_dataset
     from cnncompress.models.loading import input_format
     from cnncompress.experiments.distill_table import _held_out
     fmt = input_format(teacher)
@@ -107,41 +97,16 @@ def faces(dataset: str, teacher, fold: int | None = None, folds: int = 4) -> dic
     if len(pool) < 2 or heldout is None or len(heldout) == 0:
         raise InputError(f"{dataset}: need at least 3 decodable face images (found {len(pool)} + "
                          f"{0 if heldout is None else len(heldout)})")
-    if fold is not None:
-        return _fold(pool, heldout, fmt, fold, folds)
+    return pool, heldout, fmt
+
+
+def faces(dataset: str, teacher) -> dict:
+    """Unlabelled faces decoded for the teacher: ``train`` (distillation), ``val`` (chooses the epoch) and
+    ``heldout`` (reported only), as in ``cnncompress distill``."""
+    from cnncompress.data import split_validation
+    pool, heldout, fmt = pooled_faces(dataset, teacher)
     train, val = split_validation(pool)
     return {"train": train, "val": val, "heldout": heldout, "format": fmt}
-
-
-def _fold(pool, test, fmt: dict, fold: int, folds: int) -> dict:
-    """``faces``' cross-fitting split: fold ``fold`` of the pooled faces held out (sealed), the rest train / val."""
-    from cnncompress.data import final_evaluation, split_validation
-    from cnncompress.data.datasets import ImageDataset
-    if not (isinstance(folds, int) and folds >= 2) or not (isinstance(fold, int) and 0 <= fold < folds):
-        raise InputError(f"fold {fold!r} of {folds!r}: need 0 <= fold < folds and folds >= 2")
-    with final_evaluation(test):  # once: cross-fitting holds each of these faces out in exactly one fold
-        images = torch.cat([pool.images, test.images])
-        labels = torch.cat([pool.labels, test.labels])
-    if len(images) < 3 * folds:
-        raise InputError(f"{pool.name}: {len(images)} faces are too few for {folds} folds")
-    order = np.random.default_rng(FOLD_SEED).permutation(len(images))
-    held = np.sort(np.array_split(order, folds)[fold])
-    rest = np.setdiff1d(np.arange(len(images)), held)  # sorted
-    rest_set = ImageDataset(images[rest], labels[rest], pool.classes, pool.name, pool.mean, pool.std, "train+val")
-    train, val = split_validation(rest_set)
-    keep, chosen = _split_indices(rest_set)
-    heldout = ImageDataset(images[held], labels[held], pool.classes, pool.name, pool.mean, pool.std, "test",
-                           sealed=True)
-    return {"train": train, "val": val, "heldout": heldout, "format": fmt, "fold": fold, "folds": folds,
-            "pool_size": len(images), "heldout_index": [int(i) for i in held],
-            "train_index": [int(rest[i]) for i in keep], "val_index": [int(rest[i]) for i in chosen]}
-
-
-def _split_indices(dataset) -> tuple[list[int], list[int]]:
-    """The (train, val) positions ``split_validation`` takes from ``dataset`` (same seeded stratified cut)."""
-    from cnncompress.data.datasets import DEFAULT_VAL_FRACTION, VAL_SEED, stratified_split
-    keep, held = stratified_split(dataset.labels.numpy(), DEFAULT_VAL_FRACTION, seed=VAL_SEED, at_least_one=True)
-    return [int(i) for i in keep], [int(i) for i in held]
 
 
 def _transfer_inputs(fmt: dict, count: int, seed: int, nonfaces: bool = True) -> torch.Tensor:
