@@ -43,15 +43,6 @@ def test_rows_are_measured_and_reused(tmp_path, monkeypatch):
     assert set(raced) == {r["label"] for r in again if "latency" in r}  # Tucker does not fit: no latency
 
 
-def test_best_small_needs_both_agreements_and_the_size():
-    def row(ratio, faces, augmented):
-        return {"label": f"{ratio}", "size_ratio": ratio, "agreement_heldout": {"agreement": faces},
-                "agreement_heldout_aug": {"agreement": augmented}}
-    rows = [{"label": "original"}, row(9, 95, 89), row(7, 99, 99), row(8.5, 91, 92), {"not_applicable": "x"}]
-    assert emotion_report.best_small(rows)["label"] == "8.5"
-    assert emotion_report.best_small(rows[:3]) is None
-
-
 def test_faces_folder_without_a_decodable_image_is_one_line(tmp_path):
     (tmp_path / "faces").mkdir()
     (tmp_path / "faces" / "a.jpg").write_bytes(b"not an image")
@@ -120,30 +111,31 @@ def test_norms_as_affine_row_is_measured_on_the_file_it_writes(tmp_path):
     assert 100 * same.mean().item() == pytest.approx(affine["agreement_heldout_aug"]["agreement"])
 
 
-def test_claim_pools_the_seeds_and_says_within_noise_when_only_an_interval_reaches_the_bar():
-    import numpy as np
+def test_the_confirmation_row_is_picked_on_the_selection_set_never_on_the_held_out_faces():
+    def row(label, ratio, selection, heldout, seed=0):
+        return {"label": label, "seed": seed, "bytes": int(240_000 / ratio), "size_ratio": ratio,
+                "selection_agreement": selection, "agreement_heldout": {"agreement": heldout},
+                "agreement_heldout_aug": {"agreement": heldout}}
+    rows = [row("held-out best", 8.2, 80.0, 99.0), row("selection best", 8.1, 90.0, 60.0),
+            row("large", 4.0, 99.0, 99.0), row("other seed", 9.0, 99.0, 99.0, seed=1),
+            {"label": "fp16", "seed": 0, "bytes": 1, "size_ratio": 2.0, "selection_agreement": None}]
+    chosen = emotion_table.confirmation_row(rows, seed=0)
+    assert chosen["label"] == "selection best" and "selection-set agreement" in chosen["reason"]
+    flipped = [{**r, "agreement_heldout": {"agreement": 100 - r["agreement_heldout"]["agreement"]}}
+               if "agreement_heldout" in r else r for r in rows]
+    assert emotion_table.confirmation_row(flipped, seed=0)["label"] == "selection best"  # held-out: no say
+    assert emotion_table.confirmation_row(rows[-1:], seed=0) is None  # nothing recovered: no confirmation
+    assert emotion_table.confirmation_row(rows[2:3], seed=0) is None  # nothing 8x smaller: none either
 
-    def row(seed, faces_right, aug_right, ratio=8.2):
-        vector = [1] * faces_right + [0] * (25 - faces_right) + [1] * aug_right + [0] * (75 - aug_right)
-        return {"label": "mixed", "seed": seed, "bytes": 28_900, "size_ratio": ratio, "agree_vector": vector}
-    rows = [{"label": "original"}, row(0, 24, 67), row(1, 23, 65), row(2, 23, 66)]
-    pooled = emotion_report.claim(rows, "mixed", faces=25)
-    assert pooled["seeds"] == 3 and pooled["faces"]["per_seed"] == [96.0, 92.0, 92.0]
-    assert pooled["faces"]["agreement"] == pytest.approx(np.mean([96, 92, 92]))
-    assert pooled["faces_aug"]["agreement"] == pytest.approx(np.mean([91, 88, 89]))
-    assert pooled["faces_aug"]["low"] < 90 <= pooled["faces_aug"]["high"]
-    assert pooled["verdict"] == "within noise"  # faces >= 90, augmented mean 89.3 with an interval reaching 90
-    assert emotion_report.claim([rows[0], row(0, 25, 75), row(1, 25, 75)], "mixed", 25)["verdict"] is True
-    assert emotion_report.claim([rows[0], row(0, 25, 75, ratio=7.9)], "mixed", 25)["verdict"] is False
-    assert emotion_report.claim(rows, "other", 25) == {"seeds": 0}
 
-
-def test_a_row_meeting_the_aim_is_run_again_at_the_confirmation_seeds(tmp_path, monkeypatch):
-    monkeypatch.setattr(emotion_table, "meets", lambda row: row["label"] == "fp16")
+def test_the_picked_row_is_run_again_at_the_confirmation_seeds_and_each_row_counts_its_test_reads(tmp_path,
+                                                                                                  monkeypatch):
+    monkeypatch.setattr(emotion_table, "confirmation_row", lambda rows, seed: rows[0])
     rows = emotion_table.run(tmp_path, rows=ROWS[:1], progress=False, **{**FAST, "confirm_seeds": [1]})
     assert [(r["label"], r["seed"]) for r in rows[1:]] == [("fp16", 0), ("fp16", 1)]
     assert (tmp_path / "fp16-s1" / "row.json").is_file() and len(rows[2]["agree_vector"]) == rows[0]["n_heldout_aug"]
     assert "fp16 (seed 1)" in emotion_report.table(rows)
+    assert [r["test_evaluations"] for r in rows[1:]] == [1, 1]  # the sealed faces were opened once
 
 
 def test_selection_set_weighs_val_faces_as_much_as_crops_and_holds_every_val_face():

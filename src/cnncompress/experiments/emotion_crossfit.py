@@ -196,6 +196,7 @@ def _reference(teacher, data: dict, settings: dict, original_bytes: int) -> dict
         astronaut = emotion_table.astronaut_input(fmt)
         return {"heldout_images": images, "heldout_out": teacher(images), "astronaut": astronaut,
                 "astronaut_class": int(teacher(astronaut).argmax(1)), "bytes": original_bytes,
+                "test_evaluations": data["heldout"].evaluations,
                 "shape": (1, fmt["channels"], fmt["input_size"], fmt["input_size"])}
 
 
