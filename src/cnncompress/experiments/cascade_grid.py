@@ -85,6 +85,13 @@ def run_grid(config: dict, out: Path, log=print) -> dict:
         if config["limit"]:
             train_set.images, train_set.labels = train_set.images[:config["limit"]], train_set.labels[:config["limit"]]
         for seed in config["seeds"]:
+            done = _finished_seed(out, config, data, seed)
+            if done is not None:  # resumed: this seed's runs finished before a kill
+                results["base"].append(done["base"])
+                results["runs"] += done["runs"]
+                log(f"{data} seed {seed}: reused from {_seed_file(out, data, seed)}")
+                continue
+            first_run = len(results["runs"])
             torch.manual_seed(seed)
             base = models.build("cascade_cnn", train_set.num_classes, train_set.channels, train_set.input_size,
                                 config["width"])
@@ -149,7 +156,30 @@ def run_grid(config: dict, out: Path, log=print) -> dict:
                     f"{100 * on_test['accuracy']:.2f}%, early exits {100 * on_test['exit_rate']:.1f}%")
                 if len(results["runs"]) == 1:
                     _save_model(net, out / "model.ccz", log)
+            _seed_file(out, data, seed).parent.mkdir(parents=True, exist_ok=True)
+            _seed_file(out, data, seed).write_text(json.dumps(
+                {"config": config, "base": results["base"][-1], "runs": results["runs"][first_run:]}, default=str))
     return results
+
+
+def _seed_file(out: Path, data: str, seed: int) -> Path:
+    return out / "seeds" / f"{data}-s{seed}.json"
+
+
+def _finished_seed(out: Path, config: dict, data: str, seed: int) -> dict | None:
+    """One (dataset, seed)'s base and runs written by an earlier, killed run of the same ``config``; None when
+    there is none. A file of another config is refused in one line, never overwritten."""
+    from cnncompress.errors import InputError
+    path = _seed_file(out, data, seed)
+    if not path.is_file():
+        return None
+    try:
+        done = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise InputError(f"{path}: unreadable result of an earlier run; remove it or use another --out") from None
+    if done.get("config") != json.loads(json.dumps(config, default=str)):
+        raise InputError(f"{path}: made with another cascade config; use another --out or remove it")
+    return done
 
 
 def _base_outcomes(model, test_set, batch_size: int = 256):
