@@ -57,11 +57,24 @@ def _tf_same_maxpool_reference(x: np.ndarray, k: int = 3, s: int = 2) -> np.ndar
     return out
 
 
-@pytest.mark.parametrize("size", [60, 30, 15, 8, 7])
-def test_same_maxpool_matches_reference(size):
-    x = torch.randn(2, 3, size, size) - 5.0  # negative values: zero padding would win, -inf must not
-    ours = MaxPool2dSame(3, 2)(x).numpy()
-    np.testing.assert_array_equal(ours, _tf_same_maxpool_reference(x.numpy()))
+@pytest.mark.parametrize("size", [64, 60, 32, 30, 16, 15, 8, 7, 4, (16, 15), (7, 8)])
+@pytest.mark.parametrize("kernel, stride", [(3, 2), (2, 2), (3, 1)])
+def test_same_maxpool_matches_reference(size, kernel, stride):
+    h, w = size if isinstance(size, tuple) else (size, size)  # square: one pooling op; not: the replicate pad
+    x = torch.randn(2, 3, h, w) - 5.0  # negative values: zero padding would win, -inf must not
+    ours = MaxPool2dSame(kernel, stride)(x).numpy()
+    np.testing.assert_array_equal(ours, _tf_same_maxpool_reference(x.numpy(), kernel, stride))
+
+
+def test_the_exported_network_pools_without_shape_arithmetic():
+    import onnx
+
+    from cnncompress.deploy import onnx_export
+    model = models.build("mini_xception", 7, 1, 64).eval()
+    proto = onnx_export.export_proto(model, torch.zeros(1, 1, 64, 64))
+    ops = [node.op_type for node in proto.graph.node]
+    assert ops.count("MaxPool") == 4 and not {"Shape", "Pad", "Gather", "Slice"} & set(ops)
+    onnx.checker.check_model(proto)
 
 
 def _keras(hdf5: bytes, layer: str, name: str) -> np.ndarray:

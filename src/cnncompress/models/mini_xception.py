@@ -53,8 +53,14 @@ class MaxPool2dSame(nn.Module):
         self.kernel_size, self.stride = kernel_size, stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        top, bottom = _same_pad(x.shape[-2], self.kernel_size, self.stride)
-        left, right = _same_pad(x.shape[-1], self.kernel_size, self.stride)
+        # plain ints (a traced export fixes the input size anyway): the pads become constants of the graph
+        top, bottom = _same_pad(int(x.shape[-2]), self.kernel_size, self.stride)
+        left, right = _same_pad(int(x.shape[-1]), self.kernel_size, self.stride)
+        if (top, bottom) == (left, right) and bottom - top in (0, 1) and 2 * top < self.kernel_size:
+            # one pooling op, no pad: equal pads are max_pool2d's own (padded cells never win); one extra row and
+            # column at the bottom/right is ceil_mode's window hanging off the edge. Exported, it is a single
+            # MaxPool node with constant pads (no shape arithmetic that int8 engines must run around it).
+            return F.max_pool2d(x, self.kernel_size, self.stride, padding=top, ceil_mode=bottom > top)
         if top or bottom or left or right:
             x = F.pad(x, (left, right, top, bottom), mode="replicate")
         return F.max_pool2d(x, self.kernel_size, self.stride)
