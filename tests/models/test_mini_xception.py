@@ -58,7 +58,7 @@ def _tf_same_maxpool_reference(x: np.ndarray, k: int = 3, s: int = 2) -> np.ndar
 
 
 @pytest.mark.parametrize("size", [64, 60, 32, 30, 16, 15, 8, 7, 4, (16, 15), (7, 8)])
-@pytest.mark.parametrize("kernel, stride", [(3, 2), (2, 2), (3, 1)])
+@pytest.mark.parametrize("kernel, stride", [(3, 2), (2, 2), (3, 1), (2, 1), (5, 2)])
 def test_same_maxpool_matches_reference(size, kernel, stride):
     h, w = size if isinstance(size, tuple) else (size, size)  # square: one pooling op; not: the replicate pad
     x = torch.randn(2, 3, h, w) - 5.0  # negative values: zero padding would win, -inf must not

@@ -56,11 +56,13 @@ class MaxPool2dSame(nn.Module):
         # plain ints (a traced export fixes the input size anyway): the pads become constants of the graph
         top, bottom = _same_pad(int(x.shape[-2]), self.kernel_size, self.stride)
         left, right = _same_pad(int(x.shape[-1]), self.kernel_size, self.stride)
-        if (top, bottom) == (left, right) and bottom - top in (0, 1) and 2 * top < self.kernel_size:
+        extra = bottom - top  # 0, or 1 for the odd pad; ceil_mode only adds that window at a stride above 1
+        if (top, bottom) == (left, right) and (extra == 0 or (extra == 1 and self.stride > 1)) \
+                and 2 * top < self.kernel_size:
             # one pooling op, no pad: equal pads are max_pool2d's own (padded cells never win); one extra row and
             # column at the bottom/right is ceil_mode's window hanging off the edge. Exported, it is a single
             # MaxPool node with constant pads (no shape arithmetic that int8 engines must run around it).
-            return F.max_pool2d(x, self.kernel_size, self.stride, padding=top, ceil_mode=bottom > top)
+            return F.max_pool2d(x, self.kernel_size, self.stride, padding=top, ceil_mode=extra == 1)
         if top or bottom or left or right:
             x = F.pad(x, (left, right, top, bottom), mode="replicate")
         return F.max_pool2d(x, self.kernel_size, self.stride)
