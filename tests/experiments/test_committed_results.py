@@ -1,14 +1,27 @@
 """The committed reproduction report recomputes, number for number, from the raw files committed beside it."""
 from pathlib import Path
 
+import pytest
+
 from cnncompress.experiments.reproduce_render import verify
 
 RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results" / "reproduce"
 
 
-def test_the_committed_report_verifies_from_its_raw_files():
-    assert (RESULTS / "report.md").is_file(), "docs/results/reproduce/report.md is missing"
-    assert verify(RESULTS) is None
+VERIFIED = ("reproduce", "cascade-20epochs")  # folders written by `cnncompress reproduce`, kept whole
+
+
+@pytest.mark.parametrize("folder", VERIFIED)
+def test_the_committed_report_verifies_from_its_raw_files(folder):
+    assert (RESULTS.parent / folder / "report.md").is_file(), f"docs/results/{folder}/report.md is missing"
+    assert verify(RESULTS.parent / folder) is None
+
+
+def test_the_20_epoch_cascade_grid_read_its_test_split_once_per_row_with_three_seeds():
+    import json
+    cascade = json.loads((RESULTS.parent / "cascade-20epochs" / "cascade" / "results.json").read_text())
+    assert {r["test_evaluations"] for r in cascade["runs"] + cascade["base"]} == {1}
+    assert cascade["config"]["epochs"] == 20 and len(cascade["config"]["seeds"]) >= 3
 
 
 def test_every_committed_row_read_its_test_split_once():
