@@ -8,13 +8,25 @@ from cnncompress.experiments.reproduce_render import verify
 RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results" / "reproduce"
 
 
-VERIFIED = ("reproduce", "cascade-20epochs")  # folders written by `cnncompress reproduce`, kept whole
+VERIFIED = ("reproduce", "cascade-20epochs", "table-emotion")  # folders written by `cnncompress reproduce`, kept whole
 
 
 @pytest.mark.parametrize("folder", VERIFIED)
 def test_the_committed_report_verifies_from_its_raw_files(folder):
     assert (RESULTS.parent / folder / "report.md").is_file(), f"docs/results/{folder}/report.md is missing"
     assert verify(RESULTS.parent / folder) is None
+
+
+def test_every_table_emotion_row_opened_the_held_out_faces_once_and_its_confirmation_row_was_picked_blind():
+    import json
+
+    from cnncompress.experiments import emotion_table
+    rows = json.loads((RESULTS.parent / "table-emotion" / "table-emotion" / "rows.json").read_text())
+    measured = [r for r in rows[1:] if "not_applicable" not in r]
+    assert measured and {r["test_evaluations"] for r in measured} == {1}
+    confirmed = {r["label"] for r in measured if r["seed"] != 0}
+    picked = emotion_table.confirmation_row(measured, seed=0)  # reads selection-set figures only
+    assert confirmed == ({picked["label"]} if picked else set())
 
 
 def test_the_20_epoch_cascade_grid_read_its_test_split_once_per_row_with_three_seeds():

@@ -64,6 +64,6 @@ FULL_ONLY = tuple(label for label, pipeline, _ in ROWS  # the rows with such a s
 # (its 20-minute budget). ("moving-indices": the k-means indices are re-assigned while the copy recovers,
 # ``share.moving_indices``; "hints": the copy also matches the original's stem and block outputs while it recovers,
 # ``cnncompress.training.hints``.) Folding the BatchNorms into the convs before k-means (rows of the 2026-12-02 run,
-# docs/results/table-emotion/earlier-run) cost agreement (94 -> 85 %): the "fold-bn" step stays available to a
+# docs/results/table-emotion-2026-12-02/earlier-run) cost agreement (94 -> 85 %): the "fold-bn" step stays available to a
 # pipeline ([("fold-bn", {}), ...], optimize's fold_norms) but is not a row.
 SCORING_TRANSFER = 256  # natural crops (another seed than the distillation's) beside the val faces, for optimize

@@ -22,8 +22,7 @@ row:
 * the astronaut check: the emotion the copy gives Eileen Collins' face (``skimage.data.astronaut``) against the
   original's.
 
-Methods that cannot apply to this network (CP/Tucker/TT do not decompose its depthwise convolutions, filter pruning
-cannot follow its residual blocks) are listed with the one-line reason instead of silently left out. Each row is
+Methods that cannot apply to this network (CP/Tucker/TT do not decompose its depthwise convolutions) are listed with the one-line reason instead of silently left out. Each row is
 written to ``<out>/<slug>/row.json`` as it finishes and reused by the next run (resumable); an ``out`` holding rows of
 other settings is refused (one line), never overwritten.
 """
@@ -145,7 +144,7 @@ def selection_set(data: dict, settings: dict, seed: int = 0):
     gets ``heldout_copies - 1`` augmented copies in ``distill``. 8 val faces alone (32 images) chose epochs by
     3-point steps of agreement (one row ended at 83-91 % held-out agreement over three seeds); 256 crops beside
     them (the 2026-12-02 run) weighed non-faces 32:1, and a change that raised agreement on that set by 2 points
-    at every seed lowered it on the held-out faces (``moving-indices``, docs/results/table-emotion)."""
+    at every seed lowered it on the held-out faces (``moving-indices``, docs/results/table-emotion-2026-12-02)."""
     from cnncompress.training.distill import augment_copies
     crops = _transfer_inputs(data["format"], settings["select_transfer"], 10_000 + seed, nonfaces=False)
     val, count = data["val"].images, max(settings["select_faces"], len(data["val"]))
