@@ -52,6 +52,7 @@ from cnncompress.errors import InputError
 from cnncompress.experiments import emotion_table
 from cnncompress.experiments.emotion_report import describe
 from cnncompress.experiments.emotion_rows import FULL, QUICK, ROWS
+from cnncompress.experiments.emotion_selection import MIN_RATIO, SELECTION_KEYS, pick, selection_view  # noqa: F401
 from cnncompress.experiments.verdict import FAILS, HOLDS, INCONCLUSIVE, Claim, decide, wilson
 
 CANDIDATES = ("k-means 3-bit on the three largest convs, 4-bit elsewhere + Huffman, BatchNorms as affine, fp16 rest",
@@ -60,10 +61,9 @@ CANDIDATES = ("k-means 3-bit on the three largest convs, 4-bit elsewhere + Huffm
 FOLDS = 4
 FOLD_SEED = 0  # the fixed permutation of the pooled faces that ``fold_faces`` cuts into folds
 PICK_SEED, CONFIRM_SEED = 0, 1
-MIN_RATIO, BAR = 8.0, 90.0
+BAR = 90.0
 AGREEMENT_CLAIM = Claim("above", 0.0)  # Δ = agreement − BAR points: non-inferiority against 90 %, margin 0
 SIZE_CLAIM = Claim("above", MIN_RATIO)
-SELECTION_KEYS = ("label", "selection_agreement", "bytes", "size_ratio")  # all that ``pick`` may see
 
 
 def candidates() -> list[tuple]:
@@ -103,31 +103,6 @@ def fold_faces(dataset: str, teacher, fold: int, folds: int = FOLDS) -> dict:
     return {"train": train, "val": val, "heldout": heldout, "format": fmt, "fold": fold, "folds": folds,
             "pool_size": len(images), "heldout_index": [int(i) for i in held],
             "train_index": [int(rest[i]) for i in keep], "val_index": [int(rest[i]) for i in chosen]}
-
-
-def selection_view(row: dict) -> dict:
-    """What the selection rule may read of a row: nothing measured on the held-out faces."""
-    return {key: row.get(key) for key in SELECTION_KEYS}
-
-
-def pick(rows: list[dict], min_ratio: float = MIN_RATIO) -> dict:
-    """The frozen selection rule over one fold's seed-0 rows: ``{"label", "reason"}``. Reads ``selection_view``
-    only (a row's held-out figures cannot change the pick)."""
-    views = [selection_view(r) for r in rows if "not_applicable" not in r and r.get("bytes")]
-    if not views:
-        raise InputError("emotion-crossfit: no candidate could be applied in this fold")
-    small = [v for v in views if v["size_ratio"] >= min_ratio]
-    if small:
-        if any(v["selection_agreement"] is None for v in small):
-            raise InputError("emotion-crossfit: a candidate row has no selection_agreement (not recovered?)")
-        best = max(small, key=lambda v: (v["selection_agreement"], -v["bytes"]))
-        tied = [v for v in small if v["selection_agreement"] == best["selection_agreement"]]
-        reason = (f">= {min_ratio:g}x smaller and the highest selection-set agreement "
-                  f"({best['selection_agreement']:.2f} %)" + (" (tie: the smaller file)" if len(tied) > 1 else ""))
-    else:
-        best = max(views, key=lambda v: v["size_ratio"])
-        reason = f"no candidate >= {min_ratio:g}x smaller: the largest ratio ({best['size_ratio']:.2f}x)"
-    return {"label": best["label"], "reason": reason}
 
 
 def clusters(agree_vector, faces: int) -> np.ndarray:

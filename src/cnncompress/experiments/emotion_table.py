@@ -332,10 +332,10 @@ def run(out: str | Path, faces_spec: str = "lfw-faces", quick: bool = False, pro
 
 
 def confirmation_row(rows: list[dict], seed: int) -> dict | None:
-    """The row that gets ``confirm_seeds``: of the recovered rows at ``seed``, the one ``emotion_crossfit.pick``
+    """The row that gets ``confirm_seeds``: of the recovered rows at ``seed``, the one ``emotion_selection.pick``
     (the frozen rule: >= 8x smaller, the highest selection-set agreement) takes, with ``pick``'s reason added; it
     reads the selection set only, never the held-out faces. None when no recovered row is >= 8x smaller."""
-    from cnncompress.experiments.emotion_crossfit import MIN_RATIO, pick
+    from cnncompress.experiments.emotion_selection import MIN_RATIO, pick
     recovered = [r for r in rows if r.get("seed") == seed and r.get("selection_agreement") is not None
                  and r["size_ratio"] >= MIN_RATIO]
     if not recovered:
