@@ -312,6 +312,7 @@ CASCADE_RECIPE = Mapping({
     "positions": ListOf(Choice(("p1", "p2")), non_empty=True), "seeds": ListOf(SEED, non_empty=True),
     "epochs": EPOCHS, "pretrain_epochs": Number(int, 0, 10000, nullable=True), "threshold": PROBABILITY,
     "penalty": Number(float, 0), "alpha": Number(float, 0, open_low=True), "penalties": ListOf(Number(float, 0)),
-    "lr": LR, "momentum": MOMENTUM, "firm_lr": Number(float, 1e-8, 10, nullable=True),
+    "penalty_seed_count": Number(int, 1, 1000), "lr": LR, "momentum": MOMENTUM,
+    "firm_lr": Number(float, 1e-8, 10, nullable=True),
     "firm_momentum": Number(float, 0, 0.999, nullable=True), "batch_size": BATCH, "width": WIDTH,
     "limit": Number(int, 0), "thresholds": ListOf(PROBABILITY, non_empty=True)})

@@ -19,6 +19,12 @@ LEVEL = 0.95
 CHUNK = 250
 
 
+def mean_of(values) -> float:
+    """The mean of the values that are not None (nan when none is)."""
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else float("nan")
+
+
 def pack(correct) -> str:
     """Per-image correctness (bools) -> base64 of the packed bits (1,000 images: 168 characters)."""
     bits = np.asarray(correct, dtype=bool)
