@@ -7,11 +7,12 @@
 - ``make(model, images, source)``: the images as uint8 codes (``storage.probe_section.quantize``) and the outputs of the
   model's exact form (``runtime.exact_form``) on the decoded images, at batch 1.
 - ``save(model, path, images, source)``: ``storage.save``; when the model needs probes and images are given, the
-  file is loaded back, the reference computed on what the file holds (an fp16 float codec rounds weights), and
-  the file written again with its probes. ``deploy.to_inference`` checks them (``self_check``).
+  model is first written to a scratch file and loaded back, so the reference is computed on what the file holds
+  (an fp16 float codec rounds weights), then ``path`` is written once, with its probes. ``deploy.to_inference`` checks them (``self_check``).
 """
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import torch
@@ -71,9 +72,10 @@ def save(model: nn.Module, path: str | Path, images: torch.Tensor | Probes | Non
     images of ``Probes``: a re-saved file keeps its probe images, their reference recomputed) when it needs them
     (``needs_probes``) and images are given; returns ``(path, probes or None)``. ``network``: a user network's
     float network or builder, to load the file back (``storage.load``)."""
-    path = storage.save(model, path, **options)
     if images is None or not needs_probes(model) or (not isinstance(images, Probes) and not len(images)):
-        return path, None
+        return storage.save(model, path, **options), None
     kept = images if isinstance(images, Probes) else choose(images)
-    probes = make(storage.load(path, model=network), kept, images.source if isinstance(images, Probes) else source)
+    with tempfile.TemporaryDirectory() as scratch:  # what the file will hold, read back: ``path`` is written once
+        held = storage.load(storage.save(model, Path(scratch) / "model.ccz", **options), model=network)
+    probes = make(held, kept, images.source if isinstance(images, Probes) else source)
     return storage.save(model, path, probes=probes, **options), probes

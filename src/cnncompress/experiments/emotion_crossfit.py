@@ -160,21 +160,6 @@ def headline(folds: list[dict]) -> dict:
                                  "picked row", "parts": parts, "overall": overall}}
 
 
-def _reference(teacher, data: dict, settings: dict, original_bytes: int) -> dict:
-    """What ``run_row`` measures against, for one fold: its held-out faces (opened once) and their copies."""
-    from cnncompress.data import final_evaluation
-    from cnncompress.training.distill import augment_copies
-    fmt = data["format"]
-    with final_evaluation(data["heldout"]):  # the fold's held-out faces: read here, once
-        images = augment_copies(data["heldout"].images, settings["heldout_copies"], seed=10_000)
-    with torch.inference_mode():
-        astronaut = emotion_table.astronaut_input(fmt)
-        return {"heldout_images": images, "heldout_out": teacher(images), "astronaut": astronaut,
-                "astronaut_class": int(teacher(astronaut).argmax(1)), "bytes": original_bytes,
-                "test_evaluations": data["heldout"].evaluations,
-                "shape": (1, fmt["channels"], fmt["input_size"], fmt["input_size"])}
-
-
 def _commit() -> str:
     def git(*args):
         return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent).stdout
@@ -206,7 +191,7 @@ def run(out: str | Path, faces_spec: str = "lfw-faces", quick: bool = False, pro
     folds, assignment = [], {}
     for k in range(FOLDS):
         data = fold_faces(faces_spec, teacher, k, FOLDS)
-        reference = _reference(teacher, data, settings, original_bytes)
+        reference = emotion_table.heldout_reference(teacher, data, settings, original_bytes)
         for i in data["heldout_index"]:
             assignment[i] = k
 

@@ -99,6 +99,23 @@ def pooled_faces(dataset: str, teacher) -> tuple:
     return pool, heldout, fmt
 
 
+def heldout_reference(teacher, data: dict, settings: dict, original_bytes: int) -> dict:
+    """What every row is measured against: the sealed held-out faces (opened here, once) with their
+    ``heldout_copies`` augmented copies, the original's outputs on them, the astronaut check and the original's
+    ``.ccz`` size (``run_row`` reads these; ``test_evaluations`` counts the openings: 1)."""
+    from cnncompress.data import final_evaluation
+    from cnncompress.training.distill import augment_copies
+    fmt = data["format"]
+    with final_evaluation(data["heldout"]):  # read here once; every row's copy is scored on these once, at its end
+        images = augment_copies(data["heldout"].images, settings["heldout_copies"], seed=10_000)
+    with torch.inference_mode():
+        astronaut = astronaut_input(fmt)
+        return {"heldout_images": images, "heldout_out": teacher(images), "astronaut": astronaut,
+                "astronaut_class": int(teacher(astronaut).argmax(1)), "bytes": original_bytes,
+                "test_evaluations": data["heldout"].evaluations,
+                "shape": (1, fmt["channels"], fmt["input_size"], fmt["input_size"])}
+
+
 def faces(dataset: str, teacher) -> dict:
     """Unlabelled faces decoded for the teacher: ``train`` (distillation), ``val`` (chooses the epoch) and
     ``heldout`` (reported only), as in ``cnncompress distill``."""
@@ -279,7 +296,6 @@ def run(out: str | Path, faces_spec: str = "lfw-faces", quick: bool = False, pro
     """Every row of ``rows`` (default ``ROWS``) on ``fer-minixception`` into ``out``; finished rows with the same
     settings are reused. ``overrides``: any of ``FULL``'s settings (copies, epochs, lr, seeds ...)."""
     from cnncompress import storage
-    from cnncompress.training.distill import augment_copies
     from cnncompress.models.loading import load_model
     out = Path(out)
     unknown = set(overrides) - set(FULL)
@@ -290,19 +306,10 @@ def run(out: str | Path, faces_spec: str = "lfw-faces", quick: bool = False, pro
     teacher = load_model("fer-minixception").eval()
     data = faces(faces_spec, teacher)
     fmt = data["format"]
-    from cnncompress.data import final_evaluation
-    with final_evaluation(data["heldout"]):  # read here once; every row's copy is scored on these once, at its end
-        heldout_images = augment_copies(data["heldout"].images, settings["heldout_copies"], seed=10_000)
-    with torch.inference_mode():
-        heldout_out = teacher(heldout_images)
-        reference_astronaut = astronaut_input(fmt)
-        astronaut_class = int(teacher(reference_astronaut).argmax(1))
     out.mkdir(parents=True, exist_ok=True)
-    shape = (1, fmt["channels"], fmt["input_size"], fmt["input_size"])
-    reference = {"heldout_images": heldout_images, "heldout_out": heldout_out, "astronaut": reference_astronaut,
-                 "astronaut_class": astronaut_class, "shape": shape,
-                 "test_evaluations": data["heldout"].evaluations,  # openings of the sealed held-out faces: 1
-                 "bytes": storage.save(teacher, out / "original.ccz").stat().st_size}
+    reference = heldout_reference(teacher, data, settings, storage.save(teacher, out / "original.ccz").stat().st_size)
+    heldout_images, heldout_out = reference["heldout_images"], reference["heldout_out"]
+    astronaut_class, shape = reference["astronaut_class"], reference["shape"]
     original = {"label": "original (fer-minixception)", "bytes": reference["bytes"], "size_ratio": 1.0,
                 "latency": _latency(teacher, shape), "astronaut": astronaut_class,
                 "classes": fmt["classes"], "settings": settings,
@@ -365,7 +372,7 @@ def retime(results: list[dict], folders: dict, teacher, shape: tuple[int, ...]) 
     the engines of its precision, the original on the fp32 engines), so the × faster column compares times taken
     under the same load, also for rows reused from an earlier run. A row whose model no engine runs keeps its own
     figure."""
-    from cnncompress import deploy, methods, storage
+    from cnncompress import deploy, storage
     contenders = {"original": (teacher, deploy.names("fp32"))}
     for row in results[1:]:
         path = folders.get((row["label"], row.get("seed"))) / "model.ccz" if "bytes" in row else None
