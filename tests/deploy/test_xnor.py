@@ -164,10 +164,17 @@ def test_bf16_stem_takes_the_big_conv_with_its_relu_norm_and_pool(monkeypatch, t
         torch.set_num_threads(previous)
 
 
-def test_stem_auto_is_bf16_exactly_where_the_cpu_has_amx(monkeypatch):
-    monkeypatch.setattr(BG.cpu, "has_amx", lambda: True)
+def test_stem_auto_is_bf16_exactly_where_the_cpu_computes_bf16_and_no_lower_path_is_forced(monkeypatch):
+    monkeypatch.delenv("CNNCOMPRESS_ISA", raising=False)
+    monkeypatch.setattr(BG.cpu, "has_bf16", lambda: True)  # AVX512-BF16 or AMX bf16
     assert BG.stem_precision("auto") == "bf16"
-    monkeypatch.setattr(BG.cpu, "has_amx", lambda: False)
+    for lower in ("avx2", "scalar"):  # standing in for a CPU without AVX-512: no bf16 dot products either
+        monkeypatch.setenv("CNNCOMPRESS_ISA", lower)
+        assert BG.stem_precision("auto") == "fp32"
+    monkeypatch.setenv("CNNCOMPRESS_ISA", "no-such-isa")  # refused where the kernels are built, not here
+    assert BG.stem_precision("auto") == "bf16"
+    monkeypatch.delenv("CNNCOMPRESS_ISA")
+    monkeypatch.setattr(BG.cpu, "has_bf16", lambda: False)
     assert BG.stem_precision("auto") == "fp32"
     assert BG.stem_precision("bf16") == "bf16"
     with pytest.raises(ValueError, match="stem 'fp16'"):
@@ -183,6 +190,7 @@ def test_only_blocks_with_xnor_layers_become_native():
 
 def test_results_environment_records_the_stem_that_runs(monkeypatch):
     from cnncompress.experiments.environment import environment
-    for amx, expected in ((True, "bf16"), (False, "fp32")):
-        monkeypatch.setattr(BG.cpu, "has_amx", lambda amx=amx: amx)
+    monkeypatch.delenv("CNNCOMPRESS_ISA", raising=False)
+    for bf16, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(BG.cpu, "has_bf16", lambda bf16=bf16: bf16)
         assert environment()["xnor_float_stem"] == expected

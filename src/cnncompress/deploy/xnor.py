@@ -13,7 +13,7 @@ shape and runs the runs of supported layers in one ctypes call each:
 
 Any other child splits the block: it runs as a PyTorch module between two native runs, except a float
 ``Conv2d`` too large for the native stem. That one, where the block's ``stem`` precision is bf16 (``"auto"``: on a
-CPU with AMX bf16 tiles), runs in bf16 on oneDNN with the ReLU / LRN / max-pool after it in one native epilogue
+CPU with AVX512-BF16 or AMX bf16, ``stem_precision``), runs in bf16 on oneDNN with the ReLU / LRN / max-pool after it in one native epilogue
 (``Bf16Conv``; XNOR VGG-S at 224, AMX host, one model per process: 8.3 ms at 1 thread, 5.9 ms at 2, against 10.2 ms
 and 6.6-8.8 ms with the fp32 stem). In fp32, when PyTorch has more than one thread, it runs on onnxruntime with
 its threads sleeping between calls (``QuietConv``), because oneDNN's OpenMP workers spin for milliseconds after each
@@ -35,7 +35,7 @@ from torch import nn
 from cnncompress import surgery
 from cnncompress.methods.batchnorm_folding import norm_affine
 from cnncompress import hardware as cpu
-from cnncompress.kernels import binary_graph
+from cnncompress.kernels import binary_graph, native
 from cnncompress.layers import register_layer
 from cnncompress.methods import binarize_inference
 from cnncompress.methods.binarize_inference import FastLocalResponseNorm, FastMaxPool2d, XnorConv2d, XnorLinear
@@ -125,14 +125,25 @@ STEMS = ("auto", "fp32", "bf16")
 
 def stem_precision(stem: str = "auto") -> str:
     """The precision a float conv too large for the native stem runs in: ``stem`` itself, or for ``"auto"``
-    bf16 where the CPU has AMX bf16 tiles (``cpu.has_amx``), else fp32."""
+    bf16 where the CPU computes bf16 natively (``cpu.has_bf16``: AVX512-BF16 dot products or AMX bf16 tiles, which
+    oneDNN's bf16 convolution uses), else fp32. A kernel path forced below AVX-512 (``CNNCOMPRESS_ISA=avx2`` or
+    ``scalar``, standing in for a CPU without it) gets fp32, as such a CPU would.
+
+    VGG-S conv1 at 224 on the AMD EPYC (Zen 4: AVX512-BF16, no AMX), one thread, oneDNN: ~2 ms in bf16
+    (``brg_conv_fwd:avx512_core_bf16``) against ~4.5-9 ms in fp32 (``jit:avx512_core``) under the same load."""
     if stem not in STEMS:
         raise ValueError(f"stem {stem!r}: expected one of {', '.join(STEMS)}")
-    return ("bf16" if cpu.has_amx() else "fp32") if stem == "auto" else stem
+    if stem != "auto":
+        return stem
+    try:
+        lowered = native.requested_isa() in ("avx2", "scalar")
+    except native.IsaError:  # a bad CNNCOMPRESS_ISA is refused where the kernels are built
+        lowered = False
+    return "bf16" if cpu.has_bf16() and not lowered else "fp32"
 
 
 class Bf16Conv:
-    """A float ``Conv2d`` run in bf16 by oneDNN (AMX tiles where the CPU has them) on the calling thread, with the
+    """A float ``Conv2d`` run in bf16 by oneDNN (AMX tiles or AVX512-BF16 dot products) on the calling thread, with the
     ReLU / LRN / max-pool that follow it (``epilogue``, each optional) done by one native pass on its bf16 output
     (``binary_graph.StemEpilogue``), which writes float NCHW. Input cast to bf16 channels_last, weights rounded to
     bf16 once, fp32 accumulation. The XNOR paper keeps the first layer full precision; bf16 keeps 8 bits of
@@ -291,5 +302,5 @@ def native_blocks(model: nn.Module, stem: str = "auto") -> nn.Module:
 def to_inference(model: nn.Module, stem: str = "auto") -> nn.Module:
     """``binarize_inference.to_inference`` (XNOR -> bit-packed kernel, BWN -> signed fp32, fast LRN / max-pool),
     then the Sequential blocks holding XNOR layers as ``NativeSequential`` (one native call per block run; a
-    float conv too large for the native stem in ``stem`` precision: ``"auto"`` = bf16 on an AMX CPU)."""
+    float conv too large for the native stem in ``stem`` precision: ``"auto"``: ``stem_precision``)."""
     return native_blocks(binarize_inference.to_inference(model), stem).eval()

@@ -12,7 +12,7 @@ import torch
 def environment() -> dict:
     """What the numbers were measured on: device, threads, library versions, git commit, which XNOR kernel
     ran (``bitpack.kernel_path``: AVX-512 VPOPCNTDQ, scalar popcount or numpy) and the precision of its large float
-    stem convs (``deploy.xnor.stem_precision``: bf16 on AMX, else fp32), which HashedNets expand kernel
+    stem convs (``deploy.xnor.stem_precision``: bf16 on AVX512-BF16 / AMX, else fp32), which HashedNets expand kernel
     (``hashed.kernel_path``: C or torch), torch's CPU capability, and the
     engines' facts (``engines.engine_environment``: ISA flags, AMX, bf16, OpenVINO version and precisions)."""
     import onnxruntime
