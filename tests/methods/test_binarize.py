@@ -170,7 +170,7 @@ def test_bad_inputs(tmp_path):
     raw = path.read_bytes()
     entry = next(e for e in manifest["tensors"] if e["codec"] == "bitpack")
     entry["shape"][1] += 64  # the blob no longer matches the declared shape
-    from cnncompress.storage.ccz import HEADER, encode_manifest, header_size, pack_header
+    from cnncompress.storage.ccz_header import HEADER, encode_manifest, header_size, pack_header
     _, version, length = HEADER.unpack(raw[:HEADER.size])
     encoded = encode_manifest(manifest, version)
     start = header_size(version)  # re-hashed, as a hostile writer would: the validation behind it must hold

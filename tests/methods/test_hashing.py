@@ -168,7 +168,7 @@ def test_on_the_fly_mode_survives_the_file(tmp_path):
 
 def _rewrite_manifest(path, edit):
     """Edit the manifest and re-hash it (a hostile writer would): the validation behind the digest must hold."""
-    from cnncompress.storage.ccz import HEADER, decode_manifest, encode_manifest, header_size, pack_header
+    from cnncompress.storage.ccz_header import HEADER, decode_manifest, encode_manifest, header_size, pack_header
     data = path.read_bytes()
     magic, version, length = HEADER.unpack(data[:HEADER.size])
     start = header_size(version)

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from cnncompress.errors import InputError
-from cnncompress.storage.ccz import HEADER, decode_manifest, encode_manifest, header_size, load, pack_header
+from cnncompress.storage.ccz import load
+from cnncompress.storage.ccz_header import HEADER, decode_manifest, encode_manifest, header_size, pack_header
 
 KINDS = ("truncate", "flip", "overwrite", "header_length", "shape", "offset", "length", "codec", "dtype", "meta",
          "architecture", "spec")

@@ -10,7 +10,7 @@ from torch import nn
 
 from cnncompress import models, storage
 from cnncompress.errors import InputError
-from cnncompress.storage.ccz import VERSION, HEADER, decode_manifest, encode_manifest, header_size, pack_header
+from cnncompress.storage.ccz_header import VERSION, HEADER, decode_manifest, encode_manifest, header_size, pack_header
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import torch
 from cnncompress import models, storage
 from cnncompress.errors import InputError
 from cnncompress.storage import probe_section as probe_store
-from cnncompress.storage.ccz import HEADER, decode_manifest, encode_manifest, header_size, pack_header
+from cnncompress.storage.ccz_header import HEADER, decode_manifest, encode_manifest, header_size, pack_header
 from cnncompress.storage.probe_section import Probes, dequantize, quantize
 
 

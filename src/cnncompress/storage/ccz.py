@@ -1,6 +1,6 @@
 """The ``.ccz`` compressed-model file.
 
-Layout (little-endian), format version 4::
+Layout (little-endian), format version 4 (the header and the manifest's encoding: ``storage.ccz_header``)::
 
     b"CCZ\\x00" | u32 version | u64 manifest length | sha256 of the manifest bytes (32) | manifest | blobs
 
@@ -23,9 +23,7 @@ anything from the file.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import struct
 import zlib
 from pathlib import Path
 from typing import Callable
@@ -37,15 +35,11 @@ from cnncompress.errors import InputError, input_error
 from cnncompress.layers import compressed_layers
 from cnncompress.model_card import USER_MODEL, float_skeleton, is_user, set_float_skeleton
 from cnncompress.storage import architecture, probe_section
+from cnncompress.storage.ccz_header import (HEADER, MAGIC, MAX_MANIFEST, READABLE_VERSIONS, VERSION, decode_manifest,
+                                            encode_manifest, header_size, pack_header)
 from cnncompress.storage.checkpoint_io import atomic_chunks
 from cnncompress.storage.codecs import MAX_ELEMENTS, TORCH_DTYPES, dtype_name, get_codec, numel
 
-MAGIC = b"CCZ\x00"
-VERSION = 4
-READABLE_VERSIONS = (1, 2, 3, 4)
-HEADER = struct.Struct("<4sIQ")  # magic, version, manifest length (then, from version 2, the manifest digest)
-DIGEST_BYTES = 32
-MAX_MANIFEST = 64 << 20
 # A file may not make the reader allocate more than MAX_EXPANSION x its size + EXPANSION_ALLOWANCE bytes of
 # tensors (1-bit codecs expand 32x into fp32; Deep Compression ~35-50x); CNNCOMPRESS_MAX_EXPANSION overrides.
 MAX_EXPANSION = 64
@@ -168,36 +162,6 @@ def user_skeleton(path: Path, spec: dict, network) -> nn.Module:
     if not isinstance(built, nn.Module):
         raise input_error(path, f"the network builder returned {type(built).__name__}, not an nn.Module")
     return built
-
-
-def encode_manifest(manifest: dict, version: int = VERSION) -> bytes:
-    """The manifest's bytes in a file of format ``version``: compact JSON, zlib-compressed from version 3."""
-    encoded = json.dumps(manifest, separators=(",", ":")).encode("utf-8")
-    return zlib.compress(encoded, 9) if version >= 3 else encoded
-
-
-def decode_manifest(raw: bytes, version: int) -> dict:
-    """Inverse of ``encode_manifest``; inflates at most ``MAX_MANIFEST`` bytes (``ValueError`` past it, or for
-    bytes that are not zlib: a hostile file cannot make the reader allocate more)."""
-    if version >= 3:
-        inflater = zlib.decompressobj()
-        try:
-            raw = inflater.decompress(raw, MAX_MANIFEST)
-        except zlib.error as error:
-            raise ValueError(f"manifest is not zlib data ({error})") from error
-        if inflater.unconsumed_tail or not inflater.eof:
-            raise ValueError(f"manifest inflates past {MAX_MANIFEST} bytes or is cut short")
-    return json.loads(raw.decode("utf-8"))
-
-
-def pack_header(manifest: bytes, version: int = VERSION) -> bytes:
-    """The header that goes before ``manifest`` (the encoded JSON) in a file of format ``version``."""
-    digest = hashlib.sha256(manifest).digest() if version >= 2 else b""
-    return HEADER.pack(MAGIC, version, len(manifest)) + digest
-
-
-def header_size(version: int) -> int:
-    return HEADER.size + (DIGEST_BYTES if version >= 2 else 0)
 
 
 def read_manifest(path: str | Path) -> tuple[dict, int]:
