@@ -41,6 +41,7 @@ def main(argv=None) -> int:
     os.environ["CNNCOMPRESS_ISA"] = args.isa
     from cnncompress import deploy, hardware, methods, models
     from cnncompress.deploy.self_check import kernel_path
+    from cnncompress.deploy.xnor import stem_precision
     from cnncompress.kernels.native import IsaError, requested_isa
     try:
         requested_isa()
@@ -48,9 +49,11 @@ def main(argv=None) -> int:
         print(f"--isa {args.isa}: {error}")
         return 2
     torch.manual_seed(0)
-    result = {"cpu": hardware.summary(), "kernel_path": kernel_path(), "threads": 1, "rounds": args.rounds,
+    result = {"cpu": hardware.summary(), "kernel_path": kernel_path(), "float_stem": stem_precision("auto"),
+              "threads": 1, "rounds": args.rounds,
               "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "sizes": {}}
-    print(f"CPU: {result['cpu']['cpu']} [{' '.join(result['cpu']['isa'])}]; XNOR kernels: {result['kernel_path']}; "
+    print(f"CPU: {result['cpu']['cpu']} [{' '.join(result['cpu']['isa'])}]; XNOR kernels: {result['kernel_path']}, "
+          f"first conv in {result['float_stem']}; "
           f"1 thread, {args.rounds} rounds", flush=True)
     for size in args.sizes:
         spec = PRESETS[size]
