@@ -44,6 +44,9 @@ def test_a_killed_grid_resumes_from_its_finished_runs_with_the_same_results(tmp_
     assert again["base"][0] == json.loads(json.dumps(first["base"][0], default=str))
     assert [r["correct_bits"] for r in again["runs"]] == [r["correct_bits"] for r in first["runs"]]  # seeded
     assert all(r["test_evaluations"] == 1 for r in again["runs"] + again["base"])
+    from cnncompress.pipeline import CHANCE_MARGIN
+    for run in again["runs"]:  # at chance on validation at the main threshold: flagged, from the measured figure
+        assert run["collapsed"] == (run["val_accuracy"] <= 10.0 + CHANCE_MARGIN)
 
 
 def test_a_widened_grid_trains_only_the_runs_it_adds(tmp_path, monkeypatch):

@@ -34,6 +34,11 @@ def test_the_20_epoch_cascade_grid_read_its_test_split_once_per_row_with_three_s
     cascade = json.loads((RESULTS.parent / "cascade-20epochs" / "cascade" / "results.json").read_text())
     assert {r["test_evaluations"] for r in cascade["runs"] + cascade["base"]} == {1}
     assert cascade["config"]["epochs"] == 20 and len(cascade["config"]["seeds"]) >= 3
+    groups: dict = {}
+    for run in cascade["runs"]:  # every loss, exit and penalty of the grid at every seed (the sweep too)
+        groups.setdefault((run["data"], run["loss"], run["position"], run["penalty"]), set()).add(run["seed"])
+    assert {("mnist5k", "firm", "p1", 0.0), ("noisy-mnist5k", "firm", "p2", 1.0)} <= set(groups)
+    assert all(seeds == set(cascade["config"]["seeds"]) for seeds in groups.values())
 
 
 def test_every_committed_row_read_its_test_split_once():

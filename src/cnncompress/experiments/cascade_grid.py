@@ -5,7 +5,8 @@ Each run trains the base model (cross-entropy, no exit; the paper's "Base"), the
 loss, then sweeps the threshold 0..1 (accuracy, early-exit rate, measured ms/sample, MACs/sample). Training is the
 paper's (fixed lr, ``schedule="paper"``); every choice uses the validation split (the epoch each model ends on,
 and a threshold: the lowest within ``VAL_TOLERANCE`` of the base model's validation accuracy); the reported
-accuracies are on the test split.
+accuracies are on the test split. A cascade whose validation accuracy at the main threshold is within
+``pipeline.CHANCE_MARGIN`` points of chance is flagged (``collapsed``, one warning line).
 ``run_study(config, out)`` writes ``results.json``, ``table.md``, ``sweep.csv``, ``model.ccz`` (the first run)
 and PNG plots (``cascade_figures``) into ``out``; ``load_config(recipe, overrides)`` builds a checked ``config`` from ``DEFAULTS``, a
 YAML recipe (``experiments/cascade.yaml``; keys: ``schema.CASCADE_RECIPE``) and command-line overrides.
@@ -157,6 +158,7 @@ def _run_cascade(config, data, seed, job, init, splits, base, pretrained, log) -
 
     from cnncompress.data import final_evaluation
     from cnncompress.methods.early_exit import attach_exit, cascade_finetune_loss, threshold_sweep
+    from cnncompress.pipeline import collapse_check
     train_set, val_set, test_set = splits
     loss, position, penalty = job
     firm = loss.startswith("firm")
@@ -182,6 +184,9 @@ def _run_cascade(config, data, seed, job, init, splits, base, pretrained, log) -
     opened = test_set.evaluations
     chosen = choose_threshold(threshold_sweep(net, val_set.images, val_set.labels, sorted(set(config["thresholds"]))),
                               base["val_accuracy"])
+    val_at = threshold_sweep(net, val_set.images, val_set.labels, [config["threshold"]])[0]["accuracy"]
+    checked = collapse_check(100 * val_at, train_set.num_classes,
+                             f"{data} seed {seed} {loss} {position} λ={penalty} at threshold {config['threshold']}")
     with final_evaluation(test_set):  # the run's one read of the test split, after every choice
         sweep = threshold_sweep(net, test_set.images, test_set.labels,
                                 sorted(set(config["thresholds"]) | {config["threshold"]}))
@@ -199,7 +204,8 @@ def _run_cascade(config, data, seed, job, init, splits, base, pretrained, log) -
             "threshold": config["threshold"], "accuracy": at["accuracy"], "exit_rate": at["exit_rate"],
             "base_accuracy": base["accuracy"], "history": history, "sweep": sweep,
             "chosen_threshold": chosen["threshold"], "chosen_accuracy": on_test["accuracy"],
-            "chosen_exit_rate": on_test["exit_rate"]}, net
+            "chosen_exit_rate": on_test["exit_rate"], "val_accuracy": checked["val_accuracy"],
+            "collapsed": checked["collapsed"]}, net
 
 
 GRID_KEYS = ("datasets", "seeds", "losses", "positions", "penalties", "penalty_seed_count")
