@@ -80,3 +80,16 @@ def test_quick_recipe_holds_the_paper_rows_and_every_row_a_table2_finding_names(
     assert named <= labels, named - labels
 
 
+
+
+def test_meta_gives_the_load_and_commit_from_before_the_runs_and_names_a_checkout_that_changed(monkeypatch):
+    from cnncompress.experiments import environment, reproduce
+    monkeypatch.setattr(environment, "git_commit", lambda: "aaaaaaa")
+    start = reproduce._at_start()
+    assert start["git_commit"] == "aaaaaaa" and len(start["load"].split()) == 3
+    monkeypatch.setattr(environment, "git_commit", lambda: "bbbbbbb")  # checked out while the runs went on
+    meta = reproduce._meta(Path("."), ["cascade"], True, {}, 1.0, {}, {**start, "load": "9.00 9.00 9.00"})
+    assert meta["environment"]["git_commit"] == "aaaaaaa" and meta["environment"]["load"] == "9.00 9.00 9.00"
+    assert meta["environment"]["git_commit_at_end"] == "bbbbbbb"
+    same = reproduce._meta(Path("."), ["cascade"], True, {}, 1.0, {}, {**start, "git_commit": "bbbbbbb"})
+    assert "git_commit_at_end" not in same["environment"]

@@ -40,7 +40,6 @@ and is reused; an ``out`` holding rows of other settings is refused in one line.
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -50,6 +49,7 @@ import torch
 
 from cnncompress.errors import InputError
 from cnncompress.experiments import emotion_table
+from cnncompress.experiments.environment import git_commit
 from cnncompress.experiments.emotion_report import describe
 from cnncompress.experiments.emotion_rows import FULL, QUICK, ROWS
 from cnncompress.experiments.emotion_selection import MIN_RATIO, SELECTION_KEYS, pick, selection_view  # noqa: F401
@@ -160,17 +160,6 @@ def headline(folds: list[dict]) -> dict:
                                  "picked row", "parts": parts, "overall": overall}}
 
 
-def _commit() -> str:
-    def git(*args):
-        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent).stdout
-    try:
-        head = git("rev-parse", "--short", "HEAD").strip()
-        return head + (" (+ uncommitted changes)" if git("status", "--porcelain", "--untracked-files=no").strip()
-                       else "")
-    except OSError:
-        return ""
-
-
 def run(out: str | Path, faces_spec: str = "lfw-faces", quick: bool = False, progress: bool = True) -> dict:
     """The cross-fitted estimate into ``out`` (resumable); returns ``results.json``'s content."""
     from cnncompress import hardware, storage
@@ -213,7 +202,7 @@ def run(out: str | Path, faces_spec: str = "lfw-faces", quick: bool = False, pro
               "pool_size": len(assignment), "fold_of_face": {str(i): assignment[i] for i in sorted(assignment)},
               "folds": folds, "headline": headline(folds),
               "test_evaluations": _test_evaluations(folds),
-              "machine": hardware.summary(), "commit": _commit(), "started": started.isoformat(timespec="seconds"),
+              "machine": hardware.summary(), "commit": git_commit(), "started": started.isoformat(timespec="seconds"),
               "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "seconds": round(time.perf_counter() - clock, 1)}
     (out / "results.json").write_text(json.dumps(result, indent=1, default=str))

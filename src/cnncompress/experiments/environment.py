@@ -16,11 +16,7 @@ def environment() -> dict:
     (``hashed.kernel_path``: C or torch), torch's CPU capability, and the
     engines' facts (``engines.engine_environment``: ISA flags, AMX, bf16, OpenVINO version and precisions)."""
     import onnxruntime
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent).stdout.strip()
-    except OSError:
-        commit = ""
+    commit = git_commit()
     from cnncompress import hardware
     cpu = hardware.cpu_name()
     from cnncompress.deploy import engine_environment
@@ -32,3 +28,16 @@ def environment() -> dict:
             "hashed_kernel": hashed.kernel_path(),
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "engines": engine_environment()}
+
+
+def git_commit() -> str:
+    """The checked-out commit (short hash), with " (+ uncommitted changes)" when tracked files differ from it;
+    "" outside a git checkout."""
+    def git(*args):
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent).stdout
+    try:
+        head = git("rev-parse", "--short", "HEAD").strip()
+        dirty = head and git("status", "--porcelain", "--untracked-files=no").strip()
+    except OSError:
+        return ""
+    return head + (" (+ uncommitted changes)" if dirty else "")

@@ -91,17 +91,26 @@ def run_emotion(out: Path, faces: str, quick: bool) -> None:
     (out / "table-emotion" / "rows.json").write_text(json.dumps(rows, indent=1, default=str))
 
 
-def _meta(out: Path, sections: list[str], quick: bool, recipes: dict, seconds: float, figures: dict) -> dict:
+def _at_start() -> dict:
+    """What the report says of the machine before the runs: the load average and the checked-out commit."""
+    from cnncompress.experiments.environment import git_commit
+    return {"load": " ".join(f"{v:.2f}" for v in os.getloadavg()), "git_commit": git_commit()}
+
+
+def _meta(out: Path, sections: list[str], quick: bool, recipes: dict, seconds: float, figures: dict,
+          start: dict) -> dict:
+    """``meta.json``: the run's sections, recipes, time and machine; ``start`` (``_at_start``) gives the load and
+    the commit before the runs, and ``git_commit_at_end`` is added when the checkout changed during them."""
     from cnncompress import hardware
     from cnncompress.experiments.environment import environment
     env = environment()
+    end = {"git_commit_at_end": env["git_commit"]} if env["git_commit"] != start["git_commit"] else {}
     return {"sections": sections, "quick": quick, "recipes": recipes, "seconds": seconds, "figures": figures,
             "date": datetime.date.today().isoformat(),
             "environment": {"cpu": env["cpu"], "cores": env["cores"], "isa": " ".join(hardware.summary()["isa"]),
-                            "load": " ".join(f"{v:.2f}" for v in os.getloadavg()), "torch": env["torch"],
-                            "onnxruntime": env["onnxruntime"],
+                            "load": start["load"], "torch": env["torch"], "onnxruntime": env["onnxruntime"],
                             "openvino": (env["engines"].get("openvino") or {}).get("version"),
-                            "git_commit": env["git_commit"]}}
+                            "git_commit": start["git_commit"], **end}}
 
 
 def _relative(path) -> str:
@@ -149,6 +158,7 @@ def write_report(what: list[str], out: str | Path, table2_recipe: str | Path, ta
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _register(out, Path(findings_path))
+    start = _at_start()
     started = time.perf_counter()
     figures = {}
     if "table2" in wanted:
@@ -161,7 +171,7 @@ def write_report(what: list[str], out: str | Path, table2_recipe: str | Path, ta
         run_emotion(out, faces, quick)
     recipes = {"table2": _relative(table2_recipe), "table3": _relative(table3_recipe),
                "cascade": "quick grid" if not full else _relative(cascade_recipe), "table-emotion": faces}
-    meta = _meta(out, wanted, quick, recipes, time.perf_counter() - started, figures)
+    meta = _meta(out, wanted, quick, recipes, time.perf_counter() - started, figures, start)
     (out / "meta.json").write_text(json.dumps(meta, indent=1))
     (out / "report.md").write_text(render(out))
     return out / "report.md"

@@ -111,7 +111,9 @@ def render(folder: str | Path) -> str:
     lines = ["# Reproduction report: the papers' findings, decided by their intervals", "",
              f"Machine: {env.get('cpu')} ({env.get('cores')} cores; ISA {env.get('isa')}); load before the run "
              f"{env.get('load')}; torch {env.get('torch')}, onnxruntime {env.get('onnxruntime')}, OpenVINO "
-             f"{env.get('openvino')}; commit {env.get('git_commit')}; {'--quick' if meta.get('quick') else 'full'} "
+             f"{env.get('openvino')}; commit {env.get('git_commit')}"
+             f"{'; checked out at the end: ' + env['git_commit_at_end'] if env.get('git_commit_at_end') else ''}; "
+             f"{'--quick' if meta.get('quick') else 'full'} "
              f"run of {', '.join(meta.get('sections', []))} on {meta.get('date')}.", "",
              f"Findings: {len(registered)} pre-registered in `findings.yaml` (last changed {written}, before this "
              "run started). Each is decided only by its 95 % interval against its margin: **holds** when the whole "
