@@ -8,7 +8,8 @@
   model's exact form (``runtime.exact_form``) on the decoded images, at batch 1.
 - ``save(model, path, images, source)``: ``storage.save``; when the model needs probes and images are given, the
   model is first written to a scratch file and loaded back, so the reference is computed on what the file holds
-  (an fp16 float codec rounds weights), then ``path`` is written once, with its probes. ``deploy.to_inference`` checks them (``self_check``).
+  (an fp16 float codec rounds weights), then ``path`` is written once, with its probes. ``deploy.to_inference``
+  checks them (``self_check``).
 """
 from __future__ import annotations
 

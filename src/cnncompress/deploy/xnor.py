@@ -13,8 +13,8 @@ shape and runs the runs of supported layers in one ctypes call each:
 
 Any other child splits the block: it runs as a PyTorch module between two native runs, except a float
 ``Conv2d`` too large for the native stem. That one, where the block's ``stem`` precision is bf16 (``"auto"``: on a
-CPU with AVX512-BF16 or AMX bf16, ``stem_precision``), runs in bf16 on oneDNN with the ReLU / LRN / max-pool after it in one native epilogue
-(``Bf16Conv``; XNOR VGG-S at 224, AMX host, one model per process: 8.3 ms at 1 thread, 5.9 ms at 2, against 10.2 ms
+CPU with AVX512-BF16 or AMX bf16, ``stem_precision``), runs in bf16 on oneDNN with the ReLU / LRN / max-pool
+after it in one native epilogue (``Bf16Conv``; XNOR VGG-S at 224, AMX host, one model per process: 8.3 ms at 1 thread, 5.9 ms at 2, against 10.2 ms
 and 6.6-8.8 ms with the fp32 stem). In fp32, when PyTorch has more than one thread, it runs on onnxruntime with
 its threads sleeping between calls (``QuietConv``), because oneDNN's OpenMP workers spin for milliseconds after each
 parallel region, on the cores the block's native threads need next (AMD host, 2 threads: 10.0-13.7 ms with it,

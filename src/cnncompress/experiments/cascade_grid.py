@@ -8,8 +8,8 @@ and a threshold: the lowest within ``VAL_TOLERANCE`` of the base model's validat
 accuracies are on the test split. A cascade whose validation accuracy at the main threshold is within
 ``pipeline.CHANCE_MARGIN`` points of chance is flagged (``collapsed``, one warning line).
 ``run_study(config, out)`` writes ``results.json``, ``table.md``, ``sweep.csv``, ``model.ccz`` (the first run)
-and PNG plots (``cascade_figures``) into ``out``; ``load_config(recipe, overrides)`` builds a checked ``config`` from ``DEFAULTS``, a
-YAML recipe (``experiments/cascade.yaml``; keys: ``schema.CASCADE_RECIPE``) and command-line overrides.
+and PNG plots (``cascade_figures``) into ``out``; ``load_config(recipe, overrides)`` builds a checked ``config``
+from ``DEFAULTS``, a YAML recipe (``experiments/cascade.yaml``; keys: ``schema.CASCADE_RECIPE``) and command-line overrides.
 
 Firm cascade pre-training (the paper pre-trains only the firm model): the cascade is first trained with the sum
 loss (``pretrain_epochs``; the sum run of the same seed and position is reused when the epochs match), so both
