@@ -73,3 +73,13 @@ def test_a_seed_file_of_other_training_settings_is_refused_and_kept(tmp_path):
     with pytest.raises(InputError, match=r"mnist5k-s0.json: made with another cascade config \(epochs differ\)"):
         cascade_grid.run_grid(other, tmp_path, log=print)
     assert (tmp_path / "seeds" / "mnist5k-s0.json").read_bytes() == before
+
+
+def test_the_cli_sets_the_penalty_seed_count_and_refuses_a_bad_one_in_one_line(run_cli, tmp_path):
+    from cnncompress.commands import cascade
+    from cnncompress.cli import build_parser
+    args = build_parser().parse_args(["cascade", "--penalty-seed-count", "3", "--out", str(tmp_path)])
+    assert cascade_grid.load_config(None, cascade.overrides(args))["penalty_seed_count"] == 3
+    code, out, err = run_cli("cascade", "--penalty-seed-count", "0", "--out", tmp_path / "run")
+    assert code == 2 and "penalty_seed_count" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()

@@ -19,6 +19,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--position", choices=("p1", "p2"), help="exit after block 1 or 2 (default p2)")
     parser.add_argument("--threshold", type=float, help="exit when max(V1) > threshold (default 0.6)")
     parser.add_argument("--penalty", type=float, help="firm cascade penalty λ (default 0.6)")
+    parser.add_argument("--penalty-seed-count", type=int,
+                        help="run the recipe's penalty sweep at the first N seeds (default 1)")
     parser.add_argument("--alpha", type=float, help="firm cascade sharpness α (default 128)")
     parser.add_argument("--epochs", type=int, help="epochs per model (default 20)")
     parser.add_argument("--pretrain-epochs", type=int, help="base/pre-training epochs (default = --epochs)")
@@ -38,7 +40,8 @@ def overrides(args) -> dict:
     """The recipe keys the flags set (None: not given, the recipe or the default holds)."""
     return {"datasets": [args.data] if args.data else None, "losses": [args.loss] if args.loss else None,
             "positions": [args.position] if args.position else None, "seeds": args.seeds,
-            "threshold": args.threshold, "penalty": args.penalty, "alpha": args.alpha, "epochs": args.epochs,
+            "threshold": args.threshold, "penalty": args.penalty, "penalty_seed_count": args.penalty_seed_count,
+            "alpha": args.alpha, "epochs": args.epochs,
             "pretrain_epochs": args.pretrain_epochs, "lr": args.lr, "momentum": args.momentum,
             "firm_lr": args.firm_lr, "firm_momentum": args.firm_momentum,
             "batch_size": args.batch_size, "width": args.width, "limit": args.limit}
