@@ -14,8 +14,8 @@ shape and runs the runs of supported layers in one ctypes call each:
 Any other child splits the block: it runs as a PyTorch module between two native runs, except a float
 ``Conv2d`` too large for the native stem. That one, where the block's ``stem`` precision is bf16 (``"auto"``: on a
 CPU with AVX512-BF16 or AMX bf16, ``stem_precision``), runs in bf16 on oneDNN with the ReLU / LRN / max-pool
-after it in one native epilogue (``Bf16Conv``; XNOR VGG-S at 224, AMX host, one model per process: 8.3 ms at 1 thread, 5.9 ms at 2, against 10.2 ms
-and 6.6-8.8 ms with the fp32 stem). In fp32, when PyTorch has more than one thread, it runs on onnxruntime with
+after it in one native epilogue (``Bf16Conv``; XNOR VGG-S at 224, AMX host, one model per process: 8.3 ms at 1
+thread, 5.9 ms at 2, against 10.2 ms and 6.6-8.8 ms with the fp32 stem). In fp32, when PyTorch has more than one thread, it runs on onnxruntime with
 its threads sleeping between calls (``QuietConv``), because oneDNN's OpenMP workers spin for milliseconds after each
 parallel region, on the cores the block's native threads need next (AMD host, 2 threads: 10.0-13.7 ms with it,
 14.9-16.9 ms with conv1 on oneDNN); at one thread PyTorch's oneDNN runs it. The reference of a native
@@ -143,8 +143,8 @@ def stem_precision(stem: str = "auto") -> str:
 
 
 class Bf16Conv:
-    """A float ``Conv2d`` run in bf16 by oneDNN (AMX tiles or AVX512-BF16 dot products) on the calling thread, with the
-    ReLU / LRN / max-pool that follow it (``epilogue``, each optional) done by one native pass on its bf16 output
+    """A float ``Conv2d`` run in bf16 by oneDNN (AMX tiles or AVX512-BF16 dot products) on the calling thread, with
+    the ReLU / LRN / max-pool that follow it (``epilogue``, each optional) done by one native pass on its bf16 output
     (``binary_graph.StemEpilogue``), which writes float NCHW. Input cast to bf16 channels_last, weights rounded to
     bf16 once, fp32 accumulation. The XNOR paper keeps the first layer full precision; bf16 keeps 8 bits of
     mantissa of its inputs and weights (relative error <= 2^-9 each), which the next binary layer's ``sign`` only
