@@ -11,19 +11,19 @@ shape and runs the runs of supported layers in one ctypes call each:
   stem; larger float convs stay on PyTorch's oneDNN, which is faster there), ``Linear``, ``BatchNorm`` elsewhere
   (an affine op), ``ReLU``, LRN, unpadded max-pool, ``Flatten``; ``Dropout`` and ``Identity`` are dropped.
 
-Any other child splits the block: it runs as a PyTorch module between two native runs, except a float
-``Conv2d`` too large for the native stem. That one, where the block's ``stem`` precision is bf16 (``"auto"``: on a
-CPU with AVX512-BF16 or AMX bf16, ``stem_precision``), runs in bf16 on oneDNN with the ReLU / LRN / max-pool
-after it in one native epilogue (``Bf16Conv``; XNOR VGG-S at 224, AMX host, one model per process: 8.3 ms at 1
-thread, 5.9 ms at 2, against 10.2 ms and 6.6-8.8 ms with the fp32 stem). In fp32, when PyTorch has more than
-one thread, it runs on onnxruntime with its threads sleeping between calls (``QuietConv``), because oneDNN's
-OpenMP workers spin for milliseconds after each parallel region, on the cores the block's native threads need
-next (AMD host, 2 threads: 10.0-13.7 ms with it, 14.9-16.9 ms with conv1 on oneDNN); at one thread PyTorch's
-oneDNN runs it. The reference of a native run is the same children called one by one (``nn.Sequential.forward``, also the path in training, with gradients,
-under ``torch.onnx`` export or tracing, and without a C compiler); the tests compare the two. A block's lowering is
-cached per input shape and redone when any of its tensors is written in place (``Tensor._version``: an optimizer
-step, ``load_state_dict``), after ``.to()`` / ``.float()`` and ``train()`` / ``eval()``. Assigning a new tensor
-object to a layer's attribute is not seen: call ``.train(False)`` after doing so.
+Any other child splits the block: it runs as a PyTorch module between two native runs, except a float ``Conv2d`` too
+large for the native stem. That one, where the block's ``stem`` precision is bf16 (``"auto"``: on a CPU with
+AVX512-BF16 or AMX bf16, ``stem_precision``), runs in bf16 on oneDNN with the ReLU / LRN / max-pool after it in one
+native epilogue (``Bf16Conv``; XNOR VGG-S at 224, AMX host, one model per process: 8.3 ms at 1 thread, 5.9 ms at 2,
+against 10.2 ms and 6.6-8.8 ms with the fp32 stem). In fp32, when PyTorch has more than one thread, it runs on
+onnxruntime with its threads sleeping between calls (``QuietConv``), because oneDNN's OpenMP workers spin for
+milliseconds after each parallel region, on the cores the block's native threads need next (AMD host, 2 threads:
+10.0-13.7 ms with it, 14.9-16.9 ms with conv1 on oneDNN); at one thread PyTorch's oneDNN runs it. The reference of a
+native run is the same children called one by one (``nn.Sequential.forward``, also the path in training, with
+gradients, under ``torch.onnx`` export or tracing, and without a C compiler); the tests compare the two. A block's
+lowering is cached per input shape and redone when any of its tensors is written in place (``Tensor._version``: an
+optimizer step, ``load_state_dict``), after ``.to()`` / ``.float()`` and ``train()`` / ``eval()``. Assigning a new
+tensor object to a layer's attribute is not seen: call ``.train(False)`` after doing so.
 """
 from __future__ import annotations
 
