@@ -182,9 +182,10 @@ def _run_cascade(config, data, seed, job, init, splits, base, pretrained, log) -
     if loss == "sum" and config["pretrain_epochs"] in (None, config["epochs"]):
         pretrained.setdefault(position, copy.deepcopy(net))
     opened = test_set.evaluations
-    chosen = choose_threshold(threshold_sweep(net, val_set.images, val_set.labels, sorted(set(config["thresholds"]))),
-                              base["val_accuracy"])
-    val_at = threshold_sweep(net, val_set.images, val_set.labels, [config["threshold"]])[0]["accuracy"]
+    listed = set(config["thresholds"])
+    val_sweep = threshold_sweep(net, val_set.images, val_set.labels, sorted(listed | {config["threshold"]}))
+    chosen = choose_threshold([r for r in val_sweep if r["threshold"] in listed], base["val_accuracy"])
+    val_at = next(r for r in val_sweep if r["threshold"] == config["threshold"])["accuracy"]
     checked = collapse_check(100 * val_at, train_set.num_classes,
                              f"{data} seed {seed} {loss} {position} λ={penalty} at threshold {config['threshold']}")
     with final_evaluation(test_set):  # the run's one read of the test split, after every choice
@@ -244,9 +245,9 @@ def _finished_seed(path: Path, config: dict) -> dict | None:
         settings = training_settings(done["config"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         raise InputError(f"{path}: unreadable result of an earlier run; remove it or use another --out") from None
-    if settings != training_settings(config):
-        changed = sorted(k for k in set(settings) | set(training_settings(config))
-                         if settings.get(k) != training_settings(config).get(k))
+    wanted = training_settings(config)
+    if settings != wanted:
+        changed = sorted(k for k in set(settings) | set(wanted) if settings.get(k) != wanted.get(k))
         raise InputError(f"{path}: made with another cascade config ({', '.join(changed)} differ); "
                          "use another --out or remove it")
     return done
