@@ -73,19 +73,22 @@ def agreement(run, images: torch.Tensor, reference: torch.Tensor) -> float:
     return 100.0 * float((labels == reference).float().mean())
 
 
-def contenders(teacher, int8, deployed, tflite, shape: tuple, check_images: torch.Tensor) -> tuple[dict, dict]:
-    """``({label: run}, {label: why not used})``: the original on every fp32 engine, ours deployed and on every
-    int8 engine, fer's TFLite. An int8 engine that fails the race's check on ``check_images`` (top-1 agreement
-    with the fake-quant twin < ``deploy.race.AGREEMENT``) is timed for information, its label marked."""
+def contenders(teacher, ours: dict, tflite, shape: tuple, check_images: torch.Tensor) -> tuple[dict, dict]:
+    """``({label: run}, {label: why not used})``: the original on every fp32 engine, each of ``ours`` (``{label:
+    (int8 model, its deployed form)}``) deployed and on every int8 engine, fer's TFLite. An int8 engine that fails
+    the race's check on ``check_images`` (top-1 agreement with the fake-quant twin < ``deploy.race.AGREEMENT``) is
+    timed for information, its label marked."""
     from cnncompress import deploy
     fp32, skipped = deploy.prepared(teacher, shape, deploy.names("fp32"), threads=1)
-    _, failed = deploy.prepared(int8, shape, deploy.names("int8"), threads=1, images=check_images)
-    ours, _ = deploy.prepared(int8, shape, deploy.names("int8"), threads=1, check=False)
-    runs = {**{f"original / {name}": run for name, run in fp32.items()},
-            f"int8 deployed ({getattr(deployed, 'runtime', type(deployed).__name__)})": deployed,
-            **{f"int8 / {name}{' (not used)' if name in failed else ''}": run for name, run in ours.items()},
-            "fer TFLite (ai-edge-litert, 1 thread)": tflite}
-    why = {**{f"original / {k}": v for k, v in skipped.items()}, **{f"int8 / {k}": v for k, v in failed.items()}}
+    runs = {f"original / {name}": run for name, run in fp32.items()}
+    why = {f"original / {k}": v for k, v in skipped.items()}
+    for label, (int8, deployed) in ours.items():
+        _, failed = deploy.prepared(int8, shape, deploy.names("int8"), threads=1, images=check_images)
+        engines, _ = deploy.prepared(int8, shape, deploy.names("int8"), threads=1, check=False)
+        runs[f"{label} deployed ({getattr(deployed, 'runtime', type(deployed).__name__)})"] = deployed
+        runs.update({f"{label} / {name}{' (not used)' if name in failed else ''}": run for name, run in engines.items()})
+        why.update({f"{label} / {k}": v for k, v in failed.items()})
+    runs["fer TFLite (ai-edge-litert, 1 thread)"] = tflite
     return runs, why
 
 
@@ -98,6 +101,7 @@ def main(argv=None) -> int:
     from cnncompress import deploy, measure, methods
     from cnncompress import hardware as cpu
     from cnncompress.data import assets, final_evaluation
+    from cnncompress.deploy.int8_split import fastest_split
     from cnncompress.experiments.emotion_table import faces
     from cnncompress.models.loading import load_model
 
@@ -108,16 +112,20 @@ def main(argv=None) -> int:
     if (fmt["mean"], fmt["std"], fmt["channels"], fmt["input_size"]) != (0.5, 0.5, 1, 64):
         print(f"the original's input format {fmt} is not fer's (64x64 grey, (x/255 - 0.5) * 2)")
         return 2
+    train = data["train"].images
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        int8 = methods.apply(teacher, "int8", **methods.with_data("int8", {}, data["train"].images))
-    deployed = deploy.to_inference(copy.deepcopy(int8)).eval()
+        split = fastest_split(teacher, train)  # timed on a training face, checked on the training faces
+        int8 = {"int8": methods.apply(teacher, "int8", **methods.with_data("int8", {}, train)),
+                "int8 split": methods.apply(teacher, "int8", layers=split.layers,
+                                            **methods.with_data("int8", {}, train))}
+    ours = {label: (model, deploy.to_inference(copy.deepcopy(model)).eval()) for label, model in int8.items()}
     seen = torch.cat([data["train"].images, data["val"].images])  # the faces the run may look at
     shape = (1, 1, 64, 64)
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        runs, skipped = contenders(teacher, int8, deployed, tflite_run(interpreter), shape, seen)
+        runs, skipped = contenders(teacher, ours, tflite_run(interpreter), shape, seen)
         with torch.inference_mode(), final_evaluation(data["heldout"]) as heldout_set:  # the one read of them
             heldout = heldout_set.images
             reference = teacher(heldout).argmax(1)
@@ -139,6 +147,11 @@ def main(argv=None) -> int:
     baselines = [min(ms for label, ms in race.items() if label.startswith("original / ")) for race in races]
     fastest = [min((ms, label) for label, ms in race.items() if label.startswith("original / "))[1] for race in races]
     print(f"baseline: the original's fastest fp32 engine per race: {', '.join(fastest)}")
+    kept = split.float_layers[-1] if split.float_layers else "none"
+    print(f"int8 split (deploy.int8_split.fastest_split on onnxruntime-int8): {len(split.float_layers)} of "
+          f"{len(split.float_layers) + len(split.layers)} layers kept float (up to {kept}); candidates "
+          + ", ".join(f"{k}: {ms:.3f}" for k, ms in split.ms.items())
+          + (f"; not usable: {', '.join(str(k) for k in split.skipped)} (twin check)" if split.skipped else ""))
     print(f"{'contender':<44} {'ms (median of races)':>20} {'speed vs fastest fp32':>24} {'agreement':>10}")
     for label in runs:
         ms = [race[label] for race in races]

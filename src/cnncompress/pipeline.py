@@ -212,6 +212,29 @@ def _same_tensors(before: nn.Module, after: nn.Module) -> bool:
     return a.keys() == b.keys() and all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
 
 
+FASTEST = "fastest"
+"""``int8`` ``layers=fastest``: quantise the layers after the float prefix measured fastest on this CPU."""
+
+
+def _int8_split(model: nn.Module, method: str, config: dict, train_set):
+    """For ``int8`` with ``layers="fastest"``: the split (``deploy.int8_split.fastest_split``: every float prefix of
+    the layers timed deployed on onnxruntime int8, batch 1, 1 thread, on up to ``num_calibration`` of the run's
+    training images) put into ``config["layers"]``; else None."""
+    if method != "int8" or config.get("layers") != FASTEST:
+        return None
+    if train_set is None:
+        raise InputError("int8 layers=fastest times int8 splits on the run's images: give the run's data (--data)")
+    from cnncompress.deploy.int8_split import fastest_split
+    images = train_set.images[:config.get("num_calibration", 256)]
+    split = fastest_split(model, images)
+    config["layers"] = split.layers
+    kept = f"{len(split.float_layers)} layers float ({split.float_layers[-1]} and before)" if split.float_layers \
+        else "every layer int8"
+    print(f"int8 layers=fastest: {kept}; {split.ms[len(split.float_layers)]:.3f} ms on {split.engine}, batch 1, "
+          f"{split.threads} thread", file=sys.stderr)
+    return split
+
+
 def compress(model: nn.Module, method: str, data=None, finetune: int = 0, *, val=None, lr: float = 0.001,
              input_size: int | None = None, channels: int | None = None, work: str | Path | None = None,
              **options) -> tuple[nn.Module, dict]:
@@ -233,6 +256,7 @@ def compress(model: nn.Module, method: str, data=None, finetune: int = 0, *, val
     """
     train_set, val_set = _splits(model, data, val, input_size, channels)
     config = methods.with_data(method, options, train_set)
+    split = _int8_split(model, method, config, train_set)
     compressed = methods.apply(model, method, **config)
     label = f"{method} on {type(model).__name__}"
     replaced, unchanged = changed_layers(model, compressed), _same_tensors(model, compressed)
@@ -243,6 +267,8 @@ def compress(model: nn.Module, method: str, data=None, finetune: int = 0, *, val
         spec.update(in_channels=int(train_set.images.shape[1]), input_size=int(train_set.images.shape[2]))
     row = {"method": method, "config": {k: v for k, v in options.items() if k != methods.info(method).data_option},
            "model": type(model).__name__, "layers_replaced": replaced, "bn_recalibrated": 0, "finetune": finetune}
+    if split is not None:
+        row["int8_split"] = split.as_dict()
     info = methods.info(method)
     changed = bool(replaced) or not unchanged  # a binarised layer keeps its float weights: replaced counts
     if train_set is not None and changed and info.family not in KEEPS_WEIGHTS and has_batch_norm(compressed):

@@ -139,8 +139,13 @@ def apply_int8(model: nn.Module, calibration=None, num_calibration: int = 256, s
     or ``cnncompress compress`` (``MethodInfo.data_option``), a dataset spec (its training split), an
     ``ImageDataset``, a tensor of images, an iterable of batches; or ``"noise"`` (seeded N(0,1), speed tests only).
     ``layers``: which Conv2d/Linear layers to quantise (``surgery.select``: ``"all"``, ``"conv"``, ``"linear"``, a
-    path, a glob or a list); the others stay fp32 in the int8 graph.
+    path, a glob or a list); the others stay fp32 in the int8 graph. ``"fastest"`` (the float prefix measured
+    fastest on this CPU) is resolved above the method, where a runtime may be timed: ``cnncompress compress``
+    (``pipeline.compress``) or ``deploy.int8_split.fastest_split``.
     """
+    if layers == "fastest":
+        raise ValueError("int8 layers='fastest' is measured on an engine: use pipeline.compress / cnncompress "
+                         "compress, or pass deploy.int8_split.fastest_split(model, images).layers")
     if not isinstance(num_calibration, int) or num_calibration < 1:
         raise ValueError(f"num_calibration must be a positive integer, got {num_calibration!r}")
     model.eval()

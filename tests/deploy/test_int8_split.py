@@ -1,0 +1,114 @@
+"""Where int8 pays: every float prefix of a model's layers is built from one calibration, checked against its
+fake-quant twin, timed deployed, and the fastest is returned as the ``layers`` of the int8 method."""
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+import cnncompress
+from cnncompress import methods, models
+from cnncompress.data import build_dataset
+from cnncompress.deploy import int8 as deploy_int8
+from cnncompress.deploy.int8_split import Split, candidate, fastest_split, prefixes
+from cnncompress.errors import InputError
+from cnncompress.methods.int8 import _Int8Weight
+
+
+def _images(n=32):
+    return build_dataset("mnist5k", "val", input_size=48).images[:n]
+
+
+@pytest.fixture(scope="module")
+def small():
+    torch.manual_seed(0)
+    return models.build("vgg_s", num_classes=10, in_channels=1, input_size=48, width=0.125).eval()
+
+
+def test_prefixes_are_every_length_or_spread_evenly_with_zero_kept():
+    assert prefixes(5) == [0, 1, 2, 3, 4]
+    spread = prefixes(100, limit=8)
+    assert spread[0] == 0 and spread[-1] == 99 and len(spread) <= 8 and spread == sorted(set(spread))
+
+
+def test_a_candidate_keeps_its_prefix_float_with_the_original_weights_and_quantises_only_the_rest(small):
+    images = _images()
+    full = methods.apply(small, "int8", calibration=images, num_calibration=len(images))
+    order = deploy_int8.layer_calls(small, images[:1])
+    built = candidate(full, small, order[:2])
+    modules, originals = dict(built.named_modules()), dict(small.named_modules())
+    for path in order[:2]:
+        assert type(modules[path]) is nn.Conv2d and torch.equal(modules[path].weight, originals[path].weight)
+    assert all(isinstance(modules[path], _Int8Weight) for path in order[2:])
+    graph = onnx.load_from_string(deploy_int8.int8_onnx(built))
+    initializers = {init.name for init in graph.graph.initializer}
+    weight_dq = [n for n in graph.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in initializers
+                 and len(numpy_helper.to_array(next(i for i in graph.graph.initializer
+                                                     if i.name == n.input[0])).shape) > 1]
+    assert len(weight_dq) == len(order) - 2  # one int8 weight per quantised layer, none for the float prefix
+
+
+def test_the_split_returned_is_the_fastest_candidate_timed_and_applies_as_the_int8_layers(small):
+    images = _images()
+    split = fastest_split(small, images, runs=3, block=1)
+    order = deploy_int8.layer_calls(small, images[:1])
+    assert isinstance(split, Split) and split.engine == "onnxruntime-int8" and split.input_shape == (1, 1, 48, 48)
+    assert set(split.ms) | set(split.skipped) == set(prefixes(len(order)))
+    best = min(split.ms, key=split.ms.get)  # the label is the measurement's argmin
+    assert split.float_layers == order[:best] and split.layers == order[best:]
+    applied = methods.apply(small, "int8", layers=split.layers, calibration=images, num_calibration=len(images))
+    modules = dict(applied.named_modules())
+    assert [p for p in order if isinstance(modules[p], _Int8Weight)] == split.layers
+    assert split.as_dict()["ms"] == {str(k): v for k, v in split.ms.items()}
+
+
+def test_a_model_without_layers_or_without_images_is_refused_in_one_line():
+    with pytest.raises(InputError, match="calls no Conv2d/Linear layer"):
+        fastest_split(nn.Sequential(nn.ReLU(), nn.Flatten()), _images(4))
+    with pytest.raises(InputError, match=r"\(N, C, H, W\) tensor of real images"):
+        fastest_split(nn.Conv2d(1, 2, 3), torch.zeros(3, 48))
+
+
+def test_the_method_alone_refuses_fastest_it_cannot_time_an_engine(small):
+    with pytest.raises(InputError, match="measured on an engine"):
+        methods.apply(small, "int8", layers="fastest", calibration=_images(4), num_calibration=4)
+
+
+def test_compress_resolves_layers_fastest_on_the_runs_images_and_records_the_split(small):
+    compressed, row = cnncompress.compress(small, "int8", "mnist5k", layers="fastest", num_calibration=16)
+    split = row["int8_split"]
+    modules = dict(compressed.named_modules())
+    assert split["layers"] == [p for p in split["float_layers"] + split["layers"] if isinstance(modules[p], _Int8Weight)]
+    assert all(type(modules[p]) in (nn.Conv2d, nn.Linear) for p in split["float_layers"])
+    assert row["config"]["layers"] == "fastest"
+    with pytest.raises(InputError, match="give the run's data"):
+        cnncompress.compress(small, "int8", layers="fastest", calibration=_images(4))
+
+
+def _lattice_faces():
+    """mnist digits as fer's input format: pixels p / 255 normalised with mean 0.5, std 0.5 (range [-1, 1])."""
+    dataset = build_dataset("mnist5k", "val", input_size=48)
+    pixels = dataset.images[:32] * dataset.std + dataset.mean
+    return (pixels.clamp(0, 1) * 255).round() / 255 * 2 - 1
+
+
+def test_the_graph_input_is_quantised_off_the_pixel_lattices_rounding_ties(small):
+    """With the measured range [-1, 1] every pixel lies on a tie (x / s + z = k + 1/2); the graph's widened range
+    moves each at least 0.0009 steps off it, so no engine's float arithmetic decides which way it rounds."""
+    images = _lattice_faces()
+    quantized = methods.apply(small, "int8", calibration=images, num_calibration=len(images))
+    lo, hi = quantized.int8_calibration.ranges["input"]
+    assert (lo, hi) == pytest.approx((-1.0, 1.0), abs=1e-6)
+    lattice = torch.arange(256, dtype=torch.float64) / 255 * 2 - 1
+
+    def distance_from_tie(scale, zero):
+        fraction = (lattice / scale + zero) % 1
+        return (fraction - 0.5).abs().min().item()
+    measured_scale = (hi - lo) / 255
+    assert distance_from_tie(measured_scale, round(-lo / measured_scale)) < 1e-4  # the defect the margin removes
+    graph = onnx.load_from_string(deploy_int8.int8_onnx(quantized))
+    node = next(n for n in graph.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "input")
+    values = {i.name: numpy_helper.to_array(i) for i in graph.graph.initializer}
+    scale, zero = float(values[node.input[1]]), float(values[node.input[2]])
+    assert scale == pytest.approx(measured_scale * (1 + 2 * deploy_int8.INPUT_MARGIN / 255), rel=1e-6)
+    assert distance_from_tie(scale, zero) > 9e-4
