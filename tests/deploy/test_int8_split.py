@@ -12,7 +12,7 @@ from cnncompress.data import build_dataset
 from cnncompress.deploy import int8 as deploy_int8
 from cnncompress.deploy.int8_split import Split, candidate, fastest_split, prefixes
 from cnncompress.errors import InputError
-from cnncompress.methods.int8 import _Int8Weight
+from cnncompress.methods.int8 import INPUT_MARGIN, Int8Calibration, _Int8Weight
 
 
 def _images(n=32):
@@ -110,5 +110,32 @@ def test_the_graph_input_is_quantised_off_the_pixel_lattices_rounding_ties(small
     node = next(n for n in graph.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "input")
     values = {i.name: numpy_helper.to_array(i) for i in graph.graph.initializer}
     scale, zero = float(values[node.input[1]]), float(values[node.input[2]])
-    assert scale == pytest.approx(measured_scale * (1 + 2 * deploy_int8.INPUT_MARGIN / 255), rel=1e-6)
+    assert quantized.int8_calibration.input_margin == INPUT_MARGIN > 0
+    assert scale == pytest.approx(measured_scale * (1 + 2 * INPUT_MARGIN / 255), rel=1e-6)
     assert distance_from_tie(scale, zero) > 9e-4
+
+
+def _input_scale(model) -> float:
+    graph = onnx.load_from_string(deploy_int8.int8_onnx(model))
+    node = next(n for n in graph.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "input")
+    return float(next(numpy_helper.to_array(i) for i in graph.graph.initializer if i.name == node.input[1]))
+
+
+def test_a_file_written_before_the_margin_keeps_the_graph_its_probes_were_recorded_on(small, tmp_path):
+    """A calibration stored without ``input_margin`` (a file from before it) builds the unwidened graph; saved and
+    loaded back, a new one keeps its margin."""
+    from cnncompress import storage
+    images = _lattice_faces()
+    quantized = methods.apply(small, "int8", calibration=images, num_calibration=len(images))
+    lo, hi = quantized.int8_calibration.ranges["input"]
+    config = quantized.int8_calibration.build_config
+    old = {key: value for key, value in config.items() if key != "input_margin"}
+    quantized.int8_calibration = Int8Calibration(**old)
+    assert _input_scale(quantized) == pytest.approx((hi - lo) / 255, rel=1e-6)
+    quantized.int8_calibration = Int8Calibration(**config)
+    storage.save(quantized, tmp_path / "q.ccz")
+    loaded = storage.load(tmp_path / "q.ccz")
+    assert loaded.int8_calibration.input_margin == INPUT_MARGIN
+    assert _input_scale(loaded) == pytest.approx((hi - lo) / 255 * (1 + 2 * INPUT_MARGIN / 255), rel=1e-6)
+    with pytest.raises(ValueError, match="input_margin"):
+        Int8Calibration(**{**config, "input_margin": 1.5})

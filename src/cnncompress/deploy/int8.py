@@ -76,13 +76,10 @@ class _Reader:
         return None if batch is None else {"input": batch}
 
 
-INPUT_MARGIN = 0.25
-"""The graph input's quantisation range is widened by this many steps at each end (``graph_ranges``)."""
-
-
-def graph_ranges(ranges: dict, inputs: list[str]) -> dict:
-    """The ranges the QDQ graph quantises with: the stored (measured) ones, the graph inputs' widened by
-    ``INPUT_MARGIN`` steps of ``(hi - lo) / 255`` at each end. Why: images are a lattice (pixel / 255, normalised);
+def graph_ranges(ranges: dict, inputs: list[str], margin: float) -> dict:
+    """The ranges the QDQ graph quantises with: the stored (measured) ones, the graph inputs' widened by ``margin``
+    steps of ``(hi - lo) / 255`` at each end (``Int8Calibration.input_margin``: ``methods.int8.INPUT_MARGIN`` for
+    new calibrations, 0 for files written before). Why: images are a lattice (pixel / 255, normalised);
     when the measured range spans exactly 255 pixel steps with a half-step zero point (fer's (x / 255 - 0.5) / 0.5
     on faces that reach black and white: [-1, 1], step 2/255, zero point 127.5 -> 128), every pixel lies within
     float rounding of a tie, ``x / s + z = k + 0.5``, and which way it rounds depends on how an engine computes
@@ -93,8 +90,7 @@ def graph_ranges(ranges: dict, inputs: list[str]) -> dict:
     for name in inputs:
         if name in widened:
             lo, hi = widened[name]
-            margin = INPUT_MARGIN * (hi - lo) / 255
-            widened[name] = [lo - margin, hi + margin]
+            widened[name] = [lo - margin * (hi - lo) / 255, hi + margin * (hi - lo) / 255]
     return widened
 
 
@@ -162,7 +158,8 @@ def int8_onnx(model: nn.Module, reduce_range: bool | None = None) -> bytes:
     with tempfile.TemporaryDirectory(prefix="cnncompress-int8-") as tmp:
         cache = os.path.join(tmp, "ranges.json")
         with open(cache, "w") as handle:
-            json.dump(_cache_json(graph_ranges(calibration.ranges, [i.name for i in proto.graph.input])), handle)
+            ranges = graph_ranges(calibration.ranges, [i.name for i in proto.graph.input], calibration.input_margin)
+            json.dump(_cache_json(ranges), handle)
         return _quantize_static(proto, cache, nodes=int8_nodes(model, proto, example), reduce_range=reduce_range)
 
 

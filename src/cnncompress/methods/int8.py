@@ -78,11 +78,19 @@ class Int8Linear(_Int8Weight, nn.Linear):
 INT8_LAYERS = {nn.Conv2d: Int8Conv2d, nn.Linear: Int8Linear}
 
 
+INPUT_MARGIN = 0.25
+"""Quantisation steps by which new calibrations widen the graph input's range at each end when the QDQ graph is
+built (``deploy.int8.graph_ranges`` says why: pixel lattices on rounding ties)."""
+
+
 @register_layer
 class Int8Calibration(nn.Module):
-    """Holds the activation ranges ``{onnx tensor name: [min, max]}`` measured at calibration (no forward use)."""
+    """Holds the activation ranges ``{onnx tensor name: [min, max]}`` measured at calibration (no forward use) and
+    ``input_margin``, the steps the graph input's range is widened by when the graph is built (0 for files written
+    before it existed: their graph, and the probes recorded on it, stay as they were)."""
 
-    def __init__(self, ranges: dict, exporter: str = DEFAULT_EXPORTER, opset: int = OPSET, num_images: int = 0):
+    def __init__(self, ranges: dict, exporter: str = DEFAULT_EXPORTER, opset: int = OPSET, num_images: int = 0,
+                 input_margin: float = 0.0):
         super().__init__()
         if not isinstance(ranges, dict) or not all(
                 isinstance(k, str) and isinstance(v, (list, tuple)) and len(v) == 2
@@ -90,13 +98,17 @@ class Int8Calibration(nn.Module):
             raise ValueError("int8 calibration ranges must map tensor names to [min, max] floats")
         if exporter not in EXPORTERS or not isinstance(opset, int):
             raise ValueError(f"bad int8 exporter/opset {exporter!r}/{opset!r}")
+        if not isinstance(input_margin, (int, float)) or not 0 <= input_margin < 1:
+            raise ValueError(f"int8 input_margin must be in [0, 1) steps, got {input_margin!r}")
         self.ranges = {k: [float(v[0]), float(v[1])] for k, v in ranges.items()}
         self.exporter, self.opset, self.num_images = exporter, opset, int(num_images)
+        self.input_margin = float(input_margin)
 
     @property
     def build_config(self) -> dict:
         """Constructor kwargs (what ``register_layer`` stores in the file's manifest)."""
-        return {"ranges": self.ranges, "exporter": self.exporter, "opset": self.opset, "num_images": self.num_images}
+        return {"ranges": self.ranges, "exporter": self.exporter, "opset": self.opset, "num_images": self.num_images,
+                "input_margin": self.input_margin}
 
     def layer_config(self) -> dict:
         return self.build_config
@@ -154,7 +166,7 @@ def apply_int8(model: nn.Module, calibration=None, num_calibration: int = 256, s
     if not RANGE_FINDER:
         raise RuntimeError("int8 has no range finder: import cnncompress (it wires deploy.int8.measure_ranges)")
     ranges = RANGE_FINDER[0](model, images)
-    model.int8_calibration = Int8Calibration(ranges, DEFAULT_EXPORTER, OPSET, len(images))
+    model.int8_calibration = Int8Calibration(ranges, DEFAULT_EXPORTER, OPSET, len(images), INPUT_MARGIN)
     return model
 
 
