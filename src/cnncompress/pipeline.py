@@ -212,14 +212,11 @@ def _same_tensors(before: nn.Module, after: nn.Module) -> bool:
     return a.keys() == b.keys() and all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
 
 
-FASTEST = "fastest"
-"""``int8`` ``layers=fastest``: quantise the layers after the float prefix measured fastest on this CPU."""
-
-
 def _int8_split(model: nn.Module, method: str, config: dict, train_set):
     """For ``int8`` with ``layers="fastest"``: the split (``deploy.int8_split.fastest_split``: every float prefix of
     the layers timed deployed on onnxruntime int8, batch 1, 1 thread, on up to ``num_calibration`` of the run's
     training images) put into ``config["layers"]``; else None."""
+    from cnncompress.methods.int8 import FASTEST
     if method != "int8" or config.get("layers") != FASTEST:
         return None
     if train_set is None:

@@ -10,8 +10,8 @@ faster. Survey §2.5 (Berthelier 2018) leaves the choice of what to quantise to 
 forward calls them, ``l_1 .. l_N``; candidate ``k`` keeps ``l_1 .. l_k`` float and quantises the rest
 (``layers`` of the ``int8`` method), deployed on ``engine``. Every candidate is built from one calibration
 (the all-int8 model's activation ranges, measured once on ``images``; a float layer takes back its original
-weights), prepared on ``engine`` and checked on ``images`` against its fake-quant twin like any int8 engine
-(``race.prepared``), then all are timed in one interleaved race on one of ``images`` (``race.race``). The
+weights), prepared on ``engine`` and checked on ``images`` (the first ``CHECK_IMAGES``) against its fake-quant
+twin like any int8 engine (``race.prepared``; a candidate that fails is not used), then all are timed in one interleaved race on one of ``images`` (``race.race``). The
 fastest median wins: ``Split.layers`` is what to pass as ``layers=`` to ``methods.apply(model, "int8", ...)``,
 which calibrates the chosen model afresh. A single float prefix, not any subset: each float island inside an
 int8 graph costs a dequantise, a quantise and a layout change (measured: keeping only the stem or the depthwise
@@ -31,6 +31,8 @@ from cnncompress.deploy.int8 import layer_calls
 
 MAX_CANDIDATES = 24
 """At most this many prefixes are timed; a deeper network's are spread evenly over its layers (0 always kept)."""
+CHECK_IMAGES = 128
+"""Each candidate is checked against its fake-quant twin on the first this many of the images."""
 
 
 @dataclass
@@ -94,7 +96,8 @@ def fastest_split(model: nn.Module, images: torch.Tensor, engine: str = "onnxrun
     full = methods.apply(model, "int8", calibration=images, num_calibration=len(images))
     shape = (1, *images.shape[1:])
     contenders = {k: (candidate(full, model, order[:k]), [engine]) for k in prefixes(len(order), limit)}
-    timed, skipped = race(contenders, shape, threads, runs, block, example=images[:1].contiguous(), images=images)
+    timed, skipped = race(contenders, shape, threads, runs, block, example=images[:1].contiguous(),
+                          images=images[:CHECK_IMAGES])
     ms = {k: timed[(k, engine)] for k in contenders if (k, engine) in timed}
     why = {k: skipped[(k, engine)] for k in contenders if (k, engine) in skipped}
     if not ms:

@@ -78,6 +78,10 @@ class Int8Linear(_Int8Weight, nn.Linear):
 INT8_LAYERS = {nn.Conv2d: Int8Conv2d, nn.Linear: Int8Linear}
 
 
+FASTEST = "fastest"
+"""``layers=fastest``: the layers after the float prefix measured fastest deployed on this CPU; resolved above the
+method (``pipeline.compress``, ``deploy.int8_split``), where an engine may be timed."""
+
 INPUT_MARGIN = 0.25
 """Quantisation steps by which new calibrations widen the graph input's range at each end when the QDQ graph is
 built (``deploy.int8.graph_ranges`` says why: pixel lattices on rounding ties)."""
@@ -155,7 +159,7 @@ def apply_int8(model: nn.Module, calibration=None, num_calibration: int = 256, s
     fastest on this CPU) is resolved above the method, where a runtime may be timed: ``cnncompress compress``
     (``pipeline.compress``) or ``deploy.int8_split.fastest_split``.
     """
-    if layers == "fastest":
+    if layers == FASTEST:
         raise ValueError("int8 layers='fastest' is measured on an engine: use pipeline.compress / cnncompress "
                          "compress, or pass deploy.int8_split.fastest_split(model, images).layers")
     if not isinstance(num_calibration, int) or num_calibration < 1:
