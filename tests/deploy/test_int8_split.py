@@ -12,6 +12,7 @@ from cnncompress.data import build_dataset
 from cnncompress.deploy import int8 as deploy_int8
 from cnncompress.deploy.int8_split import Split, candidate, fastest_split, prefixes
 from cnncompress.errors import InputError
+from tests.zoo import ZOO
 from cnncompress.methods.int8 import INPUT_MARGIN, Int8Calibration, _Int8Weight
 
 
@@ -139,3 +140,30 @@ def test_a_file_written_before_the_margin_keeps_the_graph_its_probes_were_record
     assert _input_scale(loaded) == pytest.approx((hi - lo) / 255 * (1 + 2 * INPUT_MARGIN / 255), rel=1e-6)
     with pytest.raises(ValueError, match="input_margin"):
         Int8Calibration(**{**config, "input_margin": 1.5})
+
+
+@pytest.mark.parametrize("net_name", sorted(ZOO))
+def test_every_zoo_network_gets_a_split_that_covers_its_layers_and_deploys(net_name):
+    """Residuals, depthwise, concatenation, squeeze-and-excitation, a functional forward: the prefixes follow the
+    forward's call order, and the chosen split applied and deployed runs (or no candidate could: one line)."""
+    torch.manual_seed(0)
+    net = ZOO[net_name](num_classes=10, in_channels=1).eval()
+    images = _images(24)
+    order = deploy_int8.layer_calls(net, images[:1])
+    split = fastest_split(net, images, runs=2, block=1, limit=4)
+    assert split.float_layers + split.layers == order
+    assert set(split.ms) | set(split.skipped) == set(prefixes(len(order), 4))
+    net.spec = {"name": "user", "in_channels": 1, "input_size": 48}  # what cnncompress.compress learns from the data
+    applied = methods.apply(net, "int8", layers=split.layers, calibration=images, num_calibration=len(images))
+    deployed = cnncompress.deploy.to_inference(applied)
+    with torch.inference_mode():
+        assert deployed(images[:2]).shape == (2, 10)
+
+
+def test_a_network_int8_cannot_export_is_refused_in_one_line():
+    """The functional zoo net at 32x32 pools 4x4 to 3x3, which the ONNX exporter cannot write: one line."""
+    torch.manual_seed(0)
+    net = ZOO["functional_net"](num_classes=10, in_channels=1).eval()
+    with pytest.raises(InputError) as error:
+        fastest_split(net, _images(8)[:, :, 8:40, 8:40].contiguous(), runs=2, block=1, limit=2)
+    assert "\n" not in str(error.value) and "FunctionalNet" in str(error.value)

@@ -90,6 +90,8 @@ def fastest_split(model: nn.Module, images: torch.Tensor, engine: str = "onnxrun
     from cnncompress import methods
     from cnncompress.deploy.race import race
     model = copy.deepcopy(model).eval()
+    spec = dict(getattr(model, "spec", None) or {})  # the graphs are exported at the images' shape
+    model.spec = {**spec, "in_channels": int(images.shape[1]), "input_size": int(images.shape[2])}
     order = layer_calls(model, images[:1])
     if not order:
         raise InputError(f"{type(model).__name__} calls no Conv2d/Linear layer: nothing for int8 to quantise")
