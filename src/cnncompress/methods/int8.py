@@ -78,6 +78,9 @@ class Int8Linear(_Int8Weight, nn.Linear):
 INT8_LAYERS = {nn.Conv2d: Int8Conv2d, nn.Linear: Int8Linear}
 
 
+NUM_CALIBRATION = 256
+"""Calibration images used by default (the first of the run's training images)."""
+
 FASTEST = "fastest"
 """``layers=fastest``: the layers after the float prefix measured fastest deployed on this CPU; resolved above the
 method (``pipeline.compress``, ``deploy.int8_split``), where an engine may be timed."""
@@ -147,7 +150,7 @@ def _to_int8(path: str, layer: nn.Module) -> nn.Module | None:
     return twin.from_float(layer) if twin else None
 
 
-def apply_int8(model: nn.Module, calibration=None, num_calibration: int = 256, seed: int = 0,
+def apply_int8(model: nn.Module, calibration=None, num_calibration: int = NUM_CALIBRATION, seed: int = 0,
                layers="all") -> nn.Module:
     """Snap conv/linear weights to per-channel int8 and calibrate activation ranges (min/max) for the int8 runtime.
 
