@@ -1,7 +1,8 @@
 """How a model runs: the one place that decides it. ``to_inference(model)`` (``runtime``) turns a compressed model
 into its deployed form (each method's kernel step, then the runtime this package picks for it: int8 on
 onnxruntime / OpenVINO, bf16, native XNOR blocks); ``export`` / ``onnx_export`` write its ONNX and OpenVINO graphs;
-``int8``, ``bf16``, ``xnor`` hold those runtime steps; the engines and their race are below.
+``int8``, ``bf16``, ``xnor`` hold those runtime steps (``int8_split``: which layers int8 pays for on this CPU,
+measured); the engines and their race are below.
 
 Inference engines: run one model on PyTorch, onnxruntime or OpenVINO at a stated precision, and find the
 fastest here (DESIGN §5, §7: speed-ups are measured against the *fastest fp32 engine*).
