@@ -21,17 +21,28 @@ in bf16 by default wherever the CPU supports it, so an "fp32" baseline would sil
 
 After compiling, the precision the compiled model reports is read back and must be the one asked for.
 bf16 is offered only where ``Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")`` lists ``BF16``.
+
+No telemetry. ``openvino.convert_model`` reports usage to Google Analytics through ``openvino_telemetry`` (a pip
+dependency of openvino) unless the user has opted out: from a background thread it forks a process that sends
+the event. This project makes no network call at run time, and that fork, made while the main thread was in an
+OpenBLAS matrix product, deadlocked the test suite in CI (OpenBLAS's fork handler waits for its busy workers;
+seen with gdb: ``openvino_telemetry/backend/backend_ga4.py`` ``send`` -> ``os.fork``). Importing this module
+makes ``import openvino_telemetry`` fail (``sys.modules`` entry None, unless it was imported before), and
+OpenVINO then uses its own no-op stub (``openvino.tools.ovc.telemetry_stub``).
 """
 from __future__ import annotations
 
 import functools
 import io
+import sys
 
 import numpy as np
 import torch
 from torch import nn
 
 from cnncompress.model_card import carry
+
+sys.modules.setdefault("openvino_telemetry", None)  # module docstring: "No telemetry"
 
 PRECISIONS = ("fp32", "bf16", "int8")
 _HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8: the graph's QDQ ops decide; the rest runs fp32
