@@ -54,6 +54,13 @@ def test_train_then_compress_cli(run_cli, tmp_path):
     row = json.loads(out.strip().splitlines()[-1])
     assert row["data_given"] == {"int8.calibration": "the run's mnist5k train split (3600 images)"}
     assert row["accuracy_split"] == "test" and row["accuracy"] > 40
+    # int8 where it pays: the float prefix timed on this CPU, every candidate in the row
+    code, out, err = run_cli("compress", tmp_path / "run", "--method", "int8", "--config", "layers=fastest",
+                             "num_calibration=32", "--out", tmp_path / "qf")
+    assert code == 0, err
+    split = json.loads(out.strip().splitlines()[-1])["int8_split"]
+    assert split["layers"] and "int8 layers=fastest: " in err and split["engine"] == "onnxruntime-int8"
+    assert min(split["ms"], key=split["ms"].get) == str(len(split["float_layers"]))
     # data that does not fit the model: one line, exit 2
     folder = tmp_path / "three"
     for cls in ("a", "b", "c"):
