@@ -5,16 +5,10 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from cnncompress import methods, models
+from cnncompress import methods
 from cnncompress.data import build_dataset
 from cnncompress.deploy import int8 as deploy_int8
 from cnncompress.methods.int8 import INPUT_MARGIN, Int8Calibration
-
-
-@pytest.fixture(scope="module")
-def small():
-    torch.manual_seed(0)
-    return models.build("vgg_s", num_classes=10, in_channels=1, input_size=48, width=0.125).eval()
 
 
 def _lattice_faces():
@@ -24,11 +18,11 @@ def _lattice_faces():
     return (pixels.clamp(0, 1) * 255).round() / 255 * 2 - 1
 
 
-def test_the_graph_input_is_quantised_off_the_pixel_lattices_rounding_ties(small):
+def test_the_graph_input_is_quantised_off_the_pixel_lattices_rounding_ties(vgg):
     """With the measured range [-1, 1] every pixel lies on a tie (x / s + z = k + 1/2); the graph's widened range
     moves each at least 0.0009 steps off it, so no engine's float arithmetic decides which way it rounds."""
     images = _lattice_faces()
-    quantized = methods.apply(small, "int8", calibration=images, num_calibration=len(images))
+    quantized = methods.apply(vgg, "int8", calibration=images, num_calibration=len(images))
     lo, hi = quantized.int8_calibration.ranges["input"]
     assert (lo, hi) == pytest.approx((-1.0, 1.0), abs=1e-6)
     lattice = torch.arange(256, dtype=torch.float64) / 255 * 2 - 1
@@ -53,12 +47,12 @@ def _input_scale(model) -> float:
     return float(next(numpy_helper.to_array(i) for i in graph.graph.initializer if i.name == node.input[1]))
 
 
-def test_a_file_written_before_the_margin_keeps_the_graph_its_probes_were_recorded_on(small, tmp_path):
+def test_a_file_written_before_the_margin_keeps_the_graph_its_probes_were_recorded_on(vgg, tmp_path):
     """A calibration stored without ``input_margin`` (a file from before it) builds the unwidened graph; saved and
     loaded back, a new one keeps its margin."""
     from cnncompress import storage
     images = _lattice_faces()
-    quantized = methods.apply(small, "int8", calibration=images, num_calibration=len(images))
+    quantized = methods.apply(vgg, "int8", calibration=images, num_calibration=len(images))
     lo, hi = quantized.int8_calibration.ranges["input"]
     config = quantized.int8_calibration.build_config
     old = {key: value for key, value in config.items() if key != "input_margin"}

@@ -7,7 +7,7 @@ from onnx import numpy_helper
 from torch import nn
 
 import cnncompress
-from cnncompress import methods, models
+from cnncompress import methods
 from cnncompress.data import build_dataset
 from cnncompress.deploy import int8 as deploy_int8
 from cnncompress.deploy.int8_split import Split, candidate, fastest_split, prefixes
@@ -20,24 +20,18 @@ def _images(n=32):
     return build_dataset("mnist5k", "val", input_size=48).images[:n]
 
 
-@pytest.fixture(scope="module")
-def small():
-    torch.manual_seed(0)
-    return models.build("vgg_s", num_classes=10, in_channels=1, input_size=48, width=0.125).eval()
-
-
 def test_prefixes_are_every_length_or_spread_evenly_with_zero_kept():
     assert prefixes(5) == [0, 1, 2, 3, 4]
     spread = prefixes(100, limit=8)
     assert spread[0] == 0 and spread[-1] == 99 and len(spread) <= 8 and spread == sorted(set(spread))
 
 
-def test_a_candidate_keeps_its_prefix_float_with_the_original_weights_and_quantises_only_the_rest(small):
+def test_a_candidate_keeps_its_prefix_float_with_the_original_weights_and_quantises_only_the_rest(vgg):
     images = _images()
-    full = methods.apply(small, "int8", calibration=images, num_calibration=len(images))
-    order = deploy_int8.layer_calls(small, images[:1])
-    built = candidate(full, small, order[:2])
-    modules, originals = dict(built.named_modules()), dict(small.named_modules())
+    full = methods.apply(vgg, "int8", calibration=images, num_calibration=len(images))
+    order = deploy_int8.layer_calls(vgg, images[:1])
+    built = candidate(full, vgg, order[:2])
+    modules, originals = dict(built.named_modules()), dict(vgg.named_modules())
     for path in order[:2]:
         assert type(modules[path]) is nn.Conv2d and torch.equal(modules[path].weight, originals[path].weight)
     assert all(isinstance(modules[path], _Int8Weight) for path in order[2:])
@@ -49,15 +43,15 @@ def test_a_candidate_keeps_its_prefix_float_with_the_original_weights_and_quanti
     assert len(weight_dq) == len(order) - 2  # one int8 weight per quantised layer, none for the float prefix
 
 
-def test_the_split_returned_is_the_fastest_candidate_timed_and_applies_as_the_int8_layers(small):
+def test_the_split_returned_is_the_fastest_candidate_timed_and_applies_as_the_int8_layers(vgg):
     images = _images()
-    split = fastest_split(small, images, runs=3, block=1)
-    order = deploy_int8.layer_calls(small, images[:1])
+    split = fastest_split(vgg, images, runs=3, block=1)
+    order = deploy_int8.layer_calls(vgg, images[:1])
     assert isinstance(split, Split) and split.engine == "onnxruntime-int8" and split.input_shape == (1, 1, 48, 48)
     assert set(split.ms) | set(split.skipped) == set(prefixes(len(order)))
     best = min(split.ms, key=split.ms.get)  # the label is the measurement's argmin
     assert split.float_layers == order[:best] and split.layers == order[best:]
-    applied = methods.apply(small, "int8", layers=split.layers, calibration=images, num_calibration=len(images))
+    applied = methods.apply(vgg, "int8", layers=split.layers, calibration=images, num_calibration=len(images))
     modules = dict(applied.named_modules())
     assert [p for p in order if isinstance(modules[p], _Int8Weight)] == split.layers
     assert split.as_dict()["ms"] == {str(k): v for k, v in split.ms.items()}
@@ -70,20 +64,20 @@ def test_a_model_without_layers_or_without_images_is_refused_in_one_line():
         fastest_split(nn.Conv2d(1, 2, 3), torch.zeros(3, 48))
 
 
-def test_the_method_alone_refuses_fastest_it_cannot_time_an_engine(small):
+def test_the_method_alone_refuses_fastest_it_cannot_time_an_engine(vgg):
     with pytest.raises(InputError, match="measured on an engine"):
-        methods.apply(small, "int8", layers="fastest", calibration=_images(4), num_calibration=4)
+        methods.apply(vgg, "int8", layers="fastest", calibration=_images(4), num_calibration=4)
 
 
-def test_compress_resolves_layers_fastest_on_the_runs_images_and_records_the_split(small):
-    compressed, row = cnncompress.compress(small, "int8", "mnist5k", layers="fastest", num_calibration=16)
+def test_compress_resolves_layers_fastest_on_the_runs_images_and_records_the_split(vgg):
+    compressed, row = cnncompress.compress(vgg, "int8", "mnist5k", layers="fastest", num_calibration=16)
     split = row["int8_split"]
     modules = dict(compressed.named_modules())
     assert split["layers"] == [p for p in split["float_layers"] + split["layers"] if isinstance(modules[p], _Int8Weight)]
     assert all(type(modules[p]) in (nn.Conv2d, nn.Linear) for p in split["float_layers"])
     assert row["config"]["layers"] == "fastest"
     with pytest.raises(InputError, match="give the run's data"):
-        cnncompress.compress(small, "int8", layers="fastest", calibration=_images(4))
+        cnncompress.compress(vgg, "int8", layers="fastest", calibration=_images(4))
 
 
 @pytest.mark.parametrize("net_name", sorted(ZOO))
