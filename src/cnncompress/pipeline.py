@@ -214,15 +214,18 @@ def _same_tensors(before: nn.Module, after: nn.Module) -> bool:
 
 def _int8_split(model: nn.Module, method: str, config: dict, train_set):
     """For ``int8`` with ``layers="fastest"``: the split (``deploy.int8_split.fastest_split``: every float prefix of
-    the layers timed deployed on onnxruntime int8, batch 1, 1 thread, on up to ``num_calibration`` of the run's
-    training images) put into ``config["layers"]``; else None."""
+    the layers timed deployed on onnxruntime int8, batch 1, 1 thread, on the run's training images the method
+    calibrates on by default: ``methods.calibration.take``'s seeded subset of ``num_calibration``) put into
+    ``config["layers"]``; else None."""
     from cnncompress.methods.int8 import FASTEST, NUM_CALIBRATION
     if method != "int8" or config.get("layers") != FASTEST:
         return None
     if train_set is None:
         raise InputError("int8 layers=fastest times int8 splits on the run's images: give the run's data (--data)")
     from cnncompress.deploy.int8_split import fastest_split
-    images = train_set.images[:config.get("num_calibration", NUM_CALIBRATION)]
+    from cnncompress.methods.calibration import take
+    images, _ = take(model, train_set, config.get("num_calibration", NUM_CALIBRATION), config.get("seed", 0),
+                     what="int8 layers=fastest")
     split = fastest_split(model, images)
     config["layers"] = split.layers
     kept = f"{len(split.float_layers)} layers float ({split.float_layers[-1]} and before)" if split.float_layers \
